@@ -1,0 +1,72 @@
+"""Shared fixtures. Real servers: skip when absent locally, fail when ``CI`` is set."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    """Skip (locally) or fail (under CI) when a real server the test needs is not there."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must run every test against a real {name}")
+    pytest.skip(f"{message}; start it to run this test (CI fails instead of skipping)")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real Redis database, flushed before and after the test."""
+    require_server("Redis", REDIS_HOST, REDIS_PORT)
+    import redis
+
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped after the test."""
+    require_server("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    import uuid
+
+    import psycopg
+
+    admin = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/postgres"
+    name = f"trigmail_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def t0() -> datetime:
+    """A fixed instant tests count from."""
+    return datetime(2026, 11, 27, 20, 0, tzinfo=UTC)

@@ -1,0 +1,3 @@
+from trigmail.cli import main
+
+main()

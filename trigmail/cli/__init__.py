@@ -1,0 +1,11 @@
+"""The ``trigmail`` command line: the only place rich output and logging handlers are set up."""
+
+from __future__ import annotations
+
+from trigmail.cli import validate  # noqa: F401  (registers its command)
+from trigmail.cli.app import app
+
+
+def main() -> None:
+    """Entry point of the ``trigmail`` console script."""
+    app()

@@ -1,0 +1,209 @@
+"""What the engine decides, and why: plain values, no behaviour beyond serialisation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from trigmail.events import format_ts
+from trigmail.rules.model import Address, OnDoubt
+
+
+class Outcome(StrEnum):
+    """The fixed ``outcome`` words of ``simulate --format json`` (DESIGN.md §4)."""
+
+    SCHEDULED = "scheduled"
+    SENT = "sent"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    DROPPED = "dropped"
+    DEAD_LETTER = "dead_letter"
+
+
+class Reason(StrEnum):
+    """Why: a stable snake_case word that scripts may match on."""
+
+    # scheduled
+    IMMEDIATE = "immediate"
+    DELAY = "delay"
+    SEND_WINDOW = "send_window"
+    # skipped
+    NO_RULE = "no_rule"
+    CONDITION_FALSE = "condition_false"
+    COOLDOWN = "cooldown"
+    DUPLICATE_EVENT = "duplicate_event"
+    DUPLICATE_KEY = "duplicate_key"
+    RULE_DISABLED = "rule_disabled"
+    # cancelled or dropped
+    CANCEL_ON = "cancel_on"
+    RULE_DELETED = "rule_deleted"
+    CAP_FULL = "cap_full"
+    MAX_LATE = "max_late"
+    # set aside (dead letter)
+    TEMPLATE_ERROR = "template_error"
+    MISSING_EMAIL = "missing_email"
+    INVALID_JSON = "invalid_json"
+    NOT_OBJECT = "not_object"
+    MISSING_FIELD = "missing_field"
+    BAD_FIELD = "bad_field"
+    BAD_TS = "bad_ts"
+    BAD_EMAIL = "bad_email"
+    TOO_MANY_DELIVERIES = "too_many_deliveries"
+    # delivery
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    IN_DOUBT = "in_doubt"
+
+
+@dataclass(frozen=True)
+class Payload:
+    """An email frozen when it was scheduled: it is sent as it was, whatever changes later."""
+
+    template: str
+    data: Mapping[str, Any]
+    categories: tuple[str, ...] = ()
+    asm_group: int | None = None
+    from_: Address | None = None
+    reply_to: Address | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "template": self.template,
+            "data": dict(self.data),
+            "categories": list(self.categories),
+            "asm_group": self.asm_group,
+            "from": _address_json(self.from_),
+            "reply_to": _address_json(self.reply_to),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Payload:
+        return cls(
+            template=obj["template"],
+            data=obj.get("data") or {},
+            categories=tuple(obj.get("categories") or ()),
+            asm_group=obj.get("asm_group"),
+            from_=_address_from(obj.get("from")),
+            reply_to=_address_from(obj.get("reply_to")),
+        )
+
+
+def _address_json(address: Address | None) -> dict[str, Any] | None:
+    return None if address is None else {"email": address.email, "name": address.name}
+
+
+def _address_from(obj: Mapping[str, Any] | None) -> Address | None:
+    return None if obj is None else Address(email=obj["email"], name=obj.get("name"))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Schedule one email under a new idempotency key."""
+
+    rule_id: str
+    step: int
+    key: str
+    user_id: str
+    email: str
+    event_id: str
+    due_at: datetime
+    payload: Payload
+    on_doubt: OnDoubt
+    reason: Reason
+    cancel_match: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Cancel pending sends of a rule because ``event_id`` (a ``cancel_on`` event) came."""
+
+    rule_id: str
+    keys: tuple[str, ...]
+    event_id: str
+    reason: Reason = Reason.CANCEL_ON
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Nothing scheduled for this rule (or for no rule at all), and why."""
+
+    rule_id: str | None
+    reason: Reason
+    detail: str = ""
+    step: int | None = None
+    key: str | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """The event cannot make this email (a template field is missing): it goes to dead letters."""
+
+    rule_id: str | None
+    reason: Reason
+    detail: str
+    step: int | None = None
+
+
+Decision = Schedule | Cancel | Skip | SetAside
+
+
+@dataclass(frozen=True)
+class Fire:
+    """A due send goes to the provider now."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A due send is dropped: its state becomes ``cancelled`` with ``reason``."""
+
+    key: str
+    reason: Reason
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Defer:
+    """A due send waits: its send window is shut now."""
+
+    key: str
+    due_at: datetime
+    reason: Reason = Reason.SEND_WINDOW
+
+
+DueDecision = Fire | Drop | Defer
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of the decision log: the shape of ``simulate --format json`` (DESIGN.md §4)."""
+
+    at: datetime
+    event_id: str | None
+    user_id: str | None
+    rule: str | None
+    step: int | None
+    key: str | None
+    outcome: Outcome
+    reason: Reason
+    due_at: datetime | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": format_ts(self.at),
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "rule": self.rule,
+            "step": self.step,
+            "key": self.key,
+            "outcome": self.outcome.value,
+            "reason": self.reason.value,
+            "due_at": None if self.due_at is None else format_ts(self.due_at),
+            "detail": self.detail,
+        }

@@ -1,0 +1,189 @@
+"""Events: parsing one JSON object into a validated :class:`Event` (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from email_validator import EmailNotValidError, validate_email
+
+from trigmail.errors import BadEventError
+
+
+class _Missing:
+    """The value of a path the event does not have (distinct from JSON ``null``)."""
+
+    _instance: _Missing | None = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Final = _Missing()
+
+
+@dataclass(frozen=True)
+class Event:
+    """A validated event. ``data`` is the whole object with ``id`` and ``ts`` filled in."""
+
+    id: str
+    name: str
+    user_id: str
+    email: str | None
+    ts: datetime
+    data: Mapping[str, Any]
+
+    @property
+    def user(self) -> Mapping[str, Any]:
+        user = self.data.get("user")
+        return user if isinstance(user, Mapping) else {}
+
+    @property
+    def properties(self) -> Mapping[str, Any]:
+        props = self.data.get("properties")
+        return props if isinstance(props, Mapping) else {}
+
+    def lookup(self, path: str) -> Any:
+        """Return the value at a dotted ``path`` (``properties.cart_id``), or ``MISSING``."""
+        value: Any = self.data
+        for part in path.split("."):
+            if isinstance(value, Mapping) and part in value:
+                value = value[part]
+            else:
+                return MISSING
+        return value
+
+
+def canonical_json(obj: Any) -> str:
+    """Return ``obj`` as JSON with sorted keys and no spaces: equal objects, equal text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_hash_id(obj: Mapping[str, Any]) -> str:
+    """Return the id of an event that has none: so an exact redelivery is still recognised."""
+    digest = hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+    return f"h_{digest[:32]}"
+
+
+def parse_ts(value: str) -> datetime:
+    """Parse an RFC 3339 timestamp into an aware UTC datetime.
+
+    Raises:
+        ValueError: when ``value`` is not RFC 3339 with a UTC offset.
+    """
+    text = value.strip()
+    if len(text) < 20 or text[10] not in "Tt ":
+        raise ValueError(f"{value!r} is not an RFC 3339 timestamp")
+    if text[-1] in "Zz":
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset")
+    return parsed.astimezone(UTC)
+
+
+def format_ts(moment: datetime) -> str:
+    """Format an aware datetime as RFC 3339 in UTC with a ``Z``."""
+    text = moment.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def _required_str(obj: Mapping[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise BadEventError("missing_field", f"the event has no {name!r}")
+    if not isinstance(value, str) or not value.strip():
+        raise BadEventError("bad_field", f"{name!r} must be a non-empty string")
+    return value
+
+
+def _checked_email(obj: Mapping[str, Any]) -> str | None:
+    value = obj.get("email")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadEventError("bad_email", "'email' must be a string")
+    try:
+        validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise BadEventError("bad_email", f"{value!r}: {exc}") from None
+    return value
+
+
+def _checked_ts(obj: Mapping[str, Any], read_at: datetime) -> datetime:
+    value = obj.get("ts")
+    if value is None:
+        return read_at
+    if not isinstance(value, str):
+        raise BadEventError("bad_ts", "'ts' must be an RFC 3339 string")
+    try:
+        return parse_ts(value)
+    except ValueError as exc:
+        raise BadEventError("bad_ts", str(exc)) from None
+
+
+def _checked_id(obj: Mapping[str, Any]) -> str:
+    value = obj.get("id")
+    if value is None:
+        return event_hash_id(obj)
+    if not isinstance(value, str) or not value.strip():
+        raise BadEventError("bad_field", "'id' must be a non-empty string")
+    return value
+
+
+def _checked_nested(obj: Mapping[str, Any]) -> None:
+    for name in ("user", "properties"):
+        if name in obj and not isinstance(obj[name], Mapping):
+            raise BadEventError("bad_field", f"{name!r} must be an object")
+
+
+def event_from_object(obj: object, read_at: datetime) -> Event:
+    """Validate a decoded JSON value as an event.
+
+    Args:
+        obj: the decoded JSON value.
+        read_at: when trigmail read it; the event's time when it has no ``ts``.
+
+    Raises:
+        BadEventError: with a stable ``reason`` for any invalid event.
+    """
+    if not isinstance(obj, dict):
+        raise BadEventError("not_object", f"an event must be a JSON object, not {_kind(obj)}")
+    name = _required_str(obj, "event")
+    user_id = _required_str(obj, "user_id")
+    _checked_nested(obj)
+    email = _checked_email(obj)
+    ts = _checked_ts(obj, read_at)
+    event_id = _checked_id(obj)
+    data = {**obj, "id": event_id, "ts": format_ts(ts)}
+    return Event(id=event_id, name=name, user_id=user_id, email=email, ts=ts, data=data)
+
+
+def parse_event(line: str | bytes, read_at: datetime) -> Event:
+    """Parse one JSONL line as an event.
+
+    Raises:
+        BadEventError: ``invalid_json`` for text that is not JSON, or as :func:`event_from_object`.
+    """
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise BadEventError("invalid_json", f"not JSON: {exc}") from None
+    return event_from_object(obj, read_at)
+
+
+def _kind(obj: object) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(obj), "a number")

@@ -1,0 +1,227 @@
+"""The ledger boundary: one small protocol, with memory, SQLite and PostgreSQL behind it.
+
+Every read and write happens inside :meth:`Ledger.transaction`; what a transaction writes is
+visible to its own later reads, so the engine can decide a batch of events one by one and
+commit them (and the source position) at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from trigmail.decisions import LogEntry, Payload
+from trigmail.rules.model import OnDoubt
+
+
+class SendState(StrEnum):
+    """``scheduled → sending → sent | failed | cancelled | in_doubt`` (DESIGN.md §3)."""
+
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    IN_DOUBT = "in_doubt"
+
+
+# States in which a send counts as having gone out, for cooldowns and caps: a claimed send
+# may have reached the provider, so it holds others back until it is known to have failed.
+DELIVERED_STATES = frozenset({SendState.SENDING, SendState.SENT, SendState.IN_DOUBT})
+
+
+@dataclass(frozen=True)
+class SendRecord:
+    """One intended email, under its unique idempotency ``key``."""
+
+    key: str
+    rule_id: str
+    step: int
+    user_id: str
+    email: str
+    event_id: str
+    due_at: datetime
+    payload: Payload
+    on_doubt: OnDoubt
+    rules_version: str
+    state: SendState = SendState.SCHEDULED
+    cancel_match: Mapping[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    message_id: str | None = None
+    last_error: str | None = None
+    reason: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    claimed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A bad event set aside with its reason; ``raw`` is the input as it was read."""
+
+    at: datetime
+    source: str
+    position: str
+    raw: str
+    reason: str
+    detail: str
+
+
+class LedgerTxn(Protocol):
+    """The reads and writes of one transaction."""
+
+    # -- reads the engine decides from -------------------------------------------------
+    def seen_event(self, event_id: str) -> bool:
+        """Return whether ``event_id`` was already decided."""
+        ...
+
+    def send_exists(self, key: str) -> bool:
+        """Return whether a send with ``key`` exists, in any state."""
+        ...
+
+    def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
+        """Return the latest ``claimed_at`` of the rule's sends to the user in a delivered state."""
+        ...
+
+    def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        """Return the user's ``scheduled`` sends of the given rules."""
+        ...
+
+    def delivered_count_since(
+        self, user_id: str, categories: Collection[str], since: datetime
+    ) -> int:
+        """Count the user's sends in a delivered state claimed at or after ``since`` whose
+        payload has any of ``categories``."""
+        ...
+
+    # -- writes of the event path --------------------------------------------------------
+    def mark_seen(self, event_id: str, at: datetime) -> bool:
+        """Record ``event_id`` as decided; ``False`` when it already was."""
+        ...
+
+    def insert_send(self, send: SendRecord) -> bool:
+        """Insert a ``scheduled`` send; ``False`` (and no change) when its key exists."""
+        ...
+
+    def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
+        """Move those of ``keys`` still ``scheduled`` to ``cancelled``; return which moved."""
+        ...
+
+    def log(self, entries: Sequence[LogEntry]) -> None:
+        """Append to the decision log."""
+        ...
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Set a bad event aside."""
+        ...
+
+    def get_position(self, source: str) -> str | None:
+        """Return the source's committed read position (opaque text), if any."""
+        ...
+
+    def set_position(self, source: str, position: str) -> None:
+        """Store the source's read position; commits with the decisions of this transaction."""
+        ...
+
+    # -- writes of the send path -----------------------------------------------------------
+    def due_sends(self, until: datetime, limit: int) -> list[SendRecord]:
+        """Return ``scheduled`` sends with ``due_at <= until``, earliest first."""
+        ...
+
+    def next_due_at(self) -> datetime | None:
+        """Return the earliest ``due_at`` of any ``scheduled`` send."""
+        ...
+
+    def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
+        """Move ``scheduled`` sends to ``sending`` (attempts + 1, ``claimed_at = at``).
+
+        Returns the claimed records as they now are; keys no longer ``scheduled`` are left out.
+        """
+        ...
+
+    def finish(
+        self,
+        keys: Collection[str],
+        state: SendState,
+        at: datetime,
+        message_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Move ``sending`` sends to ``sent``, ``failed`` or ``in_doubt``."""
+        ...
+
+    def retry_later(self, keys: Collection[str], due_at: datetime, error: str) -> None:
+        """Move ``sending`` sends back to ``scheduled`` at ``due_at`` (never reached provider)."""
+        ...
+
+    def drop(self, key: str, reason: str, at: datetime) -> bool:
+        """Move a ``scheduled`` send to ``cancelled`` with ``reason``; ``False`` if not scheduled."""
+        ...
+
+    def defer(self, key: str, due_at: datetime) -> bool:
+        """Give a ``scheduled`` send a later ``due_at``; ``False`` if not scheduled."""
+        ...
+
+    def recover_in_flight(self, at: datetime) -> list[SendRecord]:
+        """After a crash: every ``sending`` send becomes ``in_doubt``, except under
+        ``on_doubt: resend``, where it becomes ``scheduled`` again. Returns the records changed.
+        """
+        ...
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Store a small named value (``rules_version``)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LedgerStatus:
+    """What ``trigmail status`` shows, read in one go."""
+
+    counts: Mapping[SendState, int]
+    by_rule: Mapping[str, Mapping[SendState, int]]
+    next_due: Sequence[SendRecord]
+    in_doubt: Sequence[SendRecord]
+    failed: Sequence[SendRecord]
+    recent: Sequence[SendRecord]
+    dead_letters: int
+    rules_version: str | None
+
+
+class Ledger(Protocol):
+    """A durable (or, for ``simulate``, in-memory) store of everything trigmail decided."""
+
+    def transaction(self) -> AbstractContextManager[LedgerTxn]:
+        """Open a transaction: committed on normal exit, rolled back on an exception."""
+        ...
+
+    def status(self, limit: int = 10) -> LedgerStatus:
+        """Return counts and the most telling sends, ``limit`` of each list."""
+        ...
+
+    def get_send(self, key: str) -> SendRecord | None:
+        """Return one send by key."""
+        ...
+
+    def get_meta(self, name: str) -> str | None:
+        """Return a value stored with ``set_meta``."""
+        ...
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Return the newest dead letters first."""
+        ...
+
+    def decision_log(self, event_id: str | None = None, limit: int = 100) -> list[LogEntry]:
+        """Return decision log entries, newest first, optionally of one event."""
+        ...
+
+    def prune(self, before: datetime) -> int:
+        """Delete finished sends, seen ids, log lines and dead letters older than ``before``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
