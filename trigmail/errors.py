@@ -25,6 +25,20 @@ class RulesError(TrigmailError):
         super().__init__(first + more)
 
 
+class SpecError(TrigmailError):
+    """Raised when one rule value is invalid; ``path`` is relative to the value compiled.
+
+    Args:
+        path: the key path inside the compiled value (``("properties.x", "gtee")``).
+        message: what is wrong, for a human.
+    """
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(message)
+
+
 class DurationError(TrigmailError):
     """Raised when a duration such as ``1h30m`` cannot be parsed."""
 
