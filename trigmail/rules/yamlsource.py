@@ -1,0 +1,245 @@
+"""YAML that means what marketing wrote, with the line and column of every value.
+
+PyYAML's default (YAML 1.1) resolver turns ``on``, ``off``, ``yes``, ``no`` and ``NO``
+(Norway) into booleans, ``9:30`` into the number 570 and ``2026-01-01`` into a date, and it
+silently keeps the last of two equal keys. Rules must mean what they say, so this loader
+resolves only ``true``/``false`` (any case) as booleans, ``null``/``~``/nothing as null and
+plain decimal numbers as numbers; everything else is text. Duplicate keys are reported with
+both positions, and the document is turned into plain Python values beside a map from each
+key path to where its key and its value start.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+Path = tuple[str | int, ...]
+
+_STR: Final = "tag:yaml.org,2002:str"
+_BOOL: Final = "tag:yaml.org,2002:bool"
+_NULL: Final = "tag:yaml.org,2002:null"
+_INT: Final = "tag:yaml.org,2002:int"
+_FLOAT: Final = "tag:yaml.org,2002:float"
+_SEQ: Final = "tag:yaml.org,2002:seq"
+_MAP: Final = "tag:yaml.org,2002:map"
+
+_BOOL_RE: Final = re.compile(r"^(?:true|false)$", re.IGNORECASE)
+_NULL_RE: Final = re.compile(r"^(?:~|null|Null|NULL|)$")
+_INT_RE: Final = re.compile(r"^[-+]?[0-9]+$")
+_FLOAT_RE: Final = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+
+
+class _Resolver(yaml.resolver.BaseResolver):
+    """YAML 1.2 core-schema-like resolution: no yes/no/on/off, no dates, no base 60."""
+
+
+_Resolver.add_implicit_resolver(_BOOL, _BOOL_RE, list("tTfF"))
+_Resolver.add_implicit_resolver(_NULL, _NULL_RE, ["~", "n", "N", ""])
+_Resolver.add_implicit_resolver(_INT, _INT_RE, list("-+0123456789"))
+_Resolver.add_implicit_resolver(_FLOAT, _FLOAT_RE, list("-+0123456789."))
+
+
+class _PyLoader(
+    yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer, _Resolver
+):
+    """The pure-Python parser, for installs without libyaml."""
+
+    def __init__(self, text: str) -> None:
+        yaml.reader.Reader.__init__(self, text)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        _Resolver.__init__(self)
+
+
+_Loader: Any = _PyLoader
+if getattr(yaml, "__with_libyaml__", False):
+    # libyaml parses many times faster and gives the same nodes and marks.
+
+    from yaml._yaml import CParser
+
+    class _CLoader(CParser, _Resolver):
+        def __init__(self, text: str) -> None:
+            CParser.__init__(self, text)
+            _Resolver.__init__(self)
+
+    _Loader = _CLoader
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A 1-based line and column."""
+
+    line: int
+    col: int
+
+
+@dataclass(frozen=True)
+class YamlIssue:
+    """Something wrong in the YAML itself: a syntax error, a duplicate key, an odd tag."""
+
+    mark: Mark
+    path: Path
+    message: str
+
+
+@dataclass(frozen=True)
+class YamlDocument:
+    """A parsed document: plain values plus where each of them was written.
+
+    ``data`` is ``None`` for an empty document or one with a syntax error (then ``issues``
+    says where). ``values`` maps a key path to where its value starts, ``keys`` to where
+    its mapping key starts.
+    """
+
+    data: Any
+    values: Mapping[Path, Mark]
+    keys: Mapping[Path, Mark]
+    issues: tuple[YamlIssue, ...] = ()
+
+    def position(self, path: Path, *, key: bool = False) -> Mark:
+        """Return where ``path`` was written, or where its nearest written parent was.
+
+        Args:
+            path: the key path.
+            key: prefer the position of the mapping key over that of its value.
+        """
+        probe = path
+        while True:
+            if key and probe in self.keys:
+                return self.keys[probe]
+            if probe in self.values:
+                return self.values[probe]
+            if not probe:
+                return Mark(1, 1)
+            probe = probe[:-1]
+
+
+def _mark(node: Node) -> Mark:
+    return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Builder:
+    """Turns a node graph into plain values, recording positions and issues on the way."""
+
+    def __init__(self) -> None:
+        self.values: dict[Path, Mark] = {}
+        self.keys: dict[Path, Mark] = {}
+        self.issues: list[YamlIssue] = []
+        # Node ids on the current path: a recursive alias (``&a [*a]``) must not loop forever.
+        self._active: set[int] = set()
+
+    def build(self, node: Node, path: Path) -> Any:
+        self.values.setdefault(path, _mark(node))
+        if id(node) in self._active:
+            self._issue(node, path, "an alias refers to itself")
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, MappingNode):
+                return self._mapping(node, path)
+            if isinstance(node, SequenceNode):
+                return self._sequence(node, path)
+            return self._scalar(node, path)
+        finally:
+            self._active.discard(id(node))
+
+    def _issue(self, node: Node, path: Path, message: str) -> None:
+        self.issues.append(YamlIssue(_mark(node), path, message))
+
+    def _mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
+        if node.tag != _MAP:
+            self._issue(node, path, f"unsupported YAML tag {node.tag!r}")
+        result: dict[str, Any] = {}
+        first_at: dict[str, Mark] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode):
+                self._issue(key_node, path, "a key must be plain text, not a list or mapping")
+                continue
+            # Keys stay exactly as written: `on:` is the text "on", never the boolean true.
+            key = str(key_node.value)
+            if key in first_at:
+                first = first_at[key]
+                self._issue(
+                    key_node,
+                    (*path, key),
+                    f"duplicate key {key!r} (first written at line {first.line}, "
+                    f"col {first.col}); keep only one",
+                )
+                continue
+            first_at[key] = _mark(key_node)
+            self.keys[(*path, key)] = first_at[key]
+            result[key] = self.build(value_node, (*path, key))
+        return result
+
+    def _sequence(self, node: SequenceNode, path: Path) -> list[Any]:
+        if node.tag != _SEQ:
+            self._issue(node, path, f"unsupported YAML tag {node.tag!r}")
+        return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+
+    def _scalar(self, node: Node, path: Path) -> Any:
+        text = str(node.value)
+        try:
+            return _construct(node.tag, text)
+        except ValueError:
+            self._issue(node, path, f"{text!r} cannot be read as {node.tag.rsplit(':', 1)[-1]}")
+        except KeyError:
+            self._issue(node, path, f"unsupported YAML tag {node.tag!r}")
+        return text
+
+
+def _construct(tag: str, text: str) -> Any:
+    """Build a scalar for one of the supported tags (explicit ones such as ``!!int`` too)."""
+    if tag == _STR:
+        return text
+    if tag == _BOOL:
+        if not _BOOL_RE.match(text):
+            raise ValueError(text)
+        return text.lower() == "true"
+    if tag == _NULL:
+        if not _NULL_RE.match(text):
+            raise ValueError(text)
+        return None
+    if tag == _INT:
+        return int(text)
+    if tag == _FLOAT:
+        lowered = text.lower()
+        return float(lowered.replace(".inf", "inf").replace(".nan", "nan"))
+    raise KeyError(tag)
+
+
+def _syntax_issue(exc: yaml.YAMLError) -> YamlIssue:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = Mark(mark.line + 1, mark.column + 1) if mark is not None else Mark(1, 1)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark.line + 1 != where.line:
+        context = f"{context} at line {context_mark.line + 1}"
+    detail = f"{problem} ({context})" if context else str(problem)
+    return YamlIssue(where, (), f"YAML syntax error: {detail}")
+
+
+def load_document(text: str) -> YamlDocument:
+    """Parse one YAML document; never raises for bad input, which becomes ``issues``."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.YAMLError as exc:
+        return YamlDocument(None, {}, {}, (_syntax_issue(exc),))
+    finally:
+        loader.dispose()
+    if node is None:
+        return YamlDocument(None, {}, {})
+    builder = _Builder()
+    data = builder.build(node, ())
+    return YamlDocument(data, builder.values, builder.keys, tuple(builder.issues))
