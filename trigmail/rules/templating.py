@@ -1,0 +1,393 @@
+"""Template data (``send.data``) and dedupe keys (``dedupe``), compiled once per rule.
+
+Data strings are Jinja over the event's data (``event``, ``id``, ``user_id``, ``email``, ``ts``,
+``user``, ``properties``, and any other top-level field), rendered in a sandbox with strict
+undefined: a reference to a missing field raises :class:`TemplateRenderError`, never yields an
+email with a blank in it. A string that is exactly one expression (``"{{ properties.items }}"``)
+keeps the value's JSON type; other strings render to text. Strings without ``{{`` or ``{%`` are
+kept as they are, as are numbers, booleans and ``null``.
+
+Without ``send.data`` the template data is the event's ``user`` and ``properties`` merged; on a
+name in both, the property wins, being the more specific to this event.
+
+Dedupe keys are ``str.format``-like templates with the placeholders ``{rule} {event}
+{event_id} {user_id} {date}`` (the UTC date of the event, ``YYYY-MM-DD``) and
+``{properties.NAME}`` (any dotted path, rendered with ``str()``); ``{{`` and ``}}`` are literal
+braces. A ``{properties.NAME}`` that is missing or ``null`` raises :class:`TemplateRenderError`:
+a key that silently read ``None`` would merge unrelated emails into one.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from jinja2 import StrictUndefined, Template, nodes
+from jinja2.environment import TemplateExpression
+from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
+from jinja2.runtime import Undefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from trigmail.errors import SpecError, TemplateRenderError
+from trigmail.events import MISSING
+
+if TYPE_CHECKING:
+    from trigmail.events import Event
+
+Path = tuple[str | int, ...]
+Field = tuple[str | int, ...]
+
+DEFAULT_DEDUPE: Final = "{rule}:{event_id}"
+
+
+class _SandboxedData(SandboxedEnvironment):
+    """The sandbox, except that a mapping's keys come before its methods.
+
+    Jinja resolves ``properties.items`` to ``dict.items`` before the key ``items``; event data
+    is full of such names (``items``, ``values``, ``count``), so the key must win.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+# Names Jinja itself provides inside templates: never fields of the event.
+_TEMPLATE_NAMES: Final = frozenset({"loop", "self", "caller", "varargs", "kwargs"})
+
+# Autoescape is off: the output is JSON template data, which SendGrid escapes itself.
+_ENV: Final = _SandboxedData(undefined=StrictUndefined, autoescape=False)
+
+
+class _Node(Protocol):
+    def render(self, data: Mapping[str, Any]) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Static:
+    value: Any
+
+    def render(self, data: Mapping[str, Any]) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    template: Template
+    where: str
+    fields: tuple[Field, ...]
+
+    def render(self, data: Mapping[str, Any]) -> Any:
+        try:
+            return self.template.render(data)
+        # Rule authors write these: whatever they raise (a missing field, a sandbox refusal,
+        # a division by zero) must set this one event aside, never stop the daemon.
+        except Exception as exc:
+            raise _render_error(self.where, self.fields, data, exc) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Native:
+    expression: TemplateExpression
+    where: str
+    fields: tuple[Field, ...]
+
+    def render(self, data: Mapping[str, Any]) -> Any:
+        try:
+            value = self.expression(data)
+            if isinstance(value, Undefined):
+                # Raises the UndefinedError or SecurityError the value stands for.
+                str(value)
+            return _json_value(value, self.where)
+        except TemplateRenderError:
+            raise
+        except Exception as exc:
+            raise _render_error(self.where, self.fields, data, exc) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Dict:
+    items: tuple[tuple[str, _Node], ...]
+
+    def render(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: node.render(data) for key, node in self.items}
+
+
+@dataclass(frozen=True, slots=True)
+class _List:
+    items: tuple[_Node, ...]
+
+    def render(self, data: Mapping[str, Any]) -> list[Any]:
+        return [node.render(data) for node in self.items]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledData:
+    """A compiled ``send.data``; ``fields`` are the event paths its expressions read."""
+
+    root: _Dict
+    fields: tuple[str, ...]
+
+    def render(self, event: Event) -> dict[str, Any]:
+        """Return the template data for ``event``.
+
+        Raises:
+            TemplateRenderError: naming the data key and the missing field or unsafe access.
+        """
+        return self.root.render(event.data)
+
+
+def compile_data(spec: Mapping[str, Any]) -> CompiledData:
+    """Compile a rule's ``send.data``, parsing every Jinja string once.
+
+    Raises:
+        SpecError: on a Jinja syntax error or a value JSON cannot hold, with its path.
+    """
+    fields: list[Field] = []
+    root = _compile_dict(spec, (), fields)
+    names = dict.fromkeys(_field_name(field) for field in fields)
+    return CompiledData(root, tuple(names))
+
+
+def template_fields(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """Return the event fields (``properties.cart_url``) that ``spec``'s expressions read.
+
+    Raises:
+        SpecError: as :func:`compile_data`.
+    """
+    return compile_data(spec).fields
+
+
+def default_data(event: Event) -> dict[str, Any]:
+    """Return the template data of a rule without ``data``: ``user`` and ``properties`` merged.
+
+    A name in both takes the property's value.
+    """
+    return {**event.user, **event.properties}
+
+
+def _compile_value(value: object, path: Path, fields: list[Field]) -> _Node:
+    if isinstance(value, str):
+        return _compile_string(value, path, fields)
+    if isinstance(value, Mapping):
+        return _compile_dict(value, path, fields)
+    if isinstance(value, list):
+        return _List(tuple(_compile_value(v, (*path, i), fields) for i, v in enumerate(value)))
+    if value is None or isinstance(value, bool | int | float):
+        return _Static(value)
+    raise SpecError(path, f"a {type(value).__name__} is not JSON data; quote it to keep it as text")
+
+
+def _compile_dict(spec: object, path: Path, fields: list[Field]) -> _Dict:
+    if not isinstance(spec, Mapping):
+        raise SpecError(path, f"data must be a mapping, not a {type(spec).__name__}")
+    items = []
+    for key, value in spec.items():
+        if not isinstance(key, str):
+            raise SpecError((*path, str(key)), f"data keys must be strings, not {key!r}")
+        items.append((key, _compile_value(value, (*path, key), fields)))
+    return _Dict(tuple(items))
+
+
+def _compile_string(text: str, path: Path, fields: list[Field]) -> _Node:
+    if "{{" not in text and "{%" not in text:
+        return _Static(text)
+    try:
+        ast = _ENV.parse(text)
+        found = _field_chains(ast)
+        expression = _single_expression(ast)
+        where = _where(path)
+        if expression is None:
+            node: _Node = _Text(_ENV.from_string(ast), where, found)
+        else:
+            node = _Native(_compile_expression(expression), where, found)
+    except TemplateSyntaxError as exc:
+        raise SpecError(path, f"Jinja syntax error: {exc.message} (line {exc.lineno})") from None
+    fields.extend(found)
+    return node
+
+
+def _single_expression(ast: nodes.Template) -> nodes.Expr | None:
+    """Return the expression of a template that is exactly ``{{ expr }}``, else ``None``."""
+    if len(ast.body) != 1 or not isinstance(ast.body[0], nodes.Output):
+        return None
+    output = ast.body[0].nodes
+    if len(output) != 1 or isinstance(output[0], nodes.TemplateData):
+        return None
+    return output[0]
+
+
+def _compile_expression(expression: nodes.Expr) -> TemplateExpression:
+    # What Environment.compile_expression does with source text, done with the parsed node
+    # so each string is parsed once; the raw value is kept so an Undefined can be reported.
+    body = [nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)]
+    template = _ENV.from_string(nodes.Template(body, lineno=1))
+    return TemplateExpression(template, undefined_to_none=False)
+
+
+def _field_chains(ast: nodes.Template) -> tuple[Field, ...]:
+    """Return the constant attribute/item chains read from the context, in order."""
+    local = {name.name for name in ast.find_all(nodes.Name) if name.ctx != "load"}
+    local.update(_ENV.globals, _TEMPLATE_NAMES)
+    chains: list[Field] = []
+
+    def visit(node: nodes.Node) -> None:
+        chain = _chain(node)
+        if chain is None:
+            for child in node.iter_child_nodes():
+                visit(child)
+        elif chain[0] not in local:
+            chains.append(chain)
+
+    visit(ast)
+    return tuple(chains)
+
+
+def _chain(node: nodes.Node) -> Field | None:
+    if isinstance(node, nodes.Name):
+        return (node.name,)
+    if isinstance(node, nodes.Getattr):
+        base = _chain(node.node)
+        return None if base is None else (*base, node.attr)
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        key = node.arg.value
+        base = _chain(node.node) if isinstance(key, str | int) else None
+        return None if base is None else (*base, key)
+    return None
+
+
+def _render_error(
+    where: str, fields: tuple[Field, ...], data: Mapping[str, Any], exc: Exception
+) -> TemplateRenderError:
+    if isinstance(exc, UndefinedError) and not isinstance(exc, SecurityError):
+        for field in fields:
+            missing = _missing_prefix(data, field)
+            if missing is not None:
+                return TemplateRenderError(f"{where}: {_field_name(missing)} is missing")
+    message = exc.message if isinstance(exc, UndefinedError | SecurityError) else None
+    return TemplateRenderError(f"{where}: {message or f'{type(exc).__name__}: {exc}'}")
+
+
+def _missing_prefix(data: Mapping[str, Any], field: Field) -> Field | None:
+    """Return the shortest prefix of ``field`` that ``data`` does not hold, or ``None``."""
+    value: Any = data
+    for depth, part in enumerate(field, start=1):
+        if not _holds(value, part):
+            return field[:depth]
+        value = value[part]
+    return None
+
+
+def _holds(container: Any, part: str | int) -> bool:
+    if isinstance(container, Mapping):
+        return part in container
+    return (
+        isinstance(container, list)
+        and isinstance(part, int)
+        and -len(container) <= part < len(container)
+    )
+
+
+def _json_value(value: Any, where: str) -> Any:
+    """Copy a native result as JSON data; anything else is a template error."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_value(item, where) for item in value]
+    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        return {key: _json_value(item, where) for key, item in value.items()}
+    raise TemplateRenderError(f"{where}: the value is a {type(value).__name__}, not JSON data")
+
+
+def _field_name(field: Field) -> str:
+    return "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" if index else part
+        for index, part in enumerate(field)
+    )
+
+
+def _where(path: Path) -> str:
+    return _field_name(("data", *path))
+
+
+# --- dedupe keys -------------------------------------------------------------------------
+
+_KeyPart = Callable[[str, "Event"], str]
+
+_PLACEHOLDERS: Final[Mapping[str, _KeyPart]] = {
+    "rule": lambda rule_id, _event: rule_id,
+    "event": lambda _rule_id, event: event.name,
+    "event_id": lambda _rule_id, event: event.id,
+    "user_id": lambda _rule_id, event: event.user_id,
+    "date": lambda _rule_id, event: event.ts.astimezone(UTC).date().isoformat(),
+}
+_PLACEHOLDER_HELP: Final = "use {rule}, {event}, {event_id}, {user_id}, {date} or {properties.NAME}"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledKey:
+    """A compiled ``dedupe`` template: literal text and placeholder getters, in order."""
+
+    text: str
+    parts: tuple[str | _KeyPart, ...]
+
+    def render(self, rule_id: str, event: Event) -> str:
+        """Return the idempotency key of ``rule_id`` for ``event``.
+
+        Raises:
+            TemplateRenderError: when a ``{properties.NAME}`` is missing or null in the event.
+        """
+        return "".join(
+            part if isinstance(part, str) else part(rule_id, event) for part in self.parts
+        )
+
+
+def compile_key(text: str) -> CompiledKey:
+    """Compile a rule's ``dedupe`` template.
+
+    Raises:
+        SpecError: on an unknown placeholder or unbalanced braces, with the path ``()``.
+    """
+    if not text:
+        raise SpecError((), "a dedupe key must not be empty")
+    return CompiledKey(text, tuple(_key_parts(text)))
+
+
+def _key_parts(text: str) -> Iterator[str | _KeyPart]:
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise SpecError(
+            (), f"unbalanced braces in {text!r}: {exc} (write {{{{ for a brace)"
+        ) from None
+    for literal, name, spec, conversion in parsed:
+        if literal:
+            yield literal
+        if name is None:
+            continue
+        placeholder = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+        if placeholder != name:
+            raise SpecError((), f"unknown placeholder '{{{placeholder}}}' ({_PLACEHOLDER_HELP})")
+        yield _placeholder(name)
+
+
+def _placeholder(name: str) -> _KeyPart:
+    getter = _PLACEHOLDERS.get(name)
+    if getter is not None:
+        return getter
+    head, _, path = name.partition(".")
+    if head != "properties" or not path or not all(path.split(".")):
+        raise SpecError((), f"unknown placeholder '{{{name}}}' ({_PLACEHOLDER_HELP})")
+
+    def property_value(_rule_id: str, event: Event) -> str:
+        value = event.lookup(name)
+        if value is MISSING or value is None:
+            state = "missing" if value is MISSING else "null"
+            raise TemplateRenderError(f"dedupe: {name} is {state}")
+        return str(value)
+
+    return property_value
