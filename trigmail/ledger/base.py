@@ -33,6 +33,11 @@ class SendState(StrEnum):
 # may have reached the provider, so it holds others back until it is known to have failed.
 DELIVERED_STATES = frozenset({SendState.SENDING, SendState.SENT, SendState.IN_DOUBT})
 
+# States a send never leaves: only these are pruned, so nothing pending is ever forgotten.
+FINISHED_STATES = frozenset(
+    {SendState.SENT, SendState.FAILED, SendState.CANCELLED, SendState.IN_DOUBT}
+)
+
 
 @dataclass(frozen=True)
 class SendRecord:

@@ -1,0 +1,465 @@
+"""The in-memory ledger: the SQLite ledger's semantics with dicts, for ``simulate`` and tests.
+
+A transaction writes in place and keeps an undo log, so commit is free and a rollback replays
+the log backwards. Sends are indexed per user and per (rule, user) so nothing on the event path
+scans every send; due sends sit in a heap whose stale entries are dropped lazily.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from trigmail.decisions import LogEntry
+from trigmail.errors import LedgerError
+from trigmail.ledger.base import (
+    DELIVERED_STATES,
+    FINISHED_STATES,
+    DeadLetter,
+    LedgerStatus,
+    SendRecord,
+    SendState,
+)
+from trigmail.rules.model import OnDoubt
+
+Clock = Callable[[], datetime]
+
+_FINISH_STATES = frozenset({SendState.SENT, SendState.FAILED, SendState.IN_DOUBT})
+RECOVERED_ERROR = "interrupted while sending: the provider may or may not have it"
+
+
+def utc_now() -> datetime:
+    """Return the wall-clock time; the default clock of both ledgers."""
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Return ``moment`` in UTC; a naive datetime is refused, its zone would be a guess."""
+    if moment.tzinfo is UTC:
+        return moment
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: the ledger needs timezone-aware times")
+    return moment.astimezone(UTC)
+
+
+def check_finish_state(state: SendState) -> None:
+    """Refuse a ``finish`` into a state that is not an outcome of a provider call."""
+    if state not in _FINISH_STATES:
+        raise ValueError(f"finish() moves a send to sent, failed or in_doubt, not {state}")
+
+
+@dataclass(frozen=True, order=True)
+class _DueEntry:
+    """A heap entry; stale once its send is no longer scheduled at ``due_at``."""
+
+    due_at: datetime
+    key: str
+
+
+class _Store:
+    """The data of a memory ledger and its indexes."""
+
+    def __init__(self) -> None:
+        self.sends: dict[str, SendRecord] = {}
+        self.by_user: dict[str, set[str]] = {}
+        self.by_rule_user: dict[tuple[str, str], set[str]] = {}
+        self.due: list[_DueEntry] = []
+        self.seen: dict[str, datetime] = {}
+        self.positions: dict[str, str] = {}
+        self.meta: dict[str, str] = {}
+        self.log: list[LogEntry] = []
+        self.dead: list[DeadLetter] = []
+
+    def put(self, record: SendRecord) -> SendRecord | None:
+        """Store ``record`` and index it; return the record it replaced."""
+        old = self.sends.get(record.key)
+        self.sends[record.key] = record
+        if old is None:
+            self.by_user.setdefault(record.user_id, set()).add(record.key)
+            self.by_rule_user.setdefault((record.rule_id, record.user_id), set()).add(record.key)
+        if record.state == SendState.SCHEDULED:
+            heapq.heappush(self.due, _DueEntry(record.due_at, record.key))
+        return old
+
+    def restore(self, key: str, old: SendRecord | None) -> None:
+        """Undo a :meth:`put`: bring back ``old``, or forget ``key`` when it was new."""
+        if old is not None:
+            self.put(old)
+            return
+        record = self.sends.pop(key)
+        self.by_user[record.user_id].discard(key)
+        self.by_rule_user[(record.rule_id, record.user_id)].discard(key)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Delete finished sends for good (prune); their heap entries are already stale."""
+        for key in keys:
+            self.restore(key, None)
+
+    def is_current(self, entry: _DueEntry) -> bool:
+        record = self.sends.get(entry.key)
+        return (
+            record is not None
+            and record.state == SendState.SCHEDULED
+            and record.due_at == entry.due_at
+        )
+
+    def user_sends(self, user_id: str) -> Iterator[SendRecord]:
+        return (self.sends[key] for key in self.by_user.get(user_id, ()))
+
+
+class MemoryTxn:
+    """One transaction of a :class:`MemoryLedger`; see :class:`trigmail.ledger.base.LedgerTxn`."""
+
+    def __init__(self, store: _Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        self._undo: list[Callable[[], object]] = []
+        self._open = True
+
+    def _live(self) -> _Store:
+        if not self._open:
+            raise LedgerError("the transaction is over: open a new one")
+        return self._store
+
+    def _put(self, record: SendRecord) -> None:
+        store = self._live()
+        old = store.put(record)
+        self._undo.append(lambda: store.restore(record.key, old))
+
+    def _end(self, commit: bool) -> None:
+        self._open = False
+        if not commit:
+            for undo in reversed(self._undo):
+                undo()
+        self._undo.clear()
+
+    # -- reads the engine decides from -------------------------------------------------
+    def seen_event(self, event_id: str) -> bool:
+        return event_id in self._live().seen
+
+    def send_exists(self, key: str) -> bool:
+        return key in self._live().sends
+
+    def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
+        store = self._live()
+        claimed = [
+            record.claimed_at
+            for key in store.by_rule_user.get((rule_id, user_id), ())
+            if (record := store.sends[key]).state in DELIVERED_STATES
+            and record.claimed_at is not None
+        ]
+        return max(claimed, default=None)
+
+    def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        wanted = frozenset(rule_ids)
+        found = [
+            record
+            for record in self._live().user_sends(user_id)
+            if record.state == SendState.SCHEDULED and record.rule_id in wanted
+        ]
+        return sorted(found, key=lambda record: (record.due_at, record.key))
+
+    def delivered_count_since(
+        self, user_id: str, categories: Collection[str], since: datetime
+    ) -> int:
+        wanted = frozenset(categories)
+        since = as_utc(since)
+        return sum(
+            1
+            for record in self._live().user_sends(user_id)
+            if record.state in DELIVERED_STATES
+            and record.claimed_at is not None
+            and record.claimed_at >= since
+            and not wanted.isdisjoint(record.payload.categories)
+        )
+
+    # -- writes of the event path --------------------------------------------------------
+    def mark_seen(self, event_id: str, at: datetime) -> bool:
+        seen = self._live().seen
+        if event_id in seen:
+            return False
+        seen[event_id] = as_utc(at)
+        self._undo.append(lambda: seen.pop(event_id))
+        return True
+
+    def insert_send(self, send: SendRecord) -> bool:
+        if send.state != SendState.SCHEDULED:
+            raise ValueError(f"send {send.key}: a new send is scheduled, not {send.state}")
+        if send.key in self._live().sends:
+            return False
+        created_at = self._clock() if send.created_at is None else send.created_at
+        self._put(
+            replace(
+                send,
+                due_at=as_utc(send.due_at),
+                cancel_match=dict(send.cancel_match),
+                created_at=as_utc(created_at),
+                updated_at=as_utc(send.updated_at or created_at),
+            )
+        )
+        return True
+
+    def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
+        return [key for key in dict.fromkeys(keys) if self.drop(key, reason, at)]
+
+    def log(self, entries: Sequence[LogEntry]) -> None:
+        log = self._live().log
+        size = len(log)
+        log.extend(entries)
+        self._undo.append(lambda: log.__delitem__(slice(size, None)))
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        dead = self._live().dead
+        dead.append(replace(letter, at=as_utc(letter.at)))
+        self._undo.append(dead.pop)
+
+    def get_position(self, source: str) -> str | None:
+        return self._live().positions.get(source)
+
+    def set_position(self, source: str, position: str) -> None:
+        self._set_item(self._live().positions, source, position)
+
+    def _set_item(self, mapping: dict[str, str], name: str, value: str) -> None:
+        old = mapping.get(name)
+        mapping[name] = value
+        if old is None:
+            self._undo.append(lambda: mapping.pop(name))
+        else:
+            self._undo.append(lambda: mapping.__setitem__(name, old))
+
+    # -- writes of the send path -----------------------------------------------------------
+    def due_sends(self, until: datetime, limit: int) -> list[SendRecord]:
+        store = self._live()
+        until = as_utc(until)
+        found: list[SendRecord] = []
+        kept: list[_DueEntry] = []
+        while store.due and len(found) < limit and store.due[0].due_at <= until:
+            entry = heapq.heappop(store.due)
+            # A stale entry is dropped for good: a rollback that makes its send scheduled
+            # again pushes a fresh one. Equal entries pop one after the other.
+            if store.is_current(entry) and (not kept or kept[-1] != entry):
+                kept.append(entry)
+                found.append(store.sends[entry.key])
+        for entry in kept:
+            heapq.heappush(store.due, entry)
+        return found
+
+    def next_due_at(self) -> datetime | None:
+        store = self._live()
+        while store.due and not store.is_current(store.due[0]):
+            heapq.heappop(store.due)
+        return store.due[0].due_at if store.due else None
+
+    def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
+        at = as_utc(at)
+        claimed: list[SendRecord] = []
+        for scheduled in self._in_state(keys, SendState.SCHEDULED):
+            record = replace(
+                scheduled,
+                state=SendState.SENDING,
+                attempts=scheduled.attempts + 1,
+                claimed_at=at,
+                updated_at=at,
+            )
+            self._put(record)
+            claimed.append(record)
+        return claimed
+
+    def finish(
+        self,
+        keys: Collection[str],
+        state: SendState,
+        at: datetime,
+        message_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        check_finish_state(state)
+        for record in self._in_state(keys, SendState.SENDING):
+            self._put(
+                replace(
+                    record,
+                    state=state,
+                    updated_at=as_utc(at),
+                    message_id=record.message_id if message_id is None else message_id,
+                    last_error=record.last_error if error is None else error,
+                )
+            )
+
+    def retry_later(self, keys: Collection[str], due_at: datetime, error: str) -> None:
+        for record in self._in_state(keys, SendState.SENDING):
+            self._put(
+                replace(
+                    record,
+                    state=SendState.SCHEDULED,
+                    due_at=as_utc(due_at),
+                    last_error=error,
+                    claimed_at=None,
+                    updated_at=as_utc(self._clock()),
+                )
+            )
+
+    def drop(self, key: str, reason: str, at: datetime) -> bool:
+        for record in self._in_state((key,), SendState.SCHEDULED):
+            self._put(
+                replace(record, state=SendState.CANCELLED, reason=reason, updated_at=as_utc(at))
+            )
+            return True
+        return False
+
+    def defer(self, key: str, due_at: datetime) -> bool:
+        for record in self._in_state((key,), SendState.SCHEDULED):
+            self._put(replace(record, due_at=as_utc(due_at), updated_at=as_utc(self._clock())))
+            return True
+        return False
+
+    def recover_in_flight(self, at: datetime) -> list[SendRecord]:
+        at = as_utc(at)
+        sending = [r for r in self._live().sends.values() if r.state == SendState.SENDING]
+        changed = [recovered(record, at) for record in sorted(sending, key=lambda r: r.key)]
+        for record in changed:
+            self._put(record)
+        return changed
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._set_item(self._live().meta, name, value)
+
+    def _in_state(self, keys: Iterable[str], state: SendState) -> list[SendRecord]:
+        sends = self._live().sends
+        return [
+            record
+            for key in dict.fromkeys(keys)
+            if (record := sends.get(key)) is not None and record.state == state
+        ]
+
+
+def recovered(record: SendRecord, at: datetime) -> SendRecord:
+    """Return a ``sending`` send as it is after a crash, by its rule's ``on_doubt``."""
+    resend = record.on_doubt == OnDoubt.RESEND
+    return replace(
+        record,
+        state=SendState.SCHEDULED if resend else SendState.IN_DOUBT,
+        claimed_at=None if resend else record.claimed_at,
+        last_error=RECOVERED_ERROR,
+        updated_at=at,
+    )
+
+
+def status_of(
+    sends: Collection[SendRecord], dead_letters: int, rules_version: str | None, limit: int
+) -> LedgerStatus:
+    """Build a :class:`LedgerStatus` from every send (the memory ledger's status)."""
+    counts = dict.fromkeys(SendState, 0)
+    by_rule: dict[str, dict[SendState, int]] = {}
+    for record in sends:
+        counts[record.state] += 1
+        by_rule.setdefault(record.rule_id, dict.fromkeys(SendState, 0))[record.state] += 1
+    newest = sorted(sorted(sends, key=lambda r: r.key), key=_updated, reverse=True)
+    scheduled = (r for r in sends if r.state == SendState.SCHEDULED)
+    return LedgerStatus(
+        counts=counts,
+        by_rule=by_rule,
+        next_due=sorted(scheduled, key=lambda r: (r.due_at, r.key))[:limit],
+        in_doubt=[r for r in newest if r.state == SendState.IN_DOUBT][:limit],
+        failed=[r for r in newest if r.state == SendState.FAILED][:limit],
+        recent=newest[:limit],
+        dead_letters=dead_letters,
+        rules_version=rules_version,
+    )
+
+
+def _updated(record: SendRecord) -> datetime:
+    assert record.updated_at is not None  # every stored send has one
+    return record.updated_at
+
+
+class MemoryLedger:
+    """A ledger that lives and dies with the process; see :class:`trigmail.ledger.base.Ledger`.
+
+    Args:
+        clock: the time of writes that carry none (``created_at`` of a new send); ``simulate``
+            passes its virtual clock.
+    """
+
+    def __init__(self, clock: Clock = utc_now) -> None:
+        self._clock = clock
+        self._store = _Store()
+        self._lock = threading.RLock()
+        self._busy = False
+        self._closed = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[MemoryTxn]:
+        with self._lock:
+            self._check_usable()
+            self._busy = True
+            txn = MemoryTxn(self._store, self._clock)
+            try:
+                yield txn
+            except BaseException:
+                txn._end(commit=False)
+                raise
+            else:
+                txn._end(commit=True)
+            finally:
+                self._busy = False
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise LedgerError("the ledger is closed")
+        if self._busy:
+            raise LedgerError("a transaction is already open on this ledger")
+
+    @contextmanager
+    def _reading(self) -> Iterator[_Store]:
+        with self._lock:
+            self._check_usable()
+            yield self._store
+
+    def status(self, limit: int = 10) -> LedgerStatus:
+        with self._reading() as store:
+            version = store.meta.get("rules_version")
+            return status_of(list(store.sends.values()), len(store.dead), version, limit)
+
+    def get_send(self, key: str) -> SendRecord | None:
+        with self._reading() as store:
+            return store.sends.get(key)
+
+    def get_meta(self, name: str) -> str | None:
+        with self._reading() as store:
+            return store.meta.get(name)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self._reading() as store:
+            return store.dead[::-1][:limit]
+
+    def decision_log(self, event_id: str | None = None, limit: int = 100) -> list[LogEntry]:
+        with self._reading() as store:
+            newest = reversed(store.log)
+            found = [e for e in newest if event_id is None or e.event_id == event_id]
+            return found[:limit]
+
+    def prune(self, before: datetime) -> int:
+        before = as_utc(before)
+        with self._reading() as store:
+            old = [
+                key
+                for key, record in store.sends.items()
+                if record.state in FINISHED_STATES and _updated(record) < before
+            ]
+            store.forget(old)
+            seen = [event_id for event_id, at in store.seen.items() if at < before]
+            for event_id in seen:
+                del store.seen[event_id]
+            log_size, dead_size = len(store.log), len(store.dead)
+            store.log = [entry for entry in store.log if as_utc(entry.at) >= before]
+            store.dead = [letter for letter in store.dead if letter.at >= before]
+            removed_lines = log_size - len(store.log) + dead_size - len(store.dead)
+            return len(old) + len(seen) + removed_lines
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True

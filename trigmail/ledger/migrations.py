@@ -1,0 +1,183 @@
+"""The SQLite ledger's schema: an ordered list of migrations, applied when a ledger opens.
+
+Migration ``n`` (1-based) takes the schema from version ``n - 1`` to ``n``; the version reached
+is kept as ``schema_version`` in the ``meta`` table. Migrations only ever get appended.
+
+Times are integer microseconds since the Unix epoch (UTC), so ``ORDER BY due_at`` is exact.
+Tables are STRICT, so a value of the wrong type is refused instead of silently stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Final
+
+from sqlite_utils import Database
+
+from trigmail.errors import LedgerError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION_KEY: Final = "schema_version"
+
+# sqlite-utils cannot declare CHECK constraints, so this one table is written out; the CHECKs
+# are the last line of defence for the state machine and must never be silently bypassed.
+_CREATE_SENDS = """
+CREATE TABLE sends (
+    key TEXT PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    step INTEGER NOT NULL CHECK (step >= 0),
+    user_id TEXT NOT NULL,
+    email TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    due_at INTEGER NOT NULL,
+    payload TEXT NOT NULL CHECK (json_valid(payload)),
+    on_doubt TEXT NOT NULL CHECK (on_doubt IN ('skip', 'resend')),
+    rules_version TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (
+        state IN ('scheduled', 'sending', 'sent', 'failed', 'cancelled', 'in_doubt')
+    ),
+    cancel_match TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(cancel_match)),
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    message_id TEXT,
+    last_error TEXT,
+    reason TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    claimed_at INTEGER,
+    -- a send that left 'scheduled' for the provider always says when it was claimed
+    CHECK (state IN ('scheduled', 'cancelled') OR claimed_at IS NOT NULL)
+) STRICT
+"""
+
+
+def _v1_initial(db: Database) -> None:
+    db.create_table("meta", {"name": str, "value": str}, pk="name", not_null={"value"}, strict=True)
+    db.execute(_CREATE_SENDS)
+    sends = db.table("sends")
+    sends.create_index(["state", "due_at"], "sends_by_state_due")
+    sends.create_index(["user_id", "state"], "sends_by_user_state")
+    sends.create_index(["rule_id", "user_id", "claimed_at"], "sends_by_rule_user_claimed")
+    sends.create_index(["updated_at"], "sends_by_updated")
+    # Caps count a user's sends per category: one row per (send, category) of its payload.
+    categories = db.create_table(
+        "send_categories",
+        {"key": str, "category": str},
+        pk=("key", "category"),
+        not_null={"key", "category"},
+        foreign_keys=[("key", "sends", "key")],
+        strict=True,
+    )
+    categories.create_index(["category", "key"], "send_categories_by_category")
+    seen = db.create_table(
+        "seen_events",
+        {"event_id": str, "seen_at": int},
+        pk="event_id",
+        not_null={"seen_at"},
+        strict=True,
+    )
+    seen.create_index(["seen_at"], "seen_events_by_seen_at")
+    db.create_table(
+        "positions",
+        {"source": str, "position": str, "updated_at": int},
+        pk="source",
+        not_null={"position", "updated_at"},
+        strict=True,
+    )
+    _create_log_tables(db)
+
+
+def _create_log_tables(db: Database) -> None:
+    log = db.create_table(
+        "decision_log",
+        {
+            "id": int,
+            "at": int,
+            "event_id": str,
+            "user_id": str,
+            "rule": str,
+            "step": int,
+            "key": str,
+            "outcome": str,
+            "reason": str,
+            "due_at": int,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"at", "outcome", "reason", "detail"},
+        strict=True,
+    )
+    log.create_index(["event_id"], "decision_log_by_event")
+    log.create_index(["at"], "decision_log_by_at")
+    dead = db.create_table(
+        "dead_letters",
+        {
+            "id": int,
+            "at": int,
+            "source": str,
+            "position": str,
+            "raw": str,
+            "reason": str,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"at", "source", "position", "raw", "reason", "detail"},
+        strict=True,
+    )
+    dead.create_index(["at"], "dead_letters_by_at")
+
+
+Migration = Callable[[Database], None]
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_initial,)
+LATEST_VERSION: Final = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """Return the schema version of the open database; 0 for an empty one."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if has_meta is None:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (SCHEMA_VERSION_KEY,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to :data:`LATEST_VERSION` in one transaction; return that version.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``), outside any transaction.
+
+    Raises:
+        LedgerError: when a newer trigmail wrote the database.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _apply_pending(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return version
+
+
+def _apply_pending(conn: sqlite3.Connection) -> int:
+    version = schema_version(conn)
+    if version > LATEST_VERSION:
+        raise LedgerError(
+            f"the ledger has schema version {version}, newer than this trigmail knows "
+            f"({LATEST_VERSION}): upgrade trigmail"
+        )
+    db = Database(conn, recursive_triggers=False, execute_plugins=False)
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        logger.info("ledger: migrating schema to version %d", number)
+        step(db)
+        conn.execute(
+            "INSERT INTO meta (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (SCHEMA_VERSION_KEY, str(number)),
+        )
+    return LATEST_VERSION
