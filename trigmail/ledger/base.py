@@ -164,7 +164,7 @@ class LedgerTxn(Protocol):
         ...
 
     def drop(self, key: str, reason: str, at: datetime) -> bool:
-        """Move a ``scheduled`` send to ``cancelled`` with ``reason``; ``False`` if not scheduled."""
+        """Move a ``scheduled`` send to ``cancelled`` with ``reason``; ``False`` if it was not."""
         ...
 
     def defer(self, key: str, due_at: datetime) -> bool:

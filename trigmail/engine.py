@@ -1,0 +1,239 @@
+"""The functional core: what to do with an event, and with a send that falls due.
+
+Both decisions are pure: they read the rule set, a view of the ledger and ``now``, and return
+values that carry their reason. The daemon and ``simulate`` apply them; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from trigmail.decisions import (
+    Cancel,
+    Decision,
+    Defer,
+    Drop,
+    DueDecision,
+    Fire,
+    Payload,
+    Reason,
+    Schedule,
+    SetAside,
+    Skip,
+)
+from trigmail.errors import TemplateRenderError
+from trigmail.events import MISSING, Event
+from trigmail.ledger.base import SendRecord
+from trigmail.rules.model import Rule, RuleSet, SendSpec, Step
+from trigmail.rules.templating import default_data
+from trigmail.windows import next_opening, window_zone
+
+
+class LedgerView(Protocol):
+    """The reads the engine decides from; a ledger transaction provides them."""
+
+    def seen_event(self, event_id: str) -> bool: ...
+
+    def send_exists(self, key: str) -> bool: ...
+
+    def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None: ...
+
+    def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]: ...
+
+    def delivered_count_since(
+        self, user_id: str, categories: Collection[str], since: datetime
+    ) -> int: ...
+
+
+def step_key(base_key: str, step: Step) -> str:
+    """Return a step's idempotency key: the rule's key, plus ``#n`` for a sequence's step n."""
+    return base_key if step.number == 0 else f"{base_key}#{step.number}"
+
+
+def decide(event: Event, rules: RuleSet, view: LedgerView, now: datetime) -> list[Decision]:
+    """Decide what one event does: cancel pending sends, schedule new ones, or nothing.
+
+    Args:
+        event: a valid event.
+        rules: the rule set in force.
+        view: the ledger as of this event (earlier events of the batch included).
+        now: the current time (virtual under ``simulate``).
+    """
+    if view.seen_event(event.id):
+        return [Skip(None, Reason.DUPLICATE_EVENT, f"event {event.id} was already decided")]
+    decisions: list[Decision] = list(_cancellations(event, rules, view))
+    triggered = rules.triggered_by(event.name)
+    for rule in triggered:
+        decisions.extend(_decide_rule(rule, event, view, now))
+    if not decisions:
+        decisions.append(Skip(None, Reason.NO_RULE, f"no rule is triggered by {event.name!r}"))
+    return decisions
+
+
+def _cancellations(event: Event, rules: RuleSet, view: LedgerView) -> Iterator[Cancel]:
+    cancellers = rules.cancelled_by(event.name)
+    if not cancellers:
+        return
+    pending = view.pending_for_user(event.user_id, {rule.id for rule, _ in cancellers})
+    for rule, cancel in cancellers:
+        value = None if cancel.match is None else event.lookup(cancel.match)
+        keys = tuple(
+            send.key
+            for send in pending
+            if send.rule_id == rule.id
+            and (cancel.match is None or _same(send.cancel_match.get(cancel.match, MISSING), value))
+        )
+        if keys:
+            yield Cancel(rule.id, keys, event.id)
+
+
+def _same(trigger_value: Any, cancel_value: Any) -> bool:
+    return (
+        trigger_value is not MISSING
+        and cancel_value is not MISSING
+        and trigger_value == (cancel_value)
+    )
+
+
+def _decide_rule(rule: Rule, event: Event, view: LedgerView, now: datetime) -> list[Decision]:
+    if not rule.enabled:
+        return [Skip(rule.id, Reason.RULE_DISABLED, "the rule is disabled")]
+    if rule.when is not None and (failed := rule.when.check(event)) is not None:
+        return [Skip(rule.id, Reason.CONDITION_FALSE, failed)]
+    if event.email is None:
+        return [SetAside(rule.id, Reason.MISSING_EMAIL, "the event has no 'email' to send to")]
+    try:
+        base_key = rule.dedupe.render(rule.id, event)
+    except TemplateRenderError as exc:
+        return [SetAside(rule.id, Reason.TEMPLATE_ERROR, f"dedupe: {exc}")]
+    return [_decide_step(rule, step, base_key, event, view=view, now=now) for step in rule.steps]
+
+
+def _decide_step(
+    rule: Rule, step: Step, base_key: str, event: Event, *, view: LedgerView, now: datetime
+) -> Decision:
+    key = step_key(base_key, step)
+    if step.when is not None and (failed := step.when.check(event)) is not None:
+        return Skip(rule.id, Reason.CONDITION_FALSE, failed, step=step.number, key=key)
+    if view.send_exists(key):
+        return Skip(rule.id, Reason.DUPLICATE_KEY, f"key {key} exists", step=step.number, key=key)
+    trigger_values = _trigger_values(rule, event)
+    due_at, reason = _due_at(rule, step, event, trigger_values)
+    late = _too_late(rule, due_at, now)
+    if late is not None:
+        return Skip(rule.id, Reason.MAX_LATE, late, step=step.number, key=key)
+    until = _cooldown_until(rule, step, event.user_id, view)
+    if until is not None and until > due_at:
+        detail = f"last email of this rule to {event.user_id} holds the next back"
+        return Skip(rule.id, Reason.COOLDOWN, detail, step=step.number, key=key, until=until)
+    try:
+        payload = _payload(step.send, event)
+    except TemplateRenderError as exc:
+        return SetAside(rule.id, Reason.TEMPLATE_ERROR, str(exc), step=step.number)
+    assert event.email is not None  # checked by _decide_rule
+    return Schedule(
+        rule_id=rule.id,
+        step=step.number,
+        key=key,
+        user_id=event.user_id,
+        email=event.email,
+        event_id=event.id,
+        due_at=due_at,
+        payload=payload,
+        on_doubt=rule.on_doubt,
+        reason=reason,
+        cancel_match=trigger_values,
+    )
+
+
+def _trigger_values(rule: Rule, event: Event) -> dict[str, Any]:
+    """Keep the trigger's values that the send needs once the event is gone."""
+    paths = [cancel.match for cancel in rule.cancel_on if cancel.match is not None]
+    if rule.send_window is not None and rule.send_window.timezone_is_path:
+        paths.append(rule.send_window.timezone)
+    values = {path: event.lookup(path) for path in paths}
+    return {path: value for path, value in values.items() if value is not MISSING}
+
+
+def _due_at(
+    rule: Rule, step: Step, event: Event, trigger_values: Mapping[str, Any]
+) -> tuple[datetime, Reason]:
+    due_at = event.ts + timedelta(seconds=step.delay_s)
+    reason = Reason.DELAY if step.delay_s else Reason.IMMEDIATE
+    window = rule.send_window
+    if window is not None:
+        opening = next_opening(window, due_at, window_zone(window, trigger_values))
+        if opening != due_at:
+            return opening, Reason.SEND_WINDOW
+    return due_at, reason
+
+
+def _too_late(rule: Rule, due_at: datetime, now: datetime) -> str | None:
+    if rule.max_late_s is None:
+        return None
+    late_s = (now - due_at).total_seconds()
+    if late_s <= rule.max_late_s:
+        return None
+    return f"due {late_s:.0f}s ago, more than max_late {rule.max_late_s}s"
+
+
+def _cooldown_until(rule: Rule, step: Step, user_id: str, view: LedgerView) -> datetime | None:
+    # Later steps of a sequence belong to the trigger that already passed the cooldown.
+    if rule.cooldown_s <= 0 or step.number > 1:
+        return None
+    last = view.last_delivered_at(rule.id, user_id)
+    return None if last is None else last + timedelta(seconds=rule.cooldown_s)
+
+
+def _payload(spec: SendSpec, event: Event) -> Payload:
+    data = default_data(event) if spec.data is None else spec.data.render(event)
+    return Payload(
+        template=spec.template,
+        data=data,
+        categories=spec.categories,
+        asm_group=spec.asm_group,
+        from_=spec.from_,
+        reply_to=spec.reply_to,
+    )
+
+
+def decide_due(send: SendRecord, rules: RuleSet, view: LedgerView, now: datetime) -> DueDecision:
+    """Decide what a send that fell due does now: fire, drop (with a reason) or wait.
+
+    Args:
+        send: a ``scheduled`` send whose ``due_at`` has passed.
+        rules: the rule set in force now, which may differ from the one that scheduled it.
+        view: the ledger.
+        now: the current time.
+    """
+    rule = rules.get(send.rule_id)
+    if rule is None:
+        return Drop(send.key, Reason.RULE_DELETED, f"rule {send.rule_id} no longer exists")
+    if not rule.enabled:
+        return Drop(send.key, Reason.RULE_DISABLED, f"rule {rule.id} is disabled")
+    late = _too_late(rule, send.due_at, now)
+    if late is not None:
+        return Drop(send.key, Reason.MAX_LATE, late)
+    window = rule.send_window
+    if window is not None:
+        opening = next_opening(window, now, window_zone(window, send.cancel_match))
+        if opening > now:
+            return Defer(send.key, opening)
+    return _held_back(send, rule, rules, view, now) or Fire(send.key)
+
+
+def _held_back(
+    send: SendRecord, rule: Rule, rules: RuleSet, view: LedgerView, now: datetime
+) -> Drop | None:
+    step = rule.step(send.step)
+    if step is not None:
+        until = _cooldown_until(rule, step, send.user_id, view)
+        if until is not None and until > now:
+            return Drop(send.key, Reason.COOLDOWN, f"cooldown until {until.isoformat()}")
+    for cap in rules.caps_for(send.payload.categories):
+        since = now - timedelta(seconds=cap.per_s)
+        if view.delivered_count_since(send.user_id, cap.categories, since) >= cap.max:
+            return Drop(send.key, Reason.CAP_FULL, f"cap {cap.id}: {cap.max} already sent")
+    return None

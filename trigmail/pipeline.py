@@ -1,0 +1,406 @@
+"""The imperative shell around the engine, shared by ``serve`` and ``simulate``.
+
+``ingest`` turns raw source items into committed decisions; ``fire_due`` claims the sends that
+fell due (``sending`` is committed before any provider call); ``deliver`` calls the provider and
+records the outcome. Only the clock, the ledger and the provider differ between the two commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from trigmail.decisions import (
+    Cancel,
+    Decision,
+    Defer,
+    Drop,
+    LogEntry,
+    Outcome,
+    Reason,
+    Schedule,
+    SetAside,
+    Skip,
+)
+from trigmail.engine import decide, decide_due
+from trigmail.errors import (
+    BadEventError,
+    DeliveryError,
+    InDoubtDeliveryError,
+    RetryableDeliveryError,
+)
+from trigmail.events import Event, parse_event
+from trigmail.ledger.base import DeadLetter, Ledger, LedgerTxn, SendRecord, SendState
+from trigmail.providers.base import Email, Provider, batch_key
+from trigmail.rules.model import OnDoubt, RuleSet
+from trigmail.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class Item(Protocol):
+    """One raw event as a source read it (``sources.base.SourceItem`` is one)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def ref(self) -> str: ...
+
+    @property
+    def position(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """A plain :class:`Item`, for callers without a source (``simulate``, tests)."""
+
+    data: bytes
+    ref: str
+    position: str = ""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A raw item set aside, for the source to put in its dead-letter place after the commit."""
+
+    item: Item
+    reason: str
+    detail: str
+
+
+@dataclass
+class Ingested:
+    """What one ingested batch decided."""
+
+    entries: list[LogEntry] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    scheduled: list[SendRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter for sends that never reached the provider."""
+
+    base_s: float = 1.0
+    cap_s: float = 300.0
+    max_attempts: int = 20
+
+    def delay_s(self, attempts: int, hint_s: float | None, rng: random.Random) -> float:
+        backoff_s = min(self.cap_s, self.base_s * 2 ** max(attempts - 1, 0))
+        # Jitter spreads retries of a batch that failed together; the provider's own hint wins.
+        return max(backoff_s * (0.5 + rng.random() / 2), hint_s or 0.0)
+
+
+class Pipeline:
+    """Source items in, provider calls out, every state change through the ledger.
+
+    Args:
+        ledger: where every decision is committed.
+        rules: returns the rule set in force (it may be swapped by a reload at any time).
+        provider: where due emails go.
+        clock: the current time; a virtual clock under ``simulate``.
+        scheduler: the cache of sends due soon.
+        retry: the backoff for retryable delivery failures.
+        rng: the source of jitter (seeded in tests).
+        on_entry: called with every decision log entry after its commit.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        rules: Callable[[], RuleSet],
+        provider: Provider,
+        clock: Clock,
+        *,
+        scheduler: Scheduler | None = None,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        on_entry: Callable[[LogEntry], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.rules = rules
+        self.provider = provider
+        self.clock = clock
+        self.scheduler = scheduler or Scheduler()
+        self.retry = retry or RetryPolicy()
+        self.rng = rng or random.Random()
+        self.on_entry = on_entry
+        self._lock = threading.Lock()
+
+    # -- events ------------------------------------------------------------------------------
+    def ingest(self, items: Sequence[Item], source_name: str | None = None) -> Ingested:
+        """Decide a batch of raw items and commit the decisions with the source position."""
+        now = self.clock()
+        rules = self.rules()
+        result = Ingested()
+        with self.ledger.transaction() as txn:
+            batch = _Batch(txn, rules, now, source_name or "", result)
+            for item in items:
+                batch.ingest(item)
+            if source_name is not None and items:
+                txn.set_position(source_name, items[-1].position)
+            txn.log(result.entries)
+            txn.set_meta("rules_version", rules.version)
+        with self._lock:
+            for send in result.scheduled:
+                self.scheduler.add(send)
+        self._publish(result.entries)
+        return result
+
+    # -- sends -------------------------------------------------------------------------------
+    def next_wakeup(self) -> datetime | None:
+        """Return when the next cached send falls due (or the horizon ends)."""
+        with self._lock:
+            return self.scheduler.next_due_at()
+
+    def fire_due(self, limit: int = 1000) -> list[SendRecord]:
+        """Claim the sends due now (committed as ``sending``) and drop or defer the rest."""
+        now = self.clock()
+        rules = self.rules()
+        entries: list[LogEntry] = []
+        claimed: list[SendRecord] = []
+        deferred: list[SendRecord] = []
+        with self._lock, self.ledger.transaction() as txn:
+            if self.scheduler.needs_refill(now):
+                self.scheduler.refill(txn, now)
+            for send in self.scheduler.pop_due(now, limit):
+                decision = decide_due(send, rules, txn, now)
+                if isinstance(decision, Drop):
+                    if txn.drop(send.key, decision.reason.value, now):
+                        entries.append(
+                            _send_entry(
+                                send, Outcome.DROPPED, decision.reason, now, decision.detail
+                            )
+                        )
+                elif isinstance(decision, Defer):
+                    if txn.defer(send.key, decision.due_at):
+                        deferred.append(replace(send, due_at=decision.due_at))
+                else:
+                    # Claimed one by one so the next send's cooldown and caps see this one.
+                    claimed.extend(txn.claim([send.key], now))
+            txn.log(entries)
+            for send in deferred:
+                self.scheduler.add(send)
+        self._publish(entries)
+        return claimed
+
+    def deliver(self, sends: Sequence[SendRecord]) -> None:
+        """Send claimed sends through the provider, batch by batch, and record each outcome."""
+        batches: dict[tuple[object, ...], list[SendRecord]] = {}
+        for send in sends:
+            batches.setdefault(batch_key(_email(send)), []).append(send)
+        for batch in batches.values():
+            self._deliver_batch(batch)
+
+    def _deliver_batch(self, batch: list[SendRecord]) -> None:
+        try:
+            accepted = self.provider.send([_email(send) for send in batch])
+        except DeliveryError as exc:
+            self._record_failure(batch, exc)
+            return
+        now = self.clock()
+        keys = [send.key for send in batch]
+        with self.ledger.transaction() as txn:
+            txn.finish(keys, SendState.SENT, now, message_id=accepted.message_id)
+            entries = [_send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in batch]
+            txn.log(entries)
+        self._publish(entries)
+
+    def _record_failure(self, batch: list[SendRecord], exc: DeliveryError) -> None:
+        now = self.clock()
+        entries: list[LogEntry] = []
+        retried: list[SendRecord] = []
+        with self.ledger.transaction() as txn:
+            for send in batch:
+                entry, retry_at = self._settle_failure(txn, send, exc, now)
+                if entry is not None:
+                    entries.append(entry)
+                if retry_at is not None:
+                    retried.append(replace(send, due_at=retry_at, state=SendState.SCHEDULED))
+            txn.log(entries)
+        with self._lock:
+            for send in retried:
+                self.scheduler.add(send)
+        self._publish(entries)
+
+    def _settle_failure(
+        self, txn: LedgerTxn, send: SendRecord, exc: DeliveryError, now: datetime
+    ) -> tuple[LogEntry | None, datetime | None]:
+        error = f"{type(exc).__name__}: {exc.detail}"
+        resend = isinstance(exc, InDoubtDeliveryError) and send.on_doubt is OnDoubt.RESEND
+        if isinstance(exc, RetryableDeliveryError) or resend:
+            if send.attempts < self.retry.max_attempts:
+                hint_s = exc.retry_after_s if isinstance(exc, RetryableDeliveryError) else None
+                delay_s = self.retry.delay_s(send.attempts, hint_s, self.rng)
+                retry_at = now + timedelta(seconds=delay_s)
+                txn.retry_later([send.key], retry_at, error)
+                log.info("send %s: retry in %.1fs after %s", send.key, delay_s, error)
+                return None, retry_at
+            error = f"gave up after {send.attempts} attempts: {error}"
+        if isinstance(exc, InDoubtDeliveryError) and not resend:
+            txn.finish([send.key], SendState.IN_DOUBT, now, error=error)
+            log.warning("send %s: in doubt after %s", send.key, error)
+            return _send_entry(send, Outcome.DROPPED, Reason.IN_DOUBT, now, error), None
+        txn.finish([send.key], SendState.FAILED, now, error=error)
+        log.warning("send %s: failed: %s", send.key, error)
+        return _send_entry(send, Outcome.DROPPED, Reason.FAILED, now, error), None
+
+    def recover(self) -> list[SendRecord]:
+        """After a crash: settle sends left ``sending`` (in doubt, or rescheduled to resend)."""
+        with self.ledger.transaction() as txn:
+            changed = txn.recover_in_flight(self.clock())
+        for send in changed:
+            if send.state is SendState.IN_DOUBT:
+                log.warning("send %s: in doubt after a crash while sending", send.key)
+        return changed
+
+    def _publish(self, entries: Sequence[LogEntry]) -> None:
+        if self.on_entry is not None:
+            for entry in entries:
+                self.on_entry(entry)
+
+
+@dataclass
+class _Batch:
+    """Applies the decisions of one batch of items inside its ledger transaction."""
+
+    txn: LedgerTxn
+    rules: RuleSet
+    now: datetime
+    source: str
+    result: Ingested
+
+    def ingest(self, item: Item) -> None:
+        try:
+            event = parse_event(item.data, self.now)
+        except BadEventError as exc:
+            self._reject(item, exc.reason, exc.detail)
+            log.warning("event at %s set aside: %s: %s", item.ref, exc.reason, exc.detail)
+            self.result.entries.append(_bad_event_entry(item, exc, self.now))
+            return
+        decisions = decide(event, self.rules, self.txn, self.now)
+        for decision in decisions:
+            self._apply(event, decision)
+        set_aside = [d for d in decisions if isinstance(d, SetAside)]
+        if set_aside:
+            detail = "; ".join(f"{d.rule_id}: {d.detail}" for d in set_aside)
+            self._reject(item, set_aside[0].reason.value, detail)
+        self.txn.mark_seen(event.id, self.now)
+
+    def _reject(self, item: Item, reason: str, detail: str) -> None:
+        raw = item.data.decode("utf-8", errors="replace")
+        self.txn.add_dead_letter(DeadLetter(self.now, self.source, item.ref, raw, reason, detail))
+        self.result.rejected.append(Rejected(item, reason, detail))
+
+    def _apply(self, event: Event, decision: Decision) -> None:
+        entries = self.result.entries
+        if isinstance(decision, Schedule):
+            send = _record(decision, self.rules.version, self.now)
+            inserted = self.txn.insert_send(send)
+            if inserted:
+                self.result.scheduled.append(send)
+            outcome = Outcome.SCHEDULED if inserted else Outcome.SKIPPED
+            reason = decision.reason if inserted else Reason.DUPLICATE_KEY
+            entries.append(_entry(event, decision, outcome, reason, self.now))
+        elif isinstance(decision, Cancel):
+            for key in self.txn.cancel_sends(decision.keys, decision.reason.value, self.now):
+                entries.append(_cancel_entry(event, decision, key, self.now))
+        elif isinstance(decision, Skip):
+            entries.append(_entry(event, decision, Outcome.SKIPPED, decision.reason, self.now))
+        else:
+            entries.append(_entry(event, decision, Outcome.DEAD_LETTER, decision.reason, self.now))
+
+
+def _bad_event_entry(item: Item, exc: BadEventError, now: datetime) -> LogEntry:
+    return LogEntry(
+        at=now,
+        event_id=None,
+        user_id=None,
+        rule=None,
+        step=None,
+        key=None,
+        outcome=Outcome.DEAD_LETTER,
+        reason=Reason(exc.reason),
+        detail=f"{item.ref}: {exc.detail}",
+    )
+
+
+def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> LogEntry:
+    return LogEntry(
+        at=now,
+        event_id=event.id,
+        user_id=event.user_id,
+        rule=decision.rule_id,
+        step=None,
+        key=key,
+        outcome=Outcome.CANCELLED,
+        reason=decision.reason,
+    )
+
+
+def _record(decision: Schedule, rules_version: str, now: datetime) -> SendRecord:
+    return SendRecord(
+        key=decision.key,
+        rule_id=decision.rule_id,
+        step=decision.step,
+        user_id=decision.user_id,
+        email=decision.email,
+        event_id=decision.event_id,
+        due_at=decision.due_at,
+        payload=decision.payload,
+        on_doubt=decision.on_doubt,
+        rules_version=rules_version,
+        cancel_match=decision.cancel_match,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _email(send: SendRecord) -> Email:
+    return Email(key=send.key, rule_id=send.rule_id, to=send.email, payload=send.payload)
+
+
+def _entry(
+    event: Event,
+    decision: Schedule | Skip | SetAside,
+    outcome: Outcome,
+    reason: Reason,
+    now: datetime,
+) -> LogEntry:
+    return LogEntry(
+        at=now,
+        event_id=event.id,
+        user_id=event.user_id,
+        rule=decision.rule_id,
+        step=decision.step,
+        key=None if isinstance(decision, SetAside) else decision.key,
+        outcome=outcome,
+        reason=reason,
+        due_at=decision.due_at if isinstance(decision, Schedule) else None,
+        detail="" if isinstance(decision, Schedule) else decision.detail,
+    )
+
+
+def _send_entry(
+    send: SendRecord, outcome: Outcome, reason: Reason, now: datetime, detail: str = ""
+) -> LogEntry:
+    return LogEntry(
+        at=now,
+        event_id=send.event_id,
+        user_id=send.user_id,
+        rule=send.rule_id,
+        step=send.step,
+        key=send.key,
+        outcome=outcome,
+        reason=reason,
+        due_at=send.due_at,
+        detail=detail,
+    )

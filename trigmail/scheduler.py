@@ -1,0 +1,88 @@
+"""A bounded in-memory view of the sends that fall due soon.
+
+The ledger holds every ``scheduled`` send; this heap caches only those due within a horizon,
+refilled from the ledger's due-time index, so memory stays bounded with millions pending and a
+restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from trigmail.ledger.base import LedgerTxn, SendRecord
+
+
+@dataclass(frozen=True, order=True)
+class _Entry:
+    due_at: datetime
+    seq: int
+    send: SendRecord = field(compare=False)
+
+
+class Scheduler:
+    """Due sends, earliest first, for the next ``horizon_s`` seconds.
+
+    Args:
+        horizon_s: how far ahead to cache; a send due later is read from the ledger when the
+            horizon reaches it.
+        max_entries: the most sends held at once; past it, the horizon shrinks to what fits.
+    """
+
+    def __init__(self, horizon_s: float = 300.0, max_entries: int = 50_000) -> None:
+        self.horizon_s = horizon_s
+        self.max_entries = max_entries
+        self._heap: list[_Entry] = []
+        self._keys: set[str] = set()
+        self._seq = itertools.count()
+        self._loaded_until: datetime | None = None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def needs_refill(self, now: datetime) -> bool:
+        """Return whether the horizon has run out (or was never loaded)."""
+        return self._loaded_until is None or self._loaded_until <= now
+
+    def refill(self, txn: LedgerTxn, now: datetime) -> None:
+        """Reload the heap with the sends due up to ``now + horizon_s``, ``max_entries`` at most."""
+        until = now + timedelta(seconds=self.horizon_s)
+        sends = txn.due_sends(until, self.max_entries)
+        if len(sends) >= self.max_entries:
+            # Sends due at exactly the last loaded instant may not all fit: stop just before it.
+            until = sends[-1].due_at - timedelta(microseconds=1)
+            sends = [send for send in sends if send.due_at <= until]
+        self._heap = [_Entry(send.due_at, next(self._seq), send) for send in sends]
+        heapq.heapify(self._heap)
+        self._keys = {send.key for send in sends}
+        self._loaded_until = until
+
+    def add(self, send: SendRecord) -> None:
+        """Cache a newly scheduled (or deferred) send if it falls inside the loaded horizon."""
+        if self._loaded_until is None or send.due_at > self._loaded_until:
+            return
+        if send.key in self._keys:
+            return
+        if len(self._heap) >= self.max_entries:
+            # Full: forget the far end of the horizon; the ledger still has it.
+            self._loaded_until = min(self._loaded_until, send.due_at - timedelta(microseconds=1))
+            return
+        heapq.heappush(self._heap, _Entry(send.due_at, next(self._seq), send))
+        self._keys.add(send.key)
+
+    def pop_due(self, now: datetime, limit: int) -> list[SendRecord]:
+        """Remove and return up to ``limit`` sends due at or before ``now``, earliest first."""
+        due: list[SendRecord] = []
+        while self._heap and len(due) < limit and self._heap[0].due_at <= now:
+            send = heapq.heappop(self._heap).send
+            self._keys.discard(send.key)
+            due.append(send)
+        return due
+
+    def next_due_at(self) -> datetime | None:
+        """Return when the earliest cached send falls due, or the horizon's end, or ``None``."""
+        if self._heap:
+            return self._heap[0].due_at
+        return self._loaded_until

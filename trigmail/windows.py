@@ -1,0 +1,63 @@
+"""Send windows: the next moment a send may go out, in the user's own time zone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, time, timedelta
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from trigmail.rules.model import SendWindow
+
+_UTC_ZONE = ZoneInfo("UTC")
+# A window is open at least once every day but for DST gaps, so three days always find one.
+_DAYS_TO_SEARCH = 3
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def window_zone(window: SendWindow, values: Mapping[str, Any]) -> ZoneInfo:
+    """Return the window's time zone for one user.
+
+    Args:
+        window: the rule's send window.
+        values: the trigger event's values by dotted path; used when the zone is a path.
+
+    A path that is missing or holds no valid IANA name falls back to UTC, so a user with a
+    bad profile still gets the email inside the window's UTC hours rather than never.
+    """
+    name = values.get(window.timezone) if window.timezone_is_path else window.timezone
+    zone = _zone(name) if isinstance(name, str) and name else None
+    return zone or _UTC_ZONE
+
+
+def is_open(window: SendWindow, at: datetime, zone: ZoneInfo) -> bool:
+    """Return whether ``at`` falls inside the window's local hours."""
+    local = at.astimezone(zone)
+    minute = local.hour * 60 + local.minute
+    if window.start_min < window.end_min:
+        return window.start_min <= minute < window.end_min
+    return minute >= window.start_min or minute < window.end_min
+
+
+def next_opening(window: SendWindow, at: datetime, zone: ZoneInfo) -> datetime:
+    """Return ``at`` if the window is open then, else the next instant it opens (UTC)."""
+    if is_open(window, at, zone):
+        return at
+    opens_at = time(window.start_min // 60, window.start_min % 60)
+    local_day = at.astimezone(zone).date()
+    for offset in range(_DAYS_TO_SEARCH):
+        local = datetime.combine(local_day + timedelta(days=offset), opens_at, tzinfo=zone)
+        candidate = local.astimezone(UTC)
+        # A start inside a DST gap maps to an instant whose local time is past the gap; it
+        # counts only if the window is really open then.
+        if candidate > at and is_open(window, candidate, zone):
+            return candidate
+    raise AssertionError("unreachable: a send window opens at least every other day")
