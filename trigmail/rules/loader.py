@@ -1,0 +1,261 @@
+"""Rule files in, an immutable compiled :class:`RuleSet` (or every problem found) out.
+
+Each file goes through the same stages: YAML (syntax, duplicate keys), the JSON Schema
+(structure), semantic checks and compilation (``rules.build``); then the files are checked
+together (rule and cap ids unique across files) and linted. ``validate`` and the daemon's
+(re)load share this code, so what validates is exactly what runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any, Final
+
+from trigmail.errors import RulesError
+from trigmail.rules.build import build_cap, build_rule
+from trigmail.rules.lint import lint
+from trigmail.rules.model import Cap, Location, Rule, RuleSet
+from trigmail.rules.problems import Finding, Problem, Severity, format_path
+from trigmail.rules.schema import check_structure, kind
+from trigmail.rules.yamlsource import Path, YamlDocument, load_document
+
+__all__ = [
+    "DEFAULT_RETENTION_S",
+    "ParseResult",
+    "Problem",
+    "Severity",
+    "load_rule_set",
+    "load_rules",
+    "parse_rules",
+    "rule_files",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RETENTION_S: Final = 90 * 86_400
+RULE_FILE_SUFFIXES: Final = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """The outcome of loading rules: a rule set when there is no error, and every problem.
+
+    ``rules`` is ``None`` whenever any problem is an error; warnings never stop a load.
+    """
+
+    rules: RuleSet | None
+    problems: list[Problem] = field(default_factory=list)
+    files: int = 0
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for p in self.problems if p.severity is Severity.ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for p in self.problems if p.severity is Severity.WARNING)
+
+    @property
+    def rule_count(self) -> int:
+        return 0 if self.rules is None else len(self.rules.rules)
+
+    def rule_set(self) -> RuleSet:
+        """Return the rule set, for callers that want an exception rather than a result.
+
+        Raises:
+            RulesError: carrying every problem, when there is an error.
+        """
+        if self.rules is None:
+            raise RulesError(list(self.problems))
+        return self.rules
+
+
+@dataclass
+class _File:
+    """One file's way through the stages."""
+
+    name: str
+    text: str
+    document: YamlDocument | None = None
+    rules: list[tuple[int, Rule]] = field(default_factory=list)
+    caps: list[tuple[int, Cap]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def place(self, finding: Finding) -> Problem:
+        mark = self.document.position(finding.path, key=finding.at_key) if self.document else None
+        line, col = (mark.line, mark.col) if mark else (1, 1)
+        path = format_path(finding.path)
+        return Problem(self.name, line, col, finding.severity, path, finding.message)
+
+    def add(self, findings: Iterable[Finding]) -> None:
+        self.problems.extend(self.place(finding) for finding in findings)
+
+    def location(self, path: Path) -> Location:
+        assert self.document is not None
+        mark = self.document.position(path, key=True)
+        return Location(self.name, mark.line, mark.col)
+
+
+def _check_document(source: _File) -> Any:
+    """Return the document's data when it can go on to the schema, else ``None``."""
+    document = source.document = load_document(source.text)
+    source.add(Finding(issue.path, issue.message) for issue in document.issues)
+    data = document.data
+    if (data is None and not document.issues) or data == {}:
+        source.add([Finding((), "the file is empty: it needs a 'rules:' list or a 'caps:' list")])
+        return None
+    if data is not None and not isinstance(data, dict):
+        message = f"a rule file is a mapping with 'rules:' and/or 'caps:', not {kind(data)}"
+        source.add([Finding((), message)])
+        return None
+    return data
+
+
+def _compile_file(source: _File) -> None:
+    data = _check_document(source)
+    if data is None:
+        return
+    structural = check_structure(data)
+    source.add(structural)
+    # A rule or cap the schema rejected would only repeat its problems in other words.
+    rejected = {finding.path[:2] for finding in structural}
+    for section, build in (("rules", build_rule), ("caps", build_cap)):
+        items = data.get(section)
+        if not isinstance(items, list) or (section,) in rejected:
+            continue
+        for index, spec in enumerate(items):
+            base: Path = (section, index)
+            if base in rejected:
+                continue
+            built, findings = build(spec, base, source.location((*base, "id")))
+            source.add(findings)
+            if isinstance(built, Rule):
+                source.rules.append((index, built))
+            elif isinstance(built, Cap):
+                source.caps.append((index, built))
+
+
+def _duplicates(sources: Sequence[_File], section: str) -> list[Problem]:
+    """Report each id used twice, at the second use, naming the first."""
+    first: dict[str, Location] = {}
+    problems = []
+    for source in sources:
+        items = source.rules if section == "rules" else source.caps
+        for index, item in items:
+            assert item.location is not None
+            if item.id in first:
+                finding = Finding(
+                    (section, index, "id"),
+                    f"{section[:-1]} id {item.id!r} is already used at {first[item.id]}",
+                )
+                problems.append(source.place(finding))
+            else:
+                first[item.id] = item.location
+    return problems
+
+
+def _lint(sources: Sequence[_File], retention_s: int) -> list[Problem]:
+    owners = {rule.id: (source, index) for source in sources for index, rule in source.rules}
+    rules = [rule for source in sources for _, rule in source.rules]
+    caps = [cap for source in sources for _, cap in source.caps]
+    problems = []
+    for found in lint(rules, caps, retention_s):
+        source, index = owners[found.rule_id]
+        finding = Finding(("rules", index, *found.path), found.message, Severity.WARNING)
+        problems.append(source.place(finding))
+    return problems
+
+
+def _version(sources: Sequence[_File]) -> str:
+    # File names without directories: the same rules copied elsewhere keep their version.
+    digest = hashlib.sha256()
+    for name, text in sorted((FsPath(s.name).name, s.text) for s in sources):
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _assemble(sources: Sequence[_File], retention_s: int, extra: list[Problem]) -> ParseResult:
+    for source in sources:
+        _compile_file(source)
+    problems = [*extra, *(p for source in sources for p in source.problems)]
+    problems += _duplicates(sources, "rules") + _duplicates(sources, "caps")
+    problems += _lint(sources, retention_s)
+    problems.sort(key=lambda p: (p.file, p.line, p.col))
+    rule_set = None
+    if not any(p.severity is Severity.ERROR for p in problems):
+        rule_set = RuleSet(
+            rules=tuple(rule for s in sources for _, rule in s.rules),
+            caps=tuple(cap for s in sources for _, cap in s.caps),
+            version=_version(sources),
+        )
+    return ParseResult(rule_set, problems, len(sources))
+
+
+def parse_rules(
+    text: str, filename: str = "<string>", retention_s: int = DEFAULT_RETENTION_S
+) -> ParseResult:
+    """Check and compile the rules of one file's text; pure (no I/O).
+
+    Args:
+        text: the YAML text.
+        filename: the name problems are reported under.
+        retention_s: how long the ledger keeps sends (a longer cooldown is warned about).
+    """
+    return _assemble([_File(filename, text)], retention_s, [])
+
+
+def rule_files(directory: FsPath) -> list[FsPath]:
+    """Return the rule files of ``directory`` in name order, editor swap files left out."""
+    return sorted(
+        path
+        for path in directory.iterdir()
+        if path.suffix in RULE_FILE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    )
+
+
+def _read(path: FsPath, sources: list[_File], problems: list[Problem]) -> None:
+    try:
+        sources.append(_File(str(path), path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(str(path), 1, 1, Severity.ERROR, "", f"cannot read: {exc}"))
+
+
+def load_rules(*dirs: FsPath, retention_s: int = DEFAULT_RETENTION_S) -> ParseResult:
+    """Check and compile every ``*.yaml``/``*.yml`` file of ``dirs`` as one rule set.
+
+    Args:
+        dirs: the rule directories (a file is accepted too, as itself).
+        retention_s: how long the ledger keeps sends (a longer cooldown is warned about).
+    """
+    sources: list[_File] = []
+    problems: list[Problem] = []
+    for directory in dirs:
+        if directory.is_file():
+            _read(directory, sources, problems)
+        elif directory.is_dir():
+            for path in rule_files(directory):
+                _read(path, sources, problems)
+        else:
+            message = "no such directory"
+            problems.append(Problem(str(directory), 1, 1, Severity.ERROR, "", message))
+    result = _assemble(sources, retention_s, problems)
+    logger.debug(
+        "rules: %d files, %d rules, %d problems",
+        result.files,
+        result.rule_count,
+        len(result.problems),
+    )
+    return result
+
+
+def load_rule_set(*dirs: FsPath, retention_s: int = DEFAULT_RETENTION_S) -> RuleSet:
+    """Load as :func:`load_rules`, returning the rule set.
+
+    Raises:
+        RulesError: carrying every problem, when any is an error.
+    """
+    return load_rules(*dirs, retention_s=retention_s).rule_set()
