@@ -1,0 +1,40 @@
+"""The ledger: everything trigmail decided, behind one protocol (:mod:`trigmail.ledger.base`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trigmail.errors import LedgerError
+from trigmail.ledger.base import Ledger
+from trigmail.ledger.memory import Clock, MemoryLedger, utc_now
+from trigmail.ledger.sqlite import SqliteLedger
+
+__all__ = ["Ledger", "MemoryLedger", "SqliteLedger", "open_ledger"]
+
+_MEMORY_TARGETS = frozenset({":memory:", "memory"})
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_ledger(target: str | Path, busy_timeout_s: float = 5.0, clock: Clock = utc_now) -> Ledger:
+    """Open the ledger a config's ``ledger:`` value names.
+
+    Args:
+        target: ``:memory:`` (or ``memory``) for an in-memory ledger, a ``postgresql://`` URL,
+            or the path of a SQLite file, created with its parent directory when missing.
+        busy_timeout_s: how long a SQLite write waits for another process's lock.
+        clock: the time of writes that carry none; ``simulate`` passes its virtual clock.
+
+    Raises:
+        LedgerError: when the ledger cannot be opened or is of a newer schema.
+    """
+    text = str(target)
+    if text in _MEMORY_TARGETS:
+        return MemoryLedger(clock=clock)
+    if text.startswith(_POSTGRES_SCHEMES):
+        raise LedgerError("PostgreSQL ledger not available yet")
+    path = Path(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LedgerError(f"ledger {path}: cannot create its directory: {exc}") from exc
+    return SqliteLedger(path, busy_timeout_s=busy_timeout_s, clock=clock)
