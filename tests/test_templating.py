@@ -1,0 +1,307 @@
+"""Template data (``send.data``), default data and dedupe key templates."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+
+from trigmail.errors import SpecError, TemplateRenderError
+from trigmail.events import Event, event_from_object
+from trigmail.rules.templating import (
+    DEFAULT_DEDUPE,
+    compile_data,
+    compile_key,
+    default_data,
+    template_fields,
+)
+
+READ_AT = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
+
+
+def make_event(**overrides: Any) -> Event:
+    obj: dict[str, Any] = {
+        "id": "evt_1",
+        "event": "cart_abandoned",
+        "user_id": "u_123",
+        "email": "ana@example.com",
+        "ts": "2026-11-27T20:00:00Z",
+        "user": {"first_name": "Ana", "timezone": "Europe/Lisbon"},
+        "properties": {
+            "cart_value": 82.5,
+            "cart_url": "https://shop.example/c/9",
+            "count": 3,
+            "items": [{"sku": "a1", "qty": 2}, {"sku": "b2", "qty": 1}],
+            "gift": False,
+            "coupon": None,
+        },
+    }
+    obj.update(overrides)
+    return event_from_object(obj, read_at=READ_AT)
+
+
+RENDERS = [
+    # one expression keeps a string
+    ({"url": "{{ properties.cart_url }}"}, {"url": "https://shop.example/c/9"}),
+    # one expression keeps a float
+    ({"v": "{{ properties.cart_value }}"}, {"v": 82.5}),
+    # one expression keeps an int
+    ({"n": "{{ properties.count }}"}, {"n": 3}),
+    # one expression keeps a boolean
+    ({"g": "{{ properties.gift }}"}, {"g": False}),
+    # one expression keeps null
+    ({"c": "{{ properties.coupon }}"}, {"c": None}),
+    # one expression keeps a list of objects
+    ({"i": "{{ properties.items }}"}, {"i": [{"sku": "a1", "qty": 2}, {"sku": "b2", "qty": 1}]}),
+    # one expression keeps an object
+    ({"u": "{{ user }}"}, {"u": {"first_name": "Ana", "timezone": "Europe/Lisbon"}}),
+    # arithmetic keeps the number
+    ({"d": "{{ properties.cart_value * 2 }}"}, {"d": 165.0}),
+    # filters work, and a tuple comes back as a list
+    ({"s": "{{ properties.items | map(attribute='sku') | list }}"}, {"s": ["a1", "b2"]}),
+    # item syntax and indexes
+    ({"s": "{{ properties['items'][1].sku }}"}, {"s": "b2"}),
+    # whitespace control still counts as one expression
+    ({"n": "{{- properties.count -}}"}, {"n": 3}),
+    # default() fills a missing field despite strict undefined
+    ({"c": "{{ properties.code | default('none') }}"}, {"c": "none"}),
+    # text around an expression renders to a string
+    ({"hi": "Hi {{ user.first_name }}!"}, {"hi": "Hi Ana!"}),
+    # a number inside text renders as text
+    ({"t": "{{ properties.count }} items"}, {"t": "3 items"}),
+    # a space outside the braces makes it text
+    ({"t": " {{ properties.count }}"}, {"t": " 3"}),
+    # statements render to text
+    ({"t": "{% if properties.gift %}gift{% else %}self{% endif %}"}, {"t": "self"}),
+    # the event's own fields are in the context
+    (
+        {"e": "{{ event }}/{{ id }}/{{ user_id }}/{{ email }}/{{ ts }}"},
+        {"e": "cart_abandoned/evt_1/u_123/ana@example.com/2026-11-27T20:00:00Z"},
+    ),
+    # a string without Jinja is kept as it is, braces and all
+    ({"t": "{not jinja} 100%"}, {"t": "{not jinja} 100%"}),
+    # plain scalars are kept as they are
+    ({"a": 1, "b": 2.5, "c": True, "d": None}, {"a": 1, "b": 2.5, "c": True, "d": None}),
+    # nested mappings and lists are rendered leaf by leaf
+    (
+        {"cart": {"lines": ["{{ properties.count }}", {"sku": "{{ properties.items[0].sku }}"}]}},
+        {"cart": {"lines": [3, {"sku": "a1"}]}},
+    ),
+    # a mapping's key wins over the dict method of the same name
+    ({"k": "{{ properties.count }}+{{ properties.items | length }}"}, {"k": "3+2"}),
+    # an empty data mapping
+    ({}, {}),
+]
+
+
+@pytest.mark.parametrize(("spec", "expected"), RENDERS)
+def test_render(spec: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert compile_data(spec).render(make_event()) == expected
+
+
+def test_rendered_data_is_a_copy_of_the_event() -> None:
+    event = make_event()
+    rendered = compile_data({"i": "{{ properties.items }}"}).render(event)
+    rendered["i"][0]["sku"] = "changed"
+    assert event.properties["items"][0]["sku"] == "a1"
+
+
+RENDER_ERRORS = [
+    # a missing property is named
+    ({"cart_url": "{{ properties.url }}"}, "data.cart_url: properties.url is missing"),
+    # inside text too
+    ({"hi": "Hi {{ user.last_name }}!"}, "data.hi: user.last_name is missing"),
+    # the shortest missing prefix is named
+    ({"x": "{{ properties.cart.id }}"}, "data.x: properties.cart is missing"),
+    # a missing top-level name
+    ({"x": "{{ order.id }}"}, "data.x: order is missing"),
+    # an attribute of a scalar
+    ({"x": "{{ properties.cart_url.host }}"}, "data.x: properties.cart_url.host is missing"),
+    # an index past the end of a list
+    ({"x": "{{ properties.items[5].sku }}"}, "data.x: properties.items[5] is missing"),
+    # the path of a nested leaf is given in full
+    ({"a": {"b": ["ok", "{{ properties.nope }}"]}}, "data.a.b[1]: properties.nope is missing"),
+    # a loop variable's field falls back to Jinja's message
+    (
+        {"x": "{% for i in properties.items %}{{ i.name }}{% endfor %}"},
+        "data.x: 'dict object' has no attribute 'name'",
+    ),
+    # the sandbox refuses dunder attributes
+    (
+        {"x": "{{ ''.__class__.__mro__ }}"},
+        "data.x: access to attribute '__class__' of 'str' object is unsafe.",
+    ),
+    # on event data too
+    (
+        {"x": "{{ properties.__class__ }}"},
+        "data.x: access to attribute '__class__' of 'dict' object is unsafe.",
+    ),
+    # and inside text
+    (
+        {"x": "a {{ cycler.__init__.__globals__ }}"},
+        "data.x: access to attribute '__init__' of 'type' object is unsafe.",
+    ),
+    # any other runtime error is a template error too
+    ({"x": "{{ properties.count / 0 }}"}, "data.x: ZeroDivisionError: division by zero"),
+    # a value JSON cannot hold
+    ({"x": "{{ range(3) }}"}, "data.x: the value is a range, not JSON data"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), RENDER_ERRORS)
+def test_render_errors(spec: dict[str, Any], message: str) -> None:
+    template = compile_data(spec)
+    with pytest.raises(TemplateRenderError) as caught:
+        template.render(make_event())
+    assert str(caught.value) == message
+
+
+def test_missing_properties_object() -> None:
+    obj = {"event": "user_signup", "user_id": "u_1", "ts": "2026-11-27T20:00:00Z"}
+    event = event_from_object(obj, read_at=READ_AT)
+    template = compile_data({"url": "{{ properties.cart_url }}"})
+    with pytest.raises(TemplateRenderError, match=r"^data\.url: properties is missing$"):
+        template.render(event)
+
+
+DATA_SPEC_ERRORS = [
+    # a syntax error names the leaf
+    ({"cart_url": "{{ properties.cart_url "}, ("cart_url",), "Jinja syntax error"),
+    # in a list, by index
+    ({"items": ["a", "b", "{% if %}"]}, ("items", 2), "Expected an expression"),
+    # in a nested mapping
+    ({"a": {"b": "{{ x | }}"}}, ("a", "b"), "Jinja syntax error"),
+    # an unknown filter is caught at compile time
+    ({"a": "{{ x | nosuchfilter }}"}, ("a",), "No filter named 'nosuchfilter'"),
+    # a value YAML read as a date
+    ({"day": date(2026, 1, 1)}, ("day",), "not JSON data; quote it"),
+    # a key that is not a string
+    ({1: "x"}, ("1",), "keys must be strings"),
+]
+
+
+@pytest.mark.parametrize(("spec", "path", "fragment"), DATA_SPEC_ERRORS)
+def test_data_spec_errors(spec: dict[Any, Any], path: tuple[str | int, ...], fragment: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        compile_data(spec)
+    assert caught.value.path == path
+    assert fragment in caught.value.message
+
+
+def test_data_spec_must_be_a_mapping() -> None:
+    with pytest.raises(SpecError, match="data must be a mapping") as caught:
+        compile_data(["x"])  # type: ignore[arg-type]
+    assert caught.value.path == ()
+
+
+def test_template_fields() -> None:
+    spec = {
+        "a": "{{ properties.cart_url }} {{ user.first_name }}",
+        "b": ["{{ properties.items[0].sku }}", "{{ properties.cart_url | upper }}"],
+        "c": "{% for i in properties.items %}{{ i.sku }}{{ loop.index }}{% endfor %}",
+    }
+    assert template_fields(spec) == (
+        "properties.cart_url",
+        "user.first_name",
+        "properties.items[0].sku",
+        "properties.items",
+    )
+
+
+DEFAULT_DATA = [
+    # user and properties merged
+    ({"first_name": "Ana"}, {"cart_value": 1}, {"first_name": "Ana", "cart_value": 1}),
+    # on a clash the property wins
+    ({"plan": "free"}, {"plan": "pro"}, {"plan": "pro"}),
+    # neither present
+    ({}, {}, {}),
+]
+
+
+@pytest.mark.parametrize(("user", "properties", "expected"), DEFAULT_DATA)
+def test_default_data(
+    user: dict[str, Any], properties: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    assert default_data(make_event(user=user, properties=properties)) == expected
+
+
+KEYS = [
+    # the default key
+    (DEFAULT_DEDUPE, {}, "cart-recovery:evt_1"),
+    # rule, user and UTC date
+    ("{rule}:{user_id}:{date}", {}, "cart-recovery:u_123:2026-11-27"),
+    # the event name
+    ("{event}", {}, "cart_abandoned"),
+    # the date is the UTC date, not the local one
+    ("{date}", {"ts": "2026-11-28T01:30:00+02:00"}, "2026-11-27"),
+    # a property rendered with str()
+    ("{rule}:{properties.cart_id}", {"properties": {"cart_id": "c9"}}, "cart-recovery:c9"),
+    # a float keeps its decimal point
+    ("{properties.v}", {"properties": {"v": 20.0}}, "20.0"),
+    # an int stays an int
+    ("{properties.v}", {"properties": {"v": 20}}, "20"),
+    # a dotted path under properties
+    ("{properties.cart.id}", {"properties": {"cart": {"id": 7}}}, "7"),
+    # doubled braces are literal braces
+    ("{{x}}-{rule}", {}, "{x}-cart-recovery"),
+    # a key without placeholders
+    ("welcome", {}, "welcome"),
+]
+
+
+@pytest.mark.parametrize(("text", "overrides", "expected"), KEYS)
+def test_key_render(text: str, overrides: dict[str, Any], expected: str) -> None:
+    assert compile_key(text).render("cart-recovery", make_event(**overrides)) == expected
+
+
+HELP = "(use {rule}, {event}, {event_id}, {user_id}, {date} or {properties.NAME})"
+KEY_SPEC_ERRORS = [
+    # an unknown name
+    ("{rule}:{foo}", f"unknown placeholder '{{foo}}' {HELP}"),
+    # user fields are not placeholders
+    ("{user.email}", f"unknown placeholder '{{user.email}}' {HELP}"),
+    # properties needs a name
+    ("{properties}", f"unknown placeholder '{{properties}}' {HELP}"),
+    # an empty segment in the path
+    ("{properties.a..b}", f"unknown placeholder '{{properties.a..b}}' {HELP}"),
+    # an empty placeholder
+    ("{}", f"unknown placeholder '{{}}' {HELP}"),
+    # format specs are not supported
+    ("{date:%Y}", f"unknown placeholder '{{date:%Y}}' {HELP}"),
+    # conversions are not supported
+    ("{rule!r}", f"unknown placeholder '{{rule!r}}' {HELP}"),
+    # an unclosed brace
+    (
+        "{rule",
+        "unbalanced braces in '{rule': expected '}' before end of string (write {{ for a brace)",
+    ),
+    # a lone closing brace
+    ("rule}", "unbalanced braces in 'rule}': Single '}' encountered in format string"),
+    # an empty key
+    ("", "a dedupe key must not be empty"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), KEY_SPEC_ERRORS)
+def test_key_spec_errors(text: str, message: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        compile_key(text)
+    assert caught.value.path == ()
+    assert caught.value.message.startswith(message)
+
+
+KEY_RENDER_ERRORS = [
+    # a missing property
+    ({"other": 1}, "dedupe: properties.order_id is missing"),
+    # a null property would merge unrelated keys
+    ({"order_id": None}, "dedupe: properties.order_id is null"),
+]
+
+
+@pytest.mark.parametrize(("properties", "message"), KEY_RENDER_ERRORS)
+def test_key_render_errors(properties: dict[str, Any], message: str) -> None:
+    key = compile_key("{rule}:{properties.order_id}")
+    with pytest.raises(TemplateRenderError) as caught:
+        key.render("r", make_event(properties=properties))
+    assert str(caught.value) == message
