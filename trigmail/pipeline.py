@@ -156,10 +156,17 @@ class Pipeline:
         return result
 
     # -- sends -------------------------------------------------------------------------------
+    def start(self) -> list[SendRecord]:
+        """Settle what a crash left in flight and load the scheduler; returns the sends settled."""
+        changed = self.recover()
+        with self._lock, self.ledger.transaction() as txn:
+            self.scheduler.refill(txn, self.clock())
+        return changed
+
     def next_wakeup(self) -> datetime | None:
-        """Return when the next cached send falls due (or the horizon ends)."""
+        """Return when the next cached send falls due, or when the horizon must be reloaded."""
         with self._lock:
-            return self.scheduler.next_due_at()
+            return self.scheduler.next_due_at() or self.scheduler.loaded_until
 
     def fire_due(self, limit: int = 1000) -> list[SendRecord]:
         """Claim the sends due now (committed as ``sending``) and drop or defer the rest."""

@@ -82,7 +82,10 @@ class Scheduler:
         return due
 
     def next_due_at(self) -> datetime | None:
-        """Return when the earliest cached send falls due, or the horizon's end, or ``None``."""
-        if self._heap:
-            return self._heap[0].due_at
+        """Return when the earliest cached send falls due, or ``None`` when none is cached."""
+        return self._heap[0].due_at if self._heap else None
+
+    @property
+    def loaded_until(self) -> datetime | None:
+        """The end of the loaded horizon: every send due by then is cached."""
         return self._loaded_until

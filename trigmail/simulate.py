@@ -1,0 +1,132 @@
+"""``simulate``: the daemon's pipeline on a virtual clock, an in-memory ledger and a recording
+provider. Time is taken from the events' ``ts``; sends fire at their virtual due times.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from trigmail.decisions import LogEntry
+from trigmail.events import parse_ts
+from trigmail.ledger.memory import MemoryLedger
+from trigmail.pipeline import Pipeline, RawItem
+from trigmail.providers.recording import RecordingProvider
+from trigmail.rules.model import RuleSet
+from trigmail.scheduler import Scheduler
+
+# Before the first event there is no virtual time yet; this stands in for it.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The whole simulated future fits in memory; the horizon only bounds refills.
+_HORIZON_S = 10 * 365 * 86_400.0
+
+
+class VirtualClock:
+    """A clock that only moves when told to, and never backwards."""
+
+    def __init__(self, start: datetime = _EPOCH) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, to: datetime) -> None:
+        self.now = max(self.now, to)
+
+
+@dataclass
+class Summary:
+    """Totals of a simulation: by outcome, and by rule and outcome."""
+
+    events: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    by_rule: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def count(self, entry: LogEntry) -> None:
+        self.outcomes[entry.outcome.value] += 1
+        rule = entry.rule or "(no rule)"
+        self.by_rule.setdefault(rule, Counter())[entry.outcome.value] += 1
+
+
+def _event_time(line: bytes) -> datetime | None:
+    try:
+        obj = json.loads(line)
+        ts = obj.get("ts") if isinstance(obj, dict) else None
+        return parse_ts(ts) if isinstance(ts, str) else None
+    except (ValueError, RecursionError):
+        return None
+
+
+class Simulation:
+    """Replays event lines through the real pipeline.
+
+    Args:
+        rules: the rule set to simulate.
+        on_entry: called with every decision, in virtual-time order.
+    """
+
+    def __init__(self, rules: RuleSet, on_entry: Callable[[LogEntry], None]) -> None:
+        self.clock = VirtualClock()
+        self.ledger = MemoryLedger(clock=self.clock)
+        self.provider = RecordingProvider()
+        self.summary = Summary()
+
+        def record(entry: LogEntry) -> None:
+            self.summary.count(entry)
+            on_entry(entry)
+
+        self.pipeline = Pipeline(
+            self.ledger,
+            lambda: rules,
+            self.provider,
+            self.clock,
+            scheduler=Scheduler(horizon_s=_HORIZON_S),
+            on_entry=record,
+        )
+        self._started = False
+
+    def feed(self, lineno: int, line: bytes, source: str = "events") -> None:
+        """Decide one event line, after firing every send due before its time."""
+        if not line.strip():
+            return
+        ts = _event_time(line)
+        if ts is not None:
+            self.run_until(ts)
+        self._start()
+        self.summary.events += 1
+        self.pipeline.ingest([RawItem(line, f"{source}:{lineno}")])
+
+    def run_until(self, until: datetime | None) -> None:
+        """Fire every send due up to ``until`` (all of them when ``None``) at its due time."""
+        self._start()
+        while (due_at := self._next_due_at()) is not None and (until is None or due_at <= until):
+            self.clock.advance(due_at)
+            self.pipeline.deliver(self.pipeline.fire_due())
+        if until is not None:
+            self.clock.advance(until)
+
+    def run(self, lines: Iterable[bytes], until: datetime | None = None) -> Summary:
+        """Feed every line, then fire what is due up to ``until`` (or everything)."""
+        for lineno, line in enumerate(lines, start=1):
+            self.feed(lineno, line)
+        self.run_until(until)
+        return self.summary
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self.pipeline.start()
+
+    def _next_due_at(self) -> datetime | None:
+        scheduler = self.pipeline.scheduler
+        cached = scheduler.next_due_at()
+        if cached is not None and scheduler.loaded_until and cached <= scheduler.loaded_until:
+            return cached
+        with self.ledger.transaction() as txn:
+            stored = txn.next_due_at()
+        if cached is None or stored is None:
+            return cached or stored
+        return min(cached, stored)
