@@ -16,9 +16,9 @@ from trigmail.rules.yamlsource import Path
 
 @dataclass(frozen=True)
 class Lint:
-    """A warning about rule ``rule_id``; ``path`` is relative to the rule's mapping."""
+    """A warning about ``rule``; ``path`` is relative to the rule's mapping."""
 
-    rule_id: str
+    rule: Rule
     path: Path
     message: str
 
@@ -41,7 +41,7 @@ def _same_template(rules: Sequence[Rule]) -> Iterator[Lint]:
                     continue
                 warned.add(other.id)
                 yield Lint(
-                    rule.id,
+                    rule,
                     (*_send_path(step), "template"),
                     f"rule {other.id!r} (at {other.location}) also sends template "
                     f"{step.send.template!r} on {event!r}: a user would get it twice",
@@ -53,7 +53,7 @@ def _cancel_own_trigger(rules: Sequence[Rule]) -> Iterator[Lint]:
         for index, cancel in enumerate(rule.cancel_on):
             if cancel.event in rule.on:
                 yield Lint(
-                    rule.id,
+                    rule,
                     ("cancel_on", index),
                     f"{cancel.event!r} both triggers and cancels this rule: each new "
                     f"{cancel.event!r} cancels the email the previous one scheduled",
@@ -64,7 +64,7 @@ def _long_cooldown(rules: Sequence[Rule], retention_s: int) -> Iterator[Lint]:
     for rule in rules:
         if rule.cooldown_s > retention_s:
             yield Lint(
-                rule.id,
+                rule,
                 ("cooldown",),
                 f"cooldown {format_duration(rule.cooldown_s)} is longer than the ledger keeps "
                 f"sends ({format_duration(retention_s)}): it will act as "
@@ -81,7 +81,7 @@ def _uncapped(rules: Sequence[Rule], caps: Sequence[Cap]) -> Iterator[Lint]:
             categories = step.send.categories
             if categories and not capped.intersection(categories):
                 yield Lint(
-                    rule.id,
+                    rule,
                     (*_send_path(step), "category"),
                     f"note: no cap mentions {', '.join(map(repr, categories))}, so caps never "
                     "hold this email back (right for receipts, not for marketing)",

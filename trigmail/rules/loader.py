@@ -50,6 +50,7 @@ class ParseResult:
     rules: RuleSet | None
     problems: list[Problem] = field(default_factory=list)
     files: int = 0
+    rules_written: int = 0
 
     @property
     def errors(self) -> int:
@@ -58,10 +59,6 @@ class ParseResult:
     @property
     def warnings(self) -> int:
         return sum(1 for p in self.problems if p.severity is Severity.WARNING)
-
-    @property
-    def rule_count(self) -> int:
-        return 0 if self.rules is None else len(self.rules.rules)
 
     def rule_set(self) -> RuleSet:
         """Return the rule set, for callers that want an exception rather than a result.
@@ -84,6 +81,7 @@ class _File:
     rules: list[tuple[int, Rule]] = field(default_factory=list)
     caps: list[tuple[int, Cap]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    rules_written: int = 0
 
     def place(self, finding: Finding) -> Problem:
         mark = self.document.position(finding.path, key=finding.at_key) if self.document else None
@@ -96,14 +94,24 @@ class _File:
 
     def location(self, path: Path) -> Location:
         assert self.document is not None
-        mark = self.document.position(path, key=True)
+        mark = self.document.position(path)
         return Location(self.name, mark.line, mark.col)
 
 
 def _check_document(source: _File) -> Any:
     """Return the document's data when it can go on to the schema, else ``None``."""
     document = source.document = load_document(source.text)
-    source.add(Finding(issue.path, issue.message) for issue in document.issues)
+    source.problems.extend(
+        Problem(
+            source.name,
+            issue.mark.line,
+            issue.mark.col,
+            Severity.ERROR,
+            format_path(issue.path),
+            issue.message,
+        )
+        for issue in document.issues
+    )
     data = document.data
     if (data is None and not document.issues) or data == {}:
         source.add([Finding((), "the file is empty: it needs a 'rules:' list or a 'caps:' list")])
@@ -119,6 +127,8 @@ def _compile_file(source: _File) -> None:
     data = _check_document(source)
     if data is None:
         return
+    if isinstance(data.get("rules"), list):
+        source.rules_written = len(data["rules"])
     structural = check_structure(data)
     source.add(structural)
     # A rule or cap the schema rejected would only repeat its problems in other words.
@@ -159,12 +169,13 @@ def _duplicates(sources: Sequence[_File], section: str) -> list[Problem]:
 
 
 def _lint(sources: Sequence[_File], retention_s: int) -> list[Problem]:
-    owners = {rule.id: (source, index) for source in sources for index, rule in source.rules}
+    # By identity: with a duplicate id (an error of its own) each rule still has one home.
+    owners = {id(rule): (source, index) for source in sources for index, rule in source.rules}
     rules = [rule for source in sources for _, rule in source.rules]
     caps = [cap for source in sources for _, cap in source.caps]
     problems = []
     for found in lint(rules, caps, retention_s):
-        source, index = owners[found.rule_id]
+        source, index = owners[id(found.rule)]
         finding = Finding(("rules", index, *found.path), found.message, Severity.WARNING)
         problems.append(source.place(finding))
     return problems
@@ -192,7 +203,8 @@ def _assemble(sources: Sequence[_File], retention_s: int, extra: list[Problem]) 
             caps=tuple(cap for s in sources for _, cap in s.caps),
             version=_version(sources),
         )
-    return ParseResult(rule_set, problems, len(sources))
+    written = sum(source.rules_written for source in sources)
+    return ParseResult(rule_set, problems, len(sources), written)
 
 
 def parse_rules(
@@ -246,7 +258,7 @@ def load_rules(*dirs: FsPath, retention_s: int = DEFAULT_RETENTION_S) -> ParseRe
     logger.debug(
         "rules: %d files, %d rules, %d problems",
         result.files,
-        result.rule_count,
+        result.rules_written,
         len(result.problems),
     )
     return result
