@@ -1,0 +1,94 @@
+"""The source boundary: one small consumer protocol, with a JSONL spool and a Redis stream
+behind it.
+
+The daemon's loop, which every source is built for::
+
+    items = source.read(max_items, timeout_s)
+    with ledger.transaction() as txn:          # one transaction per batch
+        ...decide each item, or source.dead_letter(item, reason, detail)...
+        txn.set_position(source.name, items[-1].position)
+    source.ack(items)                           # only after the commit
+
+A source therefore never forgets an item before it is acknowledged: after a crash it delivers
+again everything after the committed position (spool) or everything not acknowledged (Redis).
+Redelivery is safe because the ledger recognises an event it has already decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Protocol
+
+from trigmail.decisions import Reason
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One raw event as a source delivered it.
+
+    Attributes:
+        data: the event's bytes as read, without the trailing newline.
+        position: opaque text; committing it means this item and all before it are done.
+        ref: a place a human can find the item at, for logs and dead letters
+            (``events.jsonl:1234`` or ``trigmail:events 1700000000000-0``).
+        deliveries: how many times the item was delivered (always 1 for the spool).
+    """
+
+    data: bytes
+    position: str
+    ref: str
+    deliveries: int = 1
+
+
+class SourceReason(StrEnum):
+    """Why a source set an item aside on its own, before the daemon saw it."""
+
+    LINE_TOO_LONG = "line_too_long"
+    INCOMPLETE_LINE = "incomplete_line"
+    TOO_MANY_DELIVERIES = Reason.TOO_MANY_DELIVERIES.value
+
+
+class Source(Protocol):
+    """A consumer of raw events: ``read`` a batch, commit it, then ``ack`` it."""
+
+    name: str
+    """A stable id, the ledger's position key: ``spool:<abs path>`` or ``redis:<stream>``."""
+
+    def start(self, position: str | None) -> None:
+        """Begin reading after ``position``, the last one committed (``None``: never read)."""
+        ...
+
+    def read(self, max_items: int, timeout_s: float) -> list[SourceItem]:
+        """Return up to ``max_items`` items in order, waiting at most ``timeout_s`` for the first.
+
+        Returns ``[]`` when nothing came in time; never blocks longer than ``timeout_s``.
+
+        Raises:
+            SourceError: when the source cannot be read now; the next call tries again.
+        """
+        ...
+
+    def ack(self, items: Sequence[SourceItem]) -> None:
+        """Acknowledge items whose decisions (and position) the ledger has committed."""
+        ...
+
+    def dead_letter(self, item: SourceItem, reason: str, detail: str) -> None:
+        """Set a bad item aside, durably, with a stable ``reason`` and a human ``detail``."""
+        ...
+
+    def close(self) -> None:
+        """Release files and connections; the source may be started again afterwards."""
+        ...
+
+
+def raw_text(data: bytes) -> str:
+    """Return ``data`` as text for a dead letter, invalid UTF-8 replaced rather than lost."""
+    return data.decode("utf-8", errors="replace")
+
+
+def utc_now() -> datetime:
+    """The default clock of dead letters' ``at``."""
+    return datetime.now(UTC)

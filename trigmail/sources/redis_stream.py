@@ -1,0 +1,319 @@
+"""The Redis stream source: one member of a consumer group, reading with ``XREADGROUP``.
+
+- The group is created if missing (``MKSTREAM``), starting at the stream's first entry.
+- On start (and after every reconnect) the consumer's own pending entries are read first;
+  then ``XAUTOCLAIM`` takes entries idle longer than ``min_idle_s`` from dead consumers; then
+  new entries are read with a blocking ``XREADGROUP``.
+- An entry is acknowledged (``XACK``) only by :meth:`RedisStreamSource.ack`, after the ledger
+  commit, or when it is set aside in ``<stream>:dead``. An entry delivered more than
+  ``max_deliveries`` times is set aside as ``too_many_deliveries`` by the source itself.
+- An entry's ``data`` field holds the event as JSON. Without it, the entry's fields are the
+  event: names and values are decoded as UTF-8 and every value stays a string (Redis has no
+  types; use ``data`` for numbers), and dotted names build nested objects
+  (``user.first_name`` → ``{"user": {"first_name": ...}}``). When dotted names collide with
+  another field (``user`` and ``user.name``), all the entry's fields are kept flat instead.
+- ``redis://`` and ``rediss://`` URLs, with passwords; the password is never logged or raised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import redis
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
+
+from trigmail.errors import SourceError
+from trigmail.events import format_ts
+from trigmail.secrets import redact_url
+from trigmail.sources import keys
+from trigmail.sources.base import SourceItem, SourceReason, raw_text, utc_now
+
+logger = logging.getLogger(__name__)
+
+# A blocking read holds the socket silent for up to ``block_s``: the socket timeout must be
+# longer, yet finite so that a vanished server is noticed.
+_SOCKET_MARGIN_S = 10.0
+_CONNECT_TIMEOUT_S = 5.0
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+T = TypeVar("T")
+
+
+def flat_fields_json(fields: Mapping[bytes, bytes]) -> bytes:
+    """Return an entry's flat fields as a JSON object, dotted names nested (see module doc)."""
+    flat = {
+        name.decode("utf-8", errors="replace"): value.decode("utf-8", errors="replace")
+        for name, value in fields.items()
+    }
+    event = _nested(flat)
+    return json.dumps(event if event is not None else flat, ensure_ascii=False).encode()
+
+
+def _nested(flat: Mapping[str, str]) -> dict[str, Any] | None:
+    """Return ``flat`` with dotted names as nested objects; ``None`` when two names collide."""
+    event: dict[str, Any] = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        node = event
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                return None
+        if not leaf or leaf in node:
+            return None
+        node[leaf] = value
+    return event
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """Return the entries of an ``XREADGROUP`` reply on one stream."""
+    return list(reply[0][1]) if reply else []
+
+
+class RedisStreamSource:
+    """Read events from a Redis stream as a member of a consumer group.
+
+    Args:
+        url: ``redis://`` or ``rediss://`` URL, possibly with a password.
+        stream: the stream producers ``XADD`` to.
+        group: the consumer group shared by all workers.
+        consumer: this worker's name in the group; ``<hostname>-<pid>`` by default.
+        block_s: the longest one ``XREADGROUP`` blocks; also bounds how late a reclaim runs.
+        min_idle_s: entries pending this long with another consumer are claimed.
+        max_deliveries: an entry delivered more often is set aside as ``too_many_deliveries``.
+        count: the most entries asked of Redis in one command.
+        clock: the time dead letters are stamped with.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        stream: str = keys.DEFAULT_STREAM,
+        *,
+        group: str = keys.DEFAULT_GROUP,
+        consumer: str | None = None,
+        block_s: float = 1.0,
+        min_idle_s: float = 60.0,
+        max_deliveries: int = 5,
+        count: int = 500,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.name = f"redis:{stream}"
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.dead_stream = keys.dead_stream(stream)
+        self.block_s = block_s
+        self.min_idle_s = min_idle_s
+        self.max_deliveries = max_deliveries
+        self.count = count
+        self._url = url
+        self._safe_url = redact_url(url)
+        self._clock = clock
+        self._client: redis.Redis | None = None
+        self._started = False
+        # Cursor into our own pending entries while they are re-read; None once done.
+        self._pending_from: str | None = keys.PENDING_START_ID
+        self._claim_from = keys.CLAIM_START_ID
+        self._next_claim_at = 0.0
+
+    def start(self, position: str | None) -> None:
+        """Connect and join the group; ``position`` is informational (``XACK`` is what counts).
+
+        Raises:
+            SourceError: when Redis cannot be reached or the group cannot be created.
+        """
+        self.close()
+        self._started = True
+        self._guarded(self._connection)
+
+    def read(self, max_items: int, timeout_s: float) -> list[SourceItem]:
+        """Return own pending, then reclaimed, then new entries; wait up to ``timeout_s``.
+
+        Raises:
+            SourceError: when Redis fails; the next call reconnects.
+        """
+        if not self._started:
+            raise RuntimeError("RedisStreamSource.read() called before start()")
+        deadline = time.monotonic() + timeout_s
+        return self._guarded(lambda: self._read_until(min(max_items, self.count), deadline))
+
+    def ack(self, items: Sequence[SourceItem]) -> None:
+        """``XACK`` the items: call only once their decisions are committed."""
+        if items:
+            ids = [item.position for item in items]
+            self._guarded(lambda: self._connection().xack(self.stream, self.group, *ids))
+
+    def dead_letter(self, item: SourceItem, reason: str, detail: str) -> None:
+        """Add the item to ``<stream>:dead`` with its reason, then acknowledge it."""
+        self._guarded(lambda: self._set_aside(self._connection(), item, reason, detail))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._started = False
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _guarded(self, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except redis.RedisError as exc:
+            self._disconnect()
+            message = f"redis {self._safe_url} stream {self.stream}: {type(exc).__name__}: {exc}"
+            logger.warning("source %s: %s", self.name, message)
+            raise SourceError(message) from exc
+
+    def _connection(self) -> redis.Redis:
+        if self._client is not None:
+            return self._client
+        try:
+            client = redis.Redis.from_url(
+                self._url,
+                socket_connect_timeout=_CONNECT_TIMEOUT_S,
+                socket_timeout=self.block_s + _SOCKET_MARGIN_S,
+            )
+        except ValueError as exc:
+            raise SourceError(f"redis {self._safe_url}: bad URL: {exc}") from None
+        try:
+            self._create_group(client)
+        except BaseException:
+            client.close()
+            raise
+        self._client = client
+        # Whatever was delivered to us before the connection broke is read again first.
+        self._pending_from = keys.PENDING_START_ID
+        logger.info("source %s: connected to %s as %s", self.name, self._safe_url, self.consumer)
+        return client
+
+    def _create_group(self, client: redis.Redis) -> None:
+        try:
+            client.xgroup_create(self.stream, self.group, id=keys.GROUP_START_ID, mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        else:
+            logger.info("source %s: created consumer group %s", self.name, self.group)
+
+    def _disconnect(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _read_until(self, max_items: int, deadline: float) -> list[SourceItem]:
+        client = self._connection()
+        while True:
+            items = self._read_once(client, max_items, deadline)
+            if items or time.monotonic() >= deadline:
+                return items
+
+    def _read_once(self, client: redis.Redis, max_items: int, deadline: float) -> list[SourceItem]:
+        if self._pending_from is not None:
+            return self._own_pending(client, self._pending_from, max_items)
+        if time.monotonic() >= self._next_claim_at:
+            items = self._reclaim(client, max_items)
+            if items:
+                return items
+        return self._new_entries(client, max_items, deadline)
+
+    def _own_pending(self, client: redis.Redis, cursor: str, max_items: int) -> list[SourceItem]:
+        streams: dict[KeyT, StreamIdT] = {self.stream: cursor}
+        entries = _entries(client.xreadgroup(self.group, self.consumer, streams, count=max_items))
+        if not entries:
+            self._pending_from = None
+            return []
+        self._pending_from = entries[-1][0].decode()
+        logger.info("source %s: %d own pending entries delivered again", self.name, len(entries))
+        return self._admit(client, entries)
+
+    def _reclaim(self, client: redis.Redis, max_items: int) -> list[SourceItem]:
+        reply = client.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=int(self.min_idle_s * 1000),
+            start_id=self._claim_from,
+            count=max_items,
+        )
+        cursor, entries = reply[0].decode(), reply[1]
+        self._claim_from = cursor
+        # A finished scan waits; an unfinished one continues on the next read.
+        done = cursor == keys.CLAIM_START_ID
+        self._next_claim_at = time.monotonic() + (min(self.min_idle_s, self.block_s) if done else 0)
+        if not entries:
+            return []
+        logger.info("source %s: claimed %d idle entries", self.name, len(entries))
+        return self._admit(client, entries)
+
+    def _new_entries(
+        self, client: redis.Redis, max_items: int, deadline: float
+    ) -> list[SourceItem]:
+        block_ms = int(min(deadline - time.monotonic(), self.block_s) * 1000)
+        streams: dict[KeyT, StreamIdT] = {self.stream: keys.NEW_ENTRIES_ID}
+        reply = client.xreadgroup(
+            self.group,
+            self.consumer,
+            streams,
+            count=max_items,
+            # BLOCK 0 would wait forever: too little time left means a plain poll.
+            block=block_ms if block_ms > 0 else None,
+        )
+        return [self._item(entry_id, fields, 1) for entry_id, fields in _entries(reply)]
+
+    def _admit(self, client: redis.Redis, entries: list[Entry]) -> list[SourceItem]:
+        """Turn entries delivered again into items, setting aside those delivered too often."""
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            # Deleted or trimmed from the stream while pending: nothing is left to decide.
+            logger.warning("source %s: %d pending entries no longer exist", self.name, len(gone))
+            client.xack(self.stream, self.group, *gone)
+        live = [(entry_id, fields) for entry_id, fields in entries if fields]
+        counts = self._delivery_counts(client, [entry_id for entry_id, _ in live])
+        items = [self._item(entry_id, fields, counts.get(entry_id, 1)) for entry_id, fields in live]
+        for item in items:
+            if item.deliveries > self.max_deliveries:
+                detail = f"delivered {item.deliveries} times (max_deliveries {self.max_deliveries})"
+                self._set_aside(client, item, SourceReason.TOO_MANY_DELIVERIES, detail)
+        return [item for item in items if item.deliveries <= self.max_deliveries]
+
+    def _delivery_counts(self, client: redis.Redis, entry_ids: list[bytes]) -> dict[bytes, int]:
+        pipe = client.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        counts: dict[bytes, int] = {}
+        for reply in pipe.execute():
+            for pending in reply:
+                counts[pending["message_id"]] = int(pending["times_delivered"])
+        return counts
+
+    def _item(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int) -> SourceItem:
+        entry = entry_id.decode()
+        data = fields.get(keys.DATA_FIELD)
+        if data is None:
+            data = flat_fields_json(fields)
+        return SourceItem(data, entry, f"{self.stream} {entry}", deliveries)
+
+    def _set_aside(self, client: redis.Redis, item: SourceItem, reason: str, detail: str) -> None:
+        letter: dict[FieldT, EncodableT] = {
+            "reason": str(reason),
+            "detail": detail,
+            "ref": item.ref,
+            "raw": raw_text(item.data),
+            "at": format_ts(self._clock()),
+            "consumer": self.consumer,
+        }
+        logger.warning("source %s: set aside %s: %s (%s)", self.name, item.ref, reason, detail)
+        pipe = client.pipeline(transaction=True)
+        pipe.xadd(self.dead_stream, letter, maxlen=keys.DEAD_MAXLEN, approximate=True)
+        pipe.xack(self.stream, self.group, item.position)
+        pipe.execute()

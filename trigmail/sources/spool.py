@@ -1,0 +1,356 @@
+"""The JSONL spool source: tail a file that producers append one event per line to.
+
+The read position (device, inode, a fingerprint of the first line, byte offset and line number)
+is stored by the daemon in the ledger, in the same transaction as the decisions it covers.
+
+Behaviour a user can rely on:
+
+- A file never seen before is read from its beginning; a missing file is waited for.
+- A half-written last line waits for its newline; blank lines are skipped.
+- Rotation by rename: once the renamed file has been quiet for one poll (read to its end,
+  including lines its writer appended after the rename), the new file at the path is read
+  from its beginning. Lines appended to a renamed file while the daemon is stopped are not
+  read: on start, only the file at the path is considered.
+- Rotation by truncation (``copytruncate``) restarts at byte 0. A file truncated and
+  rewritten past the old offset is still caught by its first-line fingerprint, unless its
+  first line is byte for byte the old one.
+- A line longer than ``max_line_bytes`` is set aside in the dead-letter file without being
+  held in memory whole; its ``raw`` keeps only its first bytes. After a crash such a line may
+  be set aside a second time (it carries no position of its own).
+
+Dead letters go to ``<stem>.dead.jsonl`` beside the spool (``events.jsonl`` →
+``events.dead.jsonl``), one JSON object per line, flushed and fsynced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from trigmail.errors import SourceError
+from trigmail.events import format_ts
+from trigmail.sources.base import SourceItem, SourceReason, raw_text, utc_now
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_LINE_BYTES = 1024 * 1024
+# The fingerprint covers the first line up to this many bytes: enough to tell two files
+# apart (events carry ids and timestamps), small enough to re-read on every poll.
+FINGERPRINT_MAX_BYTES = 1024
+# How much of an over-long line its dead letter keeps, so a person can recognise it.
+DEAD_RAW_MAX_BYTES = 1024
+_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class SpoolPosition:
+    """Where reading a spool file stopped: just after line ``line``, at byte ``offset``.
+
+    ``fp`` is a sha256 prefix of the file's first ``fp_bytes`` bytes: its first line, newline
+    included, capped at :data:`FINGERPRINT_MAX_BYTES`. A position is only ever taken after a
+    complete line, so the bytes it covers can no longer change while the file is the same.
+    """
+
+    dev: int
+    inode: int
+    fp: str
+    fp_bytes: int
+    offset: int
+    line: int
+
+    def to_text(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_text(cls, text: str) -> SpoolPosition:
+        """Parse a position stored by :meth:`to_text`.
+
+        Raises:
+            SourceError: when ``text`` is not such a position.
+        """
+        try:
+            position = cls(**json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise SourceError(f"not a spool position: {text[:200]!r} ({exc})") from None
+        numbers = (position.dev, position.inode, position.fp_bytes, position.offset, position.line)
+        if not isinstance(position.fp, str) or not all(type(n) is int for n in numbers):
+            raise SourceError(f"not a spool position: {text[:200]!r}")
+        return position
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One complete line; ``data`` of an over-long one holds only its first bytes."""
+
+    data: bytes
+    number: int
+    end: int
+    too_long: bool = False
+
+
+def _fingerprint(head: bytes) -> tuple[str, int]:
+    """Return the fingerprint of a file starting with ``head`` and how many bytes it covers."""
+    newline = head.find(b"\n", 0, FINGERPRINT_MAX_BYTES)
+    covered = newline + 1 if newline >= 0 else min(len(head), FINGERPRINT_MAX_BYTES)
+    return hashlib.sha256(head[:covered]).hexdigest()[:32], covered
+
+
+class _Tail:
+    """One open spool file and how far it has been consumed.
+
+    Everything before ``offset`` is consumed; ``buf`` holds the bytes read after it that do
+    not yet end in a newline (or are the start of an over-long line being skipped).
+    """
+
+    def __init__(self, file: io.FileIO, max_line_bytes: int) -> None:
+        self.file = file
+        stat = os.fstat(file.fileno())
+        self.identity = (stat.st_dev, stat.st_ino)
+        self.max_line_bytes = max_line_bytes
+        self.offset = 0
+        self.line = 0
+        self.buf = bytearray()
+        self.fp: tuple[str, int] | None = None
+        self.skipping: bytes | None = None  # the head of the over-long line being skipped
+
+    @property
+    def read_at(self) -> int:
+        return self.offset + len(self.buf)
+
+    def resume(self, position: SpoolPosition) -> str:
+        """Continue after ``position`` if it is this file's; return what was decided, for logs."""
+        if (position.dev, position.inode) != self.identity:
+            return "another file is at the path now: reading it from the start"
+        if self._head_fingerprint(position.fp_bytes) != position.fp:
+            return "the file's first line changed: reading it from the start"
+        if os.fstat(self.file.fileno()).st_size < position.offset:
+            return "the file is shorter than the position (truncated): reading it from the start"
+        self.offset, self.line = position.offset, position.line
+        self.fp = (position.fp, position.fp_bytes)
+        return "resuming after the committed position"
+
+    def restart(self) -> None:
+        self.offset, self.line, self.fp, self.skipping = 0, 0, None, None
+        self.buf.clear()
+
+    def truncated(self) -> bool:
+        """Return whether the file was truncated (or rewritten) under the reader."""
+        if os.fstat(self.file.fileno()).st_size < self.read_at:
+            return True
+        return self.fp is not None and self._head_fingerprint(self.fp[1]) != self.fp[0]
+
+    def next_line(self) -> _Line | None:
+        """Return the next complete line, reading more of the file as needed."""
+        while True:
+            line = self._split()
+            if line is not None:
+                return line
+            if not self._fill():
+                return None
+
+    def position(self, line: _Line) -> SpoolPosition:
+        if self.fp is None:
+            self.fp = _fingerprint(self._read(0, FINGERPRINT_MAX_BYTES))
+        dev, inode = self.identity
+        fp, fp_bytes = self.fp
+        return SpoolPosition(dev, inode, fp, fp_bytes, line.end, line.number)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def _split(self) -> _Line | None:
+        newline = self.buf.find(b"\n")
+        if newline < 0:
+            self._skip_if_too_long()
+            return None
+        data = bytes(self.buf[:newline]).removesuffix(b"\r")
+        del self.buf[: newline + 1]
+        self.offset += newline + 1
+        self.line += 1
+        head, self.skipping = self.skipping, None
+        if head is not None or len(data) > self.max_line_bytes:
+            return _Line((head or data)[:DEAD_RAW_MAX_BYTES], self.line, self.offset, True)
+        return _Line(data, self.line, self.offset)
+
+    def _skip_if_too_long(self) -> None:
+        # An over-long line is consumed as it arrives instead of buffered whole.
+        if self.skipping is None and len(self.buf) <= self.max_line_bytes:
+            return
+        if self.skipping is None:
+            self.skipping = bytes(self.buf[:DEAD_RAW_MAX_BYTES])
+        self.offset += len(self.buf)
+        self.buf.clear()
+
+    def _fill(self) -> bool:
+        chunk = self._read(self.read_at, _CHUNK_BYTES)
+        self.buf += chunk
+        return bool(chunk)
+
+    def _head_fingerprint(self, size: int) -> str:
+        head = self._read(0, size)
+        return hashlib.sha256(head).hexdigest()[:32]
+
+    def _read(self, offset: int, size: int) -> bytes:
+        self.file.seek(offset)
+        return self.file.read(size) or b""
+
+
+class SpoolSource:
+    """Tail a JSONL spool file by polling it every ``poll_s`` seconds.
+
+    Args:
+        path: the spool file producers append to.
+        poll_s: how long to sleep between looks at a quiet file.
+        max_line_bytes: longer lines are set aside as ``line_too_long``.
+        clock: the time dead letters are stamped with.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        poll_s: float = 0.05,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.path = path
+        self.name = f"spool:{path.absolute()}"
+        self.dead_path = path.with_name(f"{path.stem}.dead.jsonl")
+        self.poll_s = poll_s
+        self.max_line_bytes = max_line_bytes
+        self._clock = clock
+        self._tail: _Tail | None = None
+        self._resume_at: SpoolPosition | None = None
+        self._started = False
+        self._waiting_logged = False
+
+    def start(self, position: str | None) -> None:
+        """Begin after ``position`` if the file at the path is the one it was taken in.
+
+        Raises:
+            SourceError: when ``position`` is not a spool position, or the file is unreadable.
+        """
+        self.close()
+        self._resume_at = SpoolPosition.from_text(position) if position else None
+        self._started = True
+        self._open()
+
+    def read(self, max_items: int, timeout_s: float) -> list[SourceItem]:
+        """Return the next complete lines, polling the file until ``timeout_s`` has passed."""
+        if not self._started:
+            raise RuntimeError("SpoolSource.read() called before start()")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            items = self._poll(max_items)
+            remaining_s = deadline - time.monotonic()
+            if items or remaining_s <= 0:
+                return items
+            time.sleep(min(self.poll_s, remaining_s))
+
+    def ack(self, items: Sequence[SourceItem]) -> None:
+        """Nothing to do: the spool's position is committed in the ledger by the daemon."""
+
+    def dead_letter(self, item: SourceItem, reason: str, detail: str) -> None:
+        """Append the item to the dead-letter file beside the spool, durably."""
+        self._write_dead_letter(item.ref, reason, detail, item.data)
+
+    def close(self) -> None:
+        if self._tail is not None:
+            self._tail.close()
+            self._tail = None
+        self._started = False
+
+    def _poll(self, max_items: int) -> list[SourceItem]:
+        tail = self._tail or self._open()
+        if tail is None:
+            return []
+        if tail.truncated():
+            logger.warning(
+                "spool %s: truncated at byte %d, reading from the start", self.path, tail.read_at
+            )
+            tail.restart()
+        read_before = tail.read_at
+        items = self._take(tail, max_items)
+        if items or tail.read_at != read_before:
+            return items
+        # Only a quiet file is left for another: a renamed file is drained to its end first.
+        tail = self._follow_rename(tail)
+        return self._take(tail, max_items) if tail is not None else []
+
+    def _take(self, tail: _Tail, max_items: int) -> list[SourceItem]:
+        items: list[SourceItem] = []
+        while len(items) < max_items:
+            line = tail.next_line()
+            if line is None:
+                break
+            ref = f"{self.path.name}:{line.number}"
+            if line.too_long:
+                detail = f"line is longer than {self.max_line_bytes} bytes; raw is its start"
+                self._write_dead_letter(ref, SourceReason.LINE_TOO_LONG, detail, line.data)
+            elif line.data.strip():
+                items.append(SourceItem(line.data, tail.position(line).to_text(), ref))
+        return items
+
+    def _follow_rename(self, tail: _Tail) -> _Tail | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return tail  # renamed away and not yet recreated: keep draining the old file
+        except OSError as exc:
+            raise SourceError(f"spool {self.path}: cannot stat: {exc}") from exc
+        if (stat.st_dev, stat.st_ino) == tail.identity:
+            return tail
+        logger.info("spool %s: rotated, old file read to line %d", self.path, tail.line)
+        if tail.buf or tail.skipping is not None:
+            ref = f"{self.path.name}:{tail.line + 1}"
+            detail = "the file was rotated before this line got its newline"
+            raw = tail.skipping if tail.skipping is not None else bytes(tail.buf)
+            self._write_dead_letter(ref, SourceReason.INCOMPLETE_LINE, detail, raw)
+        tail.close()
+        self._tail = None
+        return self._open()
+
+    def _open(self) -> _Tail | None:
+        try:
+            file = self.path.open("rb", buffering=0)
+        except FileNotFoundError:
+            if not self._waiting_logged:
+                logger.info("spool %s: no such file yet, waiting for it", self.path)
+                self._waiting_logged = True
+            return None
+        except OSError as exc:
+            raise SourceError(f"spool {self.path}: cannot open: {exc}") from exc
+        self._waiting_logged = False
+        tail = _Tail(file, self.max_line_bytes)
+        resume_at, self._resume_at = self._resume_at, None
+        if resume_at is None:
+            logger.info("spool %s: reading from the start", self.path)
+        else:
+            logger.info("spool %s: %s", self.path, tail.resume(resume_at))
+        self._tail = tail
+        return tail
+
+    def _write_dead_letter(self, ref: str, reason: str, detail: str, raw: bytes) -> None:
+        record = {
+            "at": format_ts(self._clock()),
+            "source": self.name,
+            "ref": ref,
+            "reason": str(reason),
+            "detail": detail,
+            "raw": raw_text(raw),
+        }
+        logger.warning("spool %s: set aside %s: %s (%s)", self.path, ref, reason, detail)
+        try:
+            with self.dead_path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            raise SourceError(f"spool {self.path}: cannot write {self.dead_path}: {exc}") from exc
