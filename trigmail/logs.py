@@ -1,0 +1,255 @@
+"""Log formats for the daemon, and the guard that keeps secrets out of every log line.
+
+The library only logs; :func:`logging_config` returns a :func:`logging.config.dictConfig`
+dict that the CLI applies. Both formats write one line per record, exceptions included, so
+journald (and any line-based shipper) keeps one entry per event:
+
+- ``text``: ``ts=2026-11-27T20:00:00.000Z level=info logger=trigmail.daemon msg="send k: sent"``
+- ``json``: ``{"ts": "...", "level": "info", "logger": "...", "msg": "...", ...extra}``
+
+Under journald the timestamp is left out (journald stamps each entry itself) and the line
+starts with the syslog priority ``<N>``, which journald strips and records as the level.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
+
+from trigmail.errors import ConfigError
+
+LogFormat = Literal["text", "json"]
+
+REDACTED = "<secret>"
+
+# Shorter values are not worth guarding: replacing every "abc" in every line would garble
+# the logs while protecting nothing a guess could not find.
+MIN_SECRET_LEN = 4
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# The attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+_ANSI_RESET = "\033[0m"
+_ANSI_BY_LEVEL = {
+    logging.DEBUG: "\033[2m",
+    logging.INFO: "\033[32m",
+    logging.WARNING: "\033[33m",
+    logging.ERROR: "\033[31m",
+    logging.CRITICAL: "\033[1;31m",
+}
+
+# Longest first, so a secret containing another is replaced whole. Replaced, never mutated,
+# so a formatting thread iterates a consistent tuple without taking the lock.
+_secrets: tuple[str, ...] = ()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str) -> None:
+    """Guard ``value``: from now on it appears in no log line, only ``<secret>``.
+
+    A belt-and-braces measure: secrets are held in types whose ``repr`` hides them, and this
+    catches the one that slips into a message anyway (a URL with a password in an error).
+    """
+    global _secrets  # noqa: PLW0603 (one process-wide set, as every handler must see it)
+    if len(value) < MIN_SECRET_LEN:
+        return
+    with _secrets_lock:
+        _secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))
+
+
+def clear_secrets() -> None:
+    """Forget every registered secret (for tests, and before registering rotated ones)."""
+    global _secrets  # noqa: PLW0603 (see register_secret)
+    with _secrets_lock:
+        _secrets = ()
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every registered secret replaced by ``<secret>``."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class SecretFilter(logging.Filter):
+    """Redact registered secrets from a record's message before any handler formats it.
+
+    Handlers with trigmail's formatters redact their output anyway; this filter protects the
+    handlers that do not (a test's capture handler, a third-party one).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def syslog_priority(levelno: int) -> int:
+    """Map a logging level to a syslog priority (``<3>`` err ... ``<7>`` debug)."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    return 6 if levelno >= logging.INFO else 7
+
+
+class _LineFormatter(logging.Formatter):
+    """Shared part of the two formats: the fields of a record, redacted, on one line.
+
+    Args:
+        journald: leave out ``ts`` and prefix the syslog priority ``<N>``.
+        colour: colour the level with ANSI escapes (for a terminal).
+    """
+
+    def __init__(self, *, journald: bool = False, colour: bool = False) -> None:
+        super().__init__()
+        self.journald = journald
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = redact(self.render(self.fields(record), record.levelno))
+        return f"<{syslog_priority(record.levelno)}>{line}" if self.journald else line
+
+    def render(self, fields: Mapping[str, Any], levelno: int) -> str:
+        raise NotImplementedError
+
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
+        """Return the record as ordered fields: ts, level, logger, msg, exc, then extras."""
+        fields: dict[str, Any] = {}
+        if not self.journald:
+            fields["ts"] = _rfc3339_ms(record.created)
+        fields["level"] = record.levelname.lower()
+        fields["logger"] = record.name
+        fields["msg"] = redact(record.getMessage())
+        trace = self._trace(record)
+        if trace:
+            fields["exc"] = redact(trace)
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and key not in fields:
+                fields[key] = redact(value) if isinstance(value, str) else value
+        return fields
+
+    def _trace(self, record: logging.LogRecord) -> str:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        parts = [record.exc_text or "", self.formatStack(record.stack_info or "")]
+        return "\n".join(part for part in parts if part)
+
+
+def _rfc3339_ms(created_s: float) -> str:
+    stamp = datetime.fromtimestamp(created_s, UTC).isoformat(timespec="milliseconds")
+    return stamp.removesuffix("+00:00") + "Z"
+
+
+class KeyValueFormatter(_LineFormatter):
+    """``key=value`` pairs (logfmt); values with spaces, quotes or newlines are quoted."""
+
+    def render(self, fields: Mapping[str, Any], levelno: int) -> str:
+        pairs = []
+        for key, value in fields.items():
+            text = _logfmt_value(value)
+            if key == "level" and self.colour:
+                text = f"{_ANSI_BY_LEVEL.get(levelno, '')}{text}{_ANSI_RESET}"
+            pairs.append(f"{key}={text}")
+        return " ".join(pairs)
+
+
+_LOGFMT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _logfmt_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if text and not any(c in text for c in ' "=\\\n\r\t'):
+        return text
+    return '"' + text.translate(_LOGFMT_ESCAPES) + '"'
+
+
+class JsonFormatter(_LineFormatter):
+    """One JSON object per line; ``extra=`` fields become keys beside ts, level, logger, msg."""
+
+    def render(self, fields: Mapping[str, Any], levelno: int) -> str:
+        return json.dumps(fields, default=str, ensure_ascii=False)
+
+
+def running_under_journald(environ: Mapping[str, str] | None = None, fd: int = 2) -> bool:
+    """Return whether ``fd`` (stderr by default) is the journal stream systemd connected.
+
+    ``$JOURNAL_STREAM`` is ``device:inode`` of that stream; comparing it with ``fd`` rather
+    than trusting its presence keeps a child whose stderr was redirected from using the
+    journald format on a file.
+    """
+    env = os.environ if environ is None else environ
+    device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(fd)
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
+
+
+def logging_config(
+    fmt: LogFormat,
+    level: str = "INFO",
+    *,
+    stream_is_tty: bool,
+    journald: bool | None = None,
+    stream: TextIO | str = "ext://sys.stderr",
+) -> dict[str, Any]:
+    """Return a :func:`logging.config.dictConfig` dict logging to stderr in ``fmt``.
+
+    trigmail's loggers log from ``level`` up; other libraries only from ``WARNING`` (httpx
+    would otherwise log every request). Nothing is applied here: the CLI does that.
+
+    Args:
+        fmt: ``text`` (key=value) or ``json``.
+        level: the level name for trigmail's loggers, any case.
+        stream_is_tty: whether stderr is a terminal; only then is the text coloured.
+        journald: whether stderr is the journal; detected with :func:`running_under_journald`
+            when ``None``.
+        stream: where to write; ``dictConfig``'s ``ext://`` spelling or a stream.
+
+    Raises:
+        ConfigError: when ``level`` is not a logging level name.
+    """
+    if level.upper() not in _LEVELS:
+        raise ConfigError(f"log level: expected one of {', '.join(_LEVELS)}, got {level!r}")
+    under_journald = running_under_journald() if journald is None else journald
+    formatter_class = KeyValueFormatter if fmt == "text" else JsonFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "trigmail": {
+                "()": f"{__name__}.{formatter_class.__name__}",
+                "journald": under_journald,
+                "colour": fmt == "text" and stream_is_tty and not under_journald,
+            }
+        },
+        "filters": {"secrets": {"()": f"{__name__}.{SecretFilter.__name__}"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": stream,
+                "formatter": "trigmail",
+                "filters": ["secrets"],
+            }
+        },
+        "loggers": {"trigmail": {"level": level.upper()}},
+        "root": {"level": "WARNING", "handlers": ["stderr"]},
+    }
