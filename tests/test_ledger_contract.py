@@ -1,0 +1,658 @@
+"""The ledger contract: every implementation of ``Ledger`` passes these same tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from trigmail.decisions import LogEntry, Outcome, Payload, Reason
+from trigmail.errors import LedgerError
+from trigmail.ledger import MemoryLedger, SqliteLedger
+from trigmail.ledger.base import DeadLetter, Ledger, LedgerTxn, SendRecord, SendState
+from trigmail.rules.model import Address, OnDoubt
+
+
+@dataclass
+class FakeClock:
+    """The time the ledger stamps writes that carry none; tests move it by hand."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock(t0: datetime) -> FakeClock:
+    return FakeClock(t0)
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        # The PostgreSQL ledger fills this in: open it on the ``postgres_dsn`` fixture.
+        pytest.param(
+            "postgres", marks=pytest.mark.skip(reason="the PostgreSQL ledger is not written yet")
+        ),
+    ]
+)
+def ledger(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
+    opened: Ledger
+    if request.param == "memory":
+        opened = MemoryLedger(clock=clock)
+    else:
+        opened = SqliteLedger(tmp_path / "ledger.db", clock=clock)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def make_send(
+    key: str,
+    due_at: datetime,
+    *,
+    rule: str = "cart",
+    user: str = "u1",
+    categories: tuple[str, ...] = ("promo",),
+    on_doubt: OnDoubt = OnDoubt.SKIP,
+) -> SendRecord:
+    payload = Payload(
+        template="d-123",
+        data={"cart_url": "https://shop.example/c/9", "value": 82.5, "items": [1, 2]},
+        categories=categories,
+        asm_group=1234,
+        from_=Address("hello@example.com", "Shop"),
+    )
+    return SendRecord(
+        key=key,
+        rule_id=rule,
+        step=0,
+        user_id=user,
+        email=f"{user}@example.com",
+        event_id=f"evt-{key}",
+        due_at=due_at,
+        payload=payload,
+        on_doubt=on_doubt,
+        rules_version="v1",
+        cancel_match={"properties.cart_id": "c9"},
+    )
+
+
+def insert(ledger: Ledger, *sends: SendRecord) -> None:
+    with ledger.transaction() as txn:
+        for send in sends:
+            assert txn.insert_send(send)
+
+
+def state_of(ledger: Ledger, key: str) -> SendState:
+    record = ledger.get_send(key)
+    assert record is not None
+    return record.state
+
+
+def put_in_state(ledger: Ledger, send: SendRecord, state: SendState, at: datetime) -> None:
+    """Insert ``send`` and walk it through the state machine to ``state``."""
+    insert(ledger, send)
+    with ledger.transaction() as txn:
+        if state == SendState.CANCELLED:
+            assert txn.drop(send.key, "test", at)
+        elif state != SendState.SCHEDULED:
+            assert txn.claim([send.key], at)
+            if state != SendState.SENDING:
+                txn.finish([send.key], state, at)
+    assert state_of(ledger, send.key) == state
+
+
+# -- inserts, duplicates and round trips -------------------------------------------------------
+
+
+def test_insert_send_round_trips_every_field(ledger: Ledger, t0: datetime) -> None:
+    send = make_send("k1", t0 + timedelta(hours=1))
+    insert(ledger, send)
+    stored = ledger.get_send("k1")
+    assert stored == replace(send, created_at=t0, updated_at=t0)
+    assert stored.due_at.tzinfo == UTC
+    assert ledger.get_send("missing") is None
+
+
+def test_times_in_another_zone_come_back_as_the_same_instant_in_utc(
+    ledger: Ledger, t0: datetime
+) -> None:
+    lisbon_summer = timezone(timedelta(hours=1))
+    insert(ledger, make_send("k1", t0.astimezone(lisbon_summer)))
+    stored = ledger.get_send("k1")
+    assert stored is not None
+    assert stored.due_at == t0
+    assert stored.due_at.utcoffset() == timedelta(0)
+
+
+def test_naive_datetime_is_refused(ledger: Ledger, t0: datetime) -> None:
+    with pytest.raises(ValueError, match="naive"), ledger.transaction() as txn:
+        txn.insert_send(make_send("k1", t0.replace(tzinfo=None)))
+    assert ledger.get_send("k1") is None
+
+
+def test_insert_of_a_send_not_scheduled_is_refused(ledger: Ledger, t0: datetime) -> None:
+    with pytest.raises(ValueError, match="scheduled"), ledger.transaction() as txn:
+        txn.insert_send(replace(make_send("k1", t0), state=SendState.SENT))
+
+
+def test_duplicate_key_is_a_no_op(ledger: Ledger, t0: datetime) -> None:
+    insert(ledger, make_send("k1", t0))
+    with ledger.transaction() as txn:
+        assert not txn.insert_send(make_send("k1", t0 + timedelta(days=1), user="u2"))
+        assert txn.send_exists("k1")
+    stored = ledger.get_send("k1")
+    assert stored is not None
+    assert (stored.user_id, stored.due_at) == ("u1", t0)
+
+
+def test_duplicate_event_is_a_no_op(ledger: Ledger, t0: datetime) -> None:
+    with ledger.transaction() as txn:
+        assert not txn.seen_event("e1")
+        assert txn.mark_seen("e1", t0)
+        assert not txn.mark_seen("e1", t0 + timedelta(hours=1))
+    with ledger.transaction() as txn:
+        assert txn.seen_event("e1")
+        assert not txn.mark_seen("e1", t0)
+
+
+# -- transactions ------------------------------------------------------------------------------
+
+
+def write_everything(txn: LedgerTxn, t0: datetime) -> None:
+    txn.mark_seen("e1", t0)
+    txn.insert_send(make_send("k1", t0))
+    txn.set_position("spool", "42")
+    txn.set_meta("rules_version", "v2")
+    txn.log([LogEntry(t0, "e1", "u1", "cart", 0, "k1", Outcome.SCHEDULED, Reason.DELAY)])
+    txn.add_dead_letter(DeadLetter(t0, "spool", "7", "{", "invalid_json", "not JSON"))
+
+
+def test_exception_rolls_back_every_write(ledger: Ledger, t0: datetime) -> None:
+    insert(ledger, make_send("old", t0))
+    before = ledger.get_send("old")
+    with pytest.raises(RuntimeError, match="boom"), ledger.transaction() as txn:
+        write_everything(txn, t0)
+        txn.claim(["old"], t0)
+        raise RuntimeError("boom")
+    with ledger.transaction() as txn:
+        assert not txn.seen_event("e1")
+        assert not txn.send_exists("k1")
+        assert txn.get_position("spool") is None
+        assert txn.due_sends(t0, 10) == [before]
+    assert state_of(ledger, "old") == SendState.SCHEDULED
+    assert ledger.get_meta("rules_version") is None
+    assert ledger.decision_log() == []
+    assert ledger.dead_letters() == []
+
+
+def test_normal_exit_commits_every_write(ledger: Ledger, t0: datetime) -> None:
+    with ledger.transaction() as txn:
+        write_everything(txn, t0)
+    with ledger.transaction() as txn:
+        assert txn.seen_event("e1")
+        assert txn.send_exists("k1")
+        assert txn.get_position("spool") == "42"
+    assert ledger.get_meta("rules_version") == "v2"
+    assert [entry.key for entry in ledger.decision_log()] == ["k1"]
+    assert [letter.position for letter in ledger.dead_letters()] == ["7"]
+
+
+def test_reads_see_the_transactions_own_writes(ledger: Ledger, t0: datetime) -> None:
+    with ledger.transaction() as txn:
+        txn.mark_seen("e1", t0)
+        txn.insert_send(make_send("k1", t0))
+        txn.set_position("spool", "10")
+        assert txn.seen_event("e1")
+        assert txn.send_exists("k1")
+        assert [s.key for s in txn.pending_for_user("u1", ["cart"])] == ["k1"]
+        assert [s.key for s in txn.due_sends(t0, 10)] == ["k1"]
+        assert txn.next_due_at() == t0
+        assert txn.get_position("spool") == "10"
+        txn.claim(["k1"], t0)
+        assert txn.last_delivered_at("cart", "u1") == t0
+        assert txn.delivered_count_since("u1", ["promo"], t0) == 1
+        assert txn.due_sends(t0, 10) == []
+
+
+def test_transaction_is_unusable_after_it_ends(ledger: Ledger, t0: datetime) -> None:
+    with ledger.transaction() as txn:
+        pass
+    with pytest.raises(LedgerError):
+        txn.mark_seen("e1", t0)
+
+
+def test_nested_transaction_is_refused(ledger: Ledger) -> None:
+    with ledger.transaction(), pytest.raises(LedgerError), ledger.transaction():
+        pass
+
+
+def test_closed_ledger_is_unusable(ledger: Ledger) -> None:
+    ledger.close()
+    with pytest.raises(LedgerError):
+        ledger.get_meta("rules_version")
+    ledger.close()  # closing twice is harmless
+
+
+# -- the state machine -------------------------------------------------------------------------
+
+
+def test_cancel_moves_only_scheduled_sends(ledger: Ledger, t0: datetime) -> None:
+    for key, state in [("a", SendState.SCHEDULED), ("b", SendState.SENDING), ("c", SendState.SENT)]:
+        put_in_state(ledger, make_send(key, t0), state, t0)
+    later = t0 + timedelta(minutes=5)
+    with ledger.transaction() as txn:
+        assert txn.cancel_sends(["a", "b", "c", "missing", "a"], "cancel_on", later) == ["a"]
+    cancelled = ledger.get_send("a")
+    assert cancelled is not None
+    assert (cancelled.state, cancelled.reason, cancelled.updated_at) == (
+        SendState.CANCELLED,
+        "cancel_on",
+        later,
+    )
+    assert [state_of(ledger, k) for k in "bc"] == [SendState.SENDING, SendState.SENT]
+
+
+def test_claim_skips_sends_not_scheduled(ledger: Ledger, t0: datetime) -> None:
+    put_in_state(ledger, make_send("a", t0), SendState.SCHEDULED, t0)
+    put_in_state(ledger, make_send("b", t0), SendState.CANCELLED, t0)
+    put_in_state(ledger, make_send("c", t0), SendState.SENDING, t0)
+    at = t0 + timedelta(seconds=30)
+    with ledger.transaction() as txn:
+        claimed = txn.claim(["a", "b", "c", "missing"], at)
+    assert [(r.key, r.state, r.attempts, r.claimed_at) for r in claimed] == [
+        ("a", SendState.SENDING, 1, at)
+    ]
+    assert ledger.get_send("a") == claimed[0]
+    stored_c = ledger.get_send("c")
+    assert stored_c is not None
+    assert (stored_c.attempts, stored_c.claimed_at) == (1, t0)
+
+
+Transition = Callable[[LedgerTxn, datetime], object]
+
+TRANSITIONS: list[tuple[str, SendState, Transition, object, SendState]] = [
+    # a delivered send is sent, with the provider's message id
+    (
+        "finish sent",
+        SendState.SENDING,
+        lambda txn, at: txn.finish(["k"], SendState.SENT, at, message_id="m-1"),
+        None,
+        SendState.SENT,
+    ),
+    # a refused send is failed
+    (
+        "finish failed",
+        SendState.SENDING,
+        lambda txn, at: txn.finish(["k"], SendState.FAILED, at, error="400"),
+        None,
+        SendState.FAILED,
+    ),
+    # a send that may have reached the provider is in doubt
+    (
+        "finish in doubt",
+        SendState.SENDING,
+        lambda txn, at: txn.finish(["k"], SendState.IN_DOUBT, at, error="timeout"),
+        None,
+        SendState.IN_DOUBT,
+    ),
+    # finish only moves a claimed send
+    (
+        "finish scheduled",
+        SendState.SCHEDULED,
+        lambda txn, at: txn.finish(["k"], SendState.SENT, at),
+        None,
+        SendState.SCHEDULED,
+    ),
+    # a send that never reached the provider goes back to scheduled
+    (
+        "retry later",
+        SendState.SENDING,
+        lambda txn, at: txn.retry_later(["k"], at, "503"),
+        None,
+        SendState.SCHEDULED,
+    ),
+    # retry only moves a claimed send
+    (
+        "retry sent",
+        SendState.SENT,
+        lambda txn, at: txn.retry_later(["k"], at, "503"),
+        None,
+        SendState.SENT,
+    ),
+    # a due send dropped by the engine is cancelled
+    (
+        "drop scheduled",
+        SendState.SCHEDULED,
+        lambda txn, at: txn.drop("k", "max_late", at),
+        True,
+        SendState.CANCELLED,
+    ),
+    # a claimed send cannot be dropped
+    (
+        "drop sending",
+        SendState.SENDING,
+        lambda txn, at: txn.drop("k", "max_late", at),
+        False,
+        SendState.SENDING,
+    ),
+    # deferring keeps a send scheduled
+    (
+        "defer scheduled",
+        SendState.SCHEDULED,
+        lambda txn, at: txn.defer("k", at),
+        True,
+        SendState.SCHEDULED,
+    ),
+    # a cancelled send cannot be deferred
+    (
+        "defer cancelled",
+        SendState.CANCELLED,
+        lambda txn, at: txn.defer("k", at),
+        False,
+        SendState.CANCELLED,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("start", "action", "returns", "end"),
+    [case[1:] for case in TRANSITIONS],
+    ids=[case[0] for case in TRANSITIONS],
+)
+def test_transition(
+    ledger: Ledger,
+    t0: datetime,
+    start: SendState,
+    action: Transition,
+    returns: object,
+    end: SendState,
+) -> None:
+    put_in_state(ledger, make_send("k", t0), start, t0)
+    later = t0 + timedelta(hours=2)
+    with ledger.transaction() as txn:
+        assert action(txn, later) == returns
+    assert state_of(ledger, "k") == end
+
+
+def test_finish_keeps_message_id_and_error(ledger: Ledger, t0: datetime) -> None:
+    put_in_state(ledger, make_send("k", t0), SendState.SENDING, t0)
+    at = t0 + timedelta(seconds=3)
+    with ledger.transaction() as txn:
+        txn.finish(["k"], SendState.SENT, at, message_id="m-1")
+    stored = ledger.get_send("k")
+    assert stored is not None
+    assert (stored.message_id, stored.updated_at, stored.claimed_at) == ("m-1", at, t0)
+
+
+def test_retry_later_reschedules_and_keeps_the_error(
+    ledger: Ledger, t0: datetime, clock: FakeClock
+) -> None:
+    put_in_state(ledger, make_send("k", t0), SendState.SENDING, t0)
+    retry_at = t0 + timedelta(minutes=1)
+    clock.now = t0 + timedelta(seconds=2)
+    with ledger.transaction() as txn:
+        txn.retry_later(["k"], retry_at, "429 rate limited")
+        assert txn.next_due_at() == retry_at
+        assert [s.key for s in txn.due_sends(retry_at, 10)] == ["k"]
+    stored = ledger.get_send("k")
+    assert stored is not None
+    assert (stored.due_at, stored.last_error, stored.claimed_at, stored.attempts) == (
+        retry_at,
+        "429 rate limited",
+        None,
+        1,
+    )
+    assert stored.updated_at == clock.now
+
+
+def test_finish_refuses_a_state_that_is_no_outcome(ledger: Ledger, t0: datetime) -> None:
+    put_in_state(ledger, make_send("k", t0), SendState.SENDING, t0)
+    with pytest.raises(ValueError, match="finish"), ledger.transaction() as txn:
+        txn.finish(["k"], SendState.CANCELLED, t0)
+    assert state_of(ledger, "k") == SendState.SENDING
+
+
+def test_recover_in_flight_follows_on_doubt(ledger: Ledger, t0: datetime) -> None:
+    put_in_state(ledger, make_send("skip", t0), SendState.SENDING, t0)
+    put_in_state(ledger, make_send("resend", t0, on_doubt=OnDoubt.RESEND), SendState.SENDING, t0)
+    put_in_state(ledger, make_send("waiting", t0), SendState.SCHEDULED, t0)
+    put_in_state(ledger, make_send("done", t0), SendState.SENT, t0)
+    at = t0 + timedelta(hours=1)
+    with ledger.transaction() as txn:
+        changed = txn.recover_in_flight(at)
+    assert [(r.key, r.state) for r in changed] == [
+        ("resend", SendState.SCHEDULED),
+        ("skip", SendState.IN_DOUBT),
+    ]
+    assert [ledger.get_send(r.key) for r in changed] == changed
+    assert all(r.updated_at == at for r in changed)
+    assert [state_of(ledger, k) for k in ("waiting", "done")] == [
+        SendState.SCHEDULED,
+        SendState.SENT,
+    ]
+    with ledger.transaction() as txn:
+        assert txn.recover_in_flight(at) == []
+        assert [s.key for s in txn.due_sends(at, 10)] == ["resend", "waiting"]
+
+
+# -- cooldowns, caps and pending sends ---------------------------------------------------------
+
+COUNTED: list[tuple[SendState, bool]] = [
+    (SendState.SCHEDULED, False),  # not claimed yet: holds nothing back
+    (SendState.SENDING, True),  # claimed: may reach the provider any moment
+    (SendState.SENT, True),  # delivered
+    (SendState.IN_DOUBT, True),  # may have been delivered
+    (SendState.FAILED, False),  # known never to have been delivered
+    (SendState.CANCELLED, False),  # a cancelled send holds nothing back
+]
+
+
+@pytest.mark.parametrize(("state", "counted"), COUNTED)
+def test_cooldown_and_caps_count_delivered_states(
+    ledger: Ledger, t0: datetime, state: SendState, counted: bool
+) -> None:
+    put_in_state(ledger, make_send("k", t0), state, t0)
+    with ledger.transaction() as txn:
+        assert txn.last_delivered_at("cart", "u1") == (t0 if counted else None)
+        assert txn.delivered_count_since("u1", ["promo"], t0) == int(counted)
+
+
+def test_last_delivered_at_is_the_latest_claim_of_that_rule_and_user(
+    ledger: Ledger, t0: datetime
+) -> None:
+    put_in_state(ledger, make_send("a", t0), SendState.SENT, t0)
+    put_in_state(ledger, make_send("b", t0), SendState.SENT, t0 + timedelta(hours=3))
+    put_in_state(ledger, make_send("other-rule", t0, rule="x"), SendState.SENT, t0 + timedelta(9))
+    put_in_state(ledger, make_send("other-user", t0, user="u2"), SendState.SENT, t0 + timedelta(9))
+    with ledger.transaction() as txn:
+        assert txn.last_delivered_at("cart", "u1") == t0 + timedelta(hours=3)
+        assert txn.last_delivered_at("cart", "nobody") is None
+
+
+CAP_CASES: list[tuple[list[str], timedelta, int]] = [
+    (["promo"], timedelta(0), 2),  # both sends carry promo; since is inclusive
+    (["news"], timedelta(0), 1),  # only one carries news
+    (["promo", "news"], timedelta(0), 2),  # a send with both categories counts once
+    (["other"], timedelta(0), 0),  # no send in that category
+    ([], timedelta(0), 0),  # no categories: nothing to count
+    (["promo"], timedelta(seconds=1), 1),  # the first claim is before since
+]
+
+
+@pytest.mark.parametrize(("categories", "since_after_t0", "expected"), CAP_CASES)
+def test_delivered_count_since_counts_per_category(
+    ledger: Ledger, t0: datetime, categories: list[str], since_after_t0: timedelta, expected: int
+) -> None:
+    first = make_send("a", t0, categories=("promo", "news"))
+    put_in_state(ledger, first, SendState.SENT, t0)
+    put_in_state(ledger, make_send("b", t0), SendState.SENT, t0 + timedelta(seconds=1))
+    put_in_state(ledger, make_send("c", t0, user="u2"), SendState.SENT, t0)
+    with ledger.transaction() as txn:
+        assert txn.delivered_count_since("u1", categories, t0 + since_after_t0) == expected
+
+
+def test_pending_for_user_returns_scheduled_sends_of_the_given_rules(
+    ledger: Ledger, t0: datetime
+) -> None:
+    insert(
+        ledger,
+        make_send("late", t0 + timedelta(hours=2)),
+        make_send("early", t0 + timedelta(hours=1)),
+        make_send("other-rule", t0, rule="onboarding"),
+        make_send("other-user", t0, user="u2"),
+    )
+    put_in_state(ledger, make_send("claimed", t0), SendState.SENDING, t0)
+    with ledger.transaction() as txn:
+        assert [s.key for s in txn.pending_for_user("u1", ["cart"])] == ["early", "late"]
+        both = txn.pending_for_user("u1", {"cart", "onboarding"})
+        assert [s.key for s in both] == ["other-rule", "early", "late"]
+        assert txn.pending_for_user("u1", []) == []
+
+
+# -- the send path -----------------------------------------------------------------------------
+
+
+def test_due_sends_are_earliest_first_up_to_limit(ledger: Ledger, t0: datetime) -> None:
+    insert(
+        ledger,
+        make_send("c", t0 + timedelta(minutes=2)),
+        make_send("a", t0),
+        make_send("b", t0 + timedelta(minutes=1)),
+        make_send("future", t0 + timedelta(days=1)),
+    )
+    until = t0 + timedelta(minutes=5)
+    with ledger.transaction() as txn:
+        assert [s.key for s in txn.due_sends(until, 10)] == ["a", "b", "c"]
+        assert [s.key for s in txn.due_sends(until, 2)] == ["a", "b"]
+        assert txn.due_sends(until, 0) == []
+        assert txn.defer("a", t0 + timedelta(minutes=3))
+        assert [s.key for s in txn.due_sends(until, 10)] == ["b", "c", "a"]
+        assert txn.next_due_at() == t0 + timedelta(minutes=1)
+        txn.drop("b", "max_late", t0)
+        assert txn.next_due_at() == t0 + timedelta(minutes=2)
+
+
+def test_next_due_at_is_none_without_scheduled_sends(ledger: Ledger, t0: datetime) -> None:
+    with ledger.transaction() as txn:
+        assert txn.next_due_at() is None
+    put_in_state(ledger, make_send("k", t0), SendState.SENT, t0)
+    with ledger.transaction() as txn:
+        assert txn.next_due_at() is None
+
+
+# -- positions, meta, logs, dead letters -------------------------------------------------------
+
+
+def test_positions_are_per_source_and_overwritten(ledger: Ledger) -> None:
+    with ledger.transaction() as txn:
+        txn.set_position("spool", "1")
+        txn.set_position("spool", "2")
+        txn.set_position("redis", "1700-0")
+    with ledger.transaction() as txn:
+        assert (txn.get_position("spool"), txn.get_position("redis")) == ("2", "1700-0")
+        assert txn.get_position("unknown") is None
+
+
+def test_meta_is_overwritten(ledger: Ledger) -> None:
+    with ledger.transaction() as txn:
+        txn.set_meta("rules_version", "a")
+    with ledger.transaction() as txn:
+        txn.set_meta("rules_version", "b")
+    assert ledger.get_meta("rules_version") == "b"
+    assert ledger.get_meta("unknown") is None
+
+
+def test_decision_log_is_newest_first_and_filters_by_event(ledger: Ledger, t0: datetime) -> None:
+    entries = [
+        LogEntry(t0, "e1", "u1", "cart", 0, "k1", Outcome.SCHEDULED, Reason.DELAY, t0, "1h"),
+        LogEntry(t0, "e2", "u1", None, None, None, Outcome.SKIPPED, Reason.NO_RULE),
+        LogEntry(t0, "e1", "u1", "tips", 1, "k2", Outcome.SKIPPED, Reason.COOLDOWN),
+    ]
+    with ledger.transaction() as txn:
+        txn.log(entries[:2])
+    with ledger.transaction() as txn:
+        txn.log(entries[2:])
+    assert ledger.decision_log() == entries[::-1]
+    assert ledger.decision_log("e1") == [entries[2], entries[0]]
+    assert ledger.decision_log(limit=1) == [entries[2]]
+
+
+def test_dead_letters_are_newest_first(ledger: Ledger, t0: datetime) -> None:
+    letters = [DeadLetter(t0, "spool", str(n), "{", "invalid_json", "not JSON") for n in range(3)]
+    with ledger.transaction() as txn:
+        for letter in letters:
+            txn.add_dead_letter(letter)
+    assert ledger.dead_letters() == letters[::-1]
+    assert ledger.dead_letters(limit=2) == letters[:0:-1]
+
+
+def test_status(ledger: Ledger, t0: datetime, clock: FakeClock) -> None:
+    insert(ledger, make_send("tips", t0 + timedelta(days=1), rule="tips"))
+    states = [SendState.SCHEDULED, SendState.SENT, SendState.IN_DOUBT, SendState.FAILED]
+    for minute, state in enumerate(states):
+        at = t0 + timedelta(minutes=minute)
+        clock.now = at
+        put_in_state(ledger, make_send(state.value, at), state, at)
+    with ledger.transaction() as txn:
+        txn.set_meta("rules_version", "abc")
+        txn.add_dead_letter(DeadLetter(t0, "spool", "1", "x", "invalid_json", "not JSON"))
+    status = ledger.status(limit=2)
+    assert dict(status.counts) == {
+        SendState.SCHEDULED: 2,
+        SendState.SENDING: 0,
+        SendState.SENT: 1,
+        SendState.FAILED: 1,
+        SendState.CANCELLED: 0,
+        SendState.IN_DOUBT: 1,
+    }
+    assert status.by_rule["tips"][SendState.SCHEDULED] == 1
+    assert status.by_rule["cart"][SendState.SCHEDULED] == 1
+    assert status.by_rule["cart"][SendState.CANCELLED] == 0
+    assert [s.key for s in status.next_due] == ["scheduled", "tips"]
+    assert [s.key for s in status.in_doubt] == ["in_doubt"]
+    assert [s.key for s in status.failed] == ["failed"]
+    assert [s.key for s in status.recent] == ["failed", "in_doubt"]
+    assert (status.dead_letters, status.rules_version) == (1, "abc")
+
+
+def test_status_of_an_empty_ledger(ledger: Ledger) -> None:
+    status = ledger.status()
+    assert set(status.counts) == set(SendState)
+    assert sum(status.counts.values()) == 0
+    assert (status.by_rule, status.dead_letters, status.rules_version) == ({}, 0, None)
+
+
+# -- pruning -----------------------------------------------------------------------------------
+
+
+def test_prune_deletes_old_finished_rows_and_keeps_pending_sends(
+    ledger: Ledger, t0: datetime
+) -> None:
+    old, cutoff, new = t0, t0 + timedelta(days=30), t0 + timedelta(days=31)
+    for state in SendState:
+        put_in_state(ledger, make_send(f"old-{state.value}", old), state, old)
+    put_in_state(ledger, make_send("new-sent", new), SendState.SENT, new)
+    with ledger.transaction() as txn:
+        for at, name in [(old, "old"), (new, "new")]:
+            txn.mark_seen(f"evt-{name}", at)
+            txn.log([LogEntry(at, name, "u1", None, None, None, Outcome.SKIPPED, Reason.NO_RULE)])
+            txn.add_dead_letter(DeadLetter(at, "spool", name, "{", "invalid_json", "not JSON"))
+    removed = ledger.prune(cutoff)
+    assert removed == 4 + 3  # four finished sends; a seen id, a log line, a dead letter
+    with ledger.transaction() as txn:
+        kept = [s.value for s in SendState if txn.send_exists(f"old-{s.value}")]
+        assert kept == ["scheduled", "sending"]
+        assert txn.send_exists("new-sent")
+        assert (txn.seen_event("evt-old"), txn.seen_event("evt-new")) == (False, True)
+        assert txn.delivered_count_since("u1", ["promo"], old) == 2  # sending and new-sent
+    assert [entry.event_id for entry in ledger.decision_log()] == ["new"]
+    assert [letter.position for letter in ledger.dead_letters()] == ["new"]
+    assert ledger.prune(cutoff) == 0
