@@ -1,0 +1,96 @@
+"""The position-keeping YAML loader: strict booleans, duplicate keys, marks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trigmail.rules.yamlsource import Mark, load_document
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("on: x", {"on": "x"}),  # `on` as a key stays the text "on", never true
+        ("v: NO", {"v": "NO"}),  # Norway is a country code, not false
+        ("v: yes", {"v": "yes"}),  # yes/no/on/off are words
+        ("v: off", {"v": "off"}),  # off is a word too
+        ("v: TRUE", {"v": True}),  # true/false in any case are booleans
+        ("v: False", {"v": False}),  # ...both of them
+        ("v: ~", {"v": None}),  # ~ is null
+        ("v:", {"v": None}),  # nothing is null
+        ("v: 9:30", {"v": "9:30"}),  # no base-60 numbers
+        ("v: 2026-01-01", {"v": "2026-01-01"}),  # no dates
+        ("v: 010", {"v": 10}),  # no octal surprise
+        ("v: 1.5", {"v": 1.5}),  # floats are floats
+        ("v: !!str 12", {"v": "12"}),  # explicit tags are honoured
+        ("1: a", {"1": "a"}),  # keys are kept as written
+    ],
+)
+def test_scalars_mean_what_they_say(text: str, expected: dict[str, Any]) -> None:
+    document = load_document(text)
+    assert document.issues == ()
+    assert document.data == expected
+
+
+def test_positions_of_keys_and_values() -> None:
+    document = load_document("rules:\n  - id: a\n    on: [x, y]\n")
+    assert document.position(("rules", 0, "on"), key=True) == Mark(3, 5)
+    assert document.position(("rules", 0, "on")) == Mark(3, 9)
+    assert document.position(("rules", 0, "on", 1)) == Mark(3, 13)
+    # A path that was never written falls back to its nearest written parent.
+    assert document.position(("rules", 0, "send", "template")) == Mark(2, 5)
+
+
+def test_duplicate_key_names_both_places_and_keeps_the_first() -> None:
+    document = load_document("a: 1\nb: 2\na: 3\n")
+    assert document.data == {"a": 1, "b": 2}
+    [issue] = document.issues
+    assert issue.mark == Mark(3, 1)
+    assert issue.message == "duplicate key 'a' (first written at line 1, col 1); keep only one"
+
+
+@pytest.mark.parametrize(
+    ("text", "mark", "message"),
+    [
+        # an unclosed flow mapping: where the parser gave up, and where it began
+        (
+            "a: {b: 1\nc: 2\n",
+            Mark(2, 2),
+            "YAML syntax error: did not find expected ',' or '}' "
+            "(while parsing a flow mapping at line 1)",
+        ),
+        # two documents in one file
+        (
+            "a: 1\n---\nb: 2\n",
+            Mark(2, 1),
+            "YAML syntax error: but found another document (expected a single document in "
+            "the stream at line 1)",
+        ),
+    ],
+)
+def test_syntax_errors_have_positions(text: str, mark: Mark, message: str) -> None:
+    document = load_document(text)
+    assert document.data is None
+    assert [(i.mark, i.message) for i in document.issues] == [(mark, message)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: !!python/object:os.system x", "unsupported YAML tag"),  # no arbitrary objects
+        ("a: &x [*x]", "an alias refers to itself"),  # a recursive alias does not loop
+        ("a: !!int x", "'x' cannot be read as int"),  # a tag that does not fit its value
+        ("? [a]\n: 1", "a key must be plain text"),  # complex keys are refused
+    ],
+)
+def test_odd_yaml_is_an_issue(text: str, message: str) -> None:
+    issues = load_document(text).issues
+    assert len(issues) == 1
+    assert message in issues[0].message
+
+
+def test_empty_document_has_no_data_and_no_issue() -> None:
+    document = load_document("# only a comment\n")
+    assert (document.data, document.issues) == (None, ())
