@@ -36,6 +36,16 @@ CLAIM_START_ID: Final = "0-0"
 """Where an ``XAUTOCLAIM`` scan starts, and the cursor Redis returns when a scan is complete."""
 
 
+CLIENT_NAME_PREFIX: Final = "trigmail:"
+"""Our connections are named ``trigmail:<consumer>`` so that ``CLIENT LIST`` tells whose
+they are (and ``CLIENT KILL`` can pick them)."""
+
+
+def client_name(consumer: str) -> str:
+    """Return the connection name of ``consumer``; Redis refuses spaces in client names."""
+    return CLIENT_NAME_PREFIX + "_".join(consumer.split())
+
+
 def dead_stream(stream: str) -> str:
     """Return the dead-letter stream of ``stream`` (``trigmail:events:dead``)."""
     return stream + DEAD_SUFFIX

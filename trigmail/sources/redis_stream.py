@@ -27,6 +27,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from trigmail.errors import SourceError
@@ -180,6 +182,10 @@ class RedisStreamSource:
                 self._url,
                 socket_connect_timeout=_CONNECT_TIMEOUT_S,
                 socket_timeout=self.block_s + _SOCKET_MARGIN_S,
+                # The daemon backs off on SourceError; retrying here too would hold a read
+                # past its timeout_s.
+                retry=Retry(NoBackoff(), 0),
+                client_name=keys.client_name(self.consumer),
             )
         except ValueError as exc:
             raise SourceError(f"redis {self._safe_url}: bad URL: {exc}") from None
