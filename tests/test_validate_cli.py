@@ -1,0 +1,127 @@
+"""`trigmail validate` end to end: the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+FIXTURES = Path(__file__).parent / "fixtures" / "rules"
+TRIGMAIL = Path(sys.executable).with_name("trigmail")
+
+
+def _run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "NO_COLOR": "1"}
+    return subprocess.run(
+        [str(TRIGMAIL), "validate", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_sample_rules_validate_clean() -> None:
+    result = _run("rules.d", "--strict")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout == "5 files, 4 rules: 0 errors, 0 warnings\n"
+
+
+def test_default_directory_is_rules_d(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "rules.d", tmp_path / "rules.d")
+    result = _run(cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "5 files, 4 rules: 0 errors, 0 warnings\n")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected", "summary"),
+    [
+        # an unknown key with a suggestion
+        (
+            "bad/unknown_key.yaml",
+            "4:5: error: unknown key 'cooldwn' (did you mean 'cooldown'?) (at rules[0].cooldwn)",
+            "1 file, 1 rule: 1 error, 0 warnings",
+        ),
+        # a YAML syntax error with its position
+        (
+            "bad/yaml_syntax.yaml",
+            "5:7: error: YAML syntax error: did not find expected ',' or '}' "
+            "(while parsing a flow mapping at line 4)",
+            "1 file, 0 rules: 1 error, 0 warnings",  # nothing could be read
+        ),
+        # a bad operator
+        (
+            "bad/bad_operator.yaml",
+            "5:37: error: unknown operator 'gtee', did you mean 'gte'? "
+            "(at rules[0].when.properties.cart_value.gtee)",
+            "1 file, 1 rule: 1 error, 0 warnings",
+        ),
+    ],
+)
+def test_bad_file_exits_1_with_position(fixture: str, expected: str, summary: str) -> None:
+    result = _run(FIXTURES / fixture)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [f"{FIXTURES / fixture}:{expected}", summary]
+    # Colour only on a terminal: a pipe gets plain text.
+    assert "\x1b[" not in result.stdout
+
+
+def test_every_bad_fixture_is_invalid() -> None:
+    result = _run("--format", "json", *sorted((FIXTURES / "bad").iterdir()))
+    assert result.returncode == 1
+    problems = json.loads(result.stdout)
+    files = {Path(p["file"]).name for p in problems}
+    assert files == {path.name for path in (FIXTURES / "bad").iterdir()}
+
+
+def test_json_format() -> None:
+    result = _run("--format", "json", FIXTURES / "bad" / "wrong_type.yaml")
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == [
+        {
+            "file": str(FIXTURES / "bad" / "wrong_type.yaml"),
+            "line": 4,
+            "col": 22,
+            "severity": "error",
+            "path": "rules[0].send.template",
+            "message": "expected text, got the number 12345; put it in quotes",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "severity"),
+    [
+        ((), 0, "warning"),  # warnings alone keep a rule set valid
+        (("--strict",), 1, "error"),  # --strict makes them errors
+    ],
+)
+def test_strict_turns_warnings_into_errors(
+    flags: tuple[str, ...], code: int, severity: str
+) -> None:
+    result = _run("--format", "json", *flags, FIXTURES / "warn" / "long_cooldown.yaml")
+    assert result.returncode == code
+    assert [p["severity"] for p in json.loads(result.stdout)] == [severity]
+
+
+def test_retention_option_changes_the_cooldown_warning() -> None:
+    result = _run("--retention", "200d", FIXTURES / "warn" / "long_cooldown.yaml")
+    assert (result.returncode, result.stdout) == (0, "1 file, 1 rule: 0 errors, 0 warnings\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--format", "xml"),  # an unknown format
+        ("--retention", "soon"),  # a retention that is not a duration
+        ("--no-such-flag",),  # an unknown flag
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    assert _run(*args, "rules.d").returncode == 2
