@@ -139,12 +139,20 @@ class Pipeline:
     def ingest(self, items: Sequence[Item], source_name: str | None = None) -> Ingested:
         """Decide a batch of raw items and commit the decisions with the source position."""
         now = self.clock()
+        return self.ingest_parsed([(item, parse_item(item, now)) for item in items], source_name)
+
+    def ingest_parsed(
+        self, parsed: Sequence[tuple[Item, Event | BadEventError]], source_name: str | None = None
+    ) -> Ingested:
+        """As :meth:`ingest`, for items the caller already parsed with :func:`parse_item`."""
+        now = self.clock()
         rules = self.rules()
         result = Ingested()
+        items = [item for item, _ in parsed]
         with self.ledger.transaction() as txn:
             batch = _Batch(txn, rules, now, source_name or "", result)
-            for item in items:
-                batch.ingest(item)
+            for item, event in parsed:
+                batch.ingest(item, event)
             if source_name is not None and items:
                 txn.set_position(source_name, items[-1].position)
             txn.log(result.entries)
@@ -285,10 +293,9 @@ class _Batch:
     source: str
     result: Ingested
 
-    def ingest(self, item: Item) -> None:
-        try:
-            event = parse_event(item.data, self.now)
-        except BadEventError as exc:
+    def ingest(self, item: Item, event: Event | BadEventError) -> None:
+        if isinstance(event, BadEventError):
+            exc = event
             self._reject(item, exc.reason, exc.detail)
             log.warning("event at %s set aside: %s: %s", item.ref, exc.reason, exc.detail)
             self.result.entries.append(_bad_event_entry(item, exc, self.now))
@@ -324,6 +331,14 @@ class _Batch:
             entries.append(_entry(event, decision, Outcome.SKIPPED, decision.reason, self.now))
         else:
             entries.append(_entry(event, decision, Outcome.DEAD_LETTER, decision.reason, self.now))
+
+
+def parse_item(item: Item, read_at: datetime) -> Event | BadEventError:
+    """Parse an item's event, returning (not raising) why it is bad."""
+    try:
+        return parse_event(item.data, read_at)
+    except BadEventError as exc:
+        return exc
 
 
 def _bad_event_entry(item: Item, exc: BadEventError, now: datetime) -> LogEntry:

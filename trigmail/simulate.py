@@ -4,16 +4,15 @@ provider. Time is taken from the events' ``ts``; sends fire at their virtual due
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from trigmail.decisions import LogEntry
-from trigmail.events import parse_ts
+from trigmail.events import Event
 from trigmail.ledger.memory import MemoryLedger
-from trigmail.pipeline import Pipeline, RawItem
+from trigmail.pipeline import Pipeline, RawItem, parse_item
 from trigmail.providers.recording import RecordingProvider
 from trigmail.rules.model import RuleSet
 from trigmail.scheduler import Scheduler
@@ -51,15 +50,6 @@ class Summary:
         self.by_rule.setdefault(rule, Counter())[entry.outcome.value] += 1
 
 
-def _event_time(line: bytes) -> datetime | None:
-    try:
-        obj = json.loads(line)
-        ts = obj.get("ts") if isinstance(obj, dict) else None
-        return parse_ts(ts) if isinstance(ts, str) else None
-    except (ValueError, RecursionError):
-        return None
-
-
 class Simulation:
     """Replays event lines through the real pipeline.
 
@@ -92,12 +82,13 @@ class Simulation:
         """Decide one event line, after firing every send due before its time."""
         if not line.strip():
             return
-        ts = _event_time(line)
-        if ts is not None:
-            self.run_until(ts)
+        item = RawItem(line, f"{source}:{lineno}")
+        event = parse_item(item, self.clock.now)
+        if isinstance(event, Event):
+            self.run_until(event.ts)
         self._start()
         self.summary.events += 1
-        self.pipeline.ingest([RawItem(line, f"{source}:{lineno}")])
+        self.pipeline.ingest_parsed([(item, event)])
 
     def run_until(self, until: datetime | None) -> None:
         """Fire every send due up to ``until`` (all of them when ``None``) at its due time."""
