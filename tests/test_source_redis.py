@@ -1,0 +1,247 @@
+"""The Redis stream source against a real Redis: groups, entry formats, reclaiming, dead letters
+and reconnecting."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from trigmail.errors import SourceError
+from trigmail.sources import RedisStreamSource, SourceItem
+
+WAIT_S = 5.0  # an upper bound only: reads return as soon as entries are there
+EMPTY_S = 0.1
+
+Opener = Callable[..., RedisStreamSource]
+
+
+@pytest.fixture
+def stream() -> str:
+    return f"test:{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def admin(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client for producing entries and looking at the stream from outside."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def open_source(redis_url: str, stream: str) -> Iterator[Opener]:
+    """Start sources on the test's stream; they are closed after the test."""
+    made: list[RedisStreamSource] = []
+
+    def start(consumer: str = "c1", **options: Any) -> RedisStreamSource:
+        options.setdefault("block_s", 0.05)
+        source = RedisStreamSource(redis_url, stream, consumer=consumer, **options)
+        source.start(None)
+        made.append(source)
+        return source
+
+    yield start
+    for source in made:
+        source.close()
+
+
+def read_n(source: RedisStreamSource, count: int) -> list[SourceItem]:
+    items: list[SourceItem] = []
+    while len(items) < count:
+        batch = source.read(count - len(items), WAIT_S)
+        if not batch:
+            break
+        items += batch
+    return items
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` until it holds; the per-test timeout bounds the wait."""
+    while not condition():
+        time.sleep(0.01)
+
+
+def event(n: int) -> str:
+    return json.dumps({"event": "e", "user_id": f"u{n}"})
+
+
+def dead_letters(admin: redis.Redis, stream: str) -> list[dict[str, str]]:
+    entries = admin.xrange(f"{stream}:dead") or []
+    return [{str(k): str(v) for k, v in (fields or {}).items()} for _, fields in entries]
+
+
+def pending_count(admin: redis.Redis, stream: str) -> int:
+    return int(admin.xpending(stream, "trigmail")["pending"])
+
+
+def test_defaults_and_names() -> None:
+    source = RedisStreamSource("redis://127.0.0.1:6379/15")
+    assert source.consumer == f"{socket.gethostname()}-{os.getpid()}"
+    assert source.name == "redis:trigmail:events"
+    assert source.dead_stream == "trigmail:events:dead"
+    assert source.group == "trigmail"
+
+
+def test_start_creates_the_group_and_the_stream(
+    open_source: Opener, admin: redis.Redis, stream: str
+) -> None:
+    assert not admin.exists(stream)
+    open_source()
+    open_source("c2")  # a second worker joins the existing group
+    assert admin.exists(stream)
+    assert [group["name"] for group in admin.xinfo_groups(stream)] == ["trigmail"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        # the data field holds the whole event
+        ({"data": '{"event": "x", "n": 1}', "other": "ignored"}, {"event": "x", "n": 1}),
+        # flat fields are the event, values stay strings
+        ({"event": "x", "user_id": "u1", "n": "1"}, {"event": "x", "user_id": "u1", "n": "1"}),
+        # dotted names build nested objects
+        (
+            {"event": "x", "user.first_name": "Ana", "properties.cart.value": "82.5"},
+            {
+                "event": "x",
+                "user": {"first_name": "Ana"},
+                "properties": {"cart": {"value": "82.5"}},
+            },
+        ),
+        # colliding names are all kept flat
+        ({"user": "u1", "user.name": "Ana"}, {"user": "u1", "user.name": "Ana"}),
+        # an empty name part is not nested either
+        ({"user.": "x"}, {"user.": "x"}),
+    ],
+)
+def test_data_field_and_flat_fields(
+    open_source: Opener, admin: redis.Redis, stream: str, fields: Any, expected: object
+) -> None:
+    entry_id = str(admin.xadd(stream, fields))
+    (item,) = read_n(open_source(), 1)
+    assert json.loads(item.data) == expected
+    assert (item.position, item.ref) == (entry_id, f"{stream} {entry_id}")
+
+
+def test_data_field_is_delivered_byte_for_byte(
+    open_source: Opener, admin: redis.Redis, stream: str
+) -> None:
+    admin.xadd(stream, {"data": '{ "event" :"x" }'})
+    assert [item.data for item in read_n(open_source(), 1)] == [b'{ "event" :"x" }']
+
+
+def test_pending_entries_of_a_dead_consumer_are_claimed(
+    open_source: Opener, admin: redis.Redis, stream: str
+) -> None:
+    admin.xadd(stream, {"data": event(1)})
+    admin.xadd(stream, {"data": event(2)})
+    dead = open_source("dead", min_idle_s=0.05)
+    assert len(read_n(dead, 2)) == 2
+    dead.close()  # killed before its commit: nothing acknowledged
+
+    survivor = open_source("survivor", min_idle_s=0.05)
+    items = read_n(survivor, 2)
+    assert [item.data.decode() for item in items] == [event(1), event(2)]
+    assert [item.deliveries for item in items] == [2, 2]
+    owners = {p["consumer"] for p in admin.xpending_range(stream, "trigmail", "-", "+", 10)}
+    assert owners == {"survivor"}
+    survivor.ack(items)
+    assert pending_count(admin, stream) == 0
+
+
+def test_entry_delivered_too_often_goes_to_the_dead_stream(
+    open_source: Opener, admin: redis.Redis, stream: str
+) -> None:
+    entry_id = str(admin.xadd(stream, {"data": "poison"}))
+    for deliveries in (1, 2):
+        worker = open_source(max_deliveries=2)
+        (item,) = read_n(worker, 1)
+        assert item.deliveries == deliveries
+        worker.close()  # crashed while deciding it
+    admin.xadd(stream, {"data": event(1)})
+
+    worker = open_source(max_deliveries=2)
+    assert [item.data.decode() for item in read_n(worker, 1)] == [event(1)]
+    (letter,) = dead_letters(admin, stream)
+    assert letter["reason"] == "too_many_deliveries"
+    assert letter["raw"] == "poison"
+    assert letter["ref"] == f"{stream} {entry_id}"
+    assert letter["consumer"] == "c1"
+    assert {"detail", "at"} <= letter.keys()
+    assert pending_count(admin, stream) == 1  # only the good entry, not yet acknowledged
+
+
+def test_pending_entry_deleted_from_the_stream_is_acknowledged(
+    open_source: Opener, admin: redis.Redis, stream: str
+) -> None:
+    entry_id = admin.xadd(stream, {"data": event(1)})
+    worker = open_source()
+    assert len(read_n(worker, 1)) == 1
+    worker.close()
+    admin.xdel(stream, entry_id)
+    assert open_source().read(10, EMPTY_S) == []
+    assert pending_count(admin, stream) == 0
+
+
+def _blocked_client_id(admin: redis.Redis) -> str | None:
+    for client in admin.client_list():
+        if client["name"] == "trigmail:c1" and client["cmd"] == "xreadgroup":
+            return str(client["id"])
+    return None
+
+
+def test_reconnects_after_its_connection_is_killed(
+    open_source: Opener, admin: redis.Redis, stream: str
+) -> None:
+    source = open_source(block_s=WAIT_S)
+    errors: list[SourceError] = []
+
+    def blocked_read() -> None:
+        try:
+            source.read(10, WAIT_S)
+        except SourceError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=blocked_read)
+    reader.start()
+    wait_for(lambda: _blocked_client_id(admin) is not None)
+    admin.client_kill_filter(_id=_blocked_client_id(admin))
+    reader.join()
+    assert len(errors) == 1
+    assert "ConnectionError" in str(errors[0])
+
+    admin.xadd(stream, {"data": event(1)})
+    assert [item.data.decode() for item in read_n(source, 1)] == [event(1)]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # nothing listens there
+        "redis://:hunter2@127.0.0.1:1/0",
+        # the real server refuses the user and password
+        "redis://nobody:hunter2@127.0.0.1:6379/15",
+    ],
+)
+def test_errors_and_logs_never_show_the_password(
+    redis_url: str, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    source = RedisStreamSource(url, consumer="c1")
+    with pytest.raises(SourceError) as raised:
+        source.start(None)
+    source.close()
+    shown = "".join(traceback.format_exception(raised.value)) + caplog.text
+    assert "hunter2" not in shown
+    assert ":<secret>@127.0.0.1" in str(raised.value)
