@@ -45,10 +45,15 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(schema())
 
 
-def check_structure(document: Any) -> list[Finding]:
-    """Return one finding per structural problem of a decoded rule file."""
+def check_structure(document: Any, validator: Draft202012Validator | None = None) -> list[Finding]:
+    """Return one finding per structural problem of a decoded rule file.
+
+    Args:
+        document: the decoded YAML.
+        validator: another schema's validator (the config file's); the rule schema by default.
+    """
     findings: dict[Finding, None] = {}
-    for error in _validator().iter_errors(document):
+    for error in (validator or _validator()).iter_errors(document):
         # Some errors come once per missing key, listing them all: keep each finding once.
         findings.update(dict.fromkeys(_explain(error)))
     return list(findings)
