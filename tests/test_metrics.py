@@ -16,11 +16,11 @@ from trigmail.ledger.base import SendState
 from trigmail.metrics import HealthCheck, Metrics, MetricsServer, parse_listen, serve_metrics
 
 
-def get(server: MetricsServer, path: str) -> tuple[int, str, str]:
+def get(server: MetricsServer, path: str, accept: str = "") -> tuple[int, str, str]:
     """GET ``path``; return the status, the Content-Type and the body."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Accept": accept} if accept else {})
         response = conn.getresponse()
         return response.status, response.getheader("Content-Type", ""), response.read().decode()
     finally:
@@ -147,6 +147,13 @@ def test_a_raising_health_check_is_a_503_and_logged(
         status, _, body = get(server, "/healthz")
     assert (status, body) == (503, "health check failed\n")
     assert "the health check raised" in caplog.text
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(server: MetricsServer) -> None:
+    status, content_type, body = get(server, "/metrics", accept="application/openmetrics-text")
+    assert status == 200
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith("# EOF\n")
 
 
 def test_unknown_path_is_404(server: MetricsServer) -> None:

@@ -261,7 +261,8 @@ def serve_metrics(
         metrics: what ``/metrics`` exposes, in the Prometheus text format (or OpenMetrics
             when the scraper asks for it).
         listen: ``HOST:PORT``; port 0 picks a free port, see :attr:`MetricsServer.port`.
-        health: the liveness check, called on each ``/healthz`` request.
+        health: the liveness check, called on each ``/healthz`` request from a server
+            thread, so it must be thread-safe and quick.
 
     Raises:
         ConfigError: when ``listen`` is malformed or cannot be bound.
