@@ -43,6 +43,7 @@ RATE_LIMIT_PER_PERIOD = 600
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>.]+$")
 # Waiting in a hang is woken by ``release`` or by ``stop``; this bounds how late ``stop`` is seen.
 _HANG_POLL_S = 0.02
+_SHUTDOWN_POLL_S = 0.01
 _DRAIN_CHUNK_BYTES = 65536
 
 
@@ -382,6 +383,7 @@ class FakeSendGrid:
         self._faults: deque[Fault] = deque()
         self._received: list[Received] = []
         self._message_count = 0
+        self._connections_opened = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -406,8 +408,9 @@ class FakeSendGrid:
 
     @property
     def connections(self) -> int:
-        """How many TCP connections were accepted so far."""
-        return self._running().connections_opened
+        """How many TCP connections were accepted so far (kept after ``stop``)."""
+        server = self._server
+        return self._connections_opened + (0 if server is None else server.connections_opened)
 
     @property
     def requests(self) -> list[Received]:
@@ -436,7 +439,11 @@ class FakeSendGrid:
     def start(self) -> None:
         self._server = _Server(self._address, self)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-sendgrid", daemon=True
+            target=self._server.serve_forever,
+            # How often the loop checks for shutdown: bounds how long ``stop`` takes.
+            kwargs={"poll_interval": _SHUTDOWN_POLL_S},
+            name="fake-sendgrid",
+            daemon=True,
         )
         self._thread.start()
 
@@ -449,6 +456,7 @@ class FakeSendGrid:
         self._server.wake_connections()
         self._server.server_close()  # joins the handler threads
         self._thread.join()
+        self._connections_opened += self._server.connections_opened
         self._server = None
 
     # The handler's side: each is called from a connection's thread.
