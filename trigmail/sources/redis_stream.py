@@ -158,9 +158,7 @@ class RedisStreamSource:
         self._guarded(lambda: self._set_aside(self._connection(), item, reason, detail))
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._disconnect()
         self._started = False
 
     # -- connection ----------------------------------------------------------------------
@@ -170,8 +168,8 @@ class RedisStreamSource:
             return action()
         except redis.RedisError as exc:
             self._disconnect()
+            # Raised, not logged: the daemon logs it once, with its back-off.
             message = f"redis {self._safe_url} stream {self.stream}: {type(exc).__name__}: {exc}"
-            logger.warning("source %s: %s", self.name, message)
             raise SourceError(message) from exc
 
     def _connection(self) -> redis.Redis:
