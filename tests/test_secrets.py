@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
