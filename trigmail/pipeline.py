@@ -36,7 +36,8 @@ from trigmail.errors import (
 )
 from trigmail.events import Event, parse_event
 from trigmail.ledger.base import DeadLetter, Ledger, LedgerTxn, SendRecord, SendState
-from trigmail.providers.base import Email, Provider, batch_key
+from trigmail.providers.base import Email, Provider
+from trigmail.providers.sendgrid import split_batch
 from trigmail.rules.model import OnDoubt, RuleSet
 from trigmail.scheduler import Scheduler
 
@@ -94,7 +95,7 @@ class RetryPolicy:
     max_attempts: int = 20
 
     def delay_s(self, attempts: int, hint_s: float | None, rng: random.Random) -> float:
-        backoff_s = min(self.cap_s, self.base_s * 2 ** max(attempts - 1, 0))
+        backoff_s = min(self.cap_s, self.base_s * 2.0 ** max(attempts - 1, 0))
         # Jitter spreads retries of a batch that failed together; the provider's own hint wins.
         return max(backoff_s * (0.5 + rng.random() / 2), hint_s or 0.0)
 
@@ -209,13 +210,11 @@ class Pipeline:
 
     def deliver(self, sends: Sequence[SendRecord]) -> None:
         """Send claimed sends through the provider, batch by batch, and record each outcome."""
-        batches: dict[tuple[object, ...], list[SendRecord]] = {}
-        for send in sends:
-            batches.setdefault(batch_key(_email(send)), []).append(send)
-        for batch in batches.values():
-            self._deliver_batch(batch)
+        for batch in batches(sends):
+            self.deliver_batch(batch)
 
-    def _deliver_batch(self, batch: list[SendRecord]) -> None:
+    def deliver_batch(self, batch: Sequence[SendRecord]) -> None:
+        """Send one batch (see :func:`batches`) as one provider request and record the outcome."""
         try:
             accepted = self.provider.send([_email(send) for send in batch])
         except DeliveryError as exc:
@@ -229,7 +228,16 @@ class Pipeline:
             txn.log(entries)
         self._publish(entries)
 
-    def _record_failure(self, batch: list[SendRecord], exc: DeliveryError) -> None:
+    def release(self, sends: Sequence[SendRecord], why: str) -> None:
+        """Put claimed sends that were never handed to the provider back to ``scheduled``."""
+        now = self.clock()
+        with self.ledger.transaction() as txn:
+            txn.retry_later([send.key for send in sends], now, why)
+        with self._lock:
+            for send in sends:
+                self.scheduler.add(replace(send, due_at=now, state=SendState.SCHEDULED))
+
+    def _record_failure(self, batch: Sequence[SendRecord], exc: DeliveryError) -> None:
         now = self.clock()
         entries: list[LogEntry] = []
         retried: list[SendRecord] = []
@@ -366,6 +374,15 @@ def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> Lo
         outcome=Outcome.CANCELLED,
         reason=decision.reason,
     )
+
+
+def batches(sends: Sequence[SendRecord]) -> list[list[SendRecord]]:
+    """Group sends into provider requests: same message attributes, within SendGrid's limits."""
+    by_key = {send.key: send for send in sends}
+    return [
+        [by_key[email.key] for email in request]
+        for request in split_batch([_email(send) for send in sends])
+    ]
 
 
 def _record(decision: Schedule, rules_version: str, now: datetime) -> SendRecord:

@@ -57,7 +57,11 @@ def _table_line(console: Console, entry: LogEntry) -> None:
     what = entry.rule or "-"
     if entry.step:
         what += f" step {entry.step}"
-    due = f" due {format_ts(entry.due_at)}" if entry.outcome is Outcome.SCHEDULED else ""
+    due = (
+        f" due {format_ts(entry.due_at)}"
+        if entry.due_at and entry.outcome is Outcome.SCHEDULED
+        else ""
+    )
     detail = f" ({entry.detail})" if entry.detail else ""
     console.print(
         f"{format_ts(entry.at)}  [{style}]{entry.outcome.value:<11}[/{style}] "

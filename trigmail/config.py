@@ -1,0 +1,317 @@
+"""Configuration: embedded defaults < config file < ``TRIGMAIL_*`` environment < CLI flags.
+
+With no config at all, ``serve`` runs on the defaults of DESIGN.md §4: spool
+``./events.jsonl``, rules ``./rules.d``, ledger ``./trigmail.db`` and, without a SendGrid API
+key, the outbox ``./outbox/``. Secrets (the API key, passwords in URLs) never appear in a
+``repr``, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+from jsonschema import Draft202012Validator
+
+from trigmail.durations import parse_duration
+from trigmail.errors import ConfigError, DurationError
+from trigmail.providers.sendgrid import DEFAULT_HOST, load_api_key
+from trigmail.rules.model import Address
+from trigmail.rules.problems import format_path
+from trigmail.rules.schema import check_structure
+from trigmail.rules.yamlsource import load_document
+from trigmail.secrets import Secret, redact_url
+
+DEFAULT_SPOOL: Final = Path("events.jsonl")
+DEFAULT_RULES_DIR: Final = Path("rules.d")
+DEFAULT_LEDGER: Final = "trigmail.db"
+DEFAULT_OUTBOX: Final = Path("outbox")
+DEFAULT_METRICS_LISTEN: Final = "127.0.0.1:9464"
+DEFAULT_RETENTION_S: Final = 90 * 86_400
+DEFAULT_API_KEY_ENV: Final = "SENDGRID_API_KEY"
+DEFAULT_API_KEY_CREDENTIAL: Final = "sendgrid-api-key"
+# The outbox needs a sender to write a complete message; SendGrid needs a real one.
+OUTBOX_FROM: Final = Address("trigmail@localhost.localdomain", "trigmail outbox")
+
+CONFIG_ENV: Final = "TRIGMAIL_CONFIG"
+# Each environment variable overrides one config key (a key path into the file).
+ENV_OVERRIDES: Final[Mapping[str, tuple[str, ...]]] = {
+    "TRIGMAIL_SPOOL": ("source", "spool"),
+    "TRIGMAIL_REDIS_URL": ("source", "redis", "url"),
+    "TRIGMAIL_RULES_DIR": ("rules_dir",),
+    "TRIGMAIL_LEDGER": ("ledger",),
+    "TRIGMAIL_FROM_EMAIL": ("from", "email"),
+    "TRIGMAIL_SENDGRID_HOST": ("provider", "sendgrid", "host"),
+    "TRIGMAIL_OUTBOX": ("provider", "outbox", "dir"),
+    "TRIGMAIL_METRICS_LISTEN": ("metrics", "listen"),
+    "TRIGMAIL_LOG_FORMAT": ("log", "format"),
+    "TRIGMAIL_LOG_LEVEL": ("log", "level"),
+}
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """Events from a JSONL file that producers append to."""
+
+    path: Path
+
+
+@dataclass(frozen=True, repr=False)
+class RedisConfig:
+    """Events from a Redis stream consumer group."""
+
+    url: str
+    stream: str = "trigmail:events"
+    group: str = "trigmail"
+    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    block_s: float = 1.0
+    min_idle_s: float = 60.0
+    max_deliveries: int = 5
+
+    def __repr__(self) -> str:
+        return f"RedisConfig(url={redact_url(self.url)!r}, stream={self.stream!r})"
+
+
+@dataclass(frozen=True)
+class SendGridConfig:
+    """Delivery through SendGrid's v3 API."""
+
+    api_key: Secret
+    host: str = DEFAULT_HOST
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+    max_connections: int = 16
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    """Delivery into a directory, one JSON file per email (no API key: nothing is sent)."""
+
+    directory: Path
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """How sends go out: parallel requests, attempts, and the graceful-stop bound."""
+
+    concurrency: int = 8
+    max_attempts: int = 20
+    shutdown_timeout_s: float = 20.0
+
+
+@dataclass(frozen=True, repr=False)
+class Config:
+    """Everything ``serve`` and ``status`` need, resolved and checked."""
+
+    source: SpoolConfig | RedisConfig = field(default_factory=lambda: SpoolConfig(DEFAULT_SPOOL))
+    rules_dirs: tuple[Path, ...] = (DEFAULT_RULES_DIR,)
+    ledger: str = DEFAULT_LEDGER
+    retention_s: int = DEFAULT_RETENTION_S
+    from_: Address | None = None
+    provider: SendGridConfig | OutboxConfig = field(
+        default_factory=lambda: OutboxConfig(DEFAULT_OUTBOX)
+    )
+    metrics_listen: str | None = DEFAULT_METRICS_LISTEN
+    log_format: str = "text"
+    log_level: str = "INFO"
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    file: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"Config({json.dumps(self.describe())})"
+
+    @property
+    def sender(self) -> Address:
+        """The default ``from`` of every email."""
+        return self.from_ or OUTBOX_FROM
+
+    def describe(self) -> dict[str, Any]:
+        """A summary safe to log: passwords in URLs redacted, the API key never included."""
+        source = (
+            {"spool": str(self.source.path)}
+            if isinstance(self.source, SpoolConfig)
+            else {"redis": redact_url(self.source.url), "stream": self.source.stream}
+        )
+        provider = (
+            {"outbox": str(self.provider.directory)}
+            if isinstance(self.provider, OutboxConfig)
+            else {"sendgrid": self.provider.host}
+        )
+        return {
+            "config": None if self.file is None else str(self.file),
+            "source": source,
+            "rules_dir": [str(d) for d in self.rules_dirs],
+            "ledger": redact_url(self.ledger),
+            "provider": provider,
+            "metrics": self.metrics_listen,
+        }
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    text = resources.files("trigmail").joinpath("config_schema.json").read_text("utf-8")
+    schema = json.loads(text)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    document = load_document(text)
+    problems = [f"{path}:{i.mark.line}:{i.mark.col}: {i.message}" for i in document.issues]
+    if not problems and document.data is None:
+        return {}
+    if not problems:
+        for finding in check_structure(document.data, _validator()):
+            mark = document.position(finding.path, key=finding.at_key)
+            where = format_path(finding.path)
+            at = f" (at {where})" if where else ""
+            problems.append(f"{path}:{mark.line}:{mark.col}: {finding.message}{at}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    data: dict[str, Any] = document.data
+    return data
+
+
+def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    if path[0] == "source":
+        # A source is one thing: overriding the spool replaces a configured stream.
+        data["source"] = {}
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, ...], Any] | None = None,
+) -> Config:
+    """Build the config from its layers.
+
+    Args:
+        path: the config file (``--config``); default ``$TRIGMAIL_CONFIG``, else none.
+        environ: the environment (default ``os.environ``).
+        overrides: CLI flags, each a key path and its value; ``None`` values are ignored.
+
+    Raises:
+        ConfigError: listing every problem, each as ``file:line:col: message``.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(CONFIG_ENV):
+        path = Path(environ[CONFIG_ENV])
+    data = _read_file(path) if path is not None else {}
+    data = copy.deepcopy(data)
+    for name, key_path in ENV_OVERRIDES.items():
+        if environ.get(name):
+            _set(data, key_path, environ[name])
+    for key_path, value in (overrides or {}).items():
+        if value is not None:
+            _set(data, key_path, value)
+    return _build(data, environ, path)
+
+
+def _build(data: Mapping[str, Any], environ: Mapping[str, str], path: Path | None) -> Config:
+    rules_dir = data.get("rules_dir", str(DEFAULT_RULES_DIR))
+    dirs = [rules_dir] if isinstance(rules_dir, str) else list(rules_dir)
+    sender = data.get("from")
+    log = data.get("log") or {}
+    metrics = data.get("metrics", {"listen": DEFAULT_METRICS_LISTEN})
+    provider = _provider(data.get("provider") or {}, environ)
+    if isinstance(provider, SendGridConfig) and sender is None:
+        raise ConfigError("from.email is required to send through SendGrid (the default sender)")
+    return Config(
+        source=_source(data.get("source") or {}),
+        rules_dirs=tuple(Path(d) for d in dirs),
+        ledger=str(data.get("ledger", DEFAULT_LEDGER)),
+        retention_s=_retention_s(data.get("retention")),
+        from_=None if sender is None else Address(sender["email"], sender.get("name")),
+        provider=provider,
+        metrics_listen=None if metrics is None else metrics.get("listen"),
+        log_format=str(log.get("format", "text")),
+        log_level=str(log.get("level", "INFO")).upper(),
+        delivery=_delivery(data.get("delivery") or {}),
+        file=path,
+    )
+
+
+def _source(spec: Mapping[str, Any]) -> SpoolConfig | RedisConfig:
+    redis = spec.get("redis")
+    if redis is None:
+        return SpoolConfig(Path(spec.get("spool", DEFAULT_SPOOL)))
+    _check_url(redis.get("url", ""), "source.redis.url", ("redis://", "rediss://"))
+    options: dict[str, Any] = {"url": redis["url"]}
+    renames = {"block": "block_s", "min_idle": "min_idle_s"}
+    for key in ("stream", "group", "consumer", "block", "min_idle", "max_deliveries"):
+        if key in redis:
+            options[renames.get(key, key)] = redis[key]
+    return RedisConfig(**options)
+
+
+def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
+    if not url.startswith(schemes):
+        shown = redact_url(url)
+        raise ConfigError(f"{where}: {shown!r} must start with {' or '.join(schemes)}")
+
+
+def _retention_s(value: object) -> int:
+    if value is None:
+        return DEFAULT_RETENTION_S
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise ConfigError(f"retention: {exc}") from None
+
+
+def _provider(spec: Mapping[str, Any], environ: Mapping[str, str]) -> SendGridConfig | OutboxConfig:
+    if "outbox" in spec:
+        return OutboxConfig(Path((spec["outbox"] or {}).get("dir", DEFAULT_OUTBOX)))
+    sendgrid = spec.get("sendgrid")
+    explicit = sendgrid is not None
+    sendgrid = sendgrid or {}
+    key_file = sendgrid.get("api_key_file")
+    api_key = load_api_key(
+        env=sendgrid.get("api_key_env", DEFAULT_API_KEY_ENV),
+        file=None if key_file is None else Path(key_file),
+        credential=sendgrid.get("api_key_credential", DEFAULT_API_KEY_CREDENTIAL),
+        environ=environ,
+    )
+    if api_key is None:
+        if explicit:
+            env = sendgrid.get("api_key_env", DEFAULT_API_KEY_ENV)
+            raise ConfigError(
+                f"provider.sendgrid is configured but no API key was found (${env}, "
+                "api_key_file or the systemd credential "
+                f"{sendgrid.get('api_key_credential', DEFAULT_API_KEY_CREDENTIAL)!r})"
+            )
+        return OutboxConfig(DEFAULT_OUTBOX)
+    return SendGridConfig(
+        api_key=api_key,
+        host=sendgrid.get("host", DEFAULT_HOST),
+        timeout_s=float(sendgrid.get("timeout", 10.0)),
+        connect_timeout_s=float(sendgrid.get("connect_timeout", 5.0)),
+        max_connections=int(sendgrid.get("max_connections", 16)),
+    )
+
+
+def _delivery(spec: Mapping[str, Any]) -> DeliveryConfig:
+    return DeliveryConfig(
+        concurrency=int(spec.get("concurrency", 8)),
+        max_attempts=int(spec.get("max_attempts", 20)),
+        shutdown_timeout_s=float(spec.get("shutdown_timeout", 20.0)),
+    )

@@ -1,0 +1,113 @@
+"""The rule set in force, and how it changes: a valid reload swaps it atomically, an invalid
+one is logged with every problem and the last good rule set stays (Alertmanager's coordinator).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import watchfiles
+
+from trigmail.metrics import Metrics
+from trigmail.rules.loader import ParseResult, load_rules
+from trigmail.rules.model import RuleSet
+
+log = logging.getLogger(__name__)
+
+
+class RuleStore:
+    """Holds the current :class:`RuleSet`; calling the store returns it.
+
+    Args:
+        dirs: the rule directories.
+        retention_s: the ledger's retention (a longer cooldown is warned about).
+        metrics: where reload results are counted.
+    """
+
+    def __init__(
+        self, dirs: Sequence[Path], retention_s: int, metrics: Metrics | None = None
+    ) -> None:
+        self.dirs = tuple(dirs)
+        self.retention_s = retention_s
+        self.metrics = metrics
+        self._current = RuleSet()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> RuleSet:
+        # One attribute read: a reader sees the old set or the new one, never a mix.
+        return self._current
+
+    def load(self) -> ParseResult:
+        """Load the rules; the result says whether they replaced the current set."""
+        result = load_rules(*self.dirs, retention_s=self.retention_s)
+        with self._lock:
+            if result.rules is not None:
+                self._current = result.rules
+        return result
+
+    def reload(self) -> bool:
+        """Reload from disk; on any error keep the current rules. Returns whether it swapped."""
+        old = self._current.version
+        result = self.load()
+        for problem in result.problems:
+            log.warning("rules: %s", problem)
+        ok = result.rules is not None
+        if ok:
+            log.info(
+                "rules: version %s in force (%d rules, was %s)",
+                self._current.version,
+                len(self._current.rules),
+                old,
+            )
+        else:
+            log.error("rules: reload rejected (%d errors); version %s stays", result.errors, old)
+        if self.metrics is not None:
+            self.metrics.record_reload(ok, time.time())
+        return ok
+
+
+class RulesWatcher:
+    """Calls ``on_change`` from a background thread whenever a rule directory changes.
+
+    Args:
+        dirs: the directories to watch; one that is missing is waited for.
+        on_change: called after each burst of changes (debounced by watchfiles).
+        retry_s: how long to wait before watching again after the directory vanished.
+    """
+
+    def __init__(
+        self, dirs: Sequence[Path], on_change: Callable[[], None], retry_s: float = 1.0
+    ) -> None:
+        self.dirs = tuple(dirs)
+        self.on_change = on_change
+        self.retry_s = retry_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trigmail-rules-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            present = [d for d in self.dirs if d.exists()]
+            if not present:
+                self._stop.wait(self.retry_s)
+                continue
+            try:
+                for _changes in watchfiles.watch(
+                    *present, stop_event=self._stop, debounce=200, step=50, yield_on_timeout=False
+                ):
+                    self.on_change()
+            except (OSError, RuntimeError) as exc:
+                # The directory vanished or was replaced: the last good rules stay in force.
+                log.warning("rules: cannot watch %s: %s", present, exc)
+                self.on_change()
+                self._stop.wait(self.retry_s)
