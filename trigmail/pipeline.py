@@ -305,7 +305,6 @@ class _Batch:
         if isinstance(event, BadEventError):
             exc = event
             self._reject(item, exc.reason, exc.detail)
-            log.warning("event at %s set aside: %s: %s", item.ref, exc.reason, exc.detail)
             self.result.entries.append(_bad_event_entry(item, exc, self.now))
             return
         decisions = decide(event, self.rules, self.txn, self.now)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trigmail.cli import simulate, validate  # noqa: F401  (each module registers its command)
+from trigmail.cli import serve, simulate, status, validate  # noqa: F401  (each registers itself)
 from trigmail.cli.app import app
 
 

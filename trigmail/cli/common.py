@@ -1,0 +1,58 @@
+"""What every command shares: config loading, logging set-up, error reporting."""
+
+from __future__ import annotations
+
+import logging.config
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from trigmail.cli.app import EXIT_INVALID
+from trigmail.config import Config, load_config
+from trigmail.errors import ConfigError
+from trigmail.logs import logging_config
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (YAML). Default: $TRIGMAIL_CONFIG, else the embedded defaults.",
+        show_default=False,
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = EXIT_INVALID) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/bold red] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load(
+    config_path: Path | None, overrides: Mapping[tuple[str, ...], Any] | None = None
+) -> Config:
+    """Load the config, or exit 1 with every problem."""
+    try:
+        return load_config(config_path, overrides=overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    """Send logs to stderr in ``fmt`` (text or json); colour only on a terminal."""
+    try:
+        config = logging_config(
+            "json" if fmt == "json" else "text", level, stream_is_tty=sys.stderr.isatty()
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+    logging.config.dictConfig(config)

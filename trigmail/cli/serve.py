@@ -1,0 +1,182 @@
+"""`trigmail serve`: the daemon."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from trigmail.cli.app import EXIT_INVALID, app
+from trigmail.cli.common import ConfigOption, fail, load, setup_logging
+from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig
+from trigmail.daemon import Daemon
+from trigmail.errors import ConfigError, LedgerError, RulesError
+from trigmail.ledger import open_ledger
+from trigmail.logs import register_secret
+from trigmail.metrics import Metrics, serve_metrics
+from trigmail.pipeline import RetryPolicy
+from trigmail.providers.base import Provider
+from trigmail.providers.outbox import OutboxProvider
+from trigmail.providers.sendgrid import SendGridProvider
+from trigmail.rulestore import RuleStore, RulesWatcher
+from trigmail.sources.base import Source
+from trigmail.sources.redis_stream import RedisStreamSource
+from trigmail.sources.spool import SpoolSource
+
+log = logging.getLogger("trigmail.serve")
+
+
+def _source(config: Config) -> Source:
+    if isinstance(config.source, SpoolConfig):
+        return SpoolSource(config.source.path)
+    redis: RedisConfig = config.source
+    return RedisStreamSource(
+        redis.url,
+        redis.stream,
+        group=redis.group,
+        consumer=redis.consumer,
+        block_s=redis.block_s,
+        min_idle_s=redis.min_idle_s,
+        max_deliveries=redis.max_deliveries,
+    )
+
+
+def _provider(config: Config) -> Provider:
+    if isinstance(config.provider, OutboxConfig):
+        log.warning(
+            "serve: no SendGrid API key: emails are written to %s/ and NOT sent "
+            "(set SENDGRID_API_KEY or provider.sendgrid to send)",
+            config.provider.directory,
+        )
+        return OutboxProvider(config.provider.directory, config.sender)
+    sendgrid = config.provider
+    register_secret(sendgrid.api_key.reveal())
+    return SendGridProvider(
+        sendgrid.api_key,
+        default_from=config.sender,
+        host=sendgrid.host,
+        timeout_s=sendgrid.timeout_s,
+        connect_timeout_s=sendgrid.connect_timeout_s,
+        max_connections=sendgrid.max_connections,
+    )
+
+
+def _rules(config: Config, metrics: Metrics) -> RuleStore:
+    store = RuleStore(config.rules_dirs, config.retention_s, metrics)
+    result = store.load()
+    for problem in result.problems:
+        log.warning("rules: %s", problem)
+    if result.rules is None:
+        raise RulesError(list(result.problems))
+    metrics.record_reload(True, 0.0)
+    log.info("rules: version %s in force (%d rules)", result.rules.version, len(result.rules.rules))
+    return store
+
+
+def _install_signals(daemon: Daemon) -> None:
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("serve: %s received: stopping", signal.Signals(signum).name)
+        daemon.request_stop()
+
+    def reload(_signum: int, _frame: FrameType | None) -> None:
+        log.info("serve: SIGHUP received: reloading rules")
+        daemon.request_reload()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
+
+
+def run(config: Config) -> None:
+    """Wire every part from ``config`` and serve until SIGTERM/SIGINT."""
+    log.info("serve: starting with %s", config.describe())
+    metrics = Metrics()
+    rules = _rules(config, metrics)
+    ledger = open_ledger(config.ledger)
+    provider = _provider(config)
+    source = _source(config)
+    daemon = Daemon(
+        source,
+        ledger,
+        provider,
+        rules,
+        metrics,
+        concurrency=config.delivery.concurrency,
+        retry=RetryPolicy(max_attempts=config.delivery.max_attempts),
+        shutdown_timeout_s=config.delivery.shutdown_timeout_s,
+    )
+    _install_signals(daemon)
+    watcher = RulesWatcher(config.rules_dirs, daemon.request_reload)
+    server = (
+        None
+        if config.metrics_listen is None
+        else serve_metrics(metrics, config.metrics_listen, daemon.healthy)
+    )
+    watcher.start()
+    try:
+        daemon.run()
+    finally:
+        watcher.stop()
+        if server is not None:
+            server.close()
+        provider.close()
+        ledger.close()
+
+
+@app.command()
+def serve(
+    config_path: ConfigOption = None,
+    spool: Annotated[
+        Path | None, typer.Option(help="Read events from this JSONL spool.", show_default=False)
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="Read events from a Redis stream at this URL.", show_default=False),
+    ] = None,
+    rules_dir: Annotated[
+        Path | None, typer.Option("--rules", help="Rule directory.", show_default=False)
+    ] = None,
+    ledger: Annotated[
+        str | None,
+        typer.Option(help="Ledger: a SQLite file or a postgresql:// URL.", show_default=False),
+    ] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT for /metrics and /healthz.", show_default=False),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text (key=value) or json, one line per record.", show_default=False),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(show_default=False)] = None,
+) -> None:
+    """Run the daemon: tail events, decide, schedule and deliver, until SIGTERM or SIGINT.
+
+    With no config at all it runs on the embedded defaults: spool ./events.jsonl, rules
+    ./rules.d, ledger ./trigmail.db and, without a SendGrid API key, the outbox ./outbox/.
+    Settings come from the embedded defaults, then the config file, then TRIGMAIL_*
+    environment variables, then these flags. SIGHUP (systemctl reload) reloads the rules, as
+    does any change to the rule files; an invalid edit keeps the last good rules in force.
+    A stop lets in-flight sends finish (bounded by delivery.shutdown_timeout) and exits 0.
+    """
+    overrides = {
+        ("source", "spool"): None if spool is None else str(spool),
+        ("source", "redis", "url"): redis_url,
+        ("rules_dir",): None if rules_dir is None else str(rules_dir),
+        ("ledger",): ledger,
+        ("metrics", "listen"): metrics_listen,
+        ("log", "format"): log_format,
+        ("log", "level"): log_level,
+    }
+    config = load(config_path, overrides)
+    setup_logging(config.log_format, config.log_level)
+    try:
+        run(config)
+    except RulesError as exc:
+        fail(f"the rules are invalid; fix them (trigmail validate) and start again: {exc}")
+    except (ConfigError, LedgerError) as exc:
+        fail(str(exc), EXIT_INVALID)

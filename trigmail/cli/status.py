@@ -1,0 +1,127 @@
+"""`trigmail status`: what the ledger holds, for people and scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trigmail.cli.app import EXIT_OK, OutputFormat, app
+from trigmail.cli.common import ConfigOption, fail, load
+from trigmail.errors import LedgerError
+from trigmail.events import format_ts
+from trigmail.ledger import open_ledger
+from trigmail.ledger.base import LedgerStatus, SendRecord, SendState
+from trigmail.secrets import redact_url
+
+
+def _since(send: SendRecord) -> str | None:
+    moment = send.updated_at or send.claimed_at or send.due_at
+    return format_ts(moment)
+
+
+def status_json(status: LedgerStatus) -> dict[str, Any]:
+    """The shape DESIGN.md §4 fixes for ``status --format json`` (plus a few lists)."""
+
+    def send_json(send: SendRecord) -> dict[str, Any]:
+        return {
+            "key": send.key,
+            "rule": send.rule_id,
+            "user_id": send.user_id,
+            "state": send.state.value,
+            "due_at": format_ts(send.due_at),
+            "since": _since(send),
+            "attempts": send.attempts,
+            "last_error": send.last_error,
+        }
+
+    return {
+        "counts": {state.value: status.counts.get(state, 0) for state in SendState},
+        "by_rule": {
+            rule: {state.value: counts.get(state, 0) for state in SendState}
+            for rule, counts in sorted(status.by_rule.items())
+        },
+        "in_doubt": [
+            {"key": s.key, "rule": s.rule_id, "user_id": s.user_id, "since": _since(s)}
+            for s in status.in_doubt
+        ],
+        "dead_letters": status.dead_letters,
+        "rules_version": status.rules_version,
+        "next_due": [send_json(s) for s in status.next_due],
+        "failed": [send_json(s) for s in status.failed],
+        "recent": [send_json(s) for s in status.recent],
+    }
+
+
+def _sends_table(title: str, sends: Sequence[SendRecord], when: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("key", "rule", "user", when, "note"):
+        table.add_column(column, overflow="fold")
+    for send in sends:
+        moment = format_ts(send.due_at) if when == "due" else (_since(send) or "")
+        table.add_row(send.key, send.rule_id, send.user_id, moment, send.last_error or "")
+    return table
+
+
+def _print_tables(console: Console, status: LedgerStatus, ledger: str) -> None:
+    states = list(SendState)
+    counts = Table(title=f"ledger {ledger} · rules {status.rules_version or '-'}")
+    counts.add_column("rule")
+    for state in states:
+        counts.add_column(state.value, justify="right")
+    for rule, by_state in sorted(status.by_rule.items()):
+        counts.add_row(rule, *(str(by_state.get(s, 0)) for s in states))
+    counts.add_row("total", *(str(status.counts.get(s, 0)) for s in states), style="bold")
+    console.print(counts)
+    console.print(_sends_table("next due", status.next_due, "due"))
+    if status.in_doubt:
+        console.print(
+            _sends_table("in doubt (never resent under on_doubt: skip)", status.in_doubt, "since")
+        )
+    if status.failed:
+        console.print(_sends_table("failed", status.failed, "since"))
+    console.print(f"dead letters: {status.dead_letters}")
+
+
+@app.command()
+def status(
+    config_path: ConfigOption = None,
+    ledger: Annotated[
+        str | None,
+        typer.Option(
+            help="Ledger to read (default: the config's, else ./trigmail.db).", show_default=False
+        ),
+    ] = None,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", help="table for people, json for scripts.")
+    ] = OutputFormat.TABLE,
+    limit: Annotated[int, typer.Option(min=0, help="Sends listed per section.")] = 10,
+) -> None:
+    """Show pending, in-doubt, failed and recent sends, and dead letters, from the ledger.
+
+    Reads the ledger only; safe to run beside a running `serve`.
+
+    Example: trigmail status --format json | jq .counts.in_doubt
+    """
+    config = load(config_path, {("ledger",): ledger})
+    target = config.ledger
+    if "://" not in target and target not in (":memory:", "memory") and not Path(target).exists():
+        fail(f"no ledger at {target} (has `trigmail serve` run here? use --ledger or --config)")
+    try:
+        opened = open_ledger(target)
+        try:
+            current = opened.status(limit=limit)
+        finally:
+            opened.close()
+    except LedgerError as exc:
+        fail(str(exc))
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps(status_json(current), indent=2))
+    else:
+        _print_tables(Console(highlight=False), current, redact_url(target))
+    raise typer.Exit(EXIT_OK)
