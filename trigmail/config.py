@@ -104,6 +104,8 @@ class DeliveryConfig:
 
     concurrency: int = 8
     max_attempts: int = 20
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 300.0
     shutdown_timeout_s: float = 20.0
 
 
@@ -313,5 +315,7 @@ def _delivery(spec: Mapping[str, Any]) -> DeliveryConfig:
     return DeliveryConfig(
         concurrency=int(spec.get("concurrency", 8)),
         max_attempts=int(spec.get("max_attempts", 20)),
+        retry_base_s=float(spec.get("retry_base", 1.0)),
+        retry_cap_s=float(spec.get("retry_cap", 300.0)),
         shutdown_timeout_s=float(spec.get("shutdown_timeout", 20.0)),
     )

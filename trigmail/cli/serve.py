@@ -106,7 +106,11 @@ def run(config: Config) -> None:
         rules,
         metrics,
         concurrency=config.delivery.concurrency,
-        retry=RetryPolicy(max_attempts=config.delivery.max_attempts),
+        retry=RetryPolicy(
+            base_s=config.delivery.retry_base_s,
+            cap_s=config.delivery.retry_cap_s,
+            max_attempts=config.delivery.max_attempts,
+        ),
         shutdown_timeout_s=config.delivery.shutdown_timeout_s,
     )
     _install_signals(daemon)
