@@ -245,3 +245,15 @@ def test_errors_and_logs_never_show_the_password(
     shown = "".join(traceback.format_exception(raised.value)) + caplog.text
     assert "hunter2" not in shown
     assert ":<secret>@127.0.0.1" in str(raised.value)
+
+
+def test_recovers_after_the_stream_and_group_are_deleted(
+    open_source: Opener, admin: redis.Redis, stream: str
+) -> None:
+    source = open_source()
+    assert source.read(10, EMPTY_S) == []
+    admin.delete(stream)
+    with pytest.raises(SourceError, match="NOGROUP"):
+        source.read(10, EMPTY_S)
+    admin.xadd(stream, {"data": event(1)})  # the producer recreates the stream, not the group
+    assert [item.data.decode() for item in read_n(source, 1)] == [event(1)]

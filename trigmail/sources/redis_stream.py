@@ -154,7 +154,10 @@ class RedisStreamSource:
             self._guarded(lambda: self._connection().xack(self.stream, self.group, *ids))
 
     def dead_letter(self, item: SourceItem, reason: str, detail: str) -> None:
-        """Add the item to ``<stream>:dead`` with its reason, then acknowledge it."""
+        """Add the item to ``<stream>:dead`` with its reason, then acknowledge it.
+
+        Not logged here: the daemon, which chose the reason, logs and counts it.
+        """
         self._guarded(lambda: self._set_aside(self._connection(), item, reason, detail))
 
     def close(self) -> None:
@@ -287,6 +290,7 @@ class RedisStreamSource:
         for item in items:
             if item.deliveries > self.max_deliveries:
                 detail = f"delivered {item.deliveries} times (max_deliveries {self.max_deliveries})"
+                logger.warning("source %s: set aside %s: %s", self.name, item.ref, detail)
                 self._set_aside(client, item, SourceReason.TOO_MANY_DELIVERIES, detail)
         return [item for item in items if item.deliveries <= self.max_deliveries]
 
@@ -316,7 +320,6 @@ class RedisStreamSource:
             "at": format_ts(self._clock()),
             "consumer": self.consumer,
         }
-        logger.warning("source %s: set aside %s: %s (%s)", self.name, item.ref, reason, detail)
         pipe = client.pipeline(transaction=True)
         pipe.xadd(self.dead_stream, letter, maxlen=keys.DEAD_MAXLEN, approximate=True)
         pipe.xack(self.stream, self.group, item.position)

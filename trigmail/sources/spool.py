@@ -273,7 +273,10 @@ class SpoolSource:
             raise RuntimeError("SpoolSource.read() called before start()")
         deadline = time.monotonic() + timeout_s
         while True:
-            items = self._poll(max_items)
+            try:
+                items = self._poll(max_items)
+            except OSError as exc:
+                raise SourceError(f"spool {self.path}: cannot read: {exc}") from exc
             remaining_s = deadline - time.monotonic()
             if items or remaining_s <= 0:
                 return items
@@ -283,7 +286,10 @@ class SpoolSource:
         """Nothing to do: the spool's position is committed in the ledger by the daemon."""
 
     def dead_letter(self, item: SourceItem, reason: str, detail: str) -> None:
-        """Append the item to the dead-letter file beside the spool, durably."""
+        """Append the item to the dead-letter file beside the spool, durably.
+
+        Not logged here: the daemon, which chose the reason, logs and counts it.
+        """
         self._write_dead_letter(item.ref, reason, detail, item.data)
 
     def close(self) -> None:
@@ -318,6 +324,7 @@ class SpoolSource:
             ref = f"{self.path.name}:{line.number}"
             if line.too_long:
                 detail = f"line is longer than {self.max_line_bytes} bytes; raw is its start"
+                logger.warning("spool %s: set aside line %d: %s", self.path, line.number, detail)
                 self._write_dead_letter(ref, SourceReason.LINE_TOO_LONG, detail, line.data)
             elif line.data.strip():
                 items.append(SourceItem(line.data, tail.position(line).to_text(), ref))
@@ -337,6 +344,7 @@ class SpoolSource:
         if unfinished is not None:
             ref = f"{self.path.name}:{tail.line + 1}"
             detail = "the file was rotated before this line got its newline"
+            logger.warning("spool %s: set aside line %d: %s", self.path, tail.line + 1, detail)
             self._write_dead_letter(ref, SourceReason.INCOMPLETE_LINE, detail, unfinished)
         tail.close()
         self._tail = None
@@ -371,7 +379,6 @@ class SpoolSource:
             "detail": detail,
             "raw": raw_text(raw),
         }
-        logger.warning("spool %s: set aside %s: %s (%s)", self.path, ref, reason, detail)
         try:
             with self.dead_path.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
