@@ -203,6 +203,8 @@ class _Server(ThreadingHTTPServer):
 
     # Non-daemon handler threads, joined by server_close: a stopped fake leaves no socket open.
     daemon_threads = False
+    # A bench opens a whole connection pool at once; the default backlog of 5 would drop SYNs.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], fake: FakeSendGrid) -> None:
         self.fake = fake
