@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from trigmail.decisions import Payload
 from trigmail.errors import InDoubtDeliveryError, RetryableDeliveryError
-from trigmail.providers.base import Accepted, Email
+from trigmail.providers.base import Accepted, Email, Provider
+from trigmail.providers.outbox import OutboxProvider
 from trigmail.providers.recording import RecordingProvider
+from trigmail.providers.sendgrid import SendGridProvider
+from trigmail.rules.model import Address
+from trigmail.secrets import Secret
 
 
 def email(key: str) -> Email:
@@ -42,3 +48,20 @@ def test_close_is_recorded() -> None:
     provider = RecordingProvider()
     provider.close()
     assert provider.closed
+
+
+def test_every_provider_meets_the_protocol(tmp_path: Path) -> None:
+    # The annotations are the test for mypy; the names are the test at run time.
+    sendgrid: Provider = SendGridProvider(
+        Secret("SG.k"), host="http://127.0.0.1:9", default_from=Address("a@example.com")
+    )
+    outbox: Provider = OutboxProvider(tmp_path, Address("a@example.com"))
+    recording: Provider = RecordingProvider()
+    try:
+        assert [p.name for p in (sendgrid, outbox, recording)] == [
+            "sendgrid",
+            "outbox",
+            "recording",
+        ]
+    finally:
+        sendgrid.close()
