@@ -9,6 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+# The SendGrid fake's fixture (`sendgrid_fake`) for every test module.
+pytest_plugins = ("tests.fake_sendgrid",)
+
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 
@@ -32,19 +35,11 @@ def require_server(name: str, host: str, port: int) -> None:
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A real Redis database, flushed before and after the test."""
+def redis_url() -> str:
+    """A real Redis database (15). Tests name their keys uniquely instead of flushing it, so
+    suites running side by side on one server do not wipe each other's streams."""
     require_server("Redis", REDIS_HOST, REDIS_PORT)
-    import redis
-
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
-        yield url
-    finally:
-        client.flushdb()
-        client.close()
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
 
 
 @pytest.fixture
