@@ -232,7 +232,7 @@ def batches_on_disk(db_path: Path) -> tuple[Counter[int], Counter[int], str | No
 
 
 CRASHES: list[tuple[str, str, tuple[str, ...], int | None]] = [
-    # killed while batch 4 holds half its rows (spilled to the WAL) uncommitted
+    # killed while batch 4 holds half its rows, written but uncommitted
     ("paused mid-batch", "batch 4 paused", ("--pause-at", "4", "--padding", "4000"), 3),
     # killed at whatever point batch 4 reached after it began
     ("racing batch 4", "batch 4 started", (), None),
