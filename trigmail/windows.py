@@ -54,10 +54,13 @@ def next_opening(window: SendWindow, at: datetime, zone: ZoneInfo) -> datetime:
     opens_at = time(window.start_min // 60, window.start_min % 60)
     local_day = at.astimezone(zone).date()
     for offset in range(_DAYS_TO_SEARCH):
-        local = datetime.combine(local_day + timedelta(days=offset), opens_at, tzinfo=zone)
-        candidate = local.astimezone(UTC)
-        # A start inside a DST gap maps to an instant whose local time is past the gap; it
-        # counts only if the window is really open then.
-        if candidate > at and is_open(window, candidate, zone):
-            return candidate
+        day = local_day + timedelta(days=offset)
+        # On a fall-back day a start in the repeated hour happens twice: fold 0, then fold 1.
+        for fold in (0, 1):
+            local = datetime.combine(day, opens_at, tzinfo=zone).replace(fold=fold)
+            candidate = local.astimezone(UTC)
+            # A start inside a DST gap maps to an instant whose local time is past the gap;
+            # it counts only if the window is really open then.
+            if candidate > at and is_open(window, candidate, zone):
+                return candidate
     raise AssertionError("unreachable: a send window opens at least every other day")
