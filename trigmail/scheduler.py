@@ -53,7 +53,10 @@ class Scheduler:
         if len(sends) >= self.max_entries:
             # Sends due at exactly the last loaded instant may not all fit: stop just before it.
             until = sends[-1].due_at - timedelta(microseconds=1)
-            sends = [send for send in sends if send.due_at <= until]
+            # Unless all of them are due at that instant: keep them, or none would ever fire;
+            # the horizon still ends before it, so the next refill loads the rest.
+            if sends[0].due_at <= until:
+                sends = [send for send in sends if send.due_at <= until]
         self._heap = [_Entry(send.due_at, next(self._seq), send) for send in sends]
         heapq.heapify(self._heap)
         self._keys = {send.key for send in sends}
