@@ -1,0 +1,175 @@
+"""The bounded heap of sends due soon, refilled from a real MemoryLedger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from trigmail.decisions import Payload
+from trigmail.ledger.base import SendRecord
+from trigmail.ledger.memory import MemoryLedger
+from trigmail.rules.model import OnDoubt
+from trigmail.scheduler import Scheduler
+
+T0 = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+
+
+def send(key: str, due_at: datetime) -> SendRecord:
+    return SendRecord(
+        key=key,
+        rule_id="r",
+        step=0,
+        user_id="u1",
+        email="ana@example.com",
+        event_id=f"e-{key}",
+        due_at=due_at,
+        payload=Payload(template="d-x", data={}),
+        on_doubt=OnDoubt.SKIP,
+        rules_version="v",
+    )
+
+
+def ledger_with(*sends: SendRecord) -> MemoryLedger:
+    ledger = MemoryLedger(clock=lambda: T0)
+    with ledger.transaction() as txn:
+        for record in sends:
+            assert txn.insert_send(record)
+    return ledger
+
+
+def refilled(scheduler: Scheduler, ledger: MemoryLedger, now: datetime) -> Scheduler:
+    with ledger.transaction() as txn:
+        scheduler.refill(txn, now)
+    return scheduler
+
+
+def keys(sends: list[SendRecord]) -> list[str]:
+    return [record.key for record in sends]
+
+
+def test_refill_loads_only_the_horizon() -> None:
+    ledger = ledger_with(send("a", T0), send("b", T0 + 5 * MIN), send("c", T0 + 6 * MIN))
+    scheduler = refilled(Scheduler(horizon_s=300), ledger, T0)
+    assert len(scheduler) == 2
+    assert scheduler.loaded_until == T0 + 5 * MIN
+    popped = scheduler.pop_due(T0 + 10 * MIN, 10)
+    assert keys(popped) == ["a", "b"]
+    with ledger.transaction() as txn:
+        txn.claim(keys(popped), T0 + 5 * MIN)
+    # c was left in the ledger; the horizon ran out, so a refill brings it
+    assert scheduler.needs_refill(T0 + 5 * MIN)
+    refilled(scheduler, ledger, T0 + 5 * MIN)
+    assert keys(scheduler.pop_due(T0 + 6 * MIN, 10)) == ["c"]
+
+
+@pytest.mark.parametrize(
+    ("loaded_until", "now", "expected"),
+    [
+        # never loaded
+        (None, T0, True),
+        # the horizon reaches past now
+        (T0 + MIN, T0, False),
+        # the horizon ends exactly now: run out
+        (T0, T0, True),
+        # the horizon ended before now
+        (T0 - MIN, T0, True),
+    ],
+)
+def test_needs_refill(loaded_until: datetime | None, now: datetime, expected: bool) -> None:
+    scheduler = Scheduler(horizon_s=60)
+    if loaded_until is not None:
+        refilled(scheduler, ledger_with(), loaded_until - MIN)
+        assert scheduler.loaded_until == loaded_until
+    assert scheduler.needs_refill(now) is expected
+
+
+def test_max_entries_shrinks_the_horizon() -> None:
+    ledger = ledger_with(*(send(f"s{n}", T0 + n * MIN) for n in range(5)))
+    scheduler = refilled(Scheduler(horizon_s=3600, max_entries=3), ledger, T0)
+    # three fitted, but the horizon stops just before the last loaded instant
+    assert keys(scheduler.pop_due(T0 + 10 * MIN, 10)) == ["s0", "s1"]
+    assert scheduler.loaded_until == T0 + 2 * MIN - timedelta(microseconds=1)
+    assert scheduler.needs_refill(T0 + 2 * MIN)
+
+
+def test_max_entries_at_one_instant_still_makes_progress() -> None:
+    # more sends due at one instant (a window opening) than fit: each refill must load some
+    due = T0 + MIN
+    ledger = ledger_with(*(send(f"s{n}", due) for n in range(5)))
+    scheduler = Scheduler(horizon_s=3600, max_entries=2)
+    fired: list[str] = []
+    for _ in range(5):
+        if scheduler.needs_refill(due):
+            refilled(scheduler, ledger, due)
+        popped = scheduler.pop_due(due, 10)
+        with ledger.transaction() as txn:
+            txn.claim(keys(popped), due)
+        fired += keys(popped)
+    assert sorted(fired) == ["s0", "s1", "s2", "s3", "s4"]
+
+
+@pytest.mark.parametrize(
+    ("due_offset", "cached"),
+    [
+        # inside the loaded horizon: cached
+        (MIN, True),
+        # exactly at its end: cached
+        (5 * MIN, True),
+        # past it: left to the ledger
+        (5 * MIN + timedelta(microseconds=1), False),
+    ],
+)
+def test_add_inside_and_outside_the_horizon(due_offset: timedelta, cached: bool) -> None:
+    scheduler = refilled(Scheduler(horizon_s=300), ledger_with(), T0)
+    scheduler.add(send("new", T0 + due_offset))
+    assert len(scheduler) == int(cached)
+
+
+def test_add_before_any_refill_is_ignored() -> None:
+    scheduler = Scheduler()
+    scheduler.add(send("a", T0))
+    assert len(scheduler) == 0
+    assert scheduler.next_due_at() is None
+
+
+def test_add_twice_caches_once() -> None:
+    scheduler = refilled(Scheduler(horizon_s=300), ledger_with(send("a", T0)), T0)
+    scheduler.add(send("a", T0))
+    assert len(scheduler) == 1
+
+
+def test_add_when_full_shrinks_the_horizon() -> None:
+    ledger = ledger_with(send("a", T0), send("b", T0 + MIN))
+    scheduler = refilled(Scheduler(horizon_s=300, max_entries=3), ledger, T0)
+    assert len(scheduler) == 2
+    scheduler.add(send("c", T0 + 2 * MIN))
+    scheduler.add(send("d", T0 + 3 * MIN))
+    assert len(scheduler) == 3
+    # d did not fit: the horizon now ends just before it, so the ledger is read for it
+    assert scheduler.loaded_until == T0 + 3 * MIN - timedelta(microseconds=1)
+    assert scheduler.needs_refill(T0 + 3 * MIN)
+
+
+def test_pop_order_is_due_time_then_insertion() -> None:
+    scheduler = refilled(Scheduler(horizon_s=3600), ledger_with(), T0)
+    for key, due in [("late", T0 + 2 * MIN), ("x", T0 + MIN), ("y", T0 + MIN), ("first", T0)]:
+        scheduler.add(send(key, due))
+    scheduler.add(send("z", T0 + MIN))
+    assert scheduler.next_due_at() == T0
+    assert keys(scheduler.pop_due(T0 + MIN, 3)) == ["first", "x", "y"]
+    # a limit leaves the rest; a send not yet due stays
+    assert keys(scheduler.pop_due(T0 + MIN, 10)) == ["z"]
+    assert keys(scheduler.pop_due(T0 + MIN, 10)) == []
+    assert scheduler.next_due_at() == T0 + 2 * MIN
+    assert keys(scheduler.pop_due(T0 + 2 * MIN, 10)) == ["late"]
+    assert scheduler.next_due_at() is None
+
+
+def test_popped_key_can_be_added_again() -> None:
+    # a deferred or retried send comes back under the same key
+    scheduler = refilled(Scheduler(horizon_s=3600), ledger_with(send("a", T0)), T0)
+    assert keys(scheduler.pop_due(T0, 10)) == ["a"]
+    scheduler.add(send("a", T0 + MIN))
+    assert keys(scheduler.pop_due(T0 + MIN, 10)) == ["a"]
