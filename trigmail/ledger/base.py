@@ -177,6 +177,19 @@ class LedgerTxn(Protocol):
         """
         ...
 
+    def resolve(self, key: str, sent: bool, at: datetime) -> SendRecord | None:
+        """Settle an ``in_doubt`` send by what an operator found at the provider.
+
+        ``sent=True`` makes it ``sent``; ``sent=False`` makes it ``scheduled`` again, due at
+        ``at`` with ``claimed_at`` cleared (it no longer holds cooldowns and caps back), so the
+        daemon sends it. ``last_error`` records the operator's word, keeping the old error.
+
+        Returns:
+            The send as it now is, or ``None`` (and no change) when ``key`` names no send in
+            ``in_doubt``; the caller reads the send to say why.
+        """
+        ...
+
     def set_meta(self, name: str, value: str) -> None:
         """Store a small named value (``rules_version``)."""
         ...

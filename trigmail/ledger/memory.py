@@ -30,6 +30,8 @@ Clock = Callable[[], datetime]
 
 _FINISH_STATES = frozenset({SendState.SENT, SendState.FAILED, SendState.IN_DOUBT})
 RECOVERED_ERROR = "interrupted while sending: the provider may or may not have it"
+RESOLVED_SENT = "resolved as sent by operator"
+RESOLVED_NOT_SENT = "resolved as not sent by operator: scheduled again"
 
 
 def utc_now() -> datetime:
@@ -44,6 +46,12 @@ def as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"naive datetime {moment!r}: the ledger needs timezone-aware times")
     return moment.astimezone(UTC)
+
+
+def resolution_note(sent: bool, previous: str | None) -> str:
+    """Return the ``last_error`` of a resolved send: the operator's word, then the old error."""
+    note = RESOLVED_SENT if sent else RESOLVED_NOT_SENT
+    return note if previous is None else f"{note} (was: {previous})"
 
 
 def check_finish_state(state: SendState) -> None:
@@ -324,6 +332,13 @@ class MemoryTxn:
             self._put(record)
         return changed
 
+    def resolve(self, key: str, sent: bool, at: datetime) -> SendRecord | None:
+        for record in self._in_state((key,), SendState.IN_DOUBT):
+            settled = resolved(record, sent, as_utc(at))
+            self._put(settled)
+            return settled
+        return None
+
     def set_meta(self, name: str, value: str) -> None:
         self._set_item(self._live().meta, name, value)
 
@@ -344,6 +359,21 @@ def recovered(record: SendRecord, at: datetime) -> SendRecord:
         state=SendState.SCHEDULED if resend else SendState.IN_DOUBT,
         claimed_at=None if resend else record.claimed_at,
         last_error=RECOVERED_ERROR,
+        updated_at=at,
+    )
+
+
+def resolved(record: SendRecord, sent: bool, at: datetime) -> SendRecord:
+    """Return an ``in_doubt`` send as an operator settled it (see ``LedgerTxn.resolve``)."""
+    note = resolution_note(sent, record.last_error)
+    if sent:
+        return replace(record, state=SendState.SENT, last_error=note, updated_at=at)
+    return replace(
+        record,
+        state=SendState.SCHEDULED,
+        due_at=at,
+        claimed_at=None,
+        last_error=note,
         updated_at=at,
     )
 

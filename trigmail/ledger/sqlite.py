@@ -21,7 +21,13 @@ from typing import Any
 from trigmail.decisions import LogEntry, Outcome, Payload, Reason
 from trigmail.errors import LedgerError, LedgerUnavailableError
 from trigmail.ledger.base import DeadLetter, LedgerStatus, SendRecord, SendState
-from trigmail.ledger.memory import RECOVERED_ERROR, Clock, check_finish_state, utc_now
+from trigmail.ledger.memory import (
+    RECOVERED_ERROR,
+    Clock,
+    check_finish_state,
+    resolution_note,
+    utc_now,
+)
 from trigmail.ledger.migrations import migrate
 from trigmail.rules.model import OnDoubt
 
@@ -51,6 +57,16 @@ UPDATE sends SET
     claimed_at = CASE on_doubt WHEN 'resend' THEN NULL ELSE claimed_at END,
     last_error = ?, updated_at = ?
 WHERE state = 'sending'
+RETURNING *
+"""
+# Settles an in-doubt send: sent as it is, or scheduled again now with its claim cleared.
+_RESOLVE = """
+UPDATE sends SET
+    state = CASE ?1 WHEN 1 THEN 'sent' ELSE 'scheduled' END,
+    due_at = CASE ?1 WHEN 1 THEN due_at ELSE ?2 END,
+    claimed_at = CASE ?1 WHEN 1 THEN claimed_at ELSE NULL END,
+    last_error = ?3, updated_at = ?2
+WHERE key = ?4 AND state = 'in_doubt'
 RETURNING *
 """
 # The state lists below spell out DELIVERED_STATES and FINISHED_STATES of ledger.base.
@@ -379,6 +395,14 @@ class SqliteTxn:
     def recover_in_flight(self, at: datetime) -> list[SendRecord]:
         changed = self._sends(_RECOVER, (RECOVERED_ERROR, to_us(at)))
         return sorted(changed, key=lambda record: record.key)
+
+    def resolve(self, key: str, sent: bool, at: datetime) -> SendRecord | None:
+        previous = self._scalar(
+            "SELECT last_error FROM sends WHERE key = ? AND state = 'in_doubt'", (key,)
+        )
+        note = resolution_note(sent, previous)
+        found = self._sends(_RESOLVE, (int(sent), to_us(at), note, key))
+        return found[0] if found else None
 
     def set_meta(self, name: str, value: str) -> None:
         self._run(
