@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from trigmail.decisions import LogEntry, Outcome, Reason
 from trigmail.errors import LedgerUnavailableError, SourceError
@@ -32,6 +32,8 @@ IDLE_WAIT_S = 0.25
 FAILURE_BACKOFF_S = 1.0
 # How often the ledger's scheduled and in-doubt counts are copied into gauges.
 GAUGE_REFRESH_S = 15.0
+# How often rows older than the retention are pruned from the ledger.
+PRUNE_EVERY_S = 3600.0
 
 _FINAL_STATES = {
     Reason.DELIVERED: SendState.SENT,
@@ -79,6 +81,7 @@ class Daemon:
         retry: the backoff of retryable delivery failures.
         shutdown_timeout_s: how long a stop waits for in-flight sends.
         batch_size: the most events decided (and committed) together.
+        retention_s: how long finished sends, seen event ids and dead letters are kept.
         clock: the current time.
     """
 
@@ -95,6 +98,7 @@ class Daemon:
         retry: RetryPolicy | None = None,
         shutdown_timeout_s: float = 20.0,
         batch_size: int = 500,
+        retention_s: float = 90 * 86_400,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.source = source
@@ -105,6 +109,7 @@ class Daemon:
         self.concurrency = concurrency
         self.shutdown_timeout_s = shutdown_timeout_s
         self.batch_size = batch_size
+        self.retention_s = retention_s
         self.clock = clock
         self.pipeline = Pipeline(
             ledger,
@@ -123,6 +128,7 @@ class Daemon:
         self._wake = threading.Event()
         self._last_tick_s = time.monotonic()
         self._last_gauges_s = 0.0
+        self._last_prune_s = time.monotonic()
         self._watchdog_s = watchdog_interval_s()
         self._last_watchdog_s = 0.0
 
@@ -173,6 +179,7 @@ class Daemon:
             self._ingest()
             self._fire()
             self._refresh_gauges()
+            self._prune()
         except LedgerUnavailableError as exc:
             log.warning("ledger: unavailable, pausing: %s", exc)
             self._stop.wait(FAILURE_BACKOFF_S)
@@ -244,6 +251,14 @@ class Daemon:
                 log.error("send %s: outcome not recorded: %s", self._in_flight[future][0].key, exc)
         self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("serve: stopped")
+
+    def _prune(self) -> None:
+        now_s = time.monotonic()
+        if now_s - self._last_prune_s < PRUNE_EVERY_S:
+            return
+        self._last_prune_s = now_s
+        pruned = self.ledger.prune(self.clock() - timedelta(seconds=self.retention_s))
+        log.info("ledger: pruned %d rows older than the retention", pruned)
 
     # -- observability -------------------------------------------------------------------------
     def _ping_watchdog(self) -> None:

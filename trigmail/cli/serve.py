@@ -112,6 +112,7 @@ def run(config: Config) -> None:
             max_attempts=config.delivery.max_attempts,
         ),
         shutdown_timeout_s=config.delivery.shutdown_timeout_s,
+        retention_s=config.retention_s,
     )
     _install_signals(daemon)
     watcher = RulesWatcher(config.rules_dirs, daemon.request_reload)
