@@ -99,4 +99,14 @@ class InDoubtDeliveryError(DeliveryError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """Raised when the provider rejected the request for good (a 4xx other than 429)."""
+    """Raised when the provider rejected the request for good (a 4xx other than 429).
+
+    Args:
+        detail: what happened, with the provider's own messages.
+        status_code: the HTTP status, when the provider answered (400: the request itself was
+            bad, so a batch may be split to find the one bad email).
+    """
+
+    def __init__(self, detail: str, status_code: int | None = None) -> None:
+        super().__init__(detail)
+        self.status_code = status_code

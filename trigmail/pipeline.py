@@ -32,6 +32,7 @@ from trigmail.errors import (
     BadEventError,
     DeliveryError,
     InDoubtDeliveryError,
+    PermanentDeliveryError,
     RetryableDeliveryError,
 )
 from trigmail.events import Event, parse_event
@@ -44,6 +45,8 @@ from trigmail.scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+HTTP_BAD_REQUEST = 400
 
 
 class Item(Protocol):
@@ -217,6 +220,16 @@ class Pipeline:
         """Send one batch (see :func:`batches`) as one provider request and record the outcome."""
         try:
             accepted = self.provider.send([_email(send) for send in batch])
+        except PermanentDeliveryError as exc:
+            if exc.status_code == HTTP_BAD_REQUEST and len(batch) > 1:
+                # The whole request was refused, so nothing went out: halve it until the bad
+                # email is alone, and the others are sent.
+                middle = len(batch) // 2
+                self.deliver_batch(batch[:middle])
+                self.deliver_batch(batch[middle:])
+                return
+            self._record_failure(batch, exc)
+            return
         except DeliveryError as exc:
             self._record_failure(batch, exc)
             return

@@ -82,7 +82,7 @@ def _classify_response(response: httpx.Response, now_s: float) -> Accepted | Del
     if status >= 500:
         return InDoubtDeliveryError(f"HTTP {status}: server error after the request arrived")
     # Any other 4xx (and the 1xx/3xx SendGrid never sends): resending the same request is futile.
-    return PermanentDeliveryError(f"HTTP {status}: {_error_messages(response)}")
+    return PermanentDeliveryError(f"HTTP {status}: {_error_messages(response)}", status)
 
 
 def retry_after_s(response: httpx.Response, now_s: float) -> float | None:

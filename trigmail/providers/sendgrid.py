@@ -245,6 +245,8 @@ class SendGridProvider:
         detail = error.detail.replace(key, REDACTED)
         if isinstance(error, RetryableDeliveryError):
             return RetryableDeliveryError(detail, retry_after_s=error.retry_after_s)
+        if isinstance(error, PermanentDeliveryError):
+            return PermanentDeliveryError(detail, error.status_code)
         return type(error)(detail)
 
 
