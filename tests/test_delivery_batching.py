@@ -41,7 +41,7 @@ def _pipeline(ledger: MemoryLedger, fake: FakeSendGrid, at: datetime) -> Pipelin
     provider = SendGridProvider(
         Secret(fake.api_key), default_from=Address("shop@example.com"), host=fake.url
     )
-    return Pipeline(ledger, lambda: RuleSet(), provider, lambda: at)
+    return Pipeline(ledger, RuleSet, provider, lambda: at)  # no rules: deliver only
 
 
 def test_sends_due_together_go_in_one_request(sendgrid_fake: FakeSendGrid, t0: datetime) -> None:
