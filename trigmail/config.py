@@ -103,6 +103,7 @@ class DeliveryConfig:
     """How sends go out: parallel requests, attempts, and the graceful-stop bound."""
 
     concurrency: int = 8
+    batch_window_s: float = 0.025
     max_attempts: int = 20
     retry_base_s: float = 1.0
     retry_cap_s: float = 300.0
@@ -314,6 +315,7 @@ def _provider(spec: Mapping[str, Any], environ: Mapping[str, str]) -> SendGridCo
 def _delivery(spec: Mapping[str, Any]) -> DeliveryConfig:
     return DeliveryConfig(
         concurrency=int(spec.get("concurrency", 8)),
+        batch_window_s=float(spec.get("batch_window", 0.025)),
         max_attempts=int(spec.get("max_attempts", 20)),
         retry_base_s=float(spec.get("retry_base", 1.0)),
         retry_cap_s=float(spec.get("retry_cap", 300.0)),

@@ -81,6 +81,7 @@ class Daemon:
         retry: the backoff of retryable delivery failures.
         shutdown_timeout_s: how long a stop waits for in-flight sends.
         batch_size: the most events decided (and committed) together.
+        batch_window_s: how long a due send waits for others to share its provider request.
         retention_s: how long finished sends, seen event ids and dead letters are kept.
         clock: the current time.
     """
@@ -98,6 +99,7 @@ class Daemon:
         retry: RetryPolicy | None = None,
         shutdown_timeout_s: float = 20.0,
         batch_size: int = 500,
+        batch_window_s: float = 0.025,
         retention_s: float = 90 * 86_400,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -109,6 +111,7 @@ class Daemon:
         self.concurrency = concurrency
         self.shutdown_timeout_s = shutdown_timeout_s
         self.batch_size = batch_size
+        self.batch_window_s = batch_window_s
         self.retention_s = retention_s
         self.clock = clock
         self.pipeline = Pipeline(
@@ -214,13 +217,14 @@ class Daemon:
         wakeup = self.pipeline.next_wakeup()
         if wakeup is None:
             return IDLE_WAIT_S
-        return min(IDLE_WAIT_S, max((wakeup - self.clock()).total_seconds(), 0.0))
+        wait_s = (wakeup - self.clock()).total_seconds() + self.batch_window_s
+        return min(IDLE_WAIT_S, max(wait_s, 0.0))
 
     def _fire(self) -> None:
         free = self.concurrency - len(self._in_flight)
         if free <= 0:
             return
-        claimed = self.pipeline.fire_due(limit=free * 1000)
+        claimed = self.pipeline.fire_due(limit=free * 1000, linger_s=self.batch_window_s)
         for batch in batches(claimed):
             future = self._executor.submit(self.pipeline.deliver_batch, batch)
             self._in_flight[future] = batch

@@ -180,8 +180,14 @@ class Pipeline:
         with self._lock:
             return self.scheduler.next_due_at() or self.scheduler.loaded_until
 
-    def fire_due(self, limit: int = 1000) -> list[SendRecord]:
-        """Claim the sends due now (committed as ``sending``) and drop or defer the rest."""
+    def fire_due(self, limit: int = 1000, linger_s: float = 0.0) -> list[SendRecord]:
+        """Claim the sends due now (committed as ``sending``) and drop or defer the rest.
+
+        Args:
+            limit: the most sends taken at once.
+            linger_s: wait until the earliest due send is this late, so that sends falling
+                due meanwhile join its provider request (personalization batching).
+        """
         now = self.clock()
         rules = self.rules()
         entries: list[LogEntry] = []
@@ -190,6 +196,9 @@ class Pipeline:
         with self._lock, self.ledger.transaction() as txn:
             if self.scheduler.needs_refill(now):
                 self.scheduler.refill(txn, now)
+            earliest = self.scheduler.next_due_at()
+            if earliest is None or earliest > now - timedelta(seconds=linger_s):
+                return []
             for send in self.scheduler.pop_due(now, limit):
                 decision = decide_due(send, rules, txn, now)
                 if isinstance(decision, Drop):
