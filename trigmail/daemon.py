@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+from trigmail import faults
 from trigmail.decisions import LogEntry, Outcome, Reason
 from trigmail.errors import LedgerUnavailableError, SourceError
 from trigmail.ledger.base import Ledger, SendRecord, SendState
@@ -193,10 +194,12 @@ class Daemon:
             return
         # Held until committed: if the ledger fails, the same items are decided again.
         self._held = items
+        faults.reached(faults.KillPoint.AFTER_READ)
         started = time.perf_counter()
         ingested = self.pipeline.ingest(items, self.source.name)
         self.metrics.ledger_commit_seconds.observe(time.perf_counter() - started)
         self._held = []
+        faults.reached(faults.KillPoint.AFTER_COMMIT)
         for rejected in ingested.rejected:
             assert isinstance(rejected.item, SourceItem)
             self.source.dead_letter(rejected.item, rejected.reason, rejected.detail)
@@ -225,6 +228,8 @@ class Daemon:
         if free <= 0:
             return
         claimed = self.pipeline.fire_due(limit=free * 1000, linger_s=self.batch_window_s)
+        if claimed:
+            faults.reached(faults.KillPoint.AFTER_CLAIM)
         for batch in batches(claimed):
             future = self._executor.submit(self.pipeline.deliver_batch, batch)
             self._in_flight[future] = batch

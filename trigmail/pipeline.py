@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from trigmail import faults
 from trigmail.decisions import (
     Cancel,
     Decision,
@@ -242,6 +243,7 @@ class Pipeline:
         except DeliveryError as exc:
             self._record_failure(batch, exc)
             return
+        faults.reached(faults.KillPoint.AFTER_ACCEPT)
         now = self.clock()
         keys = [send.key for send in batch]
         with self.ledger.transaction() as txn:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from trigmail import faults
 from trigmail.errors import SourceError
 from trigmail.events import format_ts
 from trigmail.sources.base import SourceItem, SourceReason, raw_text, utc_now
@@ -348,6 +349,7 @@ class SpoolSource:
             self._write_dead_letter(ref, SourceReason.INCOMPLETE_LINE, detail, unfinished)
         tail.close()
         self._tail = None
+        faults.reached(faults.KillPoint.DURING_ROTATION)
         return self._open()
 
     def _open(self) -> _Tail | None:
