@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from trigmail.cli import serve, simulate, status, validate  # noqa: F401  (each registers itself)
 from trigmail.cli.app import app
+from trigmail.cli.ledger import ledger_app
+
+app.add_typer(ledger_app, name="ledger")
 
 
 def main() -> None:
