@@ -33,7 +33,7 @@ def main() -> None:
     print(f"command: python -m bench.bench_simulate {' '.join(sys.argv[1:])}")
     print(f"rules: {len(rules.rules)} from {args.rules}")
     print(f"events: {args.events} in {elapsed_s:.2f} s = {args.events / elapsed_s:,.0f} events/s")
-    print(f"decisions: {dict(summary.outcomes)}")
+    print(f"decisions: { {str(k): v for k, v in summary.outcomes.items()} }")
 
 
 if __name__ == "__main__":

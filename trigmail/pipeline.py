@@ -139,6 +139,7 @@ class Pipeline:
         self.rng = rng or random.Random()
         self.on_entry = on_entry
         self._lock = threading.Lock()
+        self._version_recorded: str | None = None
 
     # -- events ------------------------------------------------------------------------------
     def ingest(self, items: Sequence[Item], source_name: str | None = None) -> Ingested:
@@ -161,7 +162,9 @@ class Pipeline:
             if source_name is not None and items:
                 txn.set_position(source_name, items[-1].position)
             txn.log(result.entries)
-            txn.set_meta("rules_version", rules.version)
+            if rules.version != self._version_recorded:
+                txn.set_meta("rules_version", rules.version)
+        self._version_recorded = rules.version
         with self._lock:
             for send in result.scheduled:
                 self.scheduler.add(send)
@@ -401,6 +404,8 @@ def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> Lo
 
 def batches(sends: Sequence[SendRecord]) -> list[list[SendRecord]]:
     """Group sends into provider requests: same message attributes, within SendGrid's limits."""
+    if len(sends) == 1:
+        return [list(sends)]
     by_key = {send.key: send for send in sends}
     return [
         [by_key[email.key] for email in request]

@@ -4,7 +4,7 @@ provider. Time is taken from the events' ``ts``; sends fire at their virtual due
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,12 +42,11 @@ class Summary:
 
     events: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
-    by_rule: dict[str, Counter[str]] = field(default_factory=dict)
+    by_rule: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
     def count(self, entry: LogEntry) -> None:
-        self.outcomes[entry.outcome.value] += 1
-        rule = entry.rule or "(no rule)"
-        self.by_rule.setdefault(rule, Counter())[entry.outcome.value] += 1
+        self.outcomes[entry.outcome] += 1
+        self.by_rule[entry.rule or "(no rule)"][entry.outcome] += 1
 
 
 class Simulation:

@@ -23,6 +23,7 @@ from trigmail.ledger.base import (
     LedgerStatus,
     SendRecord,
     SendState,
+    evolve,
 )
 from trigmail.rules.model import OnDoubt
 
@@ -201,7 +202,7 @@ class MemoryTxn:
             return False
         created_at = self._clock() if send.created_at is None else send.created_at
         self._put(
-            replace(
+            evolve(
                 send,
                 due_at=as_utc(send.due_at),
                 cancel_match=dict(send.cancel_match),
@@ -266,7 +267,7 @@ class MemoryTxn:
         at = as_utc(at)
         claimed: list[SendRecord] = []
         for scheduled in self._in_state(keys, SendState.SCHEDULED):
-            record = replace(
+            record = evolve(
                 scheduled,
                 state=SendState.SENDING,
                 attempts=scheduled.attempts + 1,
@@ -288,7 +289,7 @@ class MemoryTxn:
         check_finish_state(state)
         for record in self._in_state(keys, SendState.SENDING):
             self._put(
-                replace(
+                evolve(
                     record,
                     state=state,
                     updated_at=as_utc(at),
@@ -300,7 +301,7 @@ class MemoryTxn:
     def retry_later(self, keys: Collection[str], due_at: datetime, error: str) -> None:
         for record in self._in_state(keys, SendState.SENDING):
             self._put(
-                replace(
+                evolve(
                     record,
                     state=SendState.SCHEDULED,
                     due_at=as_utc(due_at),
@@ -313,14 +314,14 @@ class MemoryTxn:
     def drop(self, key: str, reason: str, at: datetime) -> bool:
         for record in self._in_state((key,), SendState.SCHEDULED):
             self._put(
-                replace(record, state=SendState.CANCELLED, reason=reason, updated_at=as_utc(at))
+                evolve(record, state=SendState.CANCELLED, reason=reason, updated_at=as_utc(at))
             )
             return True
         return False
 
     def defer(self, key: str, due_at: datetime) -> bool:
         for record in self._in_state((key,), SendState.SCHEDULED):
-            self._put(replace(record, due_at=as_utc(due_at), updated_at=as_utc(self._clock())))
+            self._put(evolve(record, due_at=as_utc(due_at), updated_at=as_utc(self._clock())))
             return True
         return False
 
@@ -354,7 +355,7 @@ class MemoryTxn:
 def recovered(record: SendRecord, at: datetime) -> SendRecord:
     """Return a ``sending`` send as it is after a crash, by its rule's ``on_doubt``."""
     resend = record.on_doubt == OnDoubt.RESEND
-    return replace(
+    return evolve(
         record,
         state=SendState.SCHEDULED if resend else SendState.IN_DOUBT,
         claimed_at=None if resend else record.claimed_at,
@@ -367,8 +368,8 @@ def resolved(record: SendRecord, sent: bool, at: datetime) -> SendRecord:
     """Return an ``in_doubt`` send as an operator settled it (see ``LedgerTxn.resolve``)."""
     note = resolution_note(sent, record.last_error)
     if sent:
-        return replace(record, state=SendState.SENT, last_error=note, updated_at=at)
-    return replace(
+        return evolve(record, state=SendState.SENT, last_error=note, updated_at=at)
+    return evolve(
         record,
         state=SendState.SCHEDULED,
         due_at=at,
