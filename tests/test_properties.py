@@ -12,8 +12,8 @@ import json
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass
-from itertools import pairwise
 from datetime import UTC, datetime, time, timedelta
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
