@@ -11,7 +11,7 @@ import pytest
 
 from trigmail.decisions import LogEntry, Outcome, Payload, Reason
 from trigmail.errors import LedgerError
-from trigmail.ledger import MemoryLedger, SqliteLedger
+from trigmail.ledger import MemoryLedger, PostgresLedger, SqliteLedger
 from trigmail.ledger.base import DeadLetter, Ledger, LedgerTxn, SendRecord, SendState
 from trigmail.rules.model import Address, OnDoubt
 
@@ -31,22 +31,17 @@ def clock(t0: datetime) -> FakeClock:
     return FakeClock(t0)
 
 
-@pytest.fixture(
-    params=[
-        "memory",
-        "sqlite",
-        # The PostgreSQL ledger fills this in: open it on the ``postgres_dsn`` fixture.
-        pytest.param(
-            "postgres", marks=pytest.mark.skip(reason="the PostgreSQL ledger is not written yet")
-        ),
-    ]
-)
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
     opened: Ledger
     if request.param == "memory":
         opened = MemoryLedger(clock=clock)
-    else:
+    elif request.param == "sqlite":
         opened = SqliteLedger(tmp_path / "ledger.db", clock=clock)
+    else:
+        # Requested only here, so memory and SQLite runs need no server.
+        dsn = request.getfixturevalue("postgres_dsn")
+        opened = PostgresLedger(dsn, clock=clock)
     try:
         yield opened
     finally:

@@ -7,9 +7,10 @@ from pathlib import Path
 from trigmail.errors import LedgerError
 from trigmail.ledger.base import Ledger
 from trigmail.ledger.memory import Clock, MemoryLedger, utc_now
+from trigmail.ledger.postgres import PostgresLedger
 from trigmail.ledger.sqlite import SqliteLedger
 
-__all__ = ["Ledger", "MemoryLedger", "SqliteLedger", "open_ledger"]
+__all__ = ["Ledger", "MemoryLedger", "PostgresLedger", "SqliteLedger", "open_ledger"]
 
 _MEMORY_TARGETS = frozenset({":memory:", "memory"})
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -19,8 +20,10 @@ def open_ledger(target: str | Path, busy_timeout_s: float = 5.0, clock: Clock = 
     """Open the ledger a config's ``ledger:`` value names.
 
     Args:
-        target: ``:memory:`` (or ``memory``) for an in-memory ledger, a ``postgresql://`` URL,
-            or the path of a SQLite file, created with its parent directory when missing.
+        target: ``:memory:`` (or ``memory``) for an in-memory ledger, a ``postgresql://`` URL
+            (a ledger shared by several workers, each named ``<hostname>-<pid>`` in the leases of
+            its claims), or the path of a SQLite file, created with its parent directory when
+            missing.
         busy_timeout_s: how long a SQLite write waits for another process's lock.
         clock: the time of writes that carry none; ``simulate`` passes its virtual clock.
 
@@ -31,7 +34,7 @@ def open_ledger(target: str | Path, busy_timeout_s: float = 5.0, clock: Clock = 
     if text in _MEMORY_TARGETS:
         return MemoryLedger(clock=clock)
     if text.startswith(_POSTGRES_SCHEMES):
-        raise LedgerError("PostgreSQL ledger not available yet")
+        return PostgresLedger(text, clock=clock)
     path = Path(target)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -184,8 +184,13 @@ class LedgerTxn(Protocol):
         ...
 
     def recover_in_flight(self, at: datetime) -> list[SendRecord]:
-        """After a crash: every ``sending`` send becomes ``in_doubt``, except under
-        ``on_doubt: resend``, where it becomes ``scheduled`` again. Returns the records changed.
+        """After a crash: every ``sending`` send this ledger may settle becomes ``in_doubt``,
+        except under ``on_doubt: resend``, where it becomes ``scheduled`` again. Returns the
+        records changed, in key order.
+
+        A ledger of one process (memory, SQLite) settles every ``sending`` send. A ledger shared
+        by several workers (PostgreSQL) settles only this worker's own and those whose claim's
+        lease expired by ``at`` (their worker died): another live worker's sends are its own.
         """
         ...
 
