@@ -122,7 +122,8 @@ def simulate(
     loaded = load_rules(*(rules_dir or [Path("rules.d")]))
     if loaded.rules is None:
         for problem in loaded.problems:
-            err.print(str(problem), highlight=False, markup=False)
+            # One problem per line, never wrapped: scripts read `file:line:col: message`.
+            err.print(str(problem), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID)
     console = Console(highlight=False)
     as_json = output is OutputFormat.JSON
