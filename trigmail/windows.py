@@ -19,7 +19,8 @@ _DAYS_TO_SEARCH = 3
 def _zone(name: str) -> ZoneInfo | None:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    # A directory of the tz database ("America") or an over-long name fails as an OSError.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return None
 
 

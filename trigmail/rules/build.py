@@ -146,7 +146,8 @@ def _get(spec: Mapping[str, Any], path: Path) -> Any:
 def _is_timezone(name: str) -> bool:
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    # A directory of the tz database ("America") or an over-long name fails as an OSError.
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         return False
     return True
 
