@@ -8,6 +8,11 @@ from trigmail.errors import DurationError
 
 _UNIT_S = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# Far beyond any real delay, cooldown or retention, and it keeps an event's time plus any
+# duration inside the range of a datetime.
+MAX_DURATION_S = 36_500 * 86_400
+# More digits than any duration up to the maximum has; int() refuses over 4,300 of them.
+_MAX_DIGITS = 12
 
 
 def parse_duration(value: object) -> int:
@@ -29,9 +34,19 @@ def parse_duration(value: object) -> int:
             return 0
         match = _DURATION.match(text)
         if match and text:
-            parts = [int(group) if group else 0 for group in match.groups()]
-            return sum(n * unit for n, unit in zip(parts, _UNIT_S.values(), strict=True))
+            return _bounded(value, match.groups())
     raise DurationError(f"{value!r} is not a duration (use 0, 30s, 45m, 1h30m or 2d)")
+
+
+def _bounded(value: str, groups: tuple[str | None, ...]) -> int:
+    too_long = DurationError(f"{value!r} is longer than the most allowed, 36500d (100 years)")
+    if any(group and len(group) > _MAX_DIGITS for group in groups):
+        raise too_long
+    parts = [int(group) if group else 0 for group in groups]
+    seconds = sum(n * unit for n, unit in zip(parts, _UNIT_S.values(), strict=True))
+    if seconds > MAX_DURATION_S:
+        raise too_long
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
