@@ -282,7 +282,7 @@ def test_delivery_fault_ends_in_the_state_design_names(
         match = serve.wait_line(rf"send {key}: retry in ([\d.]+)s", 0)
         assert float(match.group(1)) >= case.min_retry_s
     status = status_json(site.root, site.ledger)
-    expected = Counter({case.state.value: 1, "sent": 0 if barrier is None else 1})
+    expected = Counter([case.state.value] + ([] if barrier is None else ["sent"]))
     assert {k: v for k, v in status["counts"].items() if v} == +expected
     in_doubt = [entry["key"] for entry in status["in_doubt"]]
     assert in_doubt == ([key] if case.state is SendState.IN_DOUBT else [])
