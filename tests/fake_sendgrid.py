@@ -107,6 +107,7 @@ class Received:
     """One request as the fake saw it.
 
     ``status`` is what was answered, or ``None`` when the fault meant no answer (a reset, a hang).
+    ``received_at`` is the fake's clock (epoch seconds) when the request's headers were read.
     """
 
     connection: int
@@ -116,6 +117,7 @@ class Received:
     accepted: bool
     fault: FaultKind | None
     message_id: str | None = None
+    received_at: float | None = None
 
 
 def sendgrid_error(message: str, field: str | None = None) -> dict[str, Any]:
@@ -254,6 +256,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    received_at: float | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -264,6 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         fake = self.server.fake
+        self.received_at = fake.clock()
         fault = fake.next_fault()
         fake.pause(fake.rates.latency_s)
         if fault is not None and fault.kind is FaultKind.RESET_BEFORE_READ:
@@ -329,7 +333,16 @@ class _Handler(BaseHTTPRequestHandler):
         message_id: str | None = None,
     ) -> Received:
         kind = None if fault is None else fault.kind
-        return Received(self.connection_id, self.path, body, status, accepted, kind, message_id)
+        return Received(
+            self.connection_id,
+            self.path,
+            body,
+            status,
+            accepted,
+            kind,
+            message_id,
+            self.received_at,
+        )
 
     def _reply(self, status: int, document: Any, headers: dict[str, str] | None = None) -> None:
         content = b"" if document is None else json.dumps(document).encode()
