@@ -93,13 +93,22 @@ def parse_ts(value: str) -> datetime:
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         raise ValueError(f"{value!r} has no UTC offset")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01 with a positive offset is before datetime.min in UTC
+        raise ValueError(f"{value!r} is out of range") from None
 
 
 def format_ts(moment: datetime) -> str:
     """Format an aware datetime as RFC 3339 in UTC with a ``Z``."""
     text = moment.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")
+
+
+# An event's time plus any delay or window, or minus any cap period (at most 100 years each),
+# must stay inside datetime's range; a time outside these bounds is a producer's bug anyway.
+_EARLIEST_TS = datetime(1900, 1, 1, tzinfo=UTC)
+_LATEST_TS = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def _required_str(obj: Mapping[str, Any], name: str) -> str:
@@ -159,9 +168,12 @@ def _checked_ts(obj: Mapping[str, Any], read_at: datetime) -> datetime:
     if not isinstance(value, str):
         raise BadEventError("bad_ts", "'ts' must be an RFC 3339 string")
     try:
-        return parse_ts(value)
+        ts = parse_ts(value)
     except ValueError as exc:
         raise BadEventError("bad_ts", str(exc)) from None
+    if not _EARLIEST_TS <= ts < _LATEST_TS:
+        raise BadEventError("bad_ts", f"{value!r} is outside the years 1900 to 8999")
+    return ts
 
 
 def _checked_id(obj: Mapping[str, Any]) -> str:
@@ -208,10 +220,39 @@ def parse_event(line: str | bytes, read_at: datetime) -> Event:
         BadEventError: ``invalid_json`` for text that is not JSON, or as :func:`event_from_object`.
     """
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise BadEventError("invalid_json", f"not JSON: {exc}") from None
+    if _may_hold_surrogate(line) and _has_lone_surrogate(obj):
+        raise BadEventError("invalid_json", "a string holds a lone surrogate: not Unicode text")
     return event_from_object(obj, read_at)
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259): no ledger or provider would store them.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+# A lone surrogate can only come from a \uD800 to \uDFFF escape or from non-ASCII input (json
+# decodes bytes with "surrogatepass"): only such lines pay for the full check.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _may_hold_surrogate(line: str | bytes) -> bool:
+    if not line.isascii():
+        return True
+    if isinstance(line, bytes):
+        return _SURROGATE_ESCAPE_BYTES.search(line) is not None
+    return _SURROGATE_ESCAPE.search(line) is not None
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    try:
+        canonical_json(obj).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _kind(obj: object) -> str:
