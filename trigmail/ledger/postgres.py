@@ -114,6 +114,9 @@ class PostgresLedger:
             max_size=pool_max,
             open=False,
             kwargs={"autocommit": True},
+            # One round trip per transaction, so a server restart costs no failed batch per
+            # pooled connection: a dead one is replaced before it is handed out.
+            check=ConnectionPool.check_connection,
             name="trigmail-ledger",
             timeout=pool_timeout_s,
         )
@@ -225,6 +228,17 @@ class PostgresLedger:
         self._closed = True
         with self._exclusive_lock:
             if self._exclusive_conn is not None:
-                self._exclusive_conn.close()
+                self._release_exclusive(self._exclusive_conn)
                 self._exclusive_conn = None
         self._pool.close()
+
+    @staticmethod
+    def _release_exclusive(conn: psycopg.Connection[Any]) -> None:
+        # A closed connection's locks are freed when its backend exits, a moment later: unlock
+        # first, so a worker starting right after this one's close finds the name free.
+        try:
+            conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error as exc:
+            logger.warning("ledger: releasing exclusive locks failed: %s", type(exc).__name__)
+        finally:
+            conn.close()
