@@ -497,9 +497,7 @@ def test_a_killed_daemon_resumes_without_deciding_or_sending_twice(
 # -- 8. the README's first command: the embedded defaults ---------------------------------------
 
 
-def test_serve_on_embedded_defaults_writes_to_the_outbox(
-    tmp_path: Path, record_property: Any
-) -> None:
+def test_serve_on_embedded_defaults_writes_to_the_outbox(tmp_path: Path) -> None:
     shutil.copytree(REPO_ROOT / "rules.d", tmp_path / "rules.d")
     # No config and no API key; only the metrics port is moved off the default, which a
     # parallel run (or a real trigmail) may hold.
@@ -521,7 +519,8 @@ def test_serve_on_embedded_defaults_writes_to_the_outbox(
             lambda: [p for p in outbox.glob("*.json") if not p.name.startswith(".")],
             "an email in outbox/",
         )
-        record_property("append_to_outbox_s", round(time.monotonic() - appended_s, 3))
+        # Recorded, not asserted (shown with -rP or -s): the issue says "within a second".
+        print(f"outbox: email written {time.monotonic() - appended_s:.3f}s after the append")
         assert serve.stop() == 0
     email = json.loads(written.read_text())
     assert "d-welcome" in json.dumps(email)
