@@ -65,7 +65,7 @@ def test_json_output_for_the_fixture_events() -> None:
         ("2026-11-27T11:05:00Z", "2026-11-27T11:05:00Z"),
     ]
     dead = next(line for line in lines if line["outcome"] == "dead_letter")
-    assert dead["detail"].startswith("events:3:")
+    assert dead["detail"].startswith("events.jsonl:3:")
     assert dead["rule"] is None
     assert next(line for line in lines if line["key"] == "cart:e2")["user_id"] == "u1"
 
@@ -88,7 +88,7 @@ def test_table_output() -> None:
         ["sent", "cart"],
     ]
     assert "due 2026-11-27T11:05:00Z" in out
-    assert "events:3" in out
+    assert "events.jsonl:3" in out
     total = next(line for line in out.splitlines() if "total" in line)
     # scheduled, sent, cancelled, skipped, dropped, dead_letter
     assert [cell for cell in total.replace("│", " ").split() if cell.isdigit()] == [

@@ -77,17 +77,25 @@ class Simulation:
         )
         self._started = False
 
-    def feed(self, lineno: int, line: bytes, source: str = "events") -> None:
-        """Decide one event line, after firing every send due before its time."""
+    def feed(
+        self, lineno: int, line: bytes, source: str = "events", until: datetime | None = None
+    ) -> bool:
+        """Decide one event line, after firing every send due before its time.
+
+        Returns ``False`` (and decides nothing) for an event later than ``until``.
+        """
         if not line.strip():
-            return
+            return True
         item = RawItem(line, f"{source}:{lineno}")
         event = parse_item(item, self.clock.now)
         if isinstance(event, Event):
+            if until is not None and event.ts > until:
+                return False
             self.run_until(event.ts)
         self._start()
         self.summary.events += 1
         self.pipeline.ingest_parsed([(item, event)])
+        return True
 
     def run_until(self, until: datetime | None) -> None:
         """Fire every send due up to ``until`` (all of them when ``None``) at its due time."""
@@ -98,10 +106,20 @@ class Simulation:
         if until is not None:
             self.clock.advance(until)
 
-    def run(self, lines: Iterable[bytes], until: datetime | None = None) -> Summary:
-        """Feed every line, then fire what is due up to ``until`` (or everything)."""
+    def run(
+        self, lines: Iterable[bytes], until: datetime | None = None, source: str = "events"
+    ) -> Summary:
+        """Feed the lines up to ``until``, then fire what is due by then (or everything).
+
+        Args:
+            lines: JSONL event lines, in file order.
+            until: where the virtual clock stops: later events are not decided and later
+                sends stay scheduled.
+            source: the name bad lines are reported under (``events.jsonl:12``).
+        """
         for lineno, line in enumerate(lines, start=1):
-            self.feed(lineno, line)
+            if not self.feed(lineno, line, source, until):
+                break
         self.run_until(until)
         return self.summary
 

@@ -101,7 +101,10 @@ def simulate(
     ] = OutputFormat.TABLE,
     until: Annotated[
         str | None,
-        typer.Option(help="Stop the virtual clock here (RFC 3339); default: fire every send."),
+        typer.Option(
+            help="Stop the virtual clock here (RFC 3339): later events are not decided and "
+            "later sends stay scheduled. Default: decide every event and fire every send."
+        ),
     ] = None,
 ) -> None:
     """Dry-run events through the same engine as `serve`, on a virtual clock.
@@ -125,7 +128,9 @@ def simulate(
             # One problem per line, never wrapped: scripts read `file:line:col: message`.
             err.print(str(problem), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID)
-    console = Console(highlight=False)
+    out = Console()
+    # Piped output is read by people too: keep the summary table's headers whole.
+    console = Console(highlight=False, width=None if out.is_terminal else 120)
     as_json = output is OutputFormat.JSON
 
     def emit(entry: LogEntry) -> None:
@@ -152,7 +157,10 @@ def simulate(
             disable=not show_progress,
         ) as progress,
     ):
-        summary = simulation.run(_lines(handle, progress if show_progress else None), stop_at)
+        lines = _lines(handle, progress if show_progress else None)
+        summary = simulation.run(
+            lines, stop_at, source=events.name if str(events) != "-" else "stdin"
+        )
     if not as_json:
         console.print(_summary_table(summary))
     raise typer.Exit(EXIT_INVALID if summary.outcomes[Outcome.DEAD_LETTER] else EXIT_OK)
