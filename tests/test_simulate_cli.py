@@ -252,3 +252,18 @@ def test_until_leaves_sends_pending_and_counts_add_up(tmp_path: Path) -> None:
     full_sent = {line["key"] for line in lines if line["outcome"] == "sent"}
     assert pending & full_sent
     assert Counter(line["outcome"] for line in lines)["dead_letter"] == outcomes["dead_letter"]
+
+
+def test_until_before_the_last_event_leaves_later_events_undecided(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    raw = list(event_lines(200, users=50))
+    path.write_bytes(b"\n".join(raw) + b"\n")
+    times = sorted(json.loads(line)["ts"] for line in raw)
+    until = times[99]
+    lines = json_lines(
+        simulate(path, "--rules", REPO / "rules.d", "--format", "json", "--until", until).stdout
+    )
+    decided = {line["event_id"] for line in lines if line["event_id"] is not None}
+    later = {json.loads(line)["id"] for line in raw if json.loads(line)["ts"] > until}
+    assert later and not decided & later
+    assert all(line["at"] <= until for line in lines)
