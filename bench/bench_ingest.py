@@ -1,0 +1,87 @@
+"""Ingest: events per second from a JSONL spool into committed decisions (``synchronous=FULL``).
+
+The real serve loop (``Daemon``: spool → engine → one ledger transaction per batch, with the
+source position) runs on ``rules.d`` over a realistic mix of events. Their ``ts`` is a day ahead,
+so no send falls due during the run: this measures ingest alone (delivery has its own bench).
+
+Run: .venv/bin/python -m bench.bench_ingest [--events 100000] [--batch-size 500]
+     .venv/bin/python -m bench.bench_ingest --events 3000 --batch-size 1   (group commit off)
+     .venv/bin/python -m bench.bench_ingest --events 3000 --baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from bench import baseline
+from bench.common import (
+    DEFAULT_DEADLINE_S,
+    event_lines,
+    header,
+    make_daemon,
+    query,
+    rule_store,
+    running,
+    utc_now,
+    wait_until,
+    write_spool,
+)
+from trigmail.providers.recording import RecordingProvider
+
+
+def _seen(ledger: Path) -> int:
+    if not ledger.exists():
+        return 0
+    rows = query(ledger, "SELECT COUNT(*) FROM seen_events")
+    return int(str(rows[0][0]))
+
+
+def run_trigmail(directory: Path, spool: Path, events: int, batch_size: int) -> float:
+    """Serve the spool until every event is decided; return the seconds it took."""
+    ledger = directory / "ledger.db"
+    daemon = make_daemon(spool, ledger, RecordingProvider(), batch_size=batch_size)
+    started = time.perf_counter()
+    with running(daemon):
+        done = wait_until(lambda: _seen(ledger) >= events, DEFAULT_DEADLINE_S, poll_s=0.02)
+        elapsed_s = time.perf_counter() - started
+    if not done:
+        raise SystemExit(f"ingest: only {_seen(ledger)} of {events} events decided in time")
+    return elapsed_s
+
+
+def run_baseline(directory: Path, spool: Path) -> float:
+    rules = rule_store().load().rule_set()
+    started = time.perf_counter()
+    baseline.ingest(spool, directory / "baseline.db", rules)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=500, help="events per transaction")
+    parser.add_argument("--baseline", action="store_true", help="run the straightforward design")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    header("ingest: spool -> committed decisions, synchronous=FULL")
+    with tempfile.TemporaryDirectory(prefix="trigmail-bench-") as temp:
+        directory = Path(temp)
+        spool = directory / "events.jsonl"
+        write_spool(spool, event_lines(args.events, utc_now() + timedelta(days=1)))
+        if args.baseline:
+            design = "baseline: one transaction per event"
+            elapsed_s = run_baseline(directory, spool)
+        else:
+            design = f"trigmail: batch_size={args.batch_size}"
+            elapsed_s = run_trigmail(directory, spool, args.events, args.batch_size)
+    rate = args.events / elapsed_s
+    print(f"{design}: {args.events} events in {elapsed_s:.2f} s = {rate:,.0f} events/s")
+
+
+if __name__ == "__main__":
+    main()
