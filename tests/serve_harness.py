@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from trigmail.cli.status import status_json as cli_status_json
 from trigmail.decisions import LogEntry
 from trigmail.ledger import open_ledger
 from trigmail.ledger.base import SendRecord
@@ -296,6 +297,15 @@ def decisions(ledger: Path) -> list[LogEntry]:
     opened = open_ledger(ledger)
     try:
         return list(reversed(opened.decision_log(limit=1_000_000)))
+    finally:
+        opened.close()
+
+
+def ledger_status(ledger: Path) -> dict[str, Any]:
+    """What ``status --format json`` prints, computed in this process (no interpreter start)."""
+    opened = open_ledger(ledger)
+    try:
+        return cli_status_json(opened.status(limit=100))
     finally:
         opened.close()
 

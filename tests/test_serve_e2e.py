@@ -26,6 +26,7 @@ from tests.serve_harness import (
     append_events,
     clean_env,
     decisions,
+    ledger_status,
     sends,
     status_json,
     wait_for,
@@ -281,7 +282,7 @@ def test_delivery_fault_ends_in_the_state_design_names(
     if case.min_retry_s is not None:
         match = serve.wait_line(rf"send {key}: retry in ([\d.]+)s", 0)
         assert float(match.group(1)) >= case.min_retry_s
-    status = status_json(site.root, site.ledger)
+    status = ledger_status(site.ledger)
     expected = Counter([case.state.value] + ([] if barrier is None else ["sent"]))
     assert {k: v for k, v in status["counts"].items() if v} == +expected
     in_doubt = [entry["key"] for entry in status["in_doubt"]]
