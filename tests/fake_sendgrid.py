@@ -50,6 +50,7 @@ _DRAIN_CHUNK_BYTES = 65536
 class FaultKind(StrEnum):
     """What the fake does to one request instead of answering it normally."""
 
+    BAD_REQUEST = "bad_request"  # 400 with an `errors` body, whatever the request
     RATE_LIMIT = "rate_limit"  # 429 with X-RateLimit-Limit/Remaining/Reset
     SERVER_ERROR = "server_error"  # 500
     UNAVAILABLE = "unavailable"  # 503
@@ -59,6 +60,7 @@ class FaultKind(StrEnum):
 
 
 _STATUS_FAULTS = {
+    FaultKind.BAD_REQUEST: 400,
     FaultKind.RATE_LIMIT: 429,
     FaultKind.SERVER_ERROR: 500,
     FaultKind.UNAVAILABLE: 503,
@@ -85,6 +87,7 @@ class FaultRates:
     """Latency for every request, and the chance of each fault per request (sum at most 1)."""
 
     latency_s: float = 0.0
+    bad_request: float = 0.0
     rate_limit: float = 0.0
     server_error: float = 0.0
     unavailable: float = 0.0
@@ -321,7 +324,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.retry_after_s is not None:
             headers["Retry-After"] = str(int(fault.retry_after_s))
         fake.record(self._received(body, status, False, fault))
-        message = {429: "too many requests", 500: "internal error", 503: "service unavailable"}
+        message = {
+            400: "The request is invalid (injected).",
+            429: "too many requests",
+            500: "internal error",
+            503: "service unavailable",
+        }
         self._reply(status, {"errors": [sendgrid_error(message[status])]}, headers)
 
     def _received(

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+from email_validator import EmailNotValidError, validate_email
 from jsonschema import Draft202012Validator
 
 from trigmail.durations import parse_duration
@@ -238,6 +239,8 @@ def _build(data: Mapping[str, Any], environ: Mapping[str, str], path: Path | Non
     provider = _provider(data.get("provider") or {}, environ)
     if isinstance(provider, SendGridConfig) and sender is None:
         raise ConfigError("from.email is required to send through SendGrid (the default sender)")
+    if sender is not None:
+        _check_sender(sender["email"])
     return Config(
         source=_source(data.get("source") or {}),
         rules_dirs=tuple(Path(d) for d in dirs),
@@ -264,6 +267,13 @@ def _source(spec: Mapping[str, Any]) -> SpoolConfig | RedisConfig:
         if key in redis:
             options[renames.get(key, key)] = redis[key]
     return RedisConfig(**options)
+
+
+def _check_sender(address: str) -> None:
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ConfigError(f"from.email: {address!r} is not an email address: {exc}") from None
 
 
 def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:

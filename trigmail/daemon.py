@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # The longest the loop waits for events before looking at due sends and signals again.
 IDLE_WAIT_S = 0.25
+# With every request slot busy and sends due, how often the loop looks for a slot that freed.
+SLOT_POLL_S = 0.01
 # Back-off after a source or ledger failure, so a broken dependency is not hammered.
 FAILURE_BACKOFF_S = 1.0
 # How often the ledger's scheduled and in-doubt counts are copied into gauges.
@@ -215,12 +217,14 @@ class Daemon:
             return []
 
     def _wait_s(self) -> float:
-        if len(self._in_flight) >= self.concurrency:
-            return IDLE_WAIT_S
         wakeup = self.pipeline.next_wakeup()
         if wakeup is None:
             return IDLE_WAIT_S
         wait_s = (wakeup - self.clock()).total_seconds() + self.batch_window_s
+        if len(self._in_flight) >= self.concurrency:
+            # A slot frees when a request is answered, usually well within the idle wait:
+            # waiting the whole of it made due sends up to a quarter of a second late.
+            wait_s = max(wait_s, SLOT_POLL_S)
         return min(IDLE_WAIT_S, max(wait_s, 0.0))
 
     def _fire(self) -> None:
@@ -243,6 +247,7 @@ class Daemon:
                 log.error("send %s: outcome not recorded: %s", batch[0].key, future.exception())
 
     def _drain(self) -> None:
+        self._reap()
         pending = list(self._in_flight)
         if pending:
             log.info("serve: stopping: waiting for %d requests in flight", len(pending))
