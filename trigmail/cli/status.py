@@ -123,5 +123,8 @@ def status(
     if output is OutputFormat.JSON:
         typer.echo(json.dumps(status_json(current), indent=2))
     else:
-        _print_tables(Console(highlight=False), current, redact_url(target))
+        out = Console(highlight=False)
+        # Piped output is read by people too: do not fold keys at 80 columns.
+        console = out if out.is_terminal else Console(highlight=False, width=140)
+        _print_tables(console, current, redact_url(target))
     raise typer.Exit(EXIT_OK)
