@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,6 +41,7 @@ VALUES (%(key)s, %(rule_id)s, %(step)s, %(user_id)s, %(email)s, %(event_id)s, %(
     %(attempts)s, %(message_id)s, %(last_error)s, %(reason)s, %(created_at)s, %(updated_at)s,
     %(claimed_at)s)
 ON CONFLICT (key) DO NOTHING
+RETURNING 1
 """
 _INSERT_LOG = """
 INSERT INTO decision_log (at, event_id, user_id, rule, step, key, outcome, reason, due_at,
@@ -116,6 +118,7 @@ class PostgresTxn:
         self._conn = conn
         self._rows = conn.cursor(row_factory=dict_row)
         self._tuples = conn.cursor()
+        self._locks = conn.cursor()
         self._clock = clock
         self._errors = errors
         self._worker_id = worker_id
@@ -133,7 +136,7 @@ class PostgresTxn:
         with self._errors.guard():
             return self._tuples.execute(sql, params).rowcount
 
-    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def _scalar(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         self._check_open()
         with self._errors.guard():
             row = self._tuples.execute(sql, params).fetchone()
@@ -147,11 +150,22 @@ class PostgresTxn:
     def _sends(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[SendRecord]:
         return [send_from_row(row) for row in self._dicts(sql, params)]
 
-    def _lock_user(self, user_id: str) -> None:
-        """Serialise with every other transaction deciding for ``user_id`` (see the module)."""
+    @contextmanager
+    def _as_user(self, user_id: str) -> Iterator[None]:
+        """Run the block's statements after taking ``user_id``'s lock (see the module).
+
+        The lock and the block's statements travel in one pipeline: one round trip, yet still
+        separate statements, so the block's snapshot is taken once the lock is held.
+        """
         if user_id in self._locked_users:
+            yield
             return
-        self._run("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_USER, user_id))
+        self._check_open()
+        with self._errors.guard(), self._conn.pipeline():
+            self._locks.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_USER, user_id)
+            )
+            yield
         self._locked_users.add(user_id)
 
     # -- reads the engine decides from -------------------------------------------------
@@ -162,22 +176,24 @@ class PostgresTxn:
         return bool(self._scalar("SELECT 1 FROM sends WHERE key = %s", (key,)))
 
     def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
-        self._lock_user(user_id)
-        return maybe_utc(self._scalar(_LAST_DELIVERED, (rule_id, user_id)))
+        with self._as_user(user_id):
+            return maybe_utc(self._scalar(_LAST_DELIVERED, (rule_id, user_id)))
 
     def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
-        self._lock_user(user_id)
-        return self._sends(
-            "SELECT * FROM sends WHERE user_id = %s AND state = 'scheduled'"
-            " AND rule_id = ANY(%s) ORDER BY due_at, key",
-            (user_id, sorted(rule_ids)),
-        )
+        with self._as_user(user_id):
+            return self._sends(
+                "SELECT * FROM sends WHERE user_id = %s AND state = 'scheduled'"
+                " AND rule_id = ANY(%s) ORDER BY due_at, key",
+                (user_id, sorted(rule_ids)),
+            )
 
     def delivered_count_since(
         self, user_id: str, categories: Collection[str], since: datetime
     ) -> int:
-        self._lock_user(user_id)
-        count: int = self._scalar(_DELIVERED_COUNT, (user_id, as_utc(since), sorted(categories)))
+        with self._as_user(user_id):
+            count: int = self._scalar(
+                _DELIVERED_COUNT, (user_id, as_utc(since), sorted(categories))
+            )
         return count
 
     # -- writes of the event path --------------------------------------------------------
@@ -195,8 +211,8 @@ class PostgresTxn:
         created_at = self._clock() if send.created_at is None else send.created_at
         params = send_params(send, created_at)
         # A cancellation deciding for this user in another worker must see this send.
-        self._lock_user(send.user_id)
-        return self._run(_INSERT_SEND, params) == 1
+        with self._as_user(send.user_id):
+            return self._scalar(_INSERT_SEND, params) is not None
 
     def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
         wanted = list(dict.fromkeys(keys))
