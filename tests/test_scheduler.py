@@ -173,3 +173,15 @@ def test_popped_key_can_be_added_again() -> None:
     assert keys(scheduler.pop_due(T0, 10)) == ["a"]
     scheduler.add(send("a", T0 + MIN))
     assert keys(scheduler.pop_due(T0 + MIN, 10)) == ["a"]
+
+
+def test_invalidate_rereads_a_send_scheduled_by_another_process() -> None:
+    ledger = ledger_with()
+    scheduler = refilled(Scheduler(horizon_s=300), ledger, T0)
+    with ledger.transaction() as txn:
+        txn.insert_send(send("resolved", T0))  # as `ledger resolve --not-sent` would, elsewhere
+    assert not scheduler.needs_refill(T0)
+    assert scheduler.pop_due(T0, 10) == []
+    scheduler.invalidate()
+    assert scheduler.needs_refill(T0)
+    assert keys(refilled(scheduler, ledger, T0).pop_due(T0, 10)) == ["resolved"]

@@ -179,6 +179,9 @@ class Daemon:
             self._reload.clear()
             self.notifier.reloading()
             self.rules.reload()
+            # A reload also rereads the due sends, so a send an operator scheduled again with
+            # `trigmail ledger resolve --not-sent` goes out now rather than within the horizon.
+            self.pipeline.reread_due()
             self.notifier.ready()
         self._reap()
         try:

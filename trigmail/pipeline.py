@@ -179,6 +179,11 @@ class Pipeline:
             self.scheduler.refill(txn, self.clock())
         return changed
 
+    def reread_due(self) -> None:
+        """Read the due sends from the ledger again at the next :meth:`fire_due`."""
+        with self._lock:
+            self.scheduler.invalidate()
+
     def next_wakeup(self) -> datetime | None:
         """Return when the next cached send falls due, or when the horizon must be reloaded."""
         with self._lock:

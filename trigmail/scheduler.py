@@ -62,6 +62,11 @@ class Scheduler:
         self._keys = {send.key for send in sends}
         self._loaded_until = until
 
+    def invalidate(self) -> None:
+        """Forget the loaded horizon, so the next refill reads the ledger again (a send
+        scheduled by another process, such as ``trigmail ledger resolve``, is seen at once)."""
+        self._loaded_until = None
+
     def add(self, send: SendRecord) -> None:
         """Cache a newly scheduled (or deferred) send if it falls inside the loaded horizon."""
         if self._loaded_until is None or send.due_at > self._loaded_until:

@@ -47,6 +47,15 @@ def load(
         fail(str(exc))
 
 
+def require_ledger(target: str) -> None:
+    """Exit 1 when ``target`` names a SQLite file that does not exist.
+
+    Opening a SQLite path creates it: a typo must not make an empty ledger that shows nothing.
+    """
+    if "://" not in target and target not in (":memory:", "memory") and not Path(target).exists():
+        fail(f"no ledger at {target} (has `trigmail serve` run here? use --ledger or --config)")
+
+
 def setup_logging(fmt: str, level: str) -> None:
     """Send logs to stderr in ``fmt`` (text or json); colour only on a terminal."""
     try:

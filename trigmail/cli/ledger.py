@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trigmail.cli.app import EXIT_OK, OutputFormat
-from trigmail.cli.common import ConfigOption, fail, load
+from trigmail.cli.common import ConfigOption, fail, load, require_ledger
 from trigmail.errors import LedgerError
 from trigmail.events import format_ts
 from trigmail.ledger import open_ledger
@@ -54,8 +54,7 @@ PICKUP_S = int(Scheduler().horizon_s)
 def _opened(config_path: Path | None, ledger: str | None) -> Iterator[Ledger]:
     target = load(config_path, {("ledger",): ledger}).ledger
     # Opening a SQLite path creates it: a typo must not make an empty ledger that lists nothing.
-    if "://" not in target and target not in (":memory:", "memory") and not Path(target).exists():
-        fail(f"no ledger at {target} (has `trigmail serve` run here? use --ledger or --config)")
+    require_ledger(target)
     opened = open_ledger(target)
     try:
         yield opened
@@ -195,6 +194,7 @@ def resolve(
     else:
         typer.echo(
             f"send {key}: scheduled again, due {format_ts(settled.due_at)}; a running "
-            f"`trigmail serve` sends it within {PICKUP_S // 60} minutes"
+            f"`trigmail serve` sends it within {PICKUP_S // 60} minutes, or at once after "
+            "`systemctl reload trigmail` (SIGHUP)"
         )
     raise typer.Exit(EXIT_OK)

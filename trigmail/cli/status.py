@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trigmail.cli.app import EXIT_OK, OutputFormat, app
-from trigmail.cli.common import ConfigOption, fail, load
+from trigmail.cli.common import ConfigOption, fail, load, require_ledger
 from trigmail.errors import LedgerError
 from trigmail.events import format_ts
 from trigmail.ledger import open_ledger
@@ -110,8 +109,7 @@ def status(
     """
     config = load(config_path, {("ledger",): ledger})
     target = config.ledger
-    if "://" not in target and target not in (":memory:", "memory") and not Path(target).exists():
-        fail(f"no ledger at {target} (has `trigmail serve` run here? use --ledger or --config)")
+    require_ledger(target)
     try:
         opened = open_ledger(target)
         try:
