@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from bench.bench_validate import write_rules
 from trigmail.errors import RulesError
 from trigmail.events import event_from_object
 from trigmail.rules.loader import Severity, load_rule_set, load_rules, parse_rules
@@ -325,3 +327,25 @@ def test_directory_reads_yaml_and_yml_in_name_order(tmp_path: Path) -> None:
     result = load_rules(tmp_path)
     assert result.problems == []
     assert [r.id for r in result.rule_set().rules] == ["a", "b"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        parse_rules((FIXTURES / "good" / "every_key.yaml").read_text())
+        assert gc.isenabled() is enabled
+        parse_rules("rules: [")
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+
+
+@pytest.mark.parametrize("distinct", [False, True])
+def test_bench_rules_load_clean(tmp_path: Path, distinct: bool) -> None:
+    # The benchmark's rules must stay valid, or it would time the error path.
+    write_rules(tmp_path, files=2, rules=3, distinct=distinct)
+    result = load_rules(tmp_path)
+    assert result.problems == []
+    assert result.rules_written == 6

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+from jinja2.exceptions import TemplateSyntaxError
 
 from trigmail.errors import SpecError, TemplateRenderError
 from trigmail.events import Event, event_from_object
+from trigmail.rules.jinjastrings import ENV, _analyse_parsed, analyse, compile_text
 from trigmail.rules.templating import (
     DEFAULT_DEDUPE,
+    _Lookup,
     compile_data,
     compile_key,
     default_data,
@@ -305,3 +310,191 @@ def test_key_render_errors(properties: dict[str, Any], message: str) -> None:
     with pytest.raises(TemplateRenderError) as caught:
         key.render("r", make_event(properties=properties))
     assert str(caught.value) == message
+
+
+# --- lazy compilation, the plain-path fast path, shared analysis ---------------------------
+
+
+def test_loading_parses_without_generating_code() -> None:
+    # A string no other test writes, so that nothing has compiled it yet.
+    text = "Lazy {{ user.first_name }} {{ properties.count + 41 }}"
+    before = compile_text.cache_info()
+    template = compile_data({"t": text})
+    assert compile_text.cache_info().misses == before.misses
+    assert template.render(make_event()) == {"t": "Lazy Ana 44"}
+    assert compile_text.cache_info().misses == before.misses + 1
+    template.render(make_event())
+    assert compile_text.cache_info().misses == before.misses + 1
+
+
+def _jinja_value(text: str, event: Event) -> Any:
+    """Render ``text`` with Jinja, compiled at once, as the loader did before it was lazy."""
+    if analyse(text).single:
+        expression = ENV.compile_expression(text.strip("{}- "), undefined_to_none=False)
+        return expression(event.data)
+    return ENV.from_string(text).render(event.data)
+
+
+@pytest.mark.parametrize(("spec", "expected"), RENDERS)
+def test_lazy_render_equals_eager_jinja(spec: dict[str, Any], expected: dict[str, Any]) -> None:
+    event = make_event()
+    for key, text in spec.items():
+        if isinstance(text, str) and "{{" in text:
+            rendered = compile_data({key: text}).render(event)[key]
+            assert rendered == _jinja_value(text, event)
+            assert rendered == expected[key]
+
+
+PLAIN_PATHS = [
+    # a string
+    "{{ properties.cart_url }}",
+    # a float, an int, a boolean, null
+    "{{ properties.cart_value }}",
+    "{{ properties.count }}",
+    "{{ properties.gift }}",
+    "{{ properties.coupon }}",
+    # a list of objects and an object
+    "{{ properties.items }}",
+    "{{ user }}",
+    # item syntax and indexes
+    "{{ properties['items'][1].sku }}",
+    # a key that is also a dict method
+    "{{ properties.items }}",
+    # no spaces
+    "{{properties.count}}",
+    # a top-level field
+    "{{ event }}",
+]
+
+PLAIN_PATH_ERRORS = [
+    # a missing property
+    "{{ properties.url }}",
+    # a missing parent
+    "{{ properties.cart.id }}",
+    # a missing top-level name
+    "{{ order.id }}",
+    # an attribute of a string: Jinja finds str.upper, which is not JSON data
+    "{{ properties.cart_url.upper }}",
+    # a dict method under a name the mapping does not hold
+    "{{ properties.keys }}",
+    # an index past the end
+    "{{ properties.items[5].sku }}",
+    # an index into a mapping
+    "{{ properties[0] }}",
+    # an unsafe attribute
+    "{{ properties.__class__ }}",
+]
+
+
+def _lookup_node(text: str) -> Any:
+    node = compile_data({"v": text}).root.items[0][1]
+    assert isinstance(node, _Lookup), text
+    return node
+
+
+@pytest.mark.parametrize("text", PLAIN_PATHS)
+def test_plain_path_renders_as_jinja_does(text: str) -> None:
+    data = make_event().data
+    node = _lookup_node(text)
+    assert node.render(data) == node.jinja.render(data) == _jinja_value(text, make_event())
+
+
+@pytest.mark.parametrize("text", PLAIN_PATH_ERRORS)
+def test_plain_path_fails_as_jinja_does(text: str) -> None:
+    # The same error, message and all, as Jinja's rendering of the same string.
+    data = make_event().data
+    node = _lookup_node(text)
+    with pytest.raises(TemplateRenderError) as jinja_error:
+        node.jinja.render(data)
+    with pytest.raises(TemplateRenderError) as fast_error:
+        node.render(data)
+    assert str(fast_error.value) == str(jinja_error.value)
+
+
+def test_plain_path_value_is_a_copy() -> None:
+    event = make_event()
+    rendered = compile_data({"u": "{{ user }}"}).render(event)
+    rendered["u"]["first_name"] = "changed"
+    assert event.user["first_name"] == "Ana"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ user.first_name }}",
+        "{{ properties.items }}",
+        "{{properties.a.b.c}}",
+        # Jinja's own names and constants are not event paths
+        "{{ range }}",
+        "{{ loop.index }}",
+        "{{ none }}",
+        "{{ true }}",
+        "{{ not.x }}",
+        "{{ x.if }}",
+        # a negative index is an expression, not a key
+        "{{ properties.items[-1].qty }}",
+    ],
+)
+def test_plain_path_analysis_equals_parsing(text: str) -> None:
+    try:
+        parsed = _analyse_parsed(text)
+    except TemplateSyntaxError:
+        with pytest.raises(TemplateSyntaxError):
+            analyse(text)
+        return
+    assert analyse(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # only the literal text differs: one parse serves both
+        ("Hi {{ user.first_name }} (1)", "Hi {{ user.first_name }} (2)"),
+        # whitespace inside the braces is not part of the shape
+        ("{{ a }}!", "{{a}}?"),
+        # literal text on one side only: not one expression any more
+        ("{{ properties.count }}", "{{ properties.count }} items"),
+        # a different expression
+        ("Hi {{ user.first_name }}", "Hi {{ user.last_name }}"),
+    ],
+)
+def test_shape_shared_analysis_equals_parsing(first: str, second: str) -> None:
+    for text in (first, second, first):
+        assert analyse(text) == _analyse_parsed(text)
+
+
+def test_unknown_filter_in_a_branch_fails_at_render_as_before() -> None:
+    # Jinja only rejects an unknown filter inside `if` when it runs; loading still accepts it.
+    template = compile_data({"x": "{% if properties.gift %}{{ 1 | nosuch }}{% endif %}ok"})
+    assert template.render(make_event()) == {"x": "ok"}
+    with pytest.raises(TemplateRenderError, match="No filter named 'nosuch'"):
+        template.render(make_event(properties={"gift": True}))
+
+
+def test_codegen_errors_are_still_raised_at_load() -> None:
+    with pytest.raises(SpecError, match="block 'b' defined twice"):
+        compile_data({"x": "{% block b %}{% endblock %}{% block b %}{% endblock %}"})
+
+
+def test_first_renders_from_many_threads_agree() -> None:
+    # Strings nothing has compiled yet, rendered first by several threads at once.
+    spec = {
+        f"k{i}": f"{{{{ properties.count * {i} }}}} threads {{{{ user.first_name }}}}"
+        for i in range(20)
+    }
+    spec["path"] = "{{ properties.items[0] }}"
+    spec["native"] = "{{ properties.count + 1000 }}"
+    template = compile_data(spec)
+    expected: dict[str, Any] = {f"k{i}": f"{3 * i} threads Ana" for i in range(20)}
+    expected |= {"path": {"sku": "a1", "qty": 2}, "native": 1003}
+    threads = 8
+    barrier = threading.Barrier(threads)
+    event = make_event()
+
+    def render() -> dict[str, Any]:
+        barrier.wait()
+        return template.render(event)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = list(pool.map(lambda _: render(), range(threads)))
+    assert results == [expected] * threads

@@ -8,9 +8,11 @@ together (rule and cap ids unique across files) and linted. ``validate`` and the
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any, Final
@@ -189,7 +191,35 @@ def _version(sources: Sequence[_File]) -> str:
     return digest.hexdigest()[:16]
 
 
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector, if it runs, for the duration of a load.
+
+    A load allocates hundreds of thousands of long-lived objects (documents, compiled rules)
+    and no reference cycles; every 25% of heap growth the collector walks the whole heap, which
+    measured about half of the time of loading 500 files. Reference counting still frees
+    everything meanwhile. Only an enabled collector is re-enabled, so an application that
+    disabled it keeps it off; a load in another thread at the same time at worst re-enables it
+    early, which only costs time.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _assemble(sources: Sequence[_File], retention_s: int, extra: list[Problem]) -> ParseResult:
+    with _cyclic_gc_paused():
+        return _assemble_paused(sources, retention_s, extra)
+
+
+def _assemble_paused(
+    sources: Sequence[_File], retention_s: int, extra: list[Problem]
+) -> ParseResult:
     for source in sources:
         _compile_file(source)
     problems = [*extra, *(p for source in sources for p in source.problems)]

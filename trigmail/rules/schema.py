@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from trigmail.rules.problems import Finding
+from trigmail.rules.quickcheck import Check, compile_quick_check
 from trigmail.rules.yamlsource import Path
 
 _TYPE_WORDS = {
@@ -40,6 +41,12 @@ def schema() -> Mapping[str, Any]:
 
 
 @cache
+def _quick_check() -> Check:
+    """Return the rule schema compiled by :mod:`trigmail.rules.quickcheck`."""
+    return compile_quick_check(schema()) or (lambda _document: False)
+
+
+@cache
 def _validator() -> Draft202012Validator:
     Draft202012Validator.check_schema(schema())
     return Draft202012Validator(schema())
@@ -52,6 +59,10 @@ def check_structure(document: Any, validator: Draft202012Validator | None = None
         document: the decoded YAML.
         validator: another schema's validator (the config file's); the rule schema by default.
     """
+    if validator is None and _quick_check()(document):
+        # Nearly every file is valid, and jsonschema takes milliseconds to say so: it only
+        # runs to explain what the quick check rejected.
+        return []
     findings: dict[Finding, None] = {}
     for error in (validator or _validator()).iter_errors(document):
         # Some errors come once per missing key, listing them all: keep each finding once.

@@ -1,4 +1,4 @@
-"""Template data (``send.data``) and dedupe keys (``dedupe``), compiled once per rule.
+"""Template data (``send.data``) and dedupe keys (``dedupe``), checked once per rule.
 
 Data strings are Jinja over the event's data (``event``, ``id``, ``user_id``, ``email``, ``ts``,
 ``user``, ``properties``, and any other top-level field), rendered in a sandbox with strict
@@ -6,6 +6,11 @@ undefined: a reference to a missing field raises :class:`TemplateRenderError`, n
 email with a blank in it. A string that is exactly one expression (``"{{ properties.items }}"``)
 keeps the value's JSON type; other strings render to text. Strings without ``{{`` or ``{%`` are
 kept as they are, as are numbers, booleans and ``null``.
+
+Loading only parses the Jinja strings (syntax errors and the fields read are known then);
+Jinja's code generation, most of a string's cost, waits for its first render and is shared
+by every rule that writes the same string. A string that is exactly a path
+(``{{ properties.cart_url }}``) is read without Jinja whenever the path is there.
 
 Without ``send.data`` the template data is the event's ``user`` and ``properties`` merged; on a
 name in both, the property wins, being the more specific to this event.
@@ -23,44 +28,25 @@ import string
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
-from jinja2 import StrictUndefined, Template, nodes
+from jinja2 import Template
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.runtime import Undefined
-from jinja2.sandbox import SandboxedEnvironment
 
 from trigmail.errors import SpecError, TemplateRenderError
 from trigmail.events import MISSING
+from trigmail.rules.jinjastrings import Field, analyse, compile_expression, compile_text
 
 if TYPE_CHECKING:
     from trigmail.events import Event
 
 Path = tuple[str | int, ...]
-Field = tuple[str | int, ...]
 
 DEFAULT_DEDUPE: Final = "{rule}:{event_id}"
 
-
-class _SandboxedData(SandboxedEnvironment):
-    """The sandbox, except that a mapping's keys come before its methods.
-
-    Jinja resolves ``properties.items`` to ``dict.items`` before the key ``items``; event data
-    is full of such names (``items``, ``values``, ``count``), so the key must win.
-    """
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-
-# Names Jinja itself provides inside templates: never fields of the event.
-_TEMPLATE_NAMES: Final = frozenset({"loop", "self", "caller", "varargs", "kwargs"})
-
-# Autoescape is off: the output is JSON template data, which SendGrid escapes itself.
-_ENV: Final = _SandboxedData(undefined=StrictUndefined, autoescape=False)
+_T = TypeVar("_T")
 
 
 class _Node(Protocol):
@@ -75,15 +61,37 @@ class _Static:
         return self.value
 
 
+class _Once(Generic[_T]):
+    """A value built from a key on first use, then kept.
+
+    Building is idempotent (the builders are pure, cached functions of the source text), so
+    threads that race on the first render each build an equal value and any of them may win:
+    no lock is needed, and a render never waits for another.
+    """
+
+    __slots__ = ("_build", "_key", "_value")
+
+    def __init__(self, build: Callable[[str], _T], key: str) -> None:
+        self._build = build
+        self._key = key
+        self._value: _T | None = None
+
+    def get(self) -> _T:
+        value = self._value
+        if value is None:
+            value = self._value = self._build(self._key)
+        return value
+
+
 @dataclass(frozen=True, slots=True)
 class _Text:
-    template: Template
+    template: _Once[Template]
     where: str
     fields: tuple[Field, ...]
 
     def render(self, data: Mapping[str, Any]) -> Any:
         try:
-            return self.template.render(data)
+            return self.template.get().render(data)
         # Rule authors write these: whatever they raise (a missing field, a sandbox refusal,
         # a division by zero) must set this one event aside, never stop the daemon.
         except Exception as exc:
@@ -92,13 +100,13 @@ class _Text:
 
 @dataclass(frozen=True, slots=True)
 class _Native:
-    expression: TemplateExpression
+    expression: _Once[TemplateExpression]
     where: str
     fields: tuple[Field, ...]
 
     def render(self, data: Mapping[str, Any]) -> Any:
         try:
-            value = self.expression(data)
+            value = self.expression.get()(data)
             if isinstance(value, Undefined):
                 # Raises the UndefinedError or SecurityError the value stands for.
                 str(value)
@@ -107,6 +115,28 @@ class _Native:
             raise
         except Exception as exc:
             raise _render_error(self.where, self.fields, data, exc) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """``{{ properties.cart.id }}``: a plain path, read without Jinja when it is all there.
+
+    Where every step is a key present in a mapping (or an index inside a list), Jinja (with
+    :class:`_SandboxedData`) would read exactly those items, so the result is the same. Any
+    other case (a missing key, an attribute of a string, an unsafe name) goes to ``jinja``,
+    which gives Jinja's value or Jinja's error, message and all.
+    """
+
+    path: Field
+    jinja: _Native
+
+    def render(self, data: Mapping[str, Any]) -> Any:
+        value: Any = data
+        for part in self.path:
+            if not _holds(value, part):
+                return self.jinja.render(data)
+            value = value[part]
+        return _json_value(value, self.jinja.where)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +172,7 @@ class CompiledData:
 
 
 def compile_data(spec: Mapping[str, Any]) -> CompiledData:
-    """Compile a rule's ``send.data``, parsing every Jinja string once.
+    """Compile a rule's ``send.data``: every Jinja string is parsed now, compiled on first use.
 
     Raises:
         SpecError: on a Jinja syntax error or a value JSON cannot hold, with its path.
@@ -197,67 +227,15 @@ def _compile_string(text: str, path: Path, fields: list[Field]) -> _Node:
     if "{{" not in text and "{%" not in text:
         return _Static(text)
     try:
-        ast = _ENV.parse(text)
-        found = _field_chains(ast)
-        expression = _single_expression(ast)
-        where = _where(path)
-        if expression is None:
-            node: _Node = _Text(_ENV.from_string(ast), where, found)
-        else:
-            node = _Native(_compile_expression(expression), where, found)
+        analysis = analyse(text)
     except TemplateSyntaxError as exc:
         raise SpecError(path, f"Jinja syntax error: {exc.message} (line {exc.lineno})") from None
-    fields.extend(found)
-    return node
-
-
-def _single_expression(ast: nodes.Template) -> nodes.Expr | None:
-    """Return the expression of a template that is exactly ``{{ expr }}``, else ``None``."""
-    if len(ast.body) != 1 or not isinstance(ast.body[0], nodes.Output):
-        return None
-    output = ast.body[0].nodes
-    if len(output) != 1 or isinstance(output[0], nodes.TemplateData):
-        return None
-    return output[0]
-
-
-def _compile_expression(expression: nodes.Expr) -> TemplateExpression:
-    # What Environment.compile_expression does with source text, done with the parsed node
-    # so each string is parsed once; the raw value is kept so an Undefined can be reported.
-    body = [nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)]
-    template = _ENV.from_string(nodes.Template(body, lineno=1))
-    return TemplateExpression(template, undefined_to_none=False)
-
-
-def _field_chains(ast: nodes.Template) -> tuple[Field, ...]:
-    """Return the constant attribute/item chains read from the context, in order."""
-    local = {name.name for name in ast.find_all(nodes.Name) if name.ctx != "load"}
-    local.update(_ENV.globals, _TEMPLATE_NAMES)
-    chains: list[Field] = []
-
-    def visit(node: nodes.Node) -> None:
-        chain = _chain(node)
-        if chain is None:
-            for child in node.iter_child_nodes():
-                visit(child)
-        elif chain[0] not in local:
-            chains.append(chain)
-
-    visit(ast)
-    return tuple(chains)
-
-
-def _chain(node: nodes.Node) -> Field | None:
-    if isinstance(node, nodes.Name):
-        return (node.name,)
-    if isinstance(node, nodes.Getattr):
-        base = _chain(node.node)
-        return None if base is None else (*base, node.attr)
-    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-        key = node.arg.value
-        base = _chain(node.node) if isinstance(key, str | int) else None
-        return None if base is None else (*base, key)
-    return None
+    fields.extend(analysis.fields)
+    where = _where(path)
+    if not analysis.single:
+        return _Text(_Once(compile_text, text), where, analysis.fields)
+    native = _Native(_Once(compile_expression, text), where, analysis.fields)
+    return native if analysis.lookup is None else _Lookup(analysis.lookup, native)
 
 
 def _render_error(

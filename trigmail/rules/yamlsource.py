@@ -39,7 +39,27 @@ _FLOAT_RE: Final = re.compile(
 
 
 class _Resolver(yaml.resolver.BaseResolver):
-    """YAML 1.2 core-schema-like resolution: no yes/no/on/off, no dates, no base 60."""
+    """YAML 1.2 core-schema-like resolution: no yes/no/on/off, no dates, no base 60.
+
+    The parser calls these three methods for every node. BaseResolver's versions also serve
+    path resolvers and wildcard resolvers, which this loader has none of; these do the same
+    for the implicit resolvers below at a fraction of the cost.
+    """
+
+    def descend_resolver(self, current_node: Node | None, current_index: Any) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
+    def resolve(self, kind: type[Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is not ScalarNode:
+            return _SEQ if kind is SequenceNode else _MAP
+        if implicit[0]:
+            for tag, regexp in self.yaml_implicit_resolvers.get(value[:1], ()):
+                if regexp.match(value):
+                    return str(tag)
+        return _STR
 
 
 _Resolver.add_implicit_resolver(_BOOL, _BOOL_RE, list("tTfF"))
@@ -92,18 +112,24 @@ class YamlIssue:
     message: str
 
 
+# A (line, col) pair, 1-based. Positions are kept as plain tuples and made Marks on request:
+# a load holds one per key and value of every file (hundreds of thousands), and the garbage
+# collector stops tracking tuples of ints but would walk as many Marks on every full pass.
+_Position = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class YamlDocument:
     """A parsed document: plain values plus where each of them was written.
 
     ``data`` is ``None`` for an empty document or one with a syntax error (then ``issues``
-    says where). ``values`` maps a key path to where its value starts, ``keys`` to where
-    its mapping key starts.
+    says where). ``values`` maps a key path to the 1-based (line, column) where its value
+    starts, ``keys`` to where its mapping key starts; :meth:`position` reads them.
     """
 
     data: Any
-    values: Mapping[Path, Mark]
-    keys: Mapping[Path, Mark]
+    values: Mapping[Path, _Position]
+    keys: Mapping[Path, _Position]
     issues: tuple[YamlIssue, ...] = ()
 
     def position(self, path: Path, *, key: bool = False) -> Mark:
@@ -116,30 +142,38 @@ class YamlDocument:
         probe = path
         while True:
             if key and probe in self.keys:
-                return self.keys[probe]
+                return Mark(*self.keys[probe])
             if probe in self.values:
-                return self.values[probe]
+                return Mark(*self.values[probe])
             if not probe:
                 return Mark(1, 1)
             probe = probe[:-1]
 
 
+def _position(node: Node) -> _Position:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
 def _mark(node: Node) -> Mark:
-    return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+    return Mark(*_position(node))
 
 
 class _Builder:
     """Turns a node graph into plain values, recording positions and issues on the way."""
 
     def __init__(self) -> None:
-        self.values: dict[Path, Mark] = {}
-        self.keys: dict[Path, Mark] = {}
+        self.values: dict[Path, _Position] = {}
+        self.keys: dict[Path, _Position] = {}
         self.issues: list[YamlIssue] = []
         # Node ids on the current path: a recursive alias (``&a [*a]``) must not loop forever.
         self._active: set[int] = set()
 
     def build(self, node: Node, path: Path) -> Any:
-        self.values.setdefault(path, _mark(node))
+        start = node.start_mark
+        self.values.setdefault(path, (start.line + 1, start.column + 1))
+        if isinstance(node, ScalarNode):
+            # Most nodes; a scalar contains nothing, so it cannot be its own ancestor.
+            return self._scalar(node, path)
         if id(node) in self._active:
             self._issue(node, path, "an alias refers to itself")
             return None
@@ -160,25 +194,24 @@ class _Builder:
         if node.tag != _MAP:
             self._issue(node, path, f"unsupported YAML tag {node.tag!r}")
         result: dict[str, Any] = {}
-        first_at: dict[str, Mark] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode):
                 self._issue(key_node, path, "a key must be plain text, not a list or mapping")
                 continue
             # Keys stay exactly as written: `on:` is the text "on", never the boolean true.
             key = str(key_node.value)
-            if key in first_at:
-                first = first_at[key]
+            key_path = (*path, key)
+            if key in result:
+                line, col = self.keys[key_path]
                 self._issue(
                     key_node,
-                    (*path, key),
-                    f"duplicate key {key!r} (first written at line {first.line}, "
-                    f"col {first.col}); keep only one",
+                    key_path,
+                    f"duplicate key {key!r} (first written at line {line}, col {col}); "
+                    "keep only one",
                 )
                 continue
-            first_at[key] = _mark(key_node)
-            self.keys[(*path, key)] = first_at[key]
-            result[key] = self.build(value_node, (*path, key))
+            self.keys[key_path] = _position(key_node)
+            result[key] = self.build(value_node, key_path)
         return result
 
     def _sequence(self, node: SequenceNode, path: Path) -> list[Any]:

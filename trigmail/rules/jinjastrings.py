@@ -1,0 +1,238 @@
+"""The Jinja side of ``send.data``: the sandbox, what loading learns of a string, compiling.
+
+Loading a rule only needs to know whether each Jinja string is valid, which event fields it
+reads, and whether it is one expression (its value keeps its JSON type) or a plain path such
+as ``{{ properties.cart_url }}`` (read without Jinja). :func:`analyse` finds that out by
+parsing, never by generating Python code: code generation is most of Jinja's cost (about
+1 ms a string) and waits for the first render (:func:`compile_text`,
+:func:`compile_expression`). Everything here is a pure function of the text, so it is cached
+by text; parsing is cached by the template's shape too, which is the same for strings that
+differ only in their literal text (``Hi {{ user.first_name }} (rule 7)``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Final
+
+from jinja2 import StrictUndefined, Template, nodes
+from jinja2.environment import TemplateExpression
+from jinja2.exceptions import TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+
+Field = tuple[str | int, ...]
+
+# Enough for every distinct string of a large rule set; beyond it only speed suffers.
+_CACHE_SIZE: Final = 8192
+
+
+class _SandboxedData(SandboxedEnvironment):
+    """The sandbox, except that a mapping's keys come before its methods.
+
+    Jinja resolves ``properties.items`` to ``dict.items`` before the key ``items``; event data
+    is full of such names (``items``, ``values``, ``count``), so the key must win.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+# Names Jinja itself provides inside templates: never fields of the event.
+_TEMPLATE_NAMES: Final = frozenset({"loop", "self", "caller", "varargs", "kwargs"})
+
+# Autoescape is off: the output is JSON template data, which SendGrid escapes itself.
+ENV: Final = _SandboxedData(undefined=StrictUndefined, autoescape=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """What loading needs to know of a Jinja string.
+
+    ``fields`` are the event paths it reads, in order; ``single`` tells a string that is
+    exactly one expression; ``lookup`` is the path of one that is only a path, else ``None``.
+    """
+
+    fields: tuple[Field, ...]
+    single: bool
+    lookup: Field | None
+
+
+def analyse(text: str) -> Analysis:
+    """Parse ``text`` (code generation waits for the first render) and say what it reads.
+
+    Raises:
+        TemplateSyntaxError: whatever Jinja's parser or code generator would raise.
+    """
+    path = _plain_path(text)
+    if path is not None:
+        return Analysis((path,), True, path)
+    return _analyse_text(text)
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def compile_text(source: str) -> Template:
+    """Compile a template rendering to text; shared by all rules writing the same string."""
+    return ENV.from_string(source)
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def compile_expression(source: str) -> TemplateExpression:
+    """Compile a one-expression template whose result keeps its type; shared likewise."""
+    expression = _single_expression(ENV.parse(source))
+    if expression is None:
+        raise ValueError(f"not a single expression: {source!r}")
+    # What Environment.compile_expression does, on the parsed node rather than on text
+    # inside its own delimiters; the raw value is kept so that an Undefined can be reported.
+    body = [nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)]
+    template = ENV.from_string(nodes.Template(body, lineno=1))
+    return TemplateExpression(template, undefined_to_none=False)
+
+
+# `{{ a.b.c }}` with ASCII names and spaces: Jinja's lexer and parser can only read it as a
+# chain of attributes of the name `a`, provided `a` is not one of the words below.
+_PLAIN_PATH: Final = re.compile(r"\{\{ *([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*) *\}\}", re.ASCII)
+_NOT_A_NAME: Final = frozenset(
+    {"true", "false", "none", "True", "False", "None", "not", "and", "or", "in", "is", "if", "else"}
+)
+
+
+def _plain_path(text: str) -> Field | None:
+    """Return the path of a string that is exactly ``{{ a.b.c }}``, without parsing it."""
+    match = _PLAIN_PATH.fullmatch(text)
+    if match is None:
+        return None
+    path = tuple(match.group(1).split("."))
+    head = path[0]
+    if head in _NOT_A_NAME or head in _TEMPLATE_NAMES or head in ENV.globals:
+        return None
+    return path
+
+
+def _analyse_text(text: str) -> Analysis:
+    try:
+        shape = _Shape(_tokens(text), text)
+    except TemplateSyntaxError:
+        # Let the parser raise, for the very error and message it always gave.
+        return _analyse_parsed(text)
+    return _analyse_shape(shape)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """A string's tokens with its literal text left out: equal shapes parse alike.
+
+    Jinja's parser sees tokens only; a literal (``data``) token becomes template data
+    whatever it says, and only whether it is empty changes the tree. So strings of equal
+    shapes have the same fields, the same single expression, the same validity.
+    """
+
+    tokens: tuple[tuple[str, str | bool], ...]
+    text: str = field(compare=False)
+
+
+def _tokens(text: str) -> tuple[tuple[str, str | bool], ...]:
+    return tuple(
+        (kind, bool(value) if kind == "data" else value)
+        for _, kind, value in ENV.lex(text)
+        if kind != "whitespace"
+    )
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _analyse_shape(shape: _Shape) -> Analysis:
+    return _analyse_parsed(shape.text)
+
+
+def _analyse_parsed(text: str) -> Analysis:
+    ast = ENV.parse(text)
+    expression = _single_expression(ast)
+    if _codegen_may_fail(ast):
+        # Compiling now raises the generator's error at load time, as it always did.
+        if expression is None:
+            compile_text(text)
+        else:
+            compile_expression(text)
+    found = _field_chains(ast)
+    lookup = None if expression is None else _lookup(expression)
+    return Analysis(found, expression is not None, lookup)
+
+
+# Node kinds whose code generation itself can fail (a block defined twice, extends below the
+# top level, a macro's caller argument): a template holding one is compiled at load time.
+_CODEGEN_CHECKED: Final = (nodes.Block, nodes.Extends, nodes.Macro, nodes.CallBlock)
+
+
+def _codegen_may_fail(ast: nodes.Template) -> bool:
+    """Tell whether Jinja's code generator could reject ``ast``, which parsed cleanly.
+
+    Besides :data:`_CODEGEN_CHECKED`, the generator rejects unknown filters and tests and an
+    assignment to ``loop``; this errs on the side of compiling (an unknown filter inside an
+    ``if`` only fails at render time, and compiling finds that out).
+    """
+    for node in ast.find_all(nodes.Node):
+        if isinstance(node, _CODEGEN_CHECKED):
+            return True
+        if isinstance(node, nodes.Filter) and node.name not in ENV.filters:
+            return True
+        if isinstance(node, nodes.Test) and node.name not in ENV.tests:
+            return True
+        if isinstance(node, nodes.Name) and node.ctx == "store" and node.name == "loop":
+            return True
+    return False
+
+
+def _lookup(expression: nodes.Expr) -> Field | None:
+    """Return the path of an expression that only reads the event (``a.b[0].c``), else None."""
+    chain = _chain(expression)
+    if chain is None or chain[0] in ENV.globals or chain[0] in _TEMPLATE_NAMES:
+        return None
+    # `a[true]` parses to a key that is an int to Python; leave such oddities to Jinja.
+    if any(isinstance(part, bool) for part in chain):
+        return None
+    return chain
+
+
+def _single_expression(ast: nodes.Template) -> nodes.Expr | None:
+    """Return the expression of a template that is exactly ``{{ expr }}``, else ``None``."""
+    if len(ast.body) != 1 or not isinstance(ast.body[0], nodes.Output):
+        return None
+    output = ast.body[0].nodes
+    if len(output) != 1 or isinstance(output[0], nodes.TemplateData):
+        return None
+    return output[0]
+
+
+def _field_chains(ast: nodes.Template) -> tuple[Field, ...]:
+    """Return the constant attribute/item chains read from the context, in order."""
+    local = {name.name for name in ast.find_all(nodes.Name) if name.ctx != "load"}
+    local.update(ENV.globals, _TEMPLATE_NAMES)
+    chains: list[Field] = []
+
+    def visit(node: nodes.Node) -> None:
+        chain = _chain(node)
+        if chain is None:
+            for child in node.iter_child_nodes():
+                visit(child)
+        elif chain[0] not in local:
+            chains.append(chain)
+
+    visit(ast)
+    return tuple(chains)
+
+
+def _chain(node: nodes.Node) -> Field | None:
+    if isinstance(node, nodes.Name):
+        return (node.name,)
+    if isinstance(node, nodes.Getattr):
+        base = _chain(node.node)
+        return None if base is None else (*base, node.attr)
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        key = node.arg.value
+        base = _chain(node.node) if isinstance(key, str | int) else None
+        return None if base is None else (*base, key)
+    return None
