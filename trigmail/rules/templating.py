@@ -122,7 +122,7 @@ class _Lookup:
     """``{{ properties.cart.id }}``: a plain path, read without Jinja when it is all there.
 
     Where every step is a key present in a mapping (or an index inside a list), Jinja (with
-    :class:`_SandboxedData`) would read exactly those items, so the result is the same. Any
+    the sandbox of ``jinjastrings``) would read exactly those items, so the result is the same. Any
     other case (a missing key, an attribute of a string, an unsafe name) goes to ``jinja``,
     which gives Jinja's value or Jinja's error, message and all.
     """
