@@ -16,8 +16,9 @@ rests on four things:
   then write. Two workers deciding for one user at once would each miss the other's
   uncommitted write, so every read and write keyed by a user first takes
   ``pg_advisory_xact_lock(LOCK_USER, hashtext(user_id))``, held to the end of the transaction.
-  The lock is taken in its own statement: in ``READ COMMITTED`` the next statement's snapshot
-  then includes whatever the previous holder committed. ``SERIALIZABLE`` would also be
+  The lock is taken in its own statement, pipelined with the one it guards (one round trip):
+  in ``READ COMMITTED`` the next statement's snapshot then includes whatever the previous
+  holder committed. ``SERIALIZABLE`` would also be
   correct, but would turn every such overlap into a failed batch to redo; a per-user lock row
   would need a write per user. Two batches locking the same users in opposite orders deadlock;
   PostgreSQL aborts one, which surfaces as :class:`LedgerUnavailableError` and is retried.
