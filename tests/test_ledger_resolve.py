@@ -1,43 +1,22 @@
 """The ledger contract of ``resolve``: an operator settles an in-doubt send.
 
-The ``ledger`` fixture here is parametrised over every implementation. To run these cases on
-PostgreSQL, add ``"postgres"`` to its params and open the ledger on the ``postgres_dsn`` fixture
-(``request.getfixturevalue("postgres_dsn")``), as ``tests/test_ledger_contract.py`` does.
+The ``ledger`` fixture is the contract suite's: every case runs on memory, SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
-from tests.test_ledger_contract import FakeClock, make_send, put_in_state
-from trigmail.ledger import MemoryLedger, SqliteLedger
+from tests.test_ledger_contract import clock, ledger, make_send, put_in_state
 from trigmail.ledger.base import Ledger, SendRecord, SendState
 from trigmail.ledger.memory import RESOLVED_NOT_SENT, RESOLVED_SENT
 from trigmail.rules.model import OnDoubt
 
+__all__ = ["clock", "ledger"]  # the contract suite's fixtures, used by every case here
+
 IN_DOUBT_ERROR = "InDoubtDeliveryError: read timeout"
-
-
-@pytest.fixture
-def clock(t0: datetime) -> FakeClock:
-    return FakeClock(t0)
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
-    opened: Ledger
-    if request.param == "memory":
-        opened = MemoryLedger(clock=clock)
-    else:
-        opened = SqliteLedger(tmp_path / "ledger.db", clock=clock)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def in_doubt(

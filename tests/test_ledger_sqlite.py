@@ -111,11 +111,6 @@ def test_open_ledger_picks_the_implementation(
     assert (tmp_path / "nested/dir/ledger.db").exists() == (kind is SqliteLedger)
 
 
-def test_open_ledger_refuses_postgres_for_now() -> None:
-    with pytest.raises(LedgerError, match="PostgreSQL ledger not available yet"):
-        open_ledger("postgresql://trigmail@db/trigmail")
-
-
 # -- constraints -------------------------------------------------------------------------------
 
 BAD_SENDS: list[tuple[str, dict[str, Any], str]] = [
