@@ -651,3 +651,17 @@ def test_prune_deletes_old_finished_rows_and_keeps_pending_sends(
     assert [entry.event_id for entry in ledger.decision_log()] == ["new"]
     assert [letter.position for letter in ledger.dead_letters()] == ["new"]
     assert ledger.prune(cutoff) == 0
+
+
+def test_only_a_shared_ledger_expires_leases(ledger: Ledger, t0: datetime) -> None:
+    # One process (memory, SQLite) settles its own sends at start and has no leases; a shared
+    # ledger (PostgreSQL) settles a claim whose lease ran out (its worker died).
+    shared = isinstance(ledger, PostgresLedger)
+    put_in_state(ledger, make_send("k", t0), SendState.SENDING, t0)
+    with ledger.transaction() as txn:
+        assert [r.key for r in txn.expire_leases(t0 + timedelta(days=1))] == (
+            ["k"] if shared else []
+        )
+    stored = ledger.get_send("k")
+    assert stored is not None
+    assert stored.state is (SendState.IN_DOUBT if shared else SendState.SENDING)

@@ -270,6 +270,31 @@ def test_recover_settles_own_sends_and_expired_leases(
     assert stored is not None and stored.state is expected
 
 
+EXPIRES: list[tuple[str, int, SendState]] = [
+    ("w2", 59, SendState.SENDING),  # the lease still runs: the claimer may be mid-request
+    ("w2", 60, SendState.IN_DOUBT),  # expired: another worker settles it
+    ("w1", 30, SendState.SENDING),  # a live worker's own running lease is never touched
+]
+
+
+@pytest.mark.parametrize(("expirer", "after_s", "expected"), EXPIRES)
+def test_expire_leases_settles_only_expired_claims(
+    workers: tuple[PostgresLedger, PostgresLedger],
+    t0: datetime,
+    expirer: str,
+    after_s: int,
+    expected: SendState,
+) -> None:
+    first, _ = workers  # w1 claims, with the default 60 s lease
+    put_in_state(first, make_send("k", t0), SendState.SENDING, t0)
+    ledger = next(w for w in workers if w.worker_id == expirer)
+    with ledger.transaction() as txn:
+        changed = txn.expire_leases(t0 + timedelta(seconds=after_s))
+    assert [r.key for r in changed] == ([] if expected is SendState.SENDING else ["k"])
+    stored = first.get_send("k")
+    assert stored is not None and stored.state is expected
+
+
 # -- per-user serialisation: cooldowns, caps, cancellations ------------------------------------
 
 HELD_BACK: list[tuple[str, str]] = [

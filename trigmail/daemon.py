@@ -35,6 +35,8 @@ SLOT_POLL_S = 0.01
 FAILURE_BACKOFF_S = 1.0
 # How often the ledger's scheduled and in-doubt counts are copied into gauges.
 GAUGE_REFRESH_S = 15.0
+# How often claims of dead workers (expired leases of a shared ledger) are looked for.
+LEASE_CHECK_S = 10.0
 # How often rows older than the retention are pruned from the ledger.
 PRUNE_EVERY_S = 3600.0
 
@@ -135,6 +137,7 @@ class Daemon:
         self._last_tick_s = time.monotonic()
         self._last_gauges_s = 0.0
         self._last_prune_s = time.monotonic()
+        self._last_lease_check_s = 0.0
         self._watchdog_s = watchdog_interval_s()
         self._last_watchdog_s = 0.0
 
@@ -188,6 +191,7 @@ class Daemon:
             self._ingest()
             self._fire()
             self._refresh_gauges()
+            self._expire_leases()
             self._prune()
         except LedgerUnavailableError as exc:
             log.warning("ledger: unavailable, pausing: %s", exc)
@@ -268,6 +272,13 @@ class Daemon:
                 log.error("send %s: outcome not recorded: %s", self._in_flight[future][0].key, exc)
         self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("serve: stopped")
+
+    def _expire_leases(self) -> None:
+        now_s = time.monotonic()
+        if now_s - self._last_lease_check_s < LEASE_CHECK_S:
+            return
+        self._last_lease_check_s = now_s
+        self.pipeline.expire_leases()
 
     def _prune(self) -> None:
         now_s = time.monotonic()

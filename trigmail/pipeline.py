@@ -208,7 +208,14 @@ class Pipeline:
             earliest = self.scheduler.next_due_at()
             if earliest is None or earliest > now - timedelta(seconds=linger_s):
                 return []
+            # Cooldowns and caps are per user: a send is claimed before the next send of the
+            # same user is decided (so that one sees it), and sends of distinct users are
+            # claimed together, in one statement.
+            firing: dict[str, str] = {}  # user id -> key, waiting to be claimed
             for send in self.scheduler.pop_due(now, limit):
+                if send.user_id in firing:
+                    claimed.extend(txn.claim(list(firing.values()), now))
+                    firing.clear()
                 decision = decide_due(send, rules, txn, now)
                 if isinstance(decision, Drop):
                     if txn.drop(send.key, decision.reason.value, now):
@@ -221,8 +228,8 @@ class Pipeline:
                     if txn.defer(send.key, decision.due_at):
                         deferred.append(replace(send, due_at=decision.due_at))
                 else:
-                    # Claimed one by one so the next send's cooldown and caps see this one.
-                    claimed.extend(txn.claim([send.key], now))
+                    firing[send.user_id] = send.key
+            claimed.extend(txn.claim(list(firing.values()), now))
             txn.log(entries)
             for send in deferred:
                 self.scheduler.add(send)
@@ -307,6 +314,18 @@ class Pipeline:
         txn.finish([send.key], SendState.FAILED, now, error=error)
         log.warning("send %s: failed: %s", send.key, error)
         return _send_entry(send, Outcome.DROPPED, Reason.FAILED, now, error), None
+
+    def expire_leases(self) -> list[SendRecord]:
+        """Settle the sends of workers that died while sending (shared ledgers only)."""
+        with self.ledger.transaction() as txn:
+            changed = txn.expire_leases(self.clock())
+        with self._lock:
+            for send in changed:
+                if send.state is SendState.SCHEDULED:
+                    self.scheduler.add(send)
+        for send in changed:
+            log.warning("send %s: its worker's lease expired: now %s", send.key, send.state.value)
+        return changed
 
     def recover(self) -> list[SendRecord]:
         """After a crash: settle sends left ``sending`` (in doubt, or rescheduled to resend)."""

@@ -183,6 +183,15 @@ class LedgerTxn(Protocol):
         """Give a ``scheduled`` send a later ``due_at``; ``False`` if not scheduled."""
         ...
 
+    def expire_leases(self, at: datetime) -> list[SendRecord]:
+        """Settle, as :meth:`recover_in_flight` does, the ``sending`` sends whose claim's lease
+        expired by ``at``: their worker died while the others live on. Returns them in key order.
+
+        Only a ledger shared by several workers (PostgreSQL) has leases; memory and SQLite, the
+        ledgers of one process, return ``[]`` (their process settles its own sends at start).
+        """
+        ...
+
     def recover_in_flight(self, at: datetime) -> list[SendRecord]:
         """After a crash: every ``sending`` send this ledger may settle becomes ``in_doubt``,
         except under ``on_doubt: resend``, where it becomes ``scheduled`` again. Returns the

@@ -325,6 +325,9 @@ class MemoryTxn:
             return True
         return False
 
+    def expire_leases(self, at: datetime) -> list[SendRecord]:
+        return []  # one process, no leases: its own sends are settled at its start
+
     def recover_in_flight(self, at: datetime) -> list[SendRecord]:
         at = as_utc(at)
         sending = [r for r in self._live().sends.values() if r.state == SendState.SENDING]

@@ -78,6 +78,16 @@ WHERE state = 'sending'
     AND (lease_owner = %(owner)s OR lease_until IS NULL OR lease_until <= %(at)s)
 RETURNING *
 """
+# Why an expired lease's send is in doubt: its worker died between claiming and recording.
+LEASE_EXPIRED_ERROR = "the worker sending it stopped answering (lease expired)"
+_EXPIRE = """
+UPDATE sends SET
+    state = CASE on_doubt WHEN 'resend' THEN 'scheduled' ELSE 'in_doubt' END,
+    claimed_at = CASE on_doubt WHEN 'resend' THEN NULL ELSE claimed_at END,
+    lease_until = NULL, last_error = %(error)s, updated_at = %(at)s
+WHERE state = 'sending' AND lease_until <= %(at)s
+RETURNING *
+"""
 _RESOLVE = """
 UPDATE sends SET
     state = CASE WHEN %(sent)s THEN 'sent' ELSE 'scheduled' END,
@@ -305,6 +315,10 @@ class PostgresTxn:
             (as_utc(due_at), as_utc(self._clock()), key),
         )
         return moved == 1
+
+    def expire_leases(self, at: datetime) -> list[SendRecord]:
+        params = {"error": LEASE_EXPIRED_ERROR, "at": as_utc(at)}
+        return sorted(self._sends(_EXPIRE, params), key=lambda record: record.key)
 
     def recover_in_flight(self, at: datetime) -> list[SendRecord]:
         params = {"error": RECOVERED_ERROR, "at": as_utc(at), "owner": self._worker_id}
