@@ -225,7 +225,26 @@ def parse_event(line: str | bytes, read_at: datetime) -> Event:
         raise BadEventError("invalid_json", f"not JSON: {exc}") from None
     if _may_hold_surrogate(line) and _has_lone_surrogate(obj):
         raise BadEventError("invalid_json", "a string holds a lone surrogate: not Unicode text")
+    if _may_hold_nul(line) and _holds_nul(obj):
+        # PostgreSQL's text and jsonb refuse U+0000: one such event must not block a batch.
+        raise BadEventError("bad_field", "a string holds a NUL character (\\u0000)")
     return event_from_object(obj, read_at)
+
+
+def _may_hold_nul(line: str | bytes) -> bool:
+    if isinstance(line, bytes):
+        return b"\\u0000" in line or b"\x00" in line
+    return "\\u0000" in line or "\x00" in line
+
+
+def _holds_nul(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return "\x00" in obj
+    if isinstance(obj, dict):
+        return any(_holds_nul(key) or _holds_nul(value) for key, value in obj.items())
+    if isinstance(obj, list):
+        return any(_holds_nul(item) for item in obj)
+    return False
 
 
 def _refuse_constant(name: str) -> Any:

@@ -1,0 +1,114 @@
+"""Event parsing (DESIGN.md §1): every bad event is a typed error with a stable reason."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from trigmail.errors import BadEventError
+from trigmail.events import MISSING, event_hash_id, parse_event
+
+READ_AT = datetime(2026, 11, 27, 21, 0, tzinfo=UTC)
+GOOD = {
+    "id": "evt_1",
+    "event": "cart_abandoned",
+    "user_id": "u_123",
+    "email": "ana@example.com",
+    "ts": "2026-11-27T20:00:00Z",
+    "user": {"first_name": "Ana", "timezone": "Europe/Lisbon"},
+    "properties": {"cart_value": 82.5},
+}
+
+
+def line(**changes: object) -> bytes:
+    event = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in event.items() if v is not MISSING}).encode()
+
+
+def test_a_good_event() -> None:
+    event = parse_event(line(), READ_AT)
+    assert (event.id, event.name, event.user_id, event.email) == (
+        "evt_1",
+        "cart_abandoned",
+        "u_123",
+        "ana@example.com",
+    )
+    assert event.ts == datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
+    assert event.lookup("properties.cart_value") == 82.5
+    assert event.lookup("user.timezone") == "Europe/Lisbon"
+    assert event.lookup("properties.missing") is MISSING
+
+
+def test_without_id_the_id_is_a_hash_of_the_canonical_json() -> None:
+    reordered = b'{"user_id": "u_1", "event": "signup"}'
+    first = parse_event(b'{"event": "signup", "user_id": "u_1"}', READ_AT)
+    again = parse_event(reordered, READ_AT)
+    assert first.id == again.id == event_hash_id({"event": "signup", "user_id": "u_1"})
+    assert first.id != parse_event(b'{"event": "signup", "user_id": "u_2"}', READ_AT).id
+
+
+def test_without_ts_the_time_is_when_it_was_read() -> None:
+    assert parse_event(line(ts=MISSING), READ_AT).ts == READ_AT
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("2026-11-27T20:00:00Z", datetime(2026, 11, 27, 20, 0, tzinfo=UTC)),  # Zulu
+        ("2026-11-27T21:00:00+01:00", datetime(2026, 11, 27, 20, 0, tzinfo=UTC)),  # an offset
+        ("2026-11-27T20:00:00.250Z", datetime(2026, 11, 27, 20, 0, 0, 250_000, tzinfo=UTC)),  # ms
+    ],
+)
+def test_ts_is_normalised_to_utc(ts: str, expected: datetime) -> None:
+    assert parse_event(line(ts=ts), READ_AT).ts == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "invalid_json"),  # not JSON at all
+        (b'{"event": "a", "user_id": "u"', "invalid_json"),  # a half-written line
+        (b'{"event": "a", "user_id": "u", "n": NaN}', "invalid_json"),  # NaN is not JSON
+        (b'{"event": "a", "user_id": "\\ud800"}', "invalid_json"),  # a lone surrogate
+        (b"[1, 2]", "not_object"),  # an array
+        (b'"text"', "not_object"),  # a string
+        (line(event=MISSING), "missing_field"),  # no event name
+        (line(user_id=MISSING), "missing_field"),  # no user
+        (line(user_id=""), "bad_field"),  # an empty user
+        (line(user_id=7), "bad_field"),  # a number for a user
+        (line(id=""), "bad_field"),  # an empty id
+        (line(properties=[1]), "bad_field"),  # properties not an object
+        (line(user="Ana"), "bad_field"),  # user not an object
+        (line(user_id="u\x00"), "bad_field"),  # a NUL character (PostgreSQL refuses it)
+        (line(ts="yesterday"), "bad_ts"),  # not RFC 3339
+        (line(ts="2026-11-27T20:00:00"), "bad_ts"),  # no offset
+        (line(ts=1764273600), "bad_ts"),  # epoch seconds are not RFC 3339
+        (line(email="ana@"), "bad_email"),  # no domain
+        (line(email="ana.example.com"), "bad_email"),  # no @
+        (line(email=42), "bad_email"),  # not a string
+    ],
+)
+def test_bad_events_raise_with_a_stable_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(BadEventError) as caught:
+        parse_event(raw, READ_AT)
+    assert caught.value.reason == reason
+    assert caught.value.detail
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "ana@example.com",  # plain
+        "ana.maria+promo@mail.example.co.uk",  # dots, plus, subdomains
+        "josé@exemplo.pt",  # internationalised local part (email-validator decides)
+    ],
+)
+def test_valid_addresses(email: str) -> None:
+    assert parse_event(line(email=email), READ_AT).email == email
+
+
+def test_an_escaped_backslash_before_u0000_is_plain_text() -> None:
+    event = parse_event(b'{"event": "a", "user_id": "u\\\\u0000"}', READ_AT)
+    assert event.user_id == "u\\u0000"
