@@ -15,7 +15,7 @@ from trigmail.cli.common import ConfigOption, fail, load, setup_logging
 from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig
 from trigmail.daemon import Daemon
 from trigmail.errors import ConfigError, LedgerError, RulesError
-from trigmail.ledger import open_ledger
+from trigmail.ledger import Ledger, PostgresLedger, open_ledger
 from trigmail.logs import register_secret
 from trigmail.metrics import Metrics, serve_metrics
 from trigmail.pipeline import RetryPolicy
@@ -77,6 +77,18 @@ def _rules(config: Config, metrics: Metrics) -> RuleStore:
     return store
 
 
+def _claim_spool(source: Source, ledger: Ledger) -> None:
+    """A spool has one reader: with a shared ledger, a second worker must not start."""
+    if not isinstance(source, SpoolSource) or not isinstance(ledger, PostgresLedger):
+        return
+    if not ledger.acquire_exclusive(source.name):
+        ledger.close()
+        raise ConfigError(
+            f"another trigmail worker already reads {source.path} with this PostgreSQL "
+            "ledger; a spool has one worker only (use a Redis stream for several)"
+        )
+
+
 def _install_signals(daemon: Daemon) -> None:
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("serve: %s received: stopping", signal.Signals(signum).name)
@@ -97,8 +109,9 @@ def run(config: Config) -> None:
     metrics = Metrics()
     rules = _rules(config, metrics)
     ledger = open_ledger(config.ledger)
-    provider = _provider(config)
     source = _source(config)
+    _claim_spool(source, ledger)
+    provider = _provider(config)
     daemon = Daemon(
         source,
         ledger,
