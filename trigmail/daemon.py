@@ -164,6 +164,7 @@ class Daemon:
         with self.ledger.transaction() as txn:
             position = txn.get_position(self.source.name)
         self.source.start(position)
+        self._restore_dead_letters()
         self.notifier.ready()
         self.notifier.status(f"serving {self.source.name}, rules {self.rules().version}")
         log.info("serve: ready: source=%s rules=%s", self.source.name, self.rules().version)
@@ -174,6 +175,20 @@ class Daemon:
             self.notifier.stopping()
             self._drain()
             self.source.close()
+
+    def _restore_dead_letters(self) -> None:
+        # A batch's dead letters reach the source's place after its commit: a crash in between
+        # left them in the ledger alone. They are the ledger's latest for this source, all
+        # stamped with the batch's one commit time.
+        mine = [
+            d for d in self.ledger.dead_letters(self.batch_size) if d.source == self.source.name
+        ]
+        last = [d for d in reversed(mine) if d.at == mine[0].at]
+        restored = self.source.restore_dead_letters(last)
+        if restored:
+            log.warning(
+                "source %s: %d dead letters written again after a crash", self.source.name, restored
+            )
 
     def _tick(self) -> None:
         self._last_tick_s = time.monotonic()

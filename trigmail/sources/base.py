@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from trigmail.decisions import Reason
+from trigmail.ledger.base import DeadLetter
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,11 @@ class Source(Protocol):
 
     def dead_letter(self, item: SourceItem, reason: str, detail: str) -> None:
         """Set a bad item aside, durably, with a stable ``reason`` and a human ``detail``."""
+        ...
+
+    def restore_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """On start, set aside again those of the last batch's ``letters`` (the ledger's copy)
+        that a crash kept from this source's dead-letter place; return how many."""
         ...
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from trigmail.errors import SourceError
 from trigmail.events import format_ts
+from trigmail.ledger.base import DeadLetter
 from trigmail.secrets import redact_url
 from trigmail.sources import keys
 from trigmail.sources.base import SourceItem, SourceReason, raw_text, utc_now
@@ -159,6 +160,11 @@ class RedisStreamSource:
         Not logged here: the daemon, which chose the reason, logs and counts it.
         """
         self._guarded(lambda: self._set_aside(self._connection(), item, reason, detail))
+
+    def restore_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Nothing to restore: a letter is added atomically with its entry's ``XACK``, and an
+        entry not acknowledged is delivered again and decided again."""
+        return 0
 
     def close(self) -> None:
         self._disconnect()

@@ -38,6 +38,7 @@ from pathlib import Path
 from trigmail import faults
 from trigmail.errors import SourceError
 from trigmail.events import format_ts
+from trigmail.ledger.base import DeadLetter
 from trigmail.sources.base import SourceItem, SourceReason, raw_text, utc_now
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,23 @@ def _fingerprint(head: bytes) -> tuple[str, int]:
     newline = head.find(b"\n", 0, FINGERPRINT_MAX_BYTES)
     covered = newline + 1 if newline >= 0 else min(len(head), FINGERPRINT_MAX_BYTES)
     return _digest(head[:covered]), covered
+
+
+def _last_lines(path: Path, count: int) -> list[bytes]:
+    """Return the last ``count`` lines of ``path`` (fewer if it is shorter or missing)."""
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return []
+    with file:
+        end = file.seek(0, os.SEEK_END)
+        start, data = end, b""
+        # Read backwards until the chunk holds more newlines than lines wanted, or the start.
+        while start > 0 and data.count(b"\n") <= count:
+            start = max(0, start - _CHUNK_BYTES)
+            file.seek(start)
+            data = file.read(end - start)
+    return data.splitlines()[-count:]
 
 
 def _digest(data: bytes) -> str:
@@ -292,6 +310,29 @@ class SpoolSource:
         Not logged here: the daemon, which chose the reason, logs and counts it.
         """
         self._write_dead_letter(item.ref, reason, detail, item.data)
+
+    def restore_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Append those of ``letters`` the dead-letter file lacks; return how many.
+
+        The daemon writes a batch's dead letters here only after committing the batch, so a
+        crash in between leaves them in the ledger alone. Those present are among the file's
+        last ``len(letters)`` lines, as nothing is written after them before the restart.
+        """
+        if not letters:
+            return 0
+        present = set()
+        for line in _last_lines(self.dead_path, len(letters)):
+            try:
+                record = json.loads(line)
+                present.add((record["ref"], record["reason"], record["raw"]))
+            except (ValueError, TypeError, KeyError):
+                continue  # a line torn by the crash itself: its letter is written again
+        missing = [d for d in letters if (d.position, d.reason, d.raw) not in present]
+        for letter in missing:
+            self._write_dead_letter(
+                letter.position, letter.reason, letter.detail, letter.raw.encode()
+            )
+        return len(missing)
 
     def close(self) -> None:
         if self._tail is not None:
