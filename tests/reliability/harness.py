@@ -64,6 +64,7 @@ class RunSpec:
         max_chunk: the most lines one write holds.
         lines_per_s: the feeding pace.
         drain_timeout_s: how long the last daemon may take to finish everything.
+        first_kill_at: ``point[:n]`` armed on the first daemon, to reach a point deliberately.
     """
 
     seed: int
@@ -75,6 +76,7 @@ class RunSpec:
     max_chunk: int = 40
     lines_per_s: float = 2000.0
     drain_timeout_s: float = 180.0
+    first_kill_at: str | None = None  # TRIGMAIL_KILL_AT for the first daemon: a deliberate kill
 
 
 @dataclass
@@ -107,11 +109,13 @@ class Daemons:
         self.serve: Serve | None = None
         self.armed = False
 
-    def start(self, arm: tuple[KillPoint, ...] = ()) -> None:
+    def start(self, arm: tuple[KillPoint, ...] = (), kill_at: str | None = None) -> None:
         extra = {"SENDGRID_API_KEY": self.api_key}
-        self.armed = bool(arm) and self.rng.random() < ARM_CHANCE
-        if self.armed:
-            extra[KILL_AT_ENV] = f"{self.rng.choice(arm).value}:{self.rng.randint(1, 20)}"
+        self.armed = kill_at is not None or (bool(arm) and self.rng.random() < ARM_CHANCE)
+        if kill_at is None and self.armed:
+            kill_at = f"{self.rng.choice(arm).value}:{self.rng.randint(1, 20)}"
+        if kill_at is not None:
+            extra[KILL_AT_ENV] = kill_at
         self.serve = Serve(self.root, self.args, clean_env(extra))
         self.instances.append(Instance(len(self.instances), time.time()))
         self.serve.start()
@@ -149,6 +153,7 @@ class Daemons:
         return self.serve
 
     def _ended(self, how: str) -> None:
+        self._running().kill()  # reaps it and closes its pipe (it has exited already)
         self.instances[-1].ended_at = time.time()
         self.instances[-1].end = how
         self.serve = None
@@ -192,7 +197,7 @@ class Run:
     def execute(self) -> RunResult:
         started_s = time.monotonic()
         try:
-            self.daemons.start(self.arm)
+            self.daemons.start(self.arm, self.spec.first_kill_at)
             self._feed_all()
             drained = self._drain()
             code = self.daemons.stop()
