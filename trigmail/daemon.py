@@ -211,6 +211,11 @@ class Daemon:
         except LedgerUnavailableError as exc:
             log.warning("ledger: unavailable, pausing: %s", exc)
             self._stop.wait(FAILURE_BACKOFF_S)
+        except SourceError as exc:
+            # Acknowledging or setting aside failed after the commit (Redis went away): the
+            # entries stay pending, come again after the reconnect and are known duplicates.
+            log.warning("source %s: %s; retrying", self.source.name, exc)
+            self._stop.wait(FAILURE_BACKOFF_S)
 
     def _ingest(self) -> None:
         items = self._held or self._read()
