@@ -119,7 +119,8 @@ class Daemons:
         self.serve = Serve(self.root, self.args, clean_env(extra))
         self.instances.append(Instance(len(self.instances), time.time()))
         self.serve.start()
-        self.serve.wait_ready(60)
+        # Not wait_ready: an armed daemon may die just after "ready", before /healthz answers.
+        self.serve.wait_line(r"serve: ready", 60)
 
     def kill(self) -> None:
         if self.died():
