@@ -168,3 +168,10 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         assert "redispw" not in shown
         assert "pgpw" not in shown
     assert "<secret>" in repr(config.source)
+
+
+def test_the_consumer_name_refines_a_configured_stream(tmp_path: Path) -> None:
+    path = write(tmp_path, "source: {redis: {url: 'redis://127.0.0.1:6379/0', stream: s}}\n")
+    source = load_config(path, environ={"TRIGMAIL_REDIS_CONSUMER": "worker1"}).source
+    assert isinstance(source, RedisConfig)
+    assert (source.consumer, source.stream) == ("worker1", "s")

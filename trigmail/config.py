@@ -47,6 +47,7 @@ CONFIG_ENV: Final = "TRIGMAIL_CONFIG"
 ENV_OVERRIDES: Final[Mapping[str, tuple[str, ...]]] = {
     "TRIGMAIL_SPOOL": ("source", "spool"),
     "TRIGMAIL_REDIS_URL": ("source", "redis", "url"),
+    "TRIGMAIL_REDIS_CONSUMER": ("source", "redis", "consumer"),
     "TRIGMAIL_RULES_DIR": ("rules_dir",),
     "TRIGMAIL_LEDGER": ("ledger",),
     "TRIGMAIL_FROM_EMAIL": ("from", "email"),
@@ -189,6 +190,10 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    if path == ("source", "redis", "consumer"):
+        # The consumer name refines a configured stream; it does not replace the source.
+        data.setdefault("source", {}).setdefault("redis", {})["consumer"] = value
+        return
     if path[0] == "source":
         # A source is one thing: overriding the spool replaces a configured stream.
         data["source"] = {}

@@ -108,7 +108,10 @@ def run(config: Config) -> None:
     log.info("serve: starting with %s", config.describe())
     metrics = Metrics()
     rules = _rules(config, metrics)
-    ledger = open_ledger(config.ledger)
+    # A worker's stream consumer name also names it in the ledger's leases, so a restarted
+    # worker settles its own in-flight sends at once instead of after their lease.
+    worker_id = config.source.consumer if isinstance(config.source, RedisConfig) else None
+    ledger = open_ledger(config.ledger, worker_id=worker_id)
     source = _source(config)
     _claim_spool(source, ledger)
     provider = _provider(config)

@@ -16,16 +16,22 @@ _MEMORY_TARGETS = frozenset({":memory:", "memory"})
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_ledger(target: str | Path, busy_timeout_s: float = 5.0, clock: Clock = utc_now) -> Ledger:
+def open_ledger(
+    target: str | Path,
+    busy_timeout_s: float = 5.0,
+    clock: Clock = utc_now,
+    worker_id: str | None = None,
+) -> Ledger:
     """Open the ledger a config's ``ledger:`` value names.
 
     Args:
         target: ``:memory:`` (or ``memory``) for an in-memory ledger, a ``postgresql://`` URL
-            (a ledger shared by several workers, each named ``<hostname>-<pid>`` in the leases of
-            its claims), or the path of a SQLite file, created with its parent directory when
-            missing.
+            (a ledger shared by several workers), or the path of a SQLite file, created with its
+            parent directory when missing.
         busy_timeout_s: how long a SQLite write waits for another process's lock.
         clock: the time of writes that carry none; ``simulate`` passes its virtual clock.
+        worker_id: this worker's name in a shared ledger's leases (default
+            ``<hostname>-<pid>``); it must be unique among the live workers.
 
     Raises:
         LedgerError: when the ledger cannot be opened or is of a newer schema.
@@ -34,7 +40,7 @@ def open_ledger(target: str | Path, busy_timeout_s: float = 5.0, clock: Clock = 
     if text in _MEMORY_TARGETS:
         return MemoryLedger(clock=clock)
     if text.startswith(_POSTGRES_SCHEMES):
-        return PostgresLedger(text, clock=clock)
+        return PostgresLedger(text, worker_id=worker_id, clock=clock)
     path = Path(target)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
