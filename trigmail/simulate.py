@@ -100,7 +100,9 @@ class Simulation:
     def run_until(self, until: datetime | None) -> None:
         """Fire every send due up to ``until`` (all of them when ``None``) at its due time."""
         self._start()
-        while (due_at := self._next_due_at()) is not None and (until is None or due_at <= until):
+        while (due_at := self._next_due_at(until)) is not None and (
+            until is None or due_at <= until
+        ):
             self.clock.advance(due_at)
             self.pipeline.deliver(self.pipeline.fire_due())
         if until is not None:
@@ -128,11 +130,17 @@ class Simulation:
             self._started = True
             self.pipeline.start()
 
-    def _next_due_at(self) -> datetime | None:
+    def _next_due_at(self, until: datetime | None) -> datetime | None:
         scheduler = self.pipeline.scheduler
         cached = scheduler.next_due_at()
-        if cached is not None and scheduler.loaded_until and cached <= scheduler.loaded_until:
-            return cached
+        loaded_until = scheduler.loaded_until
+        if loaded_until is not None and (cached is not None or until is not None):
+            # Everything due by the horizon is cached; past it, the horizon's end is when to
+            # look again (a refill), which spares a ledger query per event.
+            if cached is not None and cached <= loaded_until:
+                return cached
+            if until is not None and until <= loaded_until:
+                return None
         with self.ledger.transaction() as txn:
             stored = txn.next_due_at()
         if cached is None or stored is None:
