@@ -52,7 +52,7 @@ def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
 
 
 def test_a_new_file_gets_the_latest_schema(ledger: SqliteLedger, db_path: Path) -> None:
-    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "1"
+    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "2"
     names = {name for (name,) in query(db_path, "SELECT name FROM sqlite_master")}
     tables = {"meta", "sends", "send_categories", "seen_events", "positions", "decision_log"}
     assert tables | {"dead_letters"} <= names
@@ -67,7 +67,9 @@ def test_reopening_keeps_data_and_schema(db_path: Path, t0: datetime) -> None:
     with closing(SqliteLedger(db_path)) as second, second.transaction() as txn:
         assert txn.send_exists("k1")
         assert txn.get_position("spool") == "9"
-    assert query(db_path, "SELECT value FROM meta WHERE name = 'schema_version'") == [("1",)]
+    assert query(db_path, "SELECT value FROM meta WHERE name = 'schema_version'") == [
+        (str(LATEST_VERSION),)
+    ]
 
 
 def test_connection_pragmas(ledger: SqliteLedger, db_path: Path) -> None:
