@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--horizon", type=float, default=300.0, help="scheduler horizon, s")
     parser.add_argument("--max-entries", type=int, default=50_000, help="scheduler heap bound")
     parser.add_argument("--batch-window", type=float, default=0.025, help="seconds")
+    parser.add_argument("--ready-timeout", type=float, default=90.0, help="seconds")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ledger", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -114,7 +115,12 @@ def _restart(ledger: Path, url: str, args: argparse.Namespace) -> None:
     started = time.monotonic()
     started_at = utc_now()
     with serve:
-        serve.wait_line(r"serve: ready", timeout_s=100)
+        try:
+            serve.wait_line(r"serve: ready", timeout_s=args.ready_timeout)
+        except AssertionError:
+            rss_mb = peak_rss_mb(serve.proc.pid)
+            print(f"not ready within {args.ready_timeout:g} s; peak RSS so far {rss_mb:.0f} MiB")
+            return
         ready_s = time.monotonic() - started
         ready_at = started_at + timedelta(seconds=ready_s)
         end = started + args.lead + args.window + 2.0
