@@ -15,8 +15,10 @@ import shlex
 import sys
 import tempfile
 import uuid
+from dataclasses import fields, replace
 from pathlib import Path
 
+from tests.fake_sendgrid import FaultRates
 from tests.reliability.feeds import Feed, RedisFeed, SpoolFeed
 from tests.reliability.harness import ALL_FAULTS, RunSpec, run
 
@@ -30,6 +32,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rotate-every", type=int, default=5000, help="lines (spool only)")
     parser.add_argument("--lines-per-s", type=float, default=500.0)
     parser.add_argument("--dir", type=Path, help="keep the run's files here")
+    # Sends due together share one request, so a run makes far fewer requests than emails:
+    # scaling the rates up makes every fault class show up in a run of a few hundred requests.
+    parser.add_argument("--fault-scale", type=float, default=1.0, help="multiply fault rates")
     return parser.parse_args(argv)
 
 
@@ -37,6 +42,13 @@ def _feed(args: argparse.Namespace, root: Path) -> Feed:
     if args.redis_url:
         return RedisFeed(args.redis_url, f"trigmail-reliability:{uuid.uuid4().hex[:12]}")
     return SpoolFeed(root / "events.jsonl", random.Random(args.seed + 2))
+
+
+def _scaled(rates: FaultRates, scale: float) -> FaultRates:
+    chances = {
+        f.name: getattr(rates, f.name) * scale for f in fields(rates) if f.name != "latency_s"
+    }
+    return replace(rates, **chances)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         events=args.events,
         kills=args.kills,
         kill_points=True,
-        rates=ALL_FAULTS,
+        rates=_scaled(ALL_FAULTS, args.fault_scale),
         rotate_every=0 if args.redis_url else args.rotate_every,
         lines_per_s=args.lines_per_s,
         max_chunk=10,
