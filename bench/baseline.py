@@ -13,7 +13,6 @@ Run through ``bench.bench_ingest --baseline`` and ``bench.bench_delivery --basel
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import sendgrid
@@ -23,6 +22,7 @@ from bench.common import FAKE_API_KEY, SENDER, utc_now
 from trigmail.decisions import Cancel, Fire, Schedule
 from trigmail.engine import decide, decide_due
 from trigmail.events import parse_event
+from trigmail.ingest import record_for
 from trigmail.ledger.base import SendRecord, SendState
 from trigmail.ledger.sqlite import SqliteLedger
 from trigmail.rules.model import RuleSet
@@ -45,7 +45,7 @@ def ingest(spool: Path, ledger_path: Path, rules: RuleSet) -> int:
                 with ledger.transaction() as txn:
                     for decision in decide(event, rules, txn, now):
                         if isinstance(decision, Schedule):
-                            txn.insert_send(_record(decision, rules.version, now))
+                            txn.insert_send(record_for(decision, rules.version, now))
                         elif isinstance(decision, Cancel):
                             txn.cancel_sends(decision.keys, decision.reason.value, now)
                     txn.mark_seen(event.id, now)
@@ -95,21 +95,3 @@ def _mail(send: SendRecord) -> Mail:
     if payload.reply_to is not None:
         message.reply_to = ReplyTo(payload.reply_to.email, payload.reply_to.name)
     return message
-
-
-def _record(decision: Schedule, rules_version: str, now: datetime) -> SendRecord:
-    return SendRecord(
-        key=decision.key,
-        rule_id=decision.rule_id,
-        step=decision.step,
-        user_id=decision.user_id,
-        email=decision.email,
-        event_id=decision.event_id,
-        due_at=decision.due_at,
-        payload=decision.payload,
-        on_doubt=decision.on_doubt,
-        rules_version=rules_version,
-        cancel_match=decision.cancel_match,
-        created_at=now,
-        updated_at=now,
-    )

@@ -26,6 +26,7 @@ from trigmail.decisions import (
 )
 from trigmail.engine import decide, decide_due
 from trigmail.events import Event, event_from_object, format_ts
+from trigmail.ingest import record_for
 from trigmail.ledger.base import LedgerTxn, SendRecord
 from trigmail.ledger.memory import MemoryLedger
 from trigmail.rules.loader import parse_rules
@@ -105,19 +106,7 @@ def cart_event(event_id: str = "e1", **kw: Any) -> Event:
 
 
 def record_of(decision: Schedule) -> SendRecord:
-    return SendRecord(
-        key=decision.key,
-        rule_id=decision.rule_id,
-        step=decision.step,
-        user_id=decision.user_id,
-        email=decision.email,
-        event_id=decision.event_id,
-        due_at=decision.due_at,
-        payload=decision.payload,
-        on_doubt=decision.on_doubt,
-        rules_version="test",
-        cancel_match=decision.cancel_match,
-    )
+    return record_for(decision, "test", decision.due_at)
 
 
 def commit(txn: LedgerTxn, event: Event, decisions: list[Decision]) -> list[SendRecord]:

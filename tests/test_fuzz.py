@@ -29,8 +29,9 @@ from tests.serve_harness import Serve, clean_env, wait_for
 from trigmail.decisions import LogEntry, Outcome, Reason
 from trigmail.errors import BadEventError
 from trigmail.events import Event, parse_event
+from trigmail.ingest import RawItem
 from trigmail.ledger import MemoryLedger
-from trigmail.pipeline import Pipeline, RawItem
+from trigmail.pipeline import Pipeline
 from trigmail.providers.outbox import key_filename
 from trigmail.providers.recording import RecordingProvider
 from trigmail.rules.loader import ParseResult, Severity, load_rules, parse_rules

@@ -22,10 +22,11 @@ from trigmail.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
+from trigmail.ingest import RawItem
 from trigmail.ledger.base import Ledger, SendState
 from trigmail.ledger.memory import MemoryLedger
 from trigmail.ledger.sqlite import SqliteLedger
-from trigmail.pipeline import Pipeline, RawItem, RetryPolicy
+from trigmail.pipeline import Pipeline, RetryPolicy
 from trigmail.providers.recording import RecordingProvider
 from trigmail.rules.loader import parse_rules
 from trigmail.rules.model import RuleSet

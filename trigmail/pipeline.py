@@ -11,24 +11,18 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from trigmail import faults
 from trigmail.decisions import (
-    Cancel,
-    Decision,
     Defer,
     Drop,
     LogEntry,
     Outcome,
     Reason,
-    Schedule,
-    SetAside,
-    Skip,
 )
-from trigmail.engine import decide, decide_due
+from trigmail.engine import decide_due
 from trigmail.errors import (
     BadEventError,
     DeliveryError,
@@ -36,8 +30,9 @@ from trigmail.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from trigmail.events import Event, parse_event
-from trigmail.ledger.base import DeadLetter, Ledger, LedgerTxn, SendRecord, SendState
+from trigmail.events import Event
+from trigmail.ingest import BatchWriter, Ingested, Item, parse_item
+from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
 from trigmail.providers.base import Email, Provider
 from trigmail.providers.sendgrid import split_batch
 from trigmail.rules.model import OnDoubt, RuleSet
@@ -48,46 +43,6 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 HTTP_BAD_REQUEST = 400
-
-
-class Item(Protocol):
-    """One raw event as a source read it (``sources.base.SourceItem`` is one)."""
-
-    @property
-    def data(self) -> bytes: ...
-
-    @property
-    def ref(self) -> str: ...
-
-    @property
-    def position(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class RawItem:
-    """A plain :class:`Item`, for callers without a source (``simulate``, tests)."""
-
-    data: bytes
-    ref: str
-    position: str = ""
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A raw item set aside, for the source to put in its dead-letter place after the commit."""
-
-    item: Item
-    reason: str
-    detail: str
-
-
-@dataclass
-class Ingested:
-    """What one ingested batch decided."""
-
-    entries: list[LogEntry] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
-    scheduled: list[SendRecord] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -156,7 +111,7 @@ class Pipeline:
         result = Ingested()
         items = [item for item, _ in parsed]
         with self.ledger.transaction() as txn:
-            batch = _Batch(txn, rules, now, source_name or "", result)
+            batch = BatchWriter(txn, rules, now, source_name or "", result)
             for item, event in parsed:
                 batch.ingest(item, event)
             if source_name is not None and items:
@@ -342,90 +297,6 @@ class Pipeline:
                 self.on_entry(entry)
 
 
-@dataclass
-class _Batch:
-    """Applies the decisions of one batch of items inside its ledger transaction."""
-
-    txn: LedgerTxn
-    rules: RuleSet
-    now: datetime
-    source: str
-    result: Ingested
-
-    def ingest(self, item: Item, event: Event | BadEventError) -> None:
-        if isinstance(event, BadEventError):
-            exc = event
-            self._reject(item, exc.reason, exc.detail)
-            self.result.entries.append(_bad_event_entry(item, exc, self.now))
-            return
-        decisions = decide(event, self.rules, self.txn, self.now)
-        for decision in decisions:
-            self._apply(event, decision)
-        set_aside = [d for d in decisions if isinstance(d, SetAside)]
-        if set_aside:
-            detail = "; ".join(f"{d.rule_id}: {d.detail}" for d in set_aside)
-            self._reject(item, set_aside[0].reason.value, detail)
-        self.txn.mark_seen(event.id, self.now)
-
-    def _reject(self, item: Item, reason: str, detail: str) -> None:
-        raw = item.data.decode("utf-8", errors="replace")
-        self.txn.add_dead_letter(DeadLetter(self.now, self.source, item.ref, raw, reason, detail))
-        self.result.rejected.append(Rejected(item, reason, detail))
-
-    def _apply(self, event: Event, decision: Decision) -> None:
-        entries = self.result.entries
-        if isinstance(decision, Schedule):
-            send = _record(decision, self.rules.version, self.now)
-            inserted = self.txn.insert_send(send)
-            if inserted:
-                self.result.scheduled.append(send)
-            outcome = Outcome.SCHEDULED if inserted else Outcome.SKIPPED
-            reason = decision.reason if inserted else Reason.DUPLICATE_KEY
-            entries.append(_entry(event, decision, outcome, reason, self.now))
-        elif isinstance(decision, Cancel):
-            for key in self.txn.cancel_sends(decision.keys, decision.reason.value, self.now):
-                entries.append(_cancel_entry(event, decision, key, self.now))
-        elif isinstance(decision, Skip):
-            entries.append(_entry(event, decision, Outcome.SKIPPED, decision.reason, self.now))
-        else:
-            entries.append(_entry(event, decision, Outcome.DEAD_LETTER, decision.reason, self.now))
-
-
-def parse_item(item: Item, read_at: datetime) -> Event | BadEventError:
-    """Parse an item's event, returning (not raising) why it is bad."""
-    try:
-        return parse_event(item.data, read_at)
-    except BadEventError as exc:
-        return exc
-
-
-def _bad_event_entry(item: Item, exc: BadEventError, now: datetime) -> LogEntry:
-    return LogEntry(
-        at=now,
-        event_id=None,
-        user_id=None,
-        rule=None,
-        step=None,
-        key=None,
-        outcome=Outcome.DEAD_LETTER,
-        reason=Reason(exc.reason),
-        detail=f"{item.ref}: {exc.detail}",
-    )
-
-
-def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> LogEntry:
-    return LogEntry(
-        at=now,
-        event_id=event.id,
-        user_id=event.user_id,
-        rule=decision.rule_id,
-        step=None,
-        key=key,
-        outcome=Outcome.CANCELLED,
-        reason=decision.reason,
-    )
-
-
 def batches(sends: Sequence[SendRecord]) -> list[list[SendRecord]]:
     """Group sends into provider requests: same message attributes, within SendGrid's limits."""
     if len(sends) == 1:
@@ -437,47 +308,8 @@ def batches(sends: Sequence[SendRecord]) -> list[list[SendRecord]]:
     ]
 
 
-def _record(decision: Schedule, rules_version: str, now: datetime) -> SendRecord:
-    return SendRecord(
-        key=decision.key,
-        rule_id=decision.rule_id,
-        step=decision.step,
-        user_id=decision.user_id,
-        email=decision.email,
-        event_id=decision.event_id,
-        due_at=decision.due_at,
-        payload=decision.payload,
-        on_doubt=decision.on_doubt,
-        rules_version=rules_version,
-        cancel_match=decision.cancel_match,
-        created_at=now,
-        updated_at=now,
-    )
-
-
 def _email(send: SendRecord) -> Email:
     return Email(key=send.key, rule_id=send.rule_id, to=send.email, payload=send.payload)
-
-
-def _entry(
-    event: Event,
-    decision: Schedule | Skip | SetAside,
-    outcome: Outcome,
-    reason: Reason,
-    now: datetime,
-) -> LogEntry:
-    return LogEntry(
-        at=now,
-        event_id=event.id,
-        user_id=event.user_id,
-        rule=decision.rule_id,
-        step=decision.step,
-        key=None if isinstance(decision, SetAside) else decision.key,
-        outcome=outcome,
-        reason=reason,
-        due_at=decision.due_at if isinstance(decision, Schedule) else None,
-        detail="" if isinstance(decision, Schedule) else decision.detail,
-    )
 
 
 def _send_entry(

@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 
 from trigmail.decisions import LogEntry
 from trigmail.events import Event
+from trigmail.ingest import RawItem, parse_item
 from trigmail.ledger.memory import MemoryLedger
-from trigmail.pipeline import Pipeline, RawItem, parse_item
+from trigmail.pipeline import Pipeline
 from trigmail.providers.recording import RecordingProvider
 from trigmail.rules.model import RuleSet
 from trigmail.scheduler import Scheduler
