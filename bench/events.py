@@ -43,6 +43,7 @@ def event_lines(
                 "cart_value": round(rng.uniform(5, 200), 2),
                 "cart_url": f"https://shop.example/c/{n}",
                 "order_id": f"o_{n}",
+                "total": round(rng.uniform(10, 300), 2),
             },
         }
         yield json.dumps(event).encode()
