@@ -142,6 +142,9 @@ class RedisFeed:
         self.client = redis.Redis.from_url(url)
 
     def source(self) -> dict[str, Any]:
+        # consumer: a stable name, as docs/scaling.md asks, so a restarted daemon reads the
+        # entries it had not acknowledged first, in order (under a new name they would wait
+        # min_idle and be decided after later ones: a cancel could overtake its trigger).
         # min_idle: a killed consumer's entries are claimed soon; max_deliveries: a run kills
         # often, and an entry caught by several kills must not be set aside for it.
         return {
@@ -149,6 +152,7 @@ class RedisFeed:
                 "url": self.url,
                 "stream": self.stream,
                 "group": self.group,
+                "consumer": "reliability-worker",
                 "block": 0.2,
                 "min_idle": 1.0,
                 "max_deliveries": 1000,
