@@ -62,7 +62,17 @@ def decide(event: Event, rules: RuleSet, view: LedgerView, now: datetime) -> lis
         now: the current time (virtual under ``simulate``).
     """
     if view.seen_event(event.id):
-        return [Skip(None, Reason.DUPLICATE_EVENT, f"event {event.id} was already decided")]
+        return [duplicate_event(event)]
+    return decide_new(event, rules, view, now)
+
+
+def duplicate_event(event: Event) -> Skip:
+    """The decision for an event the ledger has already decided."""
+    return Skip(None, Reason.DUPLICATE_EVENT, f"event {event.id} was already decided")
+
+
+def decide_new(event: Event, rules: RuleSet, view: LedgerView, now: datetime) -> list[Decision]:
+    """:func:`decide` for an event the caller knows to be new (it has just recorded its id)."""
     decisions: list[Decision] = list(_cancellations(event, rules, view))
     triggered = rules.triggered_by(event.name)
     for rule in triggered:

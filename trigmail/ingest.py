@@ -20,7 +20,7 @@ from trigmail.decisions import (
     SetAside,
     Skip,
 )
-from trigmail.engine import decide
+from trigmail.engine import decide_new, duplicate_event
 from trigmail.errors import BadEventError
 from trigmail.events import Event, parse_event
 from trigmail.ledger.base import DeadLetter, LedgerTxn, SendRecord
@@ -83,14 +83,20 @@ class BatchWriter:
             self._reject(item, exc.reason, exc.detail)
             self.result.entries.append(_bad_event_entry(item, exc, self.now))
             return
-        decisions = decide(event, self.rules, self.txn, self.now)
+        # The id is recorded before deciding, not after: a worker deciding another copy of the
+        # event at the same moment then waits on this row until this batch commits and finds it
+        # taken. Checked by a read first, neither saw the other's uncommitted row and both
+        # decided the event (no email twice, the keys are unique, but two decisions logged).
+        if self.txn.mark_seen(event.id, self.now):
+            decisions = decide_new(event, self.rules, self.txn, self.now)
+        else:
+            decisions = [duplicate_event(event)]
         for decision in decisions:
             self._apply(event, decision)
         set_aside = [d for d in decisions if isinstance(d, SetAside)]
         if set_aside:
             detail = "; ".join(f"{d.rule_id}: {d.detail}" for d in set_aside)
             self._reject(item, set_aside[0].reason.value, detail)
-        self.txn.mark_seen(event.id, self.now)
 
     def _reject(self, item: Item, reason: str, detail: str) -> None:
         raw = item.data.decode("utf-8", errors="replace")
