@@ -182,6 +182,23 @@ def test_entry_delivered_too_often_goes_to_the_dead_stream(
     assert pending_count(admin, stream) == 1  # only the good entry, not yet acknowledged
 
 
+def test_entry_decided_by_two_workers_is_set_aside_once(
+    open_source: Opener, admin: redis.Redis, stream: str
+) -> None:
+    # A slow worker still holds the entry when another claims it: both decide it bad.
+    admin.xadd(stream, {"data": "not json"})
+    slow = open_source("slow")
+    (held,) = read_n(slow, 1)
+    other = open_source("other", min_idle_s=0.05)
+    (claimed,) = read_n(other, 1)
+    other.dead_letter(claimed, "invalid_json", "claimed and decided first")
+    slow.dead_letter(held, "invalid_json", "decided second")
+
+    (letter,) = dead_letters(admin, stream)
+    assert letter["consumer"] == "other"
+    assert pending_count(admin, stream) == 0
+
+
 def test_pending_entry_deleted_from_the_stream_is_acknowledged(
     open_source: Opener, admin: redis.Redis, stream: str
 ) -> None:

@@ -49,6 +49,18 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 T = TypeVar("T")
 
 
+# XACK, then XADD the letter only if that XACK took the entry off the pending list, in one
+# script (atomic, like the MULTI it replaces). With several workers an entry can be decided by
+# two at once (one claimed it with XAUTOCLAIM while the other, slow, still held it); each would
+# set it aside, and the letter would be written twice. Only the first XACK counts one.
+_SET_ASIDE = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+end
+return 0
+"""
+
+
 def flat_fields_json(fields: Mapping[bytes, bytes]) -> bytes:
     """Return an entry's flat fields as a JSON object, dotted names nested (see module doc)."""
     flat = {
@@ -326,7 +338,14 @@ class RedisStreamSource:
             "at": format_ts(self._clock()),
             "consumer": self.consumer,
         }
-        pipe = client.pipeline(transaction=True)
-        pipe.xadd(self.dead_stream, letter, maxlen=keys.DEAD_MAXLEN, approximate=True)
-        pipe.xack(self.stream, self.group, item.position)
-        pipe.execute()
+        fields = [part for pair in letter.items() for part in pair]
+        client.eval(
+            _SET_ASIDE,
+            2,
+            self.stream,
+            self.dead_stream,
+            self.group,
+            item.position,
+            keys.DEAD_MAXLEN,
+            *fields,
+        )
