@@ -4,8 +4,10 @@ provider. Time is taken from the events' ``ts``; sends fire at their virtual due
 
 from __future__ import annotations
 
+import gc
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -22,6 +24,22 @@ from trigmail.scheduler import Scheduler
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The whole simulated future fits in memory; the horizon only bounds refills.
 _HORIZON_S = 10 * 365 * 86_400.0
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Run the cyclic garbage collector less often while a simulation runs.
+
+    A simulation keeps every send and decision it makes in memory; with the default thresholds
+    the collector rescans that growing heap again and again (about 30% of a 100,000-event run).
+    Reference counting still frees everything at once; only cycles wait a little longer.
+    """
+    thresholds = gc.get_threshold()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 class VirtualClock:
@@ -120,10 +138,11 @@ class Simulation:
                 sends stay scheduled.
             source: the name bad lines are reported under (``events.jsonl:12``).
         """
-        for lineno, line in enumerate(lines, start=1):
-            if not self.feed(lineno, line, source, until):
-                break
-        self.run_until(until)
+        with _fewer_collections():
+            for lineno, line in enumerate(lines, start=1):
+                if not self.feed(lineno, line, source, until):
+                    break
+            self.run_until(until)
         return self.summary
 
     def _start(self) -> None:
