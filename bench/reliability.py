@@ -4,6 +4,10 @@ Feeds a seeded workload to real ``trigmail serve`` processes (a spool by default
 stream), SIGKILLs them at seeded moments and at armed kill points, rotates the spool, while the
 fake SendGrid injects every fault class; then checks everything against the oracle and prints
 the figures and the command that reproduces them. Exit 1 if any check found a violation.
+
+``--workers 3`` runs three workers on one Redis stream group (``--redis-url``, by default the
+local server's database 15) and a PostgreSQL ledger in a database created for the run on the
+server of ``--postgres`` and dropped after it.
 """
 
 from __future__ import annotations
@@ -15,12 +19,20 @@ import shlex
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
+import psycopg
+
 from tests.fake_sendgrid import FaultRates
+from tests.reliability import workers
 from tests.reliability.feeds import Feed, RedisFeed, SpoolFeed
-from tests.reliability.harness import ALL_FAULTS, RunSpec, run
+from tests.reliability.harness import ALL_FAULTS, RunResult, RunSpec, run
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,6 +47,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     # Sends due together share one request, so a run makes far fewer requests than emails:
     # scaling the rates up makes every fault class show up in a run of a few hundred requests.
     parser.add_argument("--fault-scale", type=float, default=1.0, help="multiply fault rates")
+    parser.add_argument("--workers", type=int, default=1, help="serve processes (> 1: Redis)")
+    parser.add_argument(
+        "--postgres", default=DEFAULT_POSTGRES, help="server for the ledger (--workers > 1)"
+    )
     return parser.parse_args(argv)
 
 
@@ -49,6 +65,29 @@ def _scaled(rates: FaultRates, scale: float) -> FaultRates:
         f.name: getattr(rates, f.name) * scale for f in fields(rates) if f.name != "latency_s"
     }
     return replace(rates, **chances)
+
+
+@contextmanager
+def _database(admin_dsn: str) -> Iterator[str]:
+    """A fresh database on the server of ``admin_dsn``, dropped afterwards."""
+    name = f"trigmail_reliability_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _run_workers(args: argparse.Namespace, spec: RunSpec, root: Path) -> RunResult:
+    url = args.redis_url or DEFAULT_REDIS
+    feed = RedisFeed(url, f"trigmail-reliability:{uuid.uuid4().hex[:12]}")
+    try:
+        with _database(args.postgres) as dsn:
+            return workers.run(replace(spec, rotate_every=0), root, feed, dsn, args.workers)
+    finally:
+        feed.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         max_chunk=10,
         drain_timeout_s=600,
     )
-    result = run(spec, root, _feed(args, root))
+    result = (
+        _run_workers(args, spec, root) if args.workers > 1 else run(spec, root, _feed(args, root))
+    )
     command = " ".join(["python -m bench.reliability", *map(shlex.quote, argv or sys.argv[1:])])
     violations = [str(v) for v in result.violations]
     report = {"command": command, "dir": str(root), **result.figures}
