@@ -6,7 +6,7 @@ a record read from PostgreSQL equals one read from the memory or SQLite ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +17,11 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import PoolClosed, PoolTimeout
 
-from trigmail.decisions import LogEntry, Outcome, Payload, Reason
+from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError, LedgerUnavailableError
-from trigmail.ledger.base import DeadLetter, SendRecord, SendState
+from trigmail.ledger.base import DeadLetter, SendRecord
 from trigmail.ledger.memory import as_utc
-from trigmail.rules.model import OnDoubt
+from trigmail.ledger.rows import RowReader
 from trigmail.secrets import REDACTED, redact_url
 
 # Failures that pass once the server, the network or the competing transaction is gone: a lost
@@ -80,10 +80,6 @@ def utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def maybe_utc(moment: datetime | None) -> datetime | None:
-    return None if moment is None else moment.astimezone(UTC)
-
-
 def text(value: str) -> str:
     """Return ``value`` storable in a ``text`` column, which refuses NUL characters.
 
@@ -119,30 +115,6 @@ def send_params(send: SendRecord, created_at: datetime) -> dict[str, Any]:
     }
 
 
-def send_from_row(row: Mapping[str, Any]) -> SendRecord:
-    return SendRecord(
-        key=row["key"],
-        rule_id=row["rule_id"],
-        step=row["step"],
-        user_id=row["user_id"],
-        email=row["email"],
-        event_id=row["event_id"],
-        due_at=utc(row["due_at"]),
-        payload=Payload.from_json(row["payload"]),
-        on_doubt=OnDoubt(row["on_doubt"]),
-        rules_version=row["rules_version"],
-        state=SendState(row["state"]),
-        cancel_match=row["cancel_match"],
-        attempts=row["attempts"],
-        message_id=row["message_id"],
-        last_error=row["last_error"],
-        reason=row["reason"],
-        created_at=utc(row["created_at"]),
-        updated_at=utc(row["updated_at"]),
-        claimed_at=maybe_utc(row["claimed_at"]),
-    )
-
-
 def log_params(entry: LogEntry) -> tuple[Any, ...]:
     return (
         as_utc(entry.at),
@@ -158,21 +130,6 @@ def log_params(entry: LogEntry) -> tuple[Any, ...]:
     )
 
 
-def log_from_row(row: Mapping[str, Any]) -> LogEntry:
-    return LogEntry(
-        at=utc(row["at"]),
-        event_id=row["event_id"],
-        user_id=row["user_id"],
-        rule=row["rule"],
-        step=row["step"],
-        key=row["key"],
-        outcome=Outcome(row["outcome"]),
-        reason=Reason(row["reason"]),
-        due_at=maybe_utc(row["due_at"]),
-        detail=row["detail"],
-    )
-
-
 def dead_params(letter: DeadLetter) -> tuple[Any, ...]:
     return (
         as_utc(letter.at),
@@ -184,12 +141,8 @@ def dead_params(letter: DeadLetter) -> tuple[Any, ...]:
     )
 
 
-def dead_from_row(row: Mapping[str, Any]) -> DeadLetter:
-    return DeadLetter(
-        at=utc(row["at"]),
-        source=row["source"],
-        position=row["position"],
-        raw=row["raw"],
-        reason=row["reason"],
-        detail=row["detail"],
-    )
+def _json_as_is(value: Any) -> Any:
+    return value  # psycopg decodes jsonb already
+
+
+ROWS = RowReader(time=utc, json=_json_as_is)

@@ -21,13 +21,10 @@ from trigmail.ledger.memory import (
     resolution_note,
 )
 from trigmail.ledger.pg_rows import (
+    ROWS,
     ErrorScrubber,
-    dead_from_row,
     dead_params,
-    log_from_row,
     log_params,
-    maybe_utc,
-    send_from_row,
     send_params,
 )
 from trigmail.ledger.pg_schema import LOCK_USER
@@ -158,7 +155,7 @@ class PostgresTxn:
             return self._rows.execute(sql, params).fetchall()
 
     def _sends(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[SendRecord]:
-        return [send_from_row(row) for row in self._dicts(sql, params)]
+        return [ROWS.send(row) for row in self._dicts(sql, params)]
 
     @contextmanager
     def _as_user(self, user_id: str) -> Iterator[None]:
@@ -187,7 +184,7 @@ class PostgresTxn:
 
     def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
         with self._as_user(user_id):
-            return maybe_utc(self._scalar(_LAST_DELIVERED, (rule_id, user_id)))
+            return ROWS.maybe_time(self._scalar(_LAST_DELIVERED, (rule_id, user_id)))
 
     def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
         with self._as_user(user_id):
@@ -269,7 +266,9 @@ class PostgresTxn:
         )
 
     def next_due_at(self) -> datetime | None:
-        return maybe_utc(self._scalar("SELECT min(due_at) FROM sends WHERE state = 'scheduled'"))
+        return ROWS.maybe_time(
+            self._scalar("SELECT min(due_at) FROM sends WHERE state = 'scheduled'")
+        )
 
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         at = as_utc(at)
@@ -353,7 +352,7 @@ class PostgresTxn:
 
     def dead_letters(self, limit: int) -> list[DeadLetter]:
         rows = self._dicts("SELECT * FROM dead_letters ORDER BY id DESC LIMIT %s", (max(limit, 0),))
-        return [dead_from_row(row) for row in rows]
+        return [ROWS.dead(row) for row in rows]
 
     def decision_log(self, event_id: str | None, limit: int) -> list[LogEntry]:
         rows = self._dicts(
@@ -361,7 +360,7 @@ class PostgresTxn:
             " ORDER BY id DESC LIMIT %(limit)s",
             {"event": event_id, "limit": max(limit, 0)},
         )
-        return [log_from_row(row) for row in rows]
+        return [ROWS.log(row) for row in rows]
 
     def _latest(self, state: SendState | None, limit: int) -> list[SendRecord]:
         return self._sends(

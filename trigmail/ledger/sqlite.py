@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from trigmail.decisions import LogEntry, Outcome, Payload, Reason
+from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError, LedgerUnavailableError
 from trigmail.ledger.base import DeadLetter, LedgerStatus, SendRecord, SendState
 from trigmail.ledger.memory import (
@@ -29,7 +29,7 @@ from trigmail.ledger.memory import (
     utc_now,
 )
 from trigmail.ledger.migrations import migrate
-from trigmail.rules.model import OnDoubt
+from trigmail.ledger.rows import RowReader
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,7 @@ def from_us(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
-def _maybe_from_us(value: int | None) -> datetime | None:
-    return None if value is None else from_us(value)
+_ROWS = RowReader(time=from_us, json=json.loads)
 
 
 def _json(value: Any) -> str:
@@ -149,30 +148,6 @@ def _translated() -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise ledger_error(exc) from exc
-
-
-def _send_from_row(row: sqlite3.Row) -> SendRecord:
-    return SendRecord(
-        key=row["key"],
-        rule_id=row["rule_id"],
-        step=row["step"],
-        user_id=row["user_id"],
-        email=row["email"],
-        event_id=row["event_id"],
-        due_at=from_us(row["due_at"]),
-        payload=Payload.from_json(json.loads(row["payload"])),
-        on_doubt=OnDoubt(row["on_doubt"]),
-        rules_version=row["rules_version"],
-        state=SendState(row["state"]),
-        cancel_match=json.loads(row["cancel_match"]),
-        attempts=row["attempts"],
-        message_id=row["message_id"],
-        last_error=row["last_error"],
-        reason=row["reason"],
-        created_at=from_us(row["created_at"]),
-        updated_at=from_us(row["updated_at"]),
-        claimed_at=_maybe_from_us(row["claimed_at"]),
-    )
 
 
 def _send_params(send: SendRecord, created_at: datetime) -> tuple[Any, ...]:
@@ -215,32 +190,6 @@ def _log_params(entry: LogEntry) -> tuple[Any, ...]:
     )
 
 
-def _log_from_row(row: sqlite3.Row) -> LogEntry:
-    return LogEntry(
-        at=from_us(row["at"]),
-        event_id=row["event_id"],
-        user_id=row["user_id"],
-        rule=row["rule"],
-        step=row["step"],
-        key=row["key"],
-        outcome=Outcome(row["outcome"]),
-        reason=Reason(row["reason"]),
-        due_at=_maybe_from_us(row["due_at"]),
-        detail=row["detail"],
-    )
-
-
-def _dead_from_row(row: sqlite3.Row) -> DeadLetter:
-    return DeadLetter(
-        at=from_us(row["at"]),
-        source=row["source"],
-        position=row["position"],
-        raw=row["raw"],
-        reason=row["reason"],
-        detail=row["detail"],
-    )
-
-
 class SqliteTxn:
     """One transaction of a :class:`SqliteLedger`; see :class:`trigmail.ledger.base.LedgerTxn`."""
 
@@ -255,7 +204,7 @@ class SqliteTxn:
         return self._conn.execute(sql, params)
 
     def _sends(self, sql: str, params: Sequence[Any] = ()) -> list[SendRecord]:
-        return [_send_from_row(row) for row in self._run(sql, params).fetchall()]
+        return [_ROWS.send(row) for row in self._run(sql, params).fetchall()]
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = self._run(sql, params).fetchone()
@@ -270,7 +219,7 @@ class SqliteTxn:
 
     def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
         latest = self._scalar(_LAST_DELIVERED, (rule_id, user_id))
-        return _maybe_from_us(latest)
+        return _ROWS.maybe_time(latest)
 
     def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
         return self._sends(_PENDING_FOR_USER, (user_id, _json(sorted(rule_ids))))
@@ -348,7 +297,7 @@ class SqliteTxn:
         )
 
     def next_due_at(self) -> datetime | None:
-        return _maybe_from_us(
+        return _ROWS.maybe_time(
             self._scalar("SELECT MIN(due_at) FROM sends WHERE state = 'scheduled'")
         )
 
@@ -427,7 +376,7 @@ class SqliteTxn:
 
     def dead_letters(self, limit: int) -> list[DeadLetter]:
         rows = self._run("SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,))
-        return [_dead_from_row(row) for row in rows.fetchall()]
+        return [_ROWS.dead(row) for row in rows.fetchall()]
 
     def decision_log(self, event_id: str | None, limit: int) -> list[LogEntry]:
         rows = self._run(
@@ -435,7 +384,7 @@ class SqliteTxn:
             " ORDER BY id DESC LIMIT ?2",
             (event_id, limit),
         )
-        return [_log_from_row(row) for row in rows.fetchall()]
+        return [_ROWS.log(row) for row in rows.fetchall()]
 
     def status(self, limit: int) -> LedgerStatus:
         counts = dict.fromkeys(SendState, 0)

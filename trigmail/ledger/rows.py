@@ -1,0 +1,85 @@
+"""Rows of the SQL ledgers back into records: one reading, whatever the backend stores.
+
+SQLite keeps times as epoch microseconds and JSON as text; PostgreSQL as ``timestamptz`` and
+``jsonb``. Each backend gives a :class:`RowReader` its two decoders; the columns are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from trigmail.decisions import LogEntry, Outcome, Payload, Reason
+from trigmail.ledger.base import DeadLetter, SendRecord, SendState
+from trigmail.rules.model import OnDoubt
+
+
+class Row(Protocol):
+    """A database row readable by column name (``sqlite3.Row``, a psycopg dict row)."""
+
+    def __getitem__(self, column: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RowReader:
+    """Decodes ledger rows.
+
+    Args:
+        time: a stored time to an aware UTC datetime.
+        json: a stored JSON value to Python (text parsed, or already decoded).
+    """
+
+    time: Callable[[Any], datetime]
+    json: Callable[[Any], Any]
+
+    def maybe_time(self, value: Any) -> datetime | None:
+        return None if value is None else self.time(value)
+
+    def send(self, row: Row) -> SendRecord:
+        return SendRecord(
+            key=row["key"],
+            rule_id=row["rule_id"],
+            step=row["step"],
+            user_id=row["user_id"],
+            email=row["email"],
+            event_id=row["event_id"],
+            due_at=self.time(row["due_at"]),
+            payload=Payload.from_json(self.json(row["payload"])),
+            on_doubt=OnDoubt(row["on_doubt"]),
+            rules_version=row["rules_version"],
+            state=SendState(row["state"]),
+            cancel_match=self.json(row["cancel_match"]),
+            attempts=row["attempts"],
+            message_id=row["message_id"],
+            last_error=row["last_error"],
+            reason=row["reason"],
+            created_at=self.time(row["created_at"]),
+            updated_at=self.time(row["updated_at"]),
+            claimed_at=self.maybe_time(row["claimed_at"]),
+        )
+
+    def log(self, row: Row) -> LogEntry:
+        return LogEntry(
+            at=self.time(row["at"]),
+            event_id=row["event_id"],
+            user_id=row["user_id"],
+            rule=row["rule"],
+            step=row["step"],
+            key=row["key"],
+            outcome=Outcome(row["outcome"]),
+            reason=Reason(row["reason"]),
+            due_at=self.maybe_time(row["due_at"]),
+            detail=row["detail"],
+        )
+
+    def dead(self, row: Row) -> DeadLetter:
+        return DeadLetter(
+            at=self.time(row["at"]),
+            source=row["source"],
+            position=row["position"],
+            raw=row["raw"],
+            reason=row["reason"],
+            detail=row["detail"],
+        )
