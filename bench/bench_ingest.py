@@ -21,7 +21,6 @@ from pathlib import Path
 from bench import baseline
 from bench.common import (
     DEFAULT_DEADLINE_S,
-    event_lines,
     header,
     make_daemon,
     query,
@@ -31,6 +30,7 @@ from bench.common import (
     wait_until,
     write_spool,
 )
+from bench.events import event_lines
 from trigmail.providers.recording import RecordingProvider
 
 
@@ -72,7 +72,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="trigmail-bench-") as temp:
         directory = Path(temp)
         spool = directory / "events.jsonl"
-        write_spool(spool, event_lines(args.events, utc_now() + timedelta(days=1)))
+        write_spool(
+            spool,
+            event_lines(
+                args.events, step_s=0.002, start=utc_now() + timedelta(days=1), steady=True
+            ),
+        )
         if args.baseline:
             design = "baseline: one transaction per event"
             elapsed_s = run_baseline(directory, spool)

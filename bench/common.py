@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import shlex
 import sqlite3
 import subprocess
@@ -18,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -91,39 +90,6 @@ def peak_rss_mb(pid: int) -> float:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def event_lines(
-    count: int, start: datetime, users: int = 20_000, seed: int = 7, step_s: float = 0.002
-) -> Iterator[bytes]:
-    """Yield ``count`` JSONL events of the realistic mix of ``bench.events``, from ``start``.
-
-    Args:
-        count: how many events.
-        start: the ``ts`` of the first.
-        users: how many distinct users they spread over.
-        seed: the random seed.
-        step_s: seconds between events.
-    """
-    rng = random.Random(seed)
-    for n in range(count):
-        user = rng.randrange(users)
-        ts = start + timedelta(seconds=n * step_s)
-        event = {
-            "id": f"evt_{n}",
-            "event": rng.choices(NAMES, WEIGHTS)[0],
-            "user_id": f"u_{user}",
-            "email": f"user{user}@example.com",
-            "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "user": {"first_name": "Ana", "plan": rng.choice(("free", "pro"))},
-            "properties": {
-                "cart_value": round(rng.uniform(5, 200), 2),
-                "cart_url": f"https://shop.example/c/{n}",
-                "order_id": f"o_{n}",
-                "total": "42.00",
-            },
-        }
-        yield json.dumps(event).encode()
 
 
 def write_spool(path: Path, lines: Iterator[bytes]) -> int:

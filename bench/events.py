@@ -13,7 +13,14 @@ WEIGHTS = (30, 10, 20, 40)
 
 
 def event_lines(
-    count: int, users: int = 20_000, seed: int = 7, bad_every: int = 0, step_s: float = 0.5
+    count: int,
+    users: int = 20_000,
+    seed: int = 7,
+    bad_every: int = 0,
+    step_s: float = 0.5,
+    *,
+    start: datetime = START,
+    steady: bool = False,
 ) -> Iterator[bytes]:
     """Yield ``count`` JSONL lines, time-ordered, ``step_s`` apart on average.
 
@@ -23,14 +30,16 @@ def event_lines(
         seed: the random seed.
         bad_every: every n-th line is not JSON (0: none).
         step_s: mean virtual seconds between events.
+        start: the time the stream starts at.
+        steady: exactly ``step_s`` apart, rather than at random (Poisson) intervals.
     """
     rng = random.Random(seed)
-    ts = START
+    ts = start
     for n in range(1, count + 1):
         if bad_every and n % bad_every == 0:
             yield b"{not json"
             continue
-        ts += timedelta(seconds=rng.expovariate(1 / step_s))
+        ts += timedelta(seconds=step_s if steady else rng.expovariate(1 / step_s))
         user = rng.randrange(users)
         event = {
             "id": f"evt_{n}",
