@@ -19,8 +19,6 @@ import shlex
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -67,27 +65,35 @@ def _scaled(rates: FaultRates, scale: float) -> FaultRates:
     return replace(rates, **chances)
 
 
-@contextmanager
-def _database(admin_dsn: str) -> Iterator[str]:
-    """A fresh database on the server of ``admin_dsn``, dropped afterwards."""
+def _create_database(admin_dsn: str) -> str:
+    """Create a fresh database on the server of ``admin_dsn``; return its DSN."""
     name = f"trigmail_reliability_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return admin_dsn.rsplit("/", 1)[0] + "/" + name
+
+
+def _drop_database(admin_dsn: str, dsn: str) -> None:
+    name = dsn.rsplit("/", 1)[1]
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _run_workers(args: argparse.Namespace, spec: RunSpec, root: Path) -> RunResult:
-    url = args.redis_url or DEFAULT_REDIS
-    feed = RedisFeed(url, f"trigmail-reliability:{uuid.uuid4().hex[:12]}")
+    feed = RedisFeed(
+        args.redis_url or DEFAULT_REDIS, f"trigmail-reliability:{uuid.uuid4().hex[:12]}"
+    )
+    dsn = _create_database(args.postgres)
     try:
-        with _database(args.postgres) as dsn:
-            return workers.run(replace(spec, rotate_every=0), root, feed, dsn, args.workers)
+        result = workers.run(replace(spec, rotate_every=0), root, feed, dsn, args.workers)
     finally:
         feed.close()
+    # A run with a violation (or one that raised) keeps its ledger: it is the evidence.
+    if result.violations:
+        result.figures["ledger_kept"] = dsn
+    else:
+        _drop_database(args.postgres, dsn)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

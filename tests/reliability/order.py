@@ -167,7 +167,8 @@ def nudge_in_order(user: NudgeUser, observed: Observed) -> list[Violation]:
     later = [f"nudge:{event_id}" for event_id in user.later]
     out = [key for key in later if observed.went_out(key)]
     if len(out) != 1:
-        found.append(Violation("cooldown_broken", user.user, f"{len(out)} went out {out}"))
+        states = {key: observed.states.get(key) for key in later}
+        found.append(Violation("cooldown_broken", user.user, f"{len(out)} went out {states}"))
     return found
 
 
