@@ -167,22 +167,14 @@ class Pipeline:
             # same user is decided (so that one sees it), and sends of distinct users are
             # claimed together, in one statement.
             firing: dict[str, str] = {}  # user id -> key, waiting to be claimed
-            for send in self.scheduler.pop_due(now, limit):
-                if send.user_id in firing:
+            for popped in self.scheduler.pop_due(now, limit):
+                if popped.user_id in firing:
                     claimed.extend(txn.claim(list(firing.values()), now))
                     firing.clear()
-                decision = decide_due(send, rules, txn, now)
-                if isinstance(decision, Drop):
-                    if txn.drop(send.key, decision.reason.value, now):
-                        entries.append(
-                            _send_entry(
-                                send, Outcome.DROPPED, decision.reason, now, decision.detail
-                            )
-                        )
-                elif isinstance(decision, Defer):
-                    if txn.defer(send.key, decision.due_at):
-                        deferred.append(replace(send, due_at=decision.due_at))
-                else:
+                send = self._still_due(txn, popped, now)
+                if send is not None and self._decide_due(
+                    txn, send, rules, now, entries=entries, deferred=deferred
+                ):
                     firing[send.user_id] = send.key
             claimed.extend(txn.claim(list(firing.values()), now))
             txn.log(entries)
@@ -190,6 +182,47 @@ class Pipeline:
                 self.scheduler.add(send)
         self._publish(entries)
         return claimed
+
+    @staticmethod
+    def _decide_due(
+        txn: LedgerTxn,
+        send: SendRecord,
+        rules: RuleSet,
+        now: datetime,
+        *,
+        entries: list[LogEntry],
+        deferred: list[SendRecord],
+    ) -> bool:
+        """Drop or defer a due send (noting it in ``entries`` or ``deferred``); ``True`` when
+        it fires instead."""
+        decision = decide_due(send, rules, txn, now)
+        if isinstance(decision, Drop):
+            if txn.drop(send.key, decision.reason.value, now):
+                entries.append(
+                    _send_entry(send, Outcome.DROPPED, decision.reason, now, decision.detail)
+                )
+        elif isinstance(decision, Defer):
+            if txn.defer(send.key, decision.due_at):
+                deferred.append(replace(send, due_at=decision.due_at))
+        else:
+            return True
+        return False
+
+    @staticmethod
+    def _still_due(txn: LedgerTxn, send: SendRecord, now: datetime) -> SendRecord | None:
+        """The send as the ledger holds it now, if it is still scheduled and due; else ``None``.
+
+        A cache entry can be stale: with a shared ledger another worker may have claimed the
+        send since. Deciding from the stale entry, the cooldown counted the send's own claim and
+        dropped it; the drop (``state = 'scheduled'``) then hit it once its sender had put it
+        back after a 503, and no email went out. Read under the user's lock (which every
+        decision about the user holds), a scheduled send stays scheduled to the commit.
+        """
+        current = txn.pending_for_user(send.user_id, {send.rule_id})
+        fresh = next((each for each in current if each.key == send.key), None)
+        if fresh is None or fresh.due_at > now:
+            return None  # claimed, settled or rescheduled elsewhere: its holder fires it
+        return fresh
 
     def deliver(self, sends: Sequence[SendRecord]) -> None:
         """Send claimed sends through the provider, batch by batch, and record each outcome."""
