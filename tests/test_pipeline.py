@@ -373,3 +373,27 @@ def test_sqlite_ledger_end_to_end(tmp_path: Path, clock: VirtualClock) -> None:
     with reopened.transaction() as txn:
         assert txn.get_position("s") == "3"
     reopened.close()
+
+
+def test_a_stale_cache_entry_of_another_worker_is_not_decided(clock: VirtualClock) -> None:
+    # Two workers on one ledger: the second cached the send before the first tried it (503),
+    # so its entry is stale. It must not decide from it (the multi-worker run lost a nudge:
+    # the stale decision dropped it for cooldown); the first worker's retry sends it, once.
+    ledger = MemoryLedger(clock=clock)
+    first, second = Harness(ledger, clock), Harness(ledger, clock)
+    first.pipeline.ingest([item(line("user_signup", "e1"))])
+    second.pipeline.start()  # its cache now holds welcome:u1, due now
+    first.provider.fail_next(RetryableDeliveryError("503 service unavailable"))
+    first.run()
+    retry = ledger.get_send("welcome:u1")
+    assert retry is not None and retry.state is SendState.SCHEDULED
+
+    second.run()
+    assert second.provider.calls == []
+    assert second.outcomes() == []
+    assert first.state("welcome:u1") is SendState.SCHEDULED
+
+    first.run(retry.due_at)
+    assert first.state("welcome:u1") is SendState.SENT
+    assert len(first.provider.sent) + len(second.provider.sent) == 1
+    ledger.close()
