@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,15 @@ class RunResult:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
+def drained(idle: Callable[[], bool], what: str, timeout_s: float) -> bool:
+    """Wait until ``idle()``; ``False`` at the deadline (a failure the run reports)."""
+    try:
+        wait_for(idle, what, timeout_s)
+    except AssertionError:
+        return False
+    return True
+
+
 class Daemons:
     """The run's daemon processes, one at a time, each started on the same config."""
 
@@ -139,6 +149,15 @@ class Daemons:
         match = _KILL_POINT_LINE.search(serve.stderr)
         self._ended(f"kill_point:{match.group(1)}" if match else f"died:{serve.proc.returncode}")
         return True
+
+    def restart_unarmed(self) -> None:
+        """Before a drain: a dead daemon is started again, an armed one swapped for an unarmed
+        one (it could die at any point of the drain)."""
+        if self.died():
+            self.start()
+        elif self.armed:
+            self.kill()
+            self.start()
 
     def stop(self) -> int:
         code = self._running().stop(60)
@@ -255,22 +274,13 @@ class Run:
     def _drain(self) -> bool:
         """Finish: no armed kill point, everything consumed, nothing scheduled or sending."""
         self.feed.settle()
-        if self.daemons.died():
-            self.daemons.start()
-        elif self.daemons.armed:
-            # An armed daemon could die at any point of the drain: swap it for an unarmed one.
-            self.daemons.kill()
-            self.daemons.start()
+        self.daemons.restart_unarmed()
 
         def idle() -> bool:
             self._restart_if_died()
             return self.feed.consumed(self.ledger) and _pending_sends(self.ledger) == 0
 
-        try:
-            wait_for(idle, "the daemon to drain", self.spec.drain_timeout_s)
-        except AssertionError:
-            return False
-        return True
+        return drained(idle, "the daemon to drain", self.spec.drain_timeout_s)
 
     # -- observing ----------------------------------------------------------------------------
     def _observe(self) -> checks.Observed:

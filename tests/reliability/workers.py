@@ -26,8 +26,8 @@ import yaml
 from tests.fake_sendgrid import FakeSendGrid
 from tests.reliability import checks, oracle, order, workload
 from tests.reliability.feeds import RedisFeed
-from tests.reliability.harness import STEADY_POINTS, Daemons, RunResult, RunSpec
-from tests.serve_harness import clean_env, wait_for, write_config
+from tests.reliability.harness import STEADY_POINTS, Daemons, RunResult, RunSpec, drained
+from tests.serve_harness import clean_env, write_config
 from trigmail.faults import KillPoint
 
 # Instance numbers of worker n start at n * INSTANCE_BLOCK, so one number names one process.
@@ -140,21 +140,13 @@ class WorkersRun:
     def _drain(self) -> bool:
         """Swap armed workers for unarmed ones, then wait: all consumed, nothing pending."""
         for worker in self.workers:
-            if worker.daemons.died():
-                worker.daemons.start()
-            elif worker.daemons.armed:
-                worker.daemons.kill()
-                worker.daemons.start()
+            worker.daemons.restart_unarmed()
 
         def idle() -> bool:
             self._restart_died()
             return self.feed.consumed(self.root) and _pending_sends(self.dsn) == 0
 
-        try:
-            wait_for(idle, "the workers to drain", self.spec.drain_timeout_s)
-        except AssertionError:
-            return False
-        return True
+        return drained(idle, "the workers to drain", self.spec.drain_timeout_s)
 
     # -- observing ----------------------------------------------------------------------------
     def _observe(self, expected: oracle.Expected) -> tuple[checks.Observed, order.Timed]:
