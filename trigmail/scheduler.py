@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from trigmail.ledger.base import LedgerTxn, SendRecord
 
-
-@dataclass(frozen=True, order=True)
-class _Entry:
-    due_at: datetime
-    seq: int
-    send: SendRecord = field(compare=False)
+# A heap entry ``(due_at, seq, send)``: a tuple, compared in C; ``seq`` breaks ties so that
+# sends are never compared.
+_Entry = tuple[datetime, int, SendRecord]
 
 
 class Scheduler:
@@ -57,7 +53,7 @@ class Scheduler:
             # the horizon still ends before it, so the next refill loads the rest.
             if sends[0].due_at <= until:
                 sends = [send for send in sends if send.due_at <= until]
-        self._heap = [_Entry(send.due_at, next(self._seq), send) for send in sends]
+        self._heap = [(send.due_at, next(self._seq), send) for send in sends]
         heapq.heapify(self._heap)
         self._keys = {send.key for send in sends}
         self._loaded_until = until
@@ -77,21 +73,21 @@ class Scheduler:
             # Full: forget the far end of the horizon; the ledger still has it.
             self._loaded_until = min(self._loaded_until, send.due_at - timedelta(microseconds=1))
             return
-        heapq.heappush(self._heap, _Entry(send.due_at, next(self._seq), send))
+        heapq.heappush(self._heap, (send.due_at, next(self._seq), send))
         self._keys.add(send.key)
 
     def pop_due(self, now: datetime, limit: int) -> list[SendRecord]:
         """Remove and return up to ``limit`` sends due at or before ``now``, earliest first."""
         due: list[SendRecord] = []
-        while self._heap and len(due) < limit and self._heap[0].due_at <= now:
-            send = heapq.heappop(self._heap).send
+        while self._heap and len(due) < limit and self._heap[0][0] <= now:
+            send = heapq.heappop(self._heap)[2]
             self._keys.discard(send.key)
             due.append(send)
         return due
 
     def next_due_at(self) -> datetime | None:
         """Return when the earliest cached send falls due, or ``None`` when none is cached."""
-        return self._heap[0].due_at if self._heap else None
+        return self._heap[0][0] if self._heap else None
 
     @property
     def loaded_until(self) -> datetime | None:
