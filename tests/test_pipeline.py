@@ -379,7 +379,7 @@ def test_a_stale_cache_entry_of_another_worker_is_not_decided(clock: VirtualCloc
     # Two workers on one ledger: the second cached the send before the first tried it (503),
     # so its entry is stale. It must not decide from it (the multi-worker run lost a nudge:
     # the stale decision dropped it for cooldown); the first worker's retry sends it, once.
-    ledger = MemoryLedger(clock=clock)
+    ledger = MemoryLedger(clock=clock, shared=True)
     first, second = Harness(ledger, clock), Harness(ledger, clock)
     first.pipeline.ingest([item(line("user_signup", "e1"))])
     second.pipeline.start()  # its cache now holds welcome:u1, due now

@@ -171,7 +171,8 @@ class Pipeline:
                 if popped.user_id in firing:
                     claimed.extend(txn.claim(list(firing.values()), now))
                     firing.clear()
-                send = self._still_due(txn, popped, now)
+                # One process's cache cannot go stale: only a shared ledger needs the re-read.
+                send = self._still_due(txn, popped, now) if self.ledger.shared else popped
                 if send is not None and self._decide_due(
                     txn, send, rules, now, entries=entries, deferred=deferred
                 ):

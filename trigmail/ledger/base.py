@@ -238,6 +238,10 @@ class LedgerStatus:
 class Ledger(Protocol):
     """A durable (or, for ``simulate``, in-memory) store of everything trigmail decided."""
 
+    #: Whether several workers write to this ledger at once (PostgreSQL), so a send cached in
+    #: one worker's scheduler may have been claimed or settled by another since.
+    shared: bool
+
     def transaction(self) -> AbstractContextManager[LedgerTxn]:
         """Open a transaction: committed on normal exit, rolled back on an exception."""
         ...

@@ -85,6 +85,8 @@ class PostgresLedger:
         LedgerError: when the database cannot be reached or a newer trigmail wrote it.
     """
 
+    shared = True
+
     def __init__(
         self,
         dsn: str,

@@ -438,6 +438,8 @@ class SqliteLedger:
         LedgerError: when the file is not a ledger, or a newer trigmail wrote it.
     """
 
+    shared = False
+
     def __init__(
         self, path: str | Path, busy_timeout_s: float = 5.0, clock: Clock = utc_now
     ) -> None:
