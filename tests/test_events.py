@@ -112,3 +112,22 @@ def test_valid_addresses(email: str) -> None:
 def test_an_escaped_backslash_before_u0000_is_plain_text() -> None:
     event = parse_event(b'{"event": "a", "user_id": "u\\\\u0000"}', READ_AT)
     assert event.user_id == "u\\u0000"
+
+
+def test_a_line_of_bytes_may_start_with_a_utf8_bom() -> None:
+    # Editors on some systems write one at the start of a file: its first event still counts.
+    assert parse_event(b"\xef\xbb\xbf" + line(), READ_AT).id == "evt_1"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"event": "a", "user_id": "\xff"}',  # not UTF-8
+        b'{"event": "a", "user_id": "u"} trailing',  # text after the object
+        '\ufeff{"event": "a", "user_id": "u"}',  # a BOM inside text already decoded
+    ],
+)
+def test_undecodable_lines_are_invalid_json(raw: str | bytes) -> None:
+    with pytest.raises(BadEventError) as caught:
+        parse_event(raw, READ_AT)
+    assert caught.value.reason == "invalid_json"
