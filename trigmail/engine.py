@@ -160,10 +160,9 @@ def _decide_step(
 
 def _trigger_values(rule: Rule, event: Event) -> dict[str, Any]:
     """Keep the trigger's values that the send needs once the event is gone."""
-    paths = [cancel.match for cancel in rule.cancel_on if cancel.match is not None]
-    if rule.send_window is not None and rule.send_window.timezone_is_path:
-        paths.append(rule.send_window.timezone)
-    values = {path: event.lookup(path) for path in paths}
+    if not rule.kept_paths:
+        return {}
+    values = {path: event.lookup(path) for path in rule.kept_paths}
     return {path: value for path, value in values.items() if value is not MISSING}
 
 

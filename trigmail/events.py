@@ -61,7 +61,8 @@ class Event:
         """Return the value at a dotted ``path`` (``properties.cart_id``), or ``MISSING``."""
         value: Any = self.data
         for part in path.split("."):
-            if isinstance(value, Mapping) and part in value:
+            # JSON objects are dicts: the exact type check spares the ABC's slower one.
+            if (type(value) is dict or isinstance(value, Mapping)) and part in value:
                 value = value[part]
             else:
                 return MISSING
@@ -187,7 +188,7 @@ def _checked_id(obj: Mapping[str, Any]) -> str:
 
 def _checked_nested(obj: Mapping[str, Any]) -> None:
     for name in ("user", "properties"):
-        if name in obj and not isinstance(obj[name], Mapping):
+        if name in obj and type(obj[name]) is not dict:
             raise BadEventError("bad_field", f"{name!r} must be an object")
 
 

@@ -135,13 +135,26 @@ class Rule:
     on_doubt: OnDoubt = OnDoubt.SKIP
     enabled: bool = True
     location: Location | None = None
+    #: The trigger event's paths a send must keep once the event is gone: the ``match`` paths
+    #: of ``cancel_on`` and a send window's time zone path.
+    kept_paths: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _steps: Mapping[int, Step] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Derived once: both are read for every event or due send of the rule.
+        paths = [cancel.match for cancel in self.cancel_on if cancel.match is not None]
+        window = self.send_window
+        if window is not None and window.timezone_is_path:
+            paths.append(window.timezone)
+        object.__setattr__(self, "kept_paths", tuple(dict.fromkeys(paths)))
+        object.__setattr__(self, "_steps", {step.number: step for step in self.steps})
 
     @property
     def is_sequence(self) -> bool:
         return bool(self.steps) and self.steps[0].number > 0
 
     def step(self, number: int) -> Step | None:
-        return next((s for s in self.steps if s.number == number), None)
+        return self._steps.get(number)
 
 
 @dataclass(frozen=True)
@@ -185,6 +198,9 @@ class RuleSet:
     _cancellers: Mapping[str, tuple[tuple[Rule, CancelOn], ...]] = field(
         init=False, repr=False, compare=False
     )
+    _caps_for: dict[tuple[str, ...], tuple[Cap, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         # Indexes are derived once here so the per-event hot path is a dict lookup.
@@ -202,4 +218,10 @@ class RuleSet:
         return self._cancellers.get(event_name, ())
 
     def caps_for(self, categories: tuple[str, ...]) -> tuple[Cap, ...]:
-        return tuple(cap for cap in self.caps if set(cap.categories) & set(categories))
+        # Asked for every due send; a rule set meets only a few distinct category tuples.
+        found = self._caps_for.get(categories)
+        if found is None:
+            wanted = set(categories)
+            found = tuple(cap for cap in self.caps if not wanted.isdisjoint(cap.categories))
+            self._caps_for[categories] = found
+        return found

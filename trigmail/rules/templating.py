@@ -261,7 +261,7 @@ def _missing_prefix(data: Mapping[str, Any], field: Field) -> Field | None:
 
 
 def _holds(container: Any, part: str | int) -> bool:
-    if isinstance(container, Mapping):
+    if type(container) is dict or isinstance(container, Mapping):
         return part in container
     return (
         isinstance(container, list)
