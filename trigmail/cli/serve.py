@@ -15,7 +15,7 @@ from trigmail.cli.common import ConfigOption, fail, load, setup_logging
 from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig
 from trigmail.daemon import Daemon
 from trigmail.errors import ConfigError, LedgerError, RulesError
-from trigmail.ledger import Ledger, PostgresLedger, open_ledger
+from trigmail.ledger import Ledger, PostgresLedger, SqliteLedger, open_ledger
 from trigmail.logs import register_secret
 from trigmail.metrics import Metrics, serve_metrics
 from trigmail.pipeline import RetryPolicy
@@ -28,6 +28,9 @@ from trigmail.sources.redis_stream import RedisStreamSource
 from trigmail.sources.spool import SpoolSource
 
 log = logging.getLogger("trigmail.serve")
+
+# What a serve holds on a SQLite ledger (SqliteLedger.acquire_exclusive): its one worker.
+SQLITE_WORKER_LOCK = "serve"
 
 
 def _source(config: Config) -> Source:
@@ -89,6 +92,27 @@ def _claim_spool(source: Source, ledger: Ledger) -> None:
         )
 
 
+def _claim_sqlite(ledger: Ledger) -> None:
+    """A SQLite ledger has one worker: a second serve must not start on it.
+
+    At start a serve settles every send left ``sending`` as a crash leftover, which would
+    wreck a live worker's in-flight sends, and its scheduler trusts its own cache.
+    """
+    if not isinstance(ledger, SqliteLedger):
+        return
+    try:
+        claimed = ledger.acquire_exclusive(SQLITE_WORKER_LOCK)
+    except LedgerError:
+        ledger.close()
+        raise
+    if not claimed:
+        ledger.close()
+        raise ConfigError(
+            f"another trigmail serve is already running on the SQLite ledger {ledger.path}; "
+            "a SQLite ledger has one worker only (use a PostgreSQL ledger for several)"
+        )
+
+
 def _install_signals(daemon: Daemon) -> None:
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("serve: %s received: stopping", signal.Signals(signum).name)
@@ -112,6 +136,7 @@ def run(config: Config) -> None:
     # worker settles its own in-flight sends at once instead of after their lease.
     worker_id = config.source.consumer if isinstance(config.source, RedisConfig) else None
     ledger = open_ledger(config.ledger, worker_id=worker_id)
+    _claim_sqlite(ledger)  # before the daemon recovers in-flight sends
     source = _source(config)
     _claim_spool(source, ledger)
     provider = _provider(config)

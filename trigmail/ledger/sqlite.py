@@ -8,8 +8,12 @@ violations, which must fail loudly.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
+import os
+import re
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator, Sequence
@@ -116,6 +120,11 @@ _PRUNE = (
 )
 
 
+# A name :meth:`SqliteLedger.acquire_exclusive` puts in its lock file's name as it is; any other
+# name is hashed, so that no name can reach outside the database's directory.
+_PLAIN_LOCK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def to_us(moment: datetime) -> int:
     """Return an aware datetime as integer microseconds since the epoch."""
     if moment.tzinfo is None:
@@ -188,6 +197,28 @@ def _log_params(entry: LogEntry) -> tuple[Any, ...]:
         due_us,
         entry.detail,
     )
+
+
+def _try_flock(path: Path) -> int | None:
+    """Open ``path`` (created ``0600``) and take an exclusive flock on it without waiting.
+
+    Returns:
+        The open descriptor, which holds the lock until it is closed; ``None`` when another
+        open file holds the lock.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise LedgerError(f"ledger: cannot open the lock file {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as exc:
+        os.close(fd)
+        raise LedgerError(f"ledger: cannot lock {path}: {exc.strerror}") from exc
+    return fd
 
 
 class SqliteTxn:
@@ -447,6 +478,7 @@ class SqliteLedger:
         self._clock = clock
         self._lock = threading.RLock()
         self._busy = False
+        self._exclusive: dict[str, int] = {}  # name -> the descriptor holding its flock
         with _translated():
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
@@ -535,8 +567,50 @@ class SqliteLedger:
         logger.info("ledger %s: pruned %d rows older than %s", self.path, removed, before)
         return removed
 
+    # The lock is flock(2) on a sidecar file, never a lock on the database itself. SQLite locks
+    # the database with POSIX byte-range locks, which belong to the process: opening and
+    # closing the database file here would drop SQLite's own locks, and where flock is emulated
+    # with POSIX locks (NFS) it would collide with them. A flock belongs to the open file: the
+    # kernel frees it when the process dies, however it dies, so a crash leaves no stale lock.
+    # The file stays when released: deleting it would let two processes lock two files of the
+    # same name. Not taken on open: `status` and `ledger resolve` read beside a running serve.
+    def acquire_exclusive(self, name: str) -> bool:
+        """Try to become the only holder of ``name`` among every process using this database.
+
+        The lock is a flock on ``<database>.<name>.lock`` beside the database (a hash stands
+        for a name other than letters, digits, ``_`` and ``-``), held until :meth:`close` or
+        until the process dies. Calling again for a name already held returns ``True``; another
+        ledger object on the same file, even in this process, gets ``False``.
+
+        Returns:
+            ``True`` when this ledger holds the lock, ``False`` when another process does.
+
+        Raises:
+            LedgerError: when the ledger is closed, or the lock file cannot be opened or locked.
+        """
+        with self._lock:
+            if self._conn is None:
+                raise LedgerError("the ledger is closed")
+            if name in self._exclusive:
+                return True
+            fd = _try_flock(self.lock_path(name))
+            if fd is None:
+                logger.warning("ledger %s: %r is held by another process", self.path, name)
+                return False
+            self._exclusive[name] = fd
+            return True
+
+    def lock_path(self, name: str) -> Path:
+        """The sidecar file :meth:`acquire_exclusive` locks for ``name``."""
+        if not _PLAIN_LOCK_NAME.fullmatch(name):
+            name = hashlib.sha256(name.encode()).hexdigest()[:16]
+        return self.path.with_name(f"{self.path.name}.{name}.lock")
+
     def close(self) -> None:
+        """Close the connection and release any lock :meth:`acquire_exclusive` took."""
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            while self._exclusive:
+                os.close(self._exclusive.popitem()[1])
