@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from trigmail.events import format_ts
+from trigmail.records import record
 from trigmail.rules.model import Address, OnDoubt
 
 
@@ -58,7 +59,7 @@ class Reason(StrEnum):
     IN_DOUBT = "in_doubt"
 
 
-@dataclass(frozen=True)
+@record
 class Payload:
     """An email frozen when it was scheduled: it is sent as it was, whatever changes later."""
 
@@ -99,7 +100,7 @@ def _address_from(obj: Mapping[str, Any] | None) -> Address | None:
     return None if obj is None else Address(email=obj["email"], name=obj.get("name"))
 
 
-@dataclass(frozen=True)
+@record
 class Schedule:
     """Schedule one email under a new idempotency key."""
 
@@ -116,7 +117,7 @@ class Schedule:
     cancel_match: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class Cancel:
     """Cancel pending sends of a rule because ``event_id`` (a ``cancel_on`` event) came."""
 
@@ -126,7 +127,7 @@ class Cancel:
     reason: Reason = Reason.CANCEL_ON
 
 
-@dataclass(frozen=True)
+@record
 class Skip:
     """Nothing scheduled for this rule (or for no rule at all), and why."""
 
@@ -138,7 +139,7 @@ class Skip:
     until: datetime | None = None
 
 
-@dataclass(frozen=True)
+@record
 class SetAside:
     """The event cannot make this email (a template field is missing): it goes to dead letters."""
 
@@ -151,14 +152,14 @@ class SetAside:
 Decision = Schedule | Cancel | Skip | SetAside
 
 
-@dataclass(frozen=True)
+@record
 class Fire:
     """A due send goes to the provider now."""
 
     key: str
 
 
-@dataclass(frozen=True)
+@record
 class Drop:
     """A due send is dropped: its state becomes ``cancelled`` with ``reason``."""
 
@@ -167,7 +168,7 @@ class Drop:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class Defer:
     """A due send waits: its send window is shut now."""
 
@@ -179,7 +180,7 @@ class Defer:
 DueDecision = Fire | Drop | Defer
 
 
-@dataclass(frozen=True)
+@record
 class LogEntry:
     """One line of the decision log: the shape of ``simulate --format json`` (DESIGN.md §4)."""
 

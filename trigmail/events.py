@@ -6,7 +6,6 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Final
@@ -14,6 +13,7 @@ from typing import Any, Final
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from trigmail.errors import BadEventError
+from trigmail.records import record
 
 
 class _Missing:
@@ -36,7 +36,7 @@ class _Missing:
 MISSING: Final = _Missing()
 
 
-@dataclass(frozen=True)
+@record
 class Event:
     """A validated event. ``data`` is the whole object with ``id`` and ``ts`` filled in."""
 

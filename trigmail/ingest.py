@@ -24,6 +24,7 @@ from trigmail.engine import decide_new, duplicate_event
 from trigmail.errors import BadEventError
 from trigmail.events import Event, parse_event
 from trigmail.ledger.base import DeadLetter, LedgerTxn, SendRecord
+from trigmail.records import record
 from trigmail.rules.model import RuleSet
 
 
@@ -40,7 +41,7 @@ class Item(Protocol):
     def position(self) -> str: ...
 
 
-@dataclass(frozen=True)
+@record
 class RawItem:
     """A plain :class:`Item`, for callers without a source (``simulate``, tests)."""
 
@@ -49,7 +50,7 @@ class RawItem:
     position: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class Rejected:
     """A raw item set aside, for the source to put in its dead-letter place after the commit."""
 

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from trigmail.decisions import LogEntry, Payload
+from trigmail.records import record
 from trigmail.rules.model import OnDoubt
 
 
@@ -39,7 +40,7 @@ FINISHED_STATES = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@record
 class SendRecord:
     """One intended email, under its unique idempotency ``key``."""
 
@@ -76,7 +77,7 @@ def evolve(record: SendRecord, **changes: Any) -> SendRecord:
     return new
 
 
-@dataclass(frozen=True)
+@record
 class DeadLetter:
     """A bad event set aside with its reason; ``raw`` is the input as it was read."""
 

@@ -8,14 +8,14 @@ the call (accepted, or one of the delivery errors) applies to every email of the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from trigmail.decisions import Payload
+from trigmail.records import record
 from trigmail.rules.model import Address
 
 
-@dataclass(frozen=True)
+@record
 class Email:
     """One intended email.
 
@@ -32,7 +32,7 @@ class Email:
     payload: Payload
 
 
-@dataclass(frozen=True)
+@record
 class Accepted:
     """The provider took the request; ``message_id`` is its id for it, when it gave one."""
 
