@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -13,7 +13,7 @@ from trigmail.windows import is_open, next_opening, window_zone
 
 LISBON = ZoneInfo("Europe/Lisbon")
 NEW_YORK = ZoneInfo("America/New_York")
-UTC_ZONE = ZoneInfo("UTC")
+UTC_ZONE = UTC
 
 
 def window(start: str, end: str, timezone: str = "UTC", is_path: bool = False) -> SendWindow:
@@ -117,7 +117,7 @@ def test_next_opening_iana_zone(at: datetime, expected: datetime) -> None:
         ({"user.timezone": 5}, UTC_ZONE),
     ],
 )
-def test_window_zone_from_path(values: dict[str, Any], expected: ZoneInfo) -> None:
+def test_window_zone_from_path(values: dict[str, Any], expected: tzinfo) -> None:
     win = window("09:00", "20:00", "user.timezone", is_path=True)
     assert window_zone(win, values) == expected
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
@@ -54,6 +55,18 @@ def resolution_note(sent: bool, previous: str | None) -> str:
     """Return the ``last_error`` of a resolved send: the operator's word, then the old error."""
     note = RESOLVED_SENT if sent else RESOLVED_NOT_SENT
     return note if previous is None else f"{note} (was: {previous})"
+
+
+def _in_stored_form(send: SendRecord) -> bool:
+    # The pipeline's new sends already have both times, all in UTC: storing them as they are
+    # spares a copy of every send.
+    return (
+        send.due_at.tzinfo is UTC
+        and send.created_at is not None
+        and send.created_at.tzinfo is UTC
+        and send.updated_at is not None
+        and send.updated_at.tzinfo is UTC
+    )
 
 
 def check_finish_state(state: SendState) -> None:
@@ -123,7 +136,8 @@ class MemoryTxn:
     def __init__(self, store: _Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
-        self._undo: list[Callable[[], object]] = []
+        # (function, arguments) pairs rather than closures: one is logged per write.
+        self._undo: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
         self._open = True
 
     def _live(self) -> _Store:
@@ -134,13 +148,13 @@ class MemoryTxn:
     def _put(self, record: SendRecord) -> None:
         store = self._live()
         old = store.put(record)
-        self._undo.append(lambda: store.restore(record.key, old))
+        self._undo.append((store.restore, (record.key, old)))
 
     def _end(self, commit: bool) -> None:
         self._open = False
         if not commit:
-            for undo in reversed(self._undo):
-                undo()
+            for undo, args in reversed(self._undo):
+                undo(*args)
         self._undo.clear()
 
     # -- reads the engine decides from -------------------------------------------------
@@ -189,7 +203,7 @@ class MemoryTxn:
         if event_id in seen:
             return False
         seen[event_id] = as_utc(at)
-        self._undo.append(lambda: seen.pop(event_id))
+        self._undo.append((seen.pop, (event_id,)))
         return True
 
     def insert_send(self, send: SendRecord) -> bool:
@@ -197,16 +211,15 @@ class MemoryTxn:
             raise ValueError(f"send {send.key}: a new send is scheduled, not {send.state}")
         if send.key in self._live().sends:
             return False
-        created_at = self._clock() if send.created_at is None else send.created_at
-        self._put(
-            evolve(
+        if not _in_stored_form(send):
+            created_at = self._clock() if send.created_at is None else send.created_at
+            send = evolve(
                 send,
                 due_at=as_utc(send.due_at),
-                cancel_match=dict(send.cancel_match),
                 created_at=as_utc(created_at),
                 updated_at=as_utc(send.updated_at or created_at),
             )
-        )
+        self._put(send)
         return True
 
     def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
@@ -216,12 +229,12 @@ class MemoryTxn:
         log = self._live().log
         size = len(log)
         log.extend(entries)
-        self._undo.append(lambda: log.__delitem__(slice(size, None)))
+        self._undo.append((log.__delitem__, (slice(size, None),)))
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         dead = self._live().dead
         dead.append(replace(letter, at=as_utc(letter.at)))
-        self._undo.append(dead.pop)
+        self._undo.append((dead.pop, ()))
 
     def get_position(self, source: str) -> str | None:
         return self._live().positions.get(source)
@@ -233,9 +246,9 @@ class MemoryTxn:
         old = mapping.get(name)
         mapping[name] = value
         if old is None:
-            self._undo.append(lambda: mapping.pop(name))
+            self._undo.append((mapping.pop, (name,)))
         else:
-            self._undo.append(lambda: mapping.__setitem__(name, old))
+            self._undo.append((mapping.__setitem__, (name, old)))
 
     # -- writes of the send path -----------------------------------------------------------
     def due_sends(self, until: datetime, limit: int) -> list[SendRecord]:

@@ -320,7 +320,7 @@ class CompiledKey:
             TemplateRenderError: when a ``{properties.NAME}`` is missing or null in the event.
         """
         return "".join(
-            part if isinstance(part, str) else part(rule_id, event) for part in self.parts
+            [part if isinstance(part, str) else part(rule_id, event) for part in self.parts]
         )
 
 
