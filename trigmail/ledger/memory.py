@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
@@ -130,42 +130,64 @@ class _Store:
         return (self.sends[key] for key in self.by_user.get(user_id, ()))
 
 
-class MemoryTxn:
-    """One transaction of a :class:`MemoryLedger`; see :class:`trigmail.ledger.base.LedgerTxn`."""
+class _Ended:
+    """Stands in for the store once a transaction is over: any use of it is refused."""
 
-    def __init__(self, store: _Store, clock: Clock) -> None:
-        self._store = store
+    def __getattr__(self, name: str) -> Any:
+        raise LedgerError("the transaction is over: open a new one")
+
+
+# Typed as a store so that the hot paths read ``self._store`` without a check of their own.
+_ENDED = cast(_Store, _Ended())
+
+
+class MemoryTxn:
+    """One transaction of a :class:`MemoryLedger`; see :class:`trigmail.ledger.base.LedgerTxn`.
+
+    It is its own context manager (``with ledger.transaction() as txn``): committed on normal
+    exit, rolled back on any exception. Writes happen in place, each logging how to undo it.
+    """
+
+    def __init__(self, ledger: MemoryLedger, clock: Clock) -> None:
+        self._ledger = ledger
         self._clock = clock
+        self._store = _ENDED
         # (function, arguments) pairs rather than closures: one is logged per write.
         self._undo: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
-        self._open = True
 
-    def _live(self) -> _Store:
-        if not self._open:
-            raise LedgerError("the transaction is over: open a new one")
-        return self._store
+    def __enter__(self) -> MemoryTxn:
+        self._store = self._ledger._begin()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._store = _ENDED
+        try:
+            if exc_type is not None:
+                for undo, args in reversed(self._undo):
+                    undo(*args)
+        finally:
+            self._undo.clear()
+            self._ledger._release()
 
     def _put(self, record: SendRecord) -> None:
-        store = self._live()
+        store = self._store
         old = store.put(record)
         self._undo.append((store.restore, (record.key, old)))
 
-    def _end(self, commit: bool) -> None:
-        self._open = False
-        if not commit:
-            for undo, args in reversed(self._undo):
-                undo(*args)
-        self._undo.clear()
-
     # -- reads the engine decides from -------------------------------------------------
     def seen_event(self, event_id: str) -> bool:
-        return event_id in self._live().seen
+        return event_id in self._store.seen
 
     def send_exists(self, key: str) -> bool:
-        return key in self._live().sends
+        return key in self._store.sends
 
     def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
-        store = self._live()
+        store = self._store
         claimed = [
             record.claimed_at
             for key in store.by_rule_user.get((rule_id, user_id), ())
@@ -178,7 +200,7 @@ class MemoryTxn:
         wanted = frozenset(rule_ids)
         found = [
             record
-            for record in self._live().user_sends(user_id)
+            for record in self._store.user_sends(user_id)
             if record.state == SendState.SCHEDULED and record.rule_id in wanted
         ]
         return sorted(found, key=lambda record: (record.due_at, record.key))
@@ -190,7 +212,7 @@ class MemoryTxn:
         since = as_utc(since)
         return sum(
             1
-            for record in self._live().user_sends(user_id)
+            for record in self._store.user_sends(user_id)
             if record.state in DELIVERED_STATES
             and record.claimed_at is not None
             and record.claimed_at >= since
@@ -199,7 +221,7 @@ class MemoryTxn:
 
     # -- writes of the event path --------------------------------------------------------
     def mark_seen(self, event_id: str, at: datetime) -> bool:
-        seen = self._live().seen
+        seen = self._store.seen
         if event_id in seen:
             return False
         seen[event_id] = as_utc(at)
@@ -209,7 +231,7 @@ class MemoryTxn:
     def insert_send(self, send: SendRecord) -> bool:
         if send.state != SendState.SCHEDULED:
             raise ValueError(f"send {send.key}: a new send is scheduled, not {send.state}")
-        if send.key in self._live().sends:
+        if send.key in self._store.sends:
             return False
         if not _in_stored_form(send):
             created_at = self._clock() if send.created_at is None else send.created_at
@@ -226,21 +248,21 @@ class MemoryTxn:
         return [key for key in dict.fromkeys(keys) if self.drop(key, reason, at)]
 
     def log(self, entries: Sequence[LogEntry]) -> None:
-        log = self._live().log
+        log = self._store.log
         size = len(log)
         log.extend(entries)
         self._undo.append((log.__delitem__, (slice(size, None),)))
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
-        dead = self._live().dead
+        dead = self._store.dead
         dead.append(replace(letter, at=as_utc(letter.at)))
         self._undo.append((dead.pop, ()))
 
     def get_position(self, source: str) -> str | None:
-        return self._live().positions.get(source)
+        return self._store.positions.get(source)
 
     def set_position(self, source: str, position: str) -> None:
-        self._set_item(self._live().positions, source, position)
+        self._set_item(self._store.positions, source, position)
 
     def _set_item(self, mapping: dict[str, str], name: str, value: str) -> None:
         old = mapping.get(name)
@@ -252,7 +274,7 @@ class MemoryTxn:
 
     # -- writes of the send path -----------------------------------------------------------
     def due_sends(self, until: datetime, limit: int) -> list[SendRecord]:
-        store = self._live()
+        store = self._store
         until = as_utc(until)
         found: list[SendRecord] = []
         kept: list[_DueEntry] = []
@@ -268,7 +290,7 @@ class MemoryTxn:
         return found
 
     def next_due_at(self) -> datetime | None:
-        store = self._live()
+        store = self._store
         while store.due and not store.is_current(store.due[0]):
             heapq.heappop(store.due)
         return store.due[0][0] if store.due else None
@@ -340,7 +362,7 @@ class MemoryTxn:
 
     def recover_in_flight(self, at: datetime) -> list[SendRecord]:
         at = as_utc(at)
-        sending = [r for r in self._live().sends.values() if r.state == SendState.SENDING]
+        sending = [r for r in self._store.sends.values() if r.state == SendState.SENDING]
         changed = [recovered(record, at) for record in sorted(sending, key=lambda r: r.key)]
         for record in changed:
             self._put(record)
@@ -354,10 +376,10 @@ class MemoryTxn:
         return None
 
     def set_meta(self, name: str, value: str) -> None:
-        self._set_item(self._live().meta, name, value)
+        self._set_item(self._store.meta, name, value)
 
     def _in_state(self, keys: Iterable[str], state: SendState) -> list[SendRecord]:
-        sends = self._live().sends
+        sends = self._store.sends
         return [
             record
             for key in dict.fromkeys(keys)
@@ -420,29 +442,6 @@ def _updated(record: SendRecord) -> datetime:
     return record.updated_at
 
 
-class _Transaction:
-    """The context manager of :meth:`MemoryLedger.transaction`: commit on success, roll back on
-    any exception. A class rather than ``@contextmanager``: ``simulate`` opens several
-    transactions per event, and a generator-based one costs about 5 % of its time."""
-
-    __slots__ = ("_ledger", "_txn")
-
-    def __init__(self, ledger: MemoryLedger) -> None:
-        self._ledger = ledger
-
-    def __enter__(self) -> MemoryTxn:
-        self._txn = self._ledger._begin()
-        return self._txn
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._ledger._end(self._txn, commit=exc_type is None)
-
-
 class MemoryLedger:
     """A ledger that lives and dies with the process; see :class:`trigmail.ledger.base.Ledger`.
 
@@ -461,10 +460,11 @@ class MemoryLedger:
         self._busy = False
         self._closed = False
 
-    def transaction(self) -> _Transaction:
-        return _Transaction(self)
+    def transaction(self) -> MemoryTxn:
+        # A class rather than @contextmanager: simulate opens several transactions per event.
+        return MemoryTxn(self, self._clock)
 
-    def _begin(self) -> MemoryTxn:
+    def _begin(self) -> _Store:
         self._lock.acquire()
         try:
             self._check_usable()
@@ -472,14 +472,11 @@ class MemoryLedger:
             self._lock.release()
             raise
         self._busy = True
-        return MemoryTxn(self._store, self._clock)
+        return self._store
 
-    def _end(self, txn: MemoryTxn, commit: bool) -> None:
-        try:
-            txn._end(commit)
-        finally:
-            self._busy = False
-            self._lock.release()
+    def _release(self) -> None:
+        self._busy = False
+        self._lock.release()
 
     def _check_usable(self) -> None:
         if self._closed:
