@@ -131,3 +131,22 @@ def test_undecodable_lines_are_invalid_json(raw: str | bytes) -> None:
     with pytest.raises(BadEventError) as caught:
         parse_event(raw, READ_AT)
     assert caught.value.reason == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"event": "a", "user_id": "\xed\xa0\x80"}', "invalid_json"),  # a surrogate as UTF-8
+        (b'{"event": "a", "user_id": "\\uDFFF"}', "invalid_json"),  # upper-case escape
+        (b'{"event": "a", "user_id": "u", "p": {"k": ["\\u0000"]}}', "bad_field"),  # deep NUL
+    ],
+)
+def test_unstorable_text_anywhere_is_refused(raw: bytes, reason: str) -> None:
+    with pytest.raises(BadEventError) as caught:
+        parse_event(raw, READ_AT)
+    assert caught.value.reason == reason
+
+
+def test_a_valid_surrogate_pair_is_text() -> None:
+    event = parse_event(b'{"event": "a", "user_id": "\\ud83d\\ude00"}', READ_AT)
+    assert event.user_id == "\U0001f600"
