@@ -30,6 +30,7 @@ from trigmail.pipeline import Pipeline, RetryPolicy
 from trigmail.providers.recording import RecordingProvider
 from trigmail.rules.loader import parse_rules
 from trigmail.rules.model import RuleSet
+from trigmail.scheduler import Scheduler
 from trigmail.simulate import VirtualClock
 
 T0 = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
@@ -397,3 +398,13 @@ def test_a_stale_cache_entry_of_another_worker_is_not_decided(clock: VirtualCloc
     assert first.state("welcome:u1") is SendState.SENT
     assert len(first.provider.sent) + len(second.provider.sent) == 1
     ledger.close()
+
+
+def test_the_scheduler_given_is_kept_even_while_empty(clock: VirtualClock) -> None:
+    # An empty scheduler is falsy (it has a length): `scheduler or Scheduler()` dropped the
+    # one simulate passes, with its long horizon, for a default one.
+    scheduler = Scheduler(horizon_s=86_400.0)
+    pipeline = Pipeline(
+        MemoryLedger(clock=clock), RuleSet, RecordingProvider(), clock, scheduler=scheduler
+    )
+    assert pipeline.scheduler is scheduler

@@ -89,7 +89,8 @@ class Pipeline:
         self.rules = rules
         self.provider = provider
         self.clock = clock
-        self.scheduler = scheduler or Scheduler()
+        # Not `scheduler or ...`: an empty scheduler is falsy (it has a length).
+        self.scheduler = Scheduler() if scheduler is None else scheduler
         self.retry = retry or RetryPolicy()
         self.rng = rng or random.Random()
         self.on_entry = on_entry
