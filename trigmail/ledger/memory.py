@@ -2,7 +2,8 @@
 
 A transaction writes in place and keeps an undo log, so commit is free and a rollback replays
 the log backwards. Sends are indexed per user and per (rule, user) so nothing on the event path
-scans every send; due sends sit in a heap whose stale entries are dropped lazily.
+scans every send. Due sends are found by a scan: only a scheduler refill asks for them, and
+keeping a due-time heap up to date on every write cost ``simulate`` more than the scans.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def resolution_note(sent: bool, previous: str | None) -> str:
     return note if previous is None else f"{note} (was: {previous})"
 
 
+def _due_order(record: SendRecord) -> tuple[datetime, str]:
+    return record.due_at, record.key
+
+
 def _in_stored_form(send: SendRecord) -> bool:
     # The pipeline's new sends already have both times, all in UTC: storing them as they are
     # spares a copy of every send.
@@ -75,11 +80,6 @@ def check_finish_state(state: SendState) -> None:
         raise ValueError(f"finish() moves a send to sent, failed or in_doubt, not {state}")
 
 
-# A heap entry ``(due_at, key)``, stale once its send is no longer scheduled at ``due_at``;
-# a plain tuple because the heap compares entries in C, several times per event.
-_DueEntry = tuple[datetime, str]
-
-
 class _Store:
     """The data of a memory ledger and its indexes."""
 
@@ -87,7 +87,6 @@ class _Store:
         self.sends: dict[str, SendRecord] = {}
         self.by_user: dict[str, set[str]] = {}
         self.by_rule_user: dict[tuple[str, str], set[str]] = {}
-        self.due: list[_DueEntry] = []
         self.seen: dict[str, datetime] = {}
         self.positions: dict[str, str] = {}
         self.meta: dict[str, str] = {}
@@ -101,8 +100,6 @@ class _Store:
         if old is None:
             self.by_user.setdefault(record.user_id, set()).add(record.key)
             self.by_rule_user.setdefault((record.rule_id, record.user_id), set()).add(record.key)
-        if record.state == SendState.SCHEDULED:
-            heapq.heappush(self.due, (record.due_at, record.key))
         return old
 
     def restore(self, key: str, old: SendRecord | None) -> None:
@@ -115,16 +112,9 @@ class _Store:
         self.by_rule_user[(record.rule_id, record.user_id)].discard(key)
 
     def forget(self, keys: Iterable[str]) -> None:
-        """Delete finished sends for good (prune); their heap entries are already stale."""
+        """Delete finished sends for good (prune)."""
         for key in keys:
             self.restore(key, None)
-
-    def is_current(self, entry: _DueEntry) -> bool:
-        due_at, key = entry
-        record = self.sends.get(key)
-        return (
-            record is not None and record.state == SendState.SCHEDULED and record.due_at == due_at
-        )
 
     def user_sends(self, user_id: str) -> Iterator[SendRecord]:
         return (self.sends[key] for key in self.by_user.get(user_id, ()))
@@ -203,7 +193,7 @@ class MemoryTxn:
             for record in self._store.user_sends(user_id)
             if record.state == SendState.SCHEDULED and record.rule_id in wanted
         ]
-        return sorted(found, key=lambda record: (record.due_at, record.key))
+        return sorted(found, key=_due_order)
 
     def delivered_count_since(
         self, user_id: str, categories: Collection[str], since: datetime
@@ -274,26 +264,21 @@ class MemoryTxn:
 
     # -- writes of the send path -----------------------------------------------------------
     def due_sends(self, until: datetime, limit: int) -> list[SendRecord]:
-        store = self._store
         until = as_utc(until)
-        found: list[SendRecord] = []
-        kept: list[_DueEntry] = []
-        while store.due and len(found) < limit and store.due[0][0] <= until:
-            entry = heapq.heappop(store.due)
-            # A stale entry is dropped for good: a rollback that makes its send scheduled
-            # again pushes a fresh one. Equal entries pop one after the other.
-            if store.is_current(entry) and (not kept or kept[-1] != entry):
-                kept.append(entry)
-                found.append(store.sends[entry[1]])
-        for entry in kept:
-            heapq.heappush(store.due, entry)
-        return found
+        due = (
+            record
+            for record in self._store.sends.values()
+            if record.state == SendState.SCHEDULED and record.due_at <= until
+        )
+        return heapq.nsmallest(limit, due, key=_due_order)
 
     def next_due_at(self) -> datetime | None:
-        store = self._store
-        while store.due and not store.is_current(store.due[0]):
-            heapq.heappop(store.due)
-        return store.due[0][0] if store.due else None
+        scheduled = (
+            record.due_at
+            for record in self._store.sends.values()
+            if record.state == SendState.SCHEDULED
+        )
+        return min(scheduled, default=None)
 
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         at = as_utc(at)
@@ -428,7 +413,7 @@ def status_of(
     return LedgerStatus(
         counts=counts,
         by_rule=by_rule,
-        next_due=sorted(scheduled, key=lambda r: (r.due_at, r.key))[:limit],
+        next_due=sorted(scheduled, key=_due_order)[:limit],
         in_doubt=[r for r in newest if r.state == SendState.IN_DOUBT][:limit],
         failed=[r for r in newest if r.state == SendState.FAILED][:limit],
         recent=newest[:limit],
