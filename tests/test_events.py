@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trigmail.errors import BadEventError
-from trigmail.events import MISSING, event_hash_id, parse_event
+from trigmail.events import MISSING, event_hash_id, format_ts, parse_event
 
 READ_AT = datetime(2026, 11, 27, 21, 0, tzinfo=UTC)
 GOOD = {
@@ -150,3 +152,37 @@ def test_unstorable_text_anywhere_is_refused(raw: bytes, reason: str) -> None:
 def test_a_valid_surrogate_pair_is_text() -> None:
     event = parse_event(b'{"event": "a", "user_id": "\\ud83d\\ude00"}', READ_AT)
     assert event.user_id == "\U0001f600"
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1900, 1, 2), max_value=datetime(8999, 12, 30), timezones=st.just(UTC)
+    ),
+    style=st.sampled_from(["Z", "z", "+00:00", "+01:00", "-05:30", " ", "t", "ms", "zero-us"]),
+)
+def test_data_ts_is_always_the_canonical_utc_text(moment: datetime, style: str) -> None:
+    text = _styled(moment, style)
+    event = parse_event(line(ts=text), READ_AT)
+    assert event.data["ts"] == format_ts(event.ts)
+    assert event.ts == moment.replace(microsecond=_kept_us(moment, style))
+
+
+def _kept_us(moment: datetime, style: str) -> int:
+    if style == "ms":
+        return moment.microsecond // 1000 * 1000
+    return 0 if style == "zero-us" else moment.microsecond
+
+
+def _styled(moment: datetime, style: str) -> str:
+    base = moment.replace(tzinfo=None)
+    if style == "ms":
+        return base.isoformat(timespec="milliseconds") + "Z"
+    if style == "zero-us":
+        return base.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%S") + ".000000Z"
+    if style in {"Z", "z"}:
+        return base.isoformat() + style
+    if style in {" ", "t"}:
+        return base.isoformat(sep=style) + "Z"
+    hours, minutes = int(style[1:3]), int(style[4:6])
+    offset = timedelta(hours=hours, minutes=minutes) * (1 if style[0] == "+" else -1)
+    return (base + offset).isoformat() + style
