@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from types import TracebackType
 
 from trigmail import faults
 from trigmail.decisions import (
@@ -95,6 +96,7 @@ class Pipeline:
         self.rng = rng or random.Random()
         self.on_entry = on_entry
         self._lock = threading.Lock()
+        self._reread_on_failure = _RereadOnFailure(self)
         self._version_recorded: str | None = None
 
     # -- events ------------------------------------------------------------------------------
@@ -110,20 +112,20 @@ class Pipeline:
         now = self.clock()
         rules = self.rules()
         result = Ingested()
-        items = [item for item, _ in parsed]
         with self.ledger.transaction() as txn:
             batch = BatchWriter(txn, rules, now, source_name or "", result)
             for item, event in parsed:
                 batch.ingest(item, event)
-            if source_name is not None and items:
-                txn.set_position(source_name, items[-1].position)
+            if source_name is not None and parsed:
+                txn.set_position(source_name, parsed[-1][0].position)
             txn.log(result.entries)
             if rules.version != self._version_recorded:
                 txn.set_meta("rules_version", rules.version)
         self._version_recorded = rules.version
-        with self._lock:
-            for send in result.scheduled:
-                self.scheduler.add(send)
+        if result.scheduled:
+            with self._lock:
+                for send in result.scheduled:
+                    self.scheduler.add(send)
         self._publish(result.entries)
         return result
 
@@ -158,7 +160,7 @@ class Pipeline:
         entries: list[LogEntry] = []
         claimed: list[SendRecord] = []
         deferred: list[SendRecord] = []
-        with self._lock, self.ledger.transaction() as txn:
+        with self._lock, self._reread_on_failure, self.ledger.transaction() as txn:
             if self.scheduler.needs_refill(now):
                 self.scheduler.refill(txn, now)
             earliest = self.scheduler.next_due_at()
@@ -330,6 +332,29 @@ class Pipeline:
         if self.on_entry is not None:
             for entry in entries:
                 self.on_entry(entry)
+
+
+class _RereadOnFailure:
+    """Around :meth:`Pipeline.fire_due`'s transaction: should it fail, its rollback leaves the
+    sends popped from the cache scheduled, but gone from the cache, where they would wait for
+    the horizon to run out (5 minutes by default). Forgetting the horizon makes the next call
+    read them from the ledger again. (Several workers deciding for the same users in different
+    orders deadlock now and then; PostgreSQL aborts one of the transactions.)"""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self._pipeline.scheduler.invalidate()
 
 
 def batches(sends: Sequence[SendRecord]) -> list[list[SendRecord]]:

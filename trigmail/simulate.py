@@ -103,7 +103,7 @@ class Simulation:
 
         Returns ``False`` (and decides nothing) for an event later than ``until``.
         """
-        if not line.strip():
+        if not line or line.isspace():
             return True
         item = RawItem(line, f"{source}:{lineno}")
         event = parse_item(item, self.clock.now)

@@ -238,6 +238,8 @@ class MemoryTxn:
         return [key for key in dict.fromkeys(keys) if self.drop(key, reason, at)]
 
     def log(self, entries: Sequence[LogEntry]) -> None:
+        if not entries:
+            return
         log = self._store.log
         size = len(log)
         log.extend(entries)

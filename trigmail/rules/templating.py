@@ -270,9 +270,13 @@ def _holds(container: Any, part: str | int) -> bool:
     )
 
 
+# The exact types JSON decodes to: a set lookup is faster than isinstance with a union.
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def _json_value(value: Any, where: str) -> Any:
     """Copy a native result as JSON data; anything else is a template error."""
-    if value is None or isinstance(value, str | bool | int | float):
+    if type(value) in _SCALARS or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, list | tuple):
         return [_json_value(item, where) for item in value]
