@@ -116,8 +116,9 @@ class _Store:
         for key in keys:
             self.restore(key, None)
 
-    def user_sends(self, user_id: str) -> Iterator[SendRecord]:
-        return (self.sends[key] for key in self.by_user.get(user_id, ()))
+    def user_sends(self, user_id: str) -> list[SendRecord]:
+        sends = self.sends
+        return [sends[key] for key in self.by_user.get(user_id, ())]
 
 
 class _Ended:
@@ -200,14 +201,15 @@ class MemoryTxn:
     ) -> int:
         wanted = frozenset(categories)
         since = as_utc(since)
-        return sum(
-            1
+        delivered = [
+            record
             for record in self._store.user_sends(user_id)
             if record.state in DELIVERED_STATES
             and record.claimed_at is not None
             and record.claimed_at >= since
             and not wanted.isdisjoint(record.payload.categories)
-        )
+        ]
+        return len(delivered)
 
     # -- writes of the event path --------------------------------------------------------
     def mark_seen(self, event_id: str, at: datetime) -> bool:
