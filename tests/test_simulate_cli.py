@@ -268,3 +268,30 @@ def test_until_before_the_last_event_leaves_later_events_undecided(tmp_path: Pat
     later = {json.loads(line)["id"] for line in raw if json.loads(line)["ts"] > until}
     assert later and not decided & later
     assert all(line["at"] <= until for line in lines)
+
+
+MARKUP_LIKE = (
+    b'{"event": "user_signup", "user_id": "[/oops]", "email": "a@example.com",'
+    b' "ts": "2026-11-27T10:00:00Z", "user": {"first_name": "[bold]Ana"}}\n'
+)
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_table_lines_print_brackets_as_text(tmp_path: Path, terminal: bool) -> None:
+    # Rich markup would have read "[/oops]" as a closing tag and failed the whole report.
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(MARKUP_LIKE)
+    env_args = ["env", "FORCE_COLOR=1", "TTY_COMPATIBLE=1"] if terminal else ["env"]
+    done = subprocess.run(
+        [*env_args, sys.executable, "-m", "trigmail", "simulate", str(events), "--rules", RULES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    welcome = [line for line in done.stdout.splitlines() if line.startswith("2026-")]
+    assert len(welcome) == 2
+    assert all("[/oops]" in line for line in welcome)
+    assert ("\x1b[" in done.stdout) is terminal
