@@ -224,3 +224,33 @@ def test_usage_errors_exit_2_and_change_nothing(
     assert result.returncode == 2, result.stdout
     assert re.search(r"Usage: .*trigmail ledger", result.stderr), result.stderr
     assert _states(ledger_path) == BEFORE
+
+
+def test_tables_print_bracketed_values_as_text(tmp_path: Path, t0: datetime) -> None:
+    # Keys, user ids and errors come from events: read as rich markup, "[/u]" failed the
+    # whole command and "[bold]" vanished into a style.
+    path = tmp_path / "ledger.db"
+    ledger = SqliteLedger(path)
+    try:
+        send = make_send("cart:[bold]1", t0, user="[/u]")
+        put_in_state(ledger, send, SendState.SCHEDULED, t0)
+        with ledger.transaction() as txn:
+            assert txn.claim([send.key], t0)
+            txn.finish([send.key], SendState.IN_DOUBT, t0, error="timeout [/x]")
+    finally:
+        ledger.close()
+    in_doubt = _run("in-doubt", "--ledger", path, cwd=tmp_path)
+    status = subprocess.run(
+        [sys.executable, "-m", "trigmail", "status", "--ledger", str(path)],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    for result in (in_doubt, status):
+        assert result.returncode == 0, result.stderr
+        row = next(line for line in result.stdout.splitlines() if "cart:" in line)
+        for cell in ("cart:[bold]1", "[/u]", "timeout [/x]"):
+            assert cell in row

@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from trigmail.cli.app import EXIT_INVALID
 from trigmail.config import Config, load_config
@@ -33,7 +34,7 @@ err_console = Console(stderr=True, highlight=False)
 
 def fail(message: str, code: int = EXIT_INVALID) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/bold red] {message}", markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 

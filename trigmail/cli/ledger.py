@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from trigmail.cli.app import EXIT_OK, OutputFormat
 from trigmail.cli.common import ConfigOption, fail, load, require_ledger
@@ -102,7 +103,7 @@ def _in_doubt_table(sends: Sequence[SendRecord], total: int) -> Table:
     for column in ("rule", "user", "recipient", "since", "attempts", "last error"):
         table.add_column(column, overflow="fold")
     for send in sends:
-        table.add_row(
+        cells = (
             send.key,
             send.rule_id,
             send.user_id,
@@ -111,6 +112,8 @@ def _in_doubt_table(sends: Sequence[SendRecord], total: int) -> Table:
             str(send.attempts),
             send.last_error or "",
         )
+        # Text, not markup: keys, user ids and errors come from events and may hold brackets.
+        table.add_row(*map(Text, cells))
     return table
 
 

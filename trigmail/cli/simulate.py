@@ -12,6 +12,7 @@ from typing import IO, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
@@ -159,7 +160,7 @@ def simulate(
     try:
         handle = sys.stdin.buffer if str(events) == "-" else events.open("rb")
     except OSError as exc:
-        err.print(f"[red]error:[/red] cannot read {events}: {exc.strerror}")
+        err.print(f"[red]error:[/red] {escape(f'cannot read {events}: {exc.strerror}')}")
         raise typer.Exit(EXIT_INVALID) from None
     show_progress = not as_json and err.is_terminal and str(events) != "-"
     with (

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from trigmail.cli.app import EXIT_OK, OutputFormat, app
 from trigmail.cli.common import ConfigOption, fail, load, require_ledger
@@ -63,7 +64,9 @@ def _sends_table(title: str, sends: Sequence[SendRecord], when: str) -> Table:
         table.add_column(column, overflow="fold")
     for send in sends:
         moment = format_ts(send.due_at) if when == "due" else (_since(send) or "")
-        table.add_row(send.key, send.rule_id, send.user_id, moment, send.last_error or "")
+        # Text, not markup: keys, user ids and errors come from events and may hold brackets.
+        cells = (send.key, send.rule_id, send.user_id, moment, send.last_error or "")
+        table.add_row(*map(Text, cells))
     return table
 
 
