@@ -186,3 +186,23 @@ def _styled(moment: datetime, style: str) -> str:
     hours, minutes = int(style[1:3]), int(style[4:6])
     offset = timedelta(hours=hours, minutes=minutes) * (1 if style[0] == "+" else -1)
     return (base + offset).isoformat() + style
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("properties.cart.id", "c1"),  # nested objects
+        ("properties.cart", {"id": "c1"}),  # an object itself
+        ("properties.none", None),  # JSON null is a value
+        ("properties.cart.missing", MISSING),  # a missing key
+        ("event.length", MISSING),  # into text
+        ("properties.items.0", MISSING),  # into a list: paths name keys, not indexes
+        ("properties.count.x", MISSING),  # into a number
+        ("properties.flag.x", MISSING),  # into a boolean
+        ("properties.none.x", MISSING),  # into null
+    ],
+)
+def test_lookup_follows_object_keys_only(path: str, expected: object) -> None:
+    properties = {"cart": {"id": "c1"}, "none": None, "items": [1], "count": 3, "flag": True}
+    event = parse_event(line(properties=properties), READ_AT)
+    assert event.lookup(path) == expected

@@ -60,12 +60,13 @@ class Event:
     def lookup(self, path: str) -> Any:
         """Return the value at a dotted ``path`` (``properties.cart_id``), or ``MISSING``."""
         value: Any = self.data
-        for part in path.split("."):
-            # JSON objects are dicts: the exact type check spares the ABC's slower one.
-            if (type(value) is dict or isinstance(value, Mapping)) and part in value:
+        try:
+            for part in path.split("."):
                 value = value[part]
-            else:
-                return MISSING
+        # Event data is JSON: a step is a missing key, or a name into a list, text, a number,
+        # a boolean or null (all a TypeError); asking forgiveness is the fast path.
+        except (KeyError, TypeError):
+            return MISSING
         return value
 
 
