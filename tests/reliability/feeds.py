@@ -19,6 +19,8 @@ import redis
 
 # The share of writes whose last line is left without its tail until the next write.
 HALF_LINE_CHANCE = 0.3
+# The most pending entries a drain failure lists (their count is whole).
+LEFT_SHOWN = 20
 
 
 class Feed(Protocol):
@@ -30,6 +32,7 @@ class Feed(Protocol):
     def write(self, lines: list[str]) -> None: ...
     def settle(self) -> None: ...
     def consumed(self, ledger: Path) -> bool: ...
+    def backlog(self, ledger: Path) -> str: ...
     def dead(self) -> Counter[tuple[str, str]]: ...
 
 
@@ -86,6 +89,15 @@ class SpoolFeed:
             stat.st_ino,
             stat.st_size,
         )
+
+    def backlog(self, ledger: Path) -> str:
+        """What is left to consume, for a drain failure: the file against the position."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return f"spool {self.path}: missing"
+        position = _spool_position(ledger, f"spool:{self.path.absolute()}")
+        return f"spool {self.path}: inode {stat.st_ino}, {stat.st_size} bytes; committed {position}"
 
     def rotate(self, how: str) -> None:
         """Rotate as logrotate would: ``rename`` (then create) or ``truncate`` (copytruncate).
@@ -180,6 +192,38 @@ class RedisFeed:
                 return bool(group["pending"] == 0 and group["last-delivered-id"] == last)
         return False
 
+    def backlog(self, ledger: Path) -> str:
+        """What is left to consume, for a drain failure: the group's delivery point against
+        the stream's end, each consumer's pending count, and the first pending entries."""
+        try:
+            stream = self.client.xinfo_stream(self.stream)
+            groups = self.client.xinfo_groups(self.stream)
+            consumers = self.client.xinfo_consumers(self.stream, self.group)
+            pending = self.client.xpending_range(
+                self.stream, self.group, min="-", max="+", count=LEFT_SHOWN
+            )
+        except redis.RedisError as exc:
+            return f"stream {self.stream}: {type(exc).__name__}: {exc}"
+        last = _text(stream["last-generated-id"])
+        lines = [f"stream {self.stream}: {stream['length']} entries, the last {last}"]
+        for group in groups:
+            lines.append(
+                f"  group {_text(group['name'])}: pending {group['pending']},"
+                f" last delivered {_text(group['last-delivered-id'])}, lag {group.get('lag')}"
+            )
+        for consumer in consumers:
+            lines.append(
+                f"  consumer {_text(consumer['name'])}: pending {consumer['pending']},"
+                f" idle {consumer['idle']}ms"
+            )
+        for entry in pending:
+            lines.append(
+                f"  pending {_text(entry['message_id'])} with {_text(entry['consumer'])}:"
+                f" idle {_text(entry['time_since_delivered'])}ms,"
+                f" delivered {_text(entry['times_delivered'])} times"
+            )
+        return "\n".join(lines)
+
     def dead(self) -> Counter[tuple[str, str]]:
         entries = cast(
             list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(f"{self.stream}:dead")
@@ -190,3 +234,7 @@ class RedisFeed:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

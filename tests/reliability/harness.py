@@ -18,14 +18,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tests.fake_sendgrid import FakeSendGrid, FaultKind, FaultRates
 from tests.reliability import checks, oracle, workload
-from tests.reliability.feeds import Feed, SpoolFeed
+from tests.reliability.feeds import LEFT_SHOWN, Feed, SpoolFeed
 from tests.serve_harness import Serve, clean_env, wait_for, write_config
 from trigmail.faults import KILL_AT_ENV, KillPoint
 
@@ -50,6 +51,11 @@ STEADY_POINTS = (
 # run, few enough that most kills stay at random moments.
 ARM_CHANCE = 0.3
 _KILL_POINT_LINE = re.compile(r"kill point (\w+) reached")
+# What a drain failure lists of each live daemon's log: its last warnings and errors, then its
+# last lines (and of the sends left, the first LEFT_SHOWN: their counts are whole).
+LOG_WARNINGS_SHOWN = 12
+LOG_TAIL_SHOWN = 4
+_WARNING_LINE = re.compile(r"level=(warning|error|critical)")
 
 
 @dataclass(frozen=True)
@@ -98,13 +104,46 @@ class RunResult:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def drained(idle: Callable[[], bool], what: str, timeout_s: float) -> bool:
-    """Wait until ``idle()``; ``False`` at the deadline (a failure the run reports)."""
+def wait_drained(
+    idle: Callable[[], bool], what: str, timeout_s: float, left: Callable[[], str]
+) -> checks.Violation | None:
+    """Wait until ``idle()``; at the deadline, the ``not_drained`` violation, saying what
+    ``left()`` found undone then (printed at once too, before the stop changes it)."""
     try:
         wait_for(idle, what, timeout_s)
-    except AssertionError:
-        return False
-    return True
+    except AssertionError as exc:  # the deadline, or a restart in ``idle`` that failed
+        try:
+            found = left()
+        except Exception as error:  # the report must not hide the failure it reports
+            found = f"(the report failed: {type(error).__name__}: {error})"
+        detail = f"{exc}\n{found}"
+        print(f"not_drained: {detail}", file=sys.stderr, flush=True)
+        return checks.Violation("not_drained", "serve", detail)
+    return None
+
+
+def sends_left(counts: dict[str, int], unfinished: Iterable[dict[str, Any]]) -> str:
+    """Describe a ledger's sends at a drain failure: the counts by state, then the first
+    :data:`LEFT_SHOWN` sends still ``scheduled`` or ``sending`` (rows of the sends table, with
+    ``due_at`` as a UTC datetime), each with its due time against now."""
+    now = datetime.now(UTC)
+    rows = list(unfinished)
+    lines = [f"sends by state: {dict(sorted(counts.items()))}"]
+    for row in rows[:LEFT_SHOWN]:
+        due_s = (row["due_at"] - now).total_seconds()
+        due = f"due in {due_s:.1f}s" if due_s > 0 else f"due {-due_s:.1f}s ago"
+        lease = (
+            f", lease {row['lease_owner']} until {row['lease_until']}"
+            if row.get("lease_owner") is not None
+            else ""
+        )
+        lines.append(
+            f"  {row['state']} {row['key']} (user {row['user_id']}): {due},"
+            f" attempts {row['attempts']}{lease}, last error {row['last_error']!r}"
+        )
+    if len(rows) > LEFT_SHOWN:
+        lines.append(f"  ... and {len(rows) - LEFT_SHOWN} more")
+    return "\n".join(lines)
 
 
 class Daemons:
@@ -168,6 +207,28 @@ class Daemons:
         if self.serve is not None:
             self.serve.kill()
 
+    def describe(self, name: str, log: Path | None = None) -> str:
+        """The daemon at a drain failure: alive or not, how its instances ended, and its
+        log's last warnings and lines (all of it written to ``log``, if given)."""
+        ends = dict(Counter(i.end.split(":")[0] for i in self.instances[:-1]))
+        head = f"{name}: {len(self.instances)} starts, earlier ends {ends}"
+        if self.serve is None:
+            return f"{head}; none running"
+        code = self.serve.proc.poll()
+        alive = "running" if code is None else f"exited {code}"
+        started_s = time.time() - self.instances[-1].started_at
+        head += f"; last pid {self.serve.proc.pid} {alive}, started {started_s:.0f}s ago"
+        head += f", armed {self.armed}"
+        lines = self.serve.stderr.splitlines()
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            head += f" (its log: {log})"
+        warnings = [line for line in lines if _WARNING_LINE.search(line)]
+        shown = [f"    ! {line}" for line in warnings[-LOG_WARNINGS_SHOWN:]]
+        shown += [f"    | {line}" for line in lines[-LOG_TAIL_SHOWN:]]
+        return "\n".join([f"{head}; {len(warnings)} warnings, the last:", *shown])
+
     def _running(self) -> Serve:
         assert self.serve is not None, "no daemon started"
         return self.serve
@@ -219,7 +280,7 @@ class Run:
         try:
             self.daemons.start(self.arm, self.spec.first_kill_at)
             self._feed_all()
-            drained = self._drain()
+            not_drained = self._drain()
             code = self.daemons.stop()
         finally:
             self.daemons.kill_if_running()
@@ -228,8 +289,9 @@ class Run:
         violations = checks.check(expected, observed)
         if code != 0:
             violations.append(checks.Violation("unclean_stop", "serve", f"exit code {code}"))
-        if not drained:
-            violations.append(checks.Violation("not_drained", "serve", "drain timed out"))
+        if not_drained is not None:
+            # First: what a drain left undone explains the violations that follow from it.
+            violations.insert(0, not_drained)
         figures = self._figures(expected, observed, time.monotonic() - started_s)
         return RunResult(violations, figures)
 
@@ -271,7 +333,7 @@ class Run:
         return self.feed.consumed(self.ledger)
 
     # -- draining -----------------------------------------------------------------------------
-    def _drain(self) -> bool:
+    def _drain(self) -> checks.Violation | None:
         """Finish: no armed kill point, everything consumed, nothing scheduled or sending."""
         self.feed.settle()
         self.daemons.restart_unarmed()
@@ -280,7 +342,17 @@ class Run:
             self._restart_if_died()
             return self.feed.consumed(self.ledger) and _pending_sends(self.ledger) == 0
 
-        return drained(idle, "the daemon to drain", self.spec.drain_timeout_s)
+        return wait_drained(idle, "the daemon to drain", self.spec.drain_timeout_s, self._left)
+
+    def _left(self) -> str:
+        """What the drain left: the feed's backlog, the unfinished sends, the daemon."""
+        return "\n".join(
+            [
+                self.feed.backlog(self.ledger),
+                _sends_left(self.ledger),
+                self.daemons.describe("serve", self.root / "drain-logs" / "serve.log"),
+            ]
+        )
 
     # -- observing ----------------------------------------------------------------------------
     def _observe(self) -> checks.Observed:
@@ -372,6 +444,25 @@ def _pending_sends(ledger: Path) -> int:
     finally:
         conn.close()
     return int(row[0])
+
+
+def _sends_left(ledger: Path) -> str:
+    if not ledger.exists():
+        return f"no ledger at {ledger}"
+    conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        counts = dict(conn.execute("SELECT state, COUNT(*) FROM sends GROUP BY state").fetchall())
+        unfinished = [
+            {**dict(row), "due_at": datetime.fromtimestamp(row["due_at"] / 1e6, UTC)}
+            for row in conn.execute(
+                "SELECT key, state, user_id, due_at, attempts, last_error FROM sends"
+                " WHERE state IN ('scheduled', 'sending') ORDER BY due_at, key"
+            )
+        ]
+    finally:
+        conn.close()
+    return sends_left(counts, unfinished)
 
 
 def run(spec: RunSpec, root: Path, feed: Feed) -> RunResult:

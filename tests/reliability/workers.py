@@ -22,11 +22,19 @@ from typing import Any
 
 import psycopg
 import yaml
+from psycopg.rows import dict_row
 
 from tests.fake_sendgrid import FakeSendGrid
 from tests.reliability import checks, oracle, order, workload
 from tests.reliability.feeds import RedisFeed
-from tests.reliability.harness import STEADY_POINTS, Daemons, RunResult, RunSpec, drained
+from tests.reliability.harness import (
+    STEADY_POINTS,
+    Daemons,
+    RunResult,
+    RunSpec,
+    sends_left,
+    wait_drained,
+)
 from tests.serve_harness import clean_env, write_config
 from trigmail.faults import KillPoint
 
@@ -96,7 +104,7 @@ class WorkersRun:
             for worker in self.workers:
                 worker.daemons.start(self.arm)
             self._feed_all()
-            drained = self._drain()
+            not_drained = self._drain()
             codes = [worker.daemons.stop() for worker in self.workers]
         finally:
             for worker in self.workers:
@@ -108,8 +116,9 @@ class WorkersRun:
         for worker, code in zip(self.workers, codes, strict=True):
             if code != 0:
                 violations.append(checks.Violation("unclean_stop", worker.name, f"exit {code}"))
-        if not drained:
-            violations.append(checks.Violation("not_drained", "serve", "drain timed out"))
+        if not_drained is not None:
+            # First: what a drain left undone explains the violations that follow from it.
+            violations.insert(0, not_drained)
         figures = self._figures(observed, timed, len(users), time.monotonic() - started_s)
         return RunResult(violations, figures)
 
@@ -137,7 +146,7 @@ class WorkersRun:
             if worker.daemons.died():
                 worker.daemons.start(self.arm)
 
-    def _drain(self) -> bool:
+    def _drain(self) -> checks.Violation | None:
         """Swap armed workers for unarmed ones, then wait: all consumed, nothing pending."""
         for worker in self.workers:
             worker.daemons.restart_unarmed()
@@ -146,7 +155,18 @@ class WorkersRun:
             self._restart_died()
             return self.feed.consumed(self.root) and _pending_sends(self.dsn) == 0
 
-        return drained(idle, "the workers to drain", self.spec.drain_timeout_s)
+        return wait_drained(idle, "the workers to drain", self.spec.drain_timeout_s, self._left)
+
+    def _left(self) -> str:
+        """What the drain left: the stream's backlog, the unfinished sends, each worker."""
+        logs = self.root / "drain-logs"
+        return "\n".join(
+            [
+                self.feed.backlog(self.root),
+                _sends_left(self.dsn),
+                *(w.daemons.describe(w.name, logs / f"{w.name}.log") for w in self.workers),
+            ]
+        )
 
     # -- observing ----------------------------------------------------------------------------
     def _observe(self, expected: oracle.Expected) -> tuple[checks.Observed, order.Timed]:
@@ -250,6 +270,23 @@ def _pending_sends(dsn: str) -> int:
     except psycopg.Error:  # the schema is not there yet
         return 1
     return 1 if row is None else int(row[0])
+
+
+def _sends_left(dsn: str) -> str:
+    try:
+        with psycopg.connect(dsn, connect_timeout=5, row_factory=dict_row) as conn:
+            counts = {
+                row["state"]: row["n"]
+                for row in conn.execute("SELECT state, count(*) AS n FROM sends GROUP BY state")
+            }
+            unfinished = conn.execute(
+                "SELECT key, state, user_id, due_at, attempts, last_error, lease_owner,"
+                " lease_until FROM sends WHERE state IN ('scheduled', 'sending')"
+                " ORDER BY due_at, key"
+            ).fetchall()
+    except psycopg.Error as exc:
+        return f"ledger: {type(exc).__name__}: {exc}"
+    return sends_left(counts, unfinished)
 
 
 def run(spec: RunSpec, root: Path, feed: RedisFeed, dsn: str, workers: int = 3) -> RunResult:
