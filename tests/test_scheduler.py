@@ -185,3 +185,14 @@ def test_invalidate_rereads_a_send_scheduled_by_another_process() -> None:
     scheduler.invalidate()
     assert scheduler.needs_refill(T0)
     assert keys(refilled(scheduler, ledger, T0).pop_due(T0, 10)) == ["resolved"]
+
+
+def test_sends_due_at_one_instant_pop_in_key_order_however_they_came() -> None:
+    # Every worker then takes them (and locks their users) in the same order: two workers
+    # taking them in the orders they happened to cache them in deadlocked in PostgreSQL.
+    cached_as_added = refilled(Scheduler(horizon_s=300), ledger_with(), T0)
+    for key in ("c", "a", "b"):
+        cached_as_added.add(send(key, T0))
+    loaded = refilled(Scheduler(horizon_s=300), ledger_with(*(send(k, T0) for k in "bca")), T0)
+    assert keys(cached_as_added.pop_due(T0, 10)) == ["a", "b", "c"]
+    assert keys(loaded.pop_due(T0, 10)) == ["a", "b", "c"]

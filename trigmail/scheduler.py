@@ -8,14 +8,14 @@ restart loses nothing.
 from __future__ import annotations
 
 import heapq
-import itertools
 from datetime import datetime, timedelta
 
 from trigmail.ledger.base import LedgerTxn, SendRecord
 
-# A heap entry ``(due_at, seq, send)``: a tuple, compared in C; ``seq`` breaks ties so that
-# sends are never compared.
-_Entry = tuple[datetime, int, SendRecord]
+# A heap entry ``(due_at, key, send)``: a tuple, compared in C. The key breaks ties (it is
+# unique in the heap, so sends are never compared), which makes every worker take sends due at
+# one instant in the same order: workers locking the same users in different orders deadlocked.
+_Entry = tuple[datetime, str, SendRecord]
 
 
 class Scheduler:
@@ -32,7 +32,6 @@ class Scheduler:
         self.max_entries = max_entries
         self._heap: list[_Entry] = []
         self._keys: set[str] = set()
-        self._seq = itertools.count()
         self._loaded_until: datetime | None = None
 
     def __len__(self) -> int:
@@ -53,7 +52,7 @@ class Scheduler:
             # the horizon still ends before it, so the next refill loads the rest.
             if sends[0].due_at <= until:
                 sends = [send for send in sends if send.due_at <= until]
-        self._heap = [(send.due_at, next(self._seq), send) for send in sends]
+        self._heap = [(send.due_at, send.key, send) for send in sends]
         heapq.heapify(self._heap)
         self._keys = {send.key for send in sends}
         self._loaded_until = until
@@ -73,7 +72,7 @@ class Scheduler:
             # Full: forget the far end of the horizon; the ledger still has it.
             self._loaded_until = min(self._loaded_until, send.due_at - timedelta(microseconds=1))
             return
-        heapq.heappush(self._heap, (send.due_at, next(self._seq), send))
+        heapq.heappush(self._heap, (send.due_at, send.key, send))
         self._keys.add(send.key)
 
     def pop_due(self, now: datetime, limit: int) -> list[SendRecord]:
