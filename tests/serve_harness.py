@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -105,6 +106,27 @@ def write_config(
     }
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path
+
+
+SERVE_RULES = Path(__file__).parent / "fixtures" / "serve" / "rules"
+
+
+def serve_in(
+    root: Path, fake_url: str, api_key: str, source: Mapping[str, Any], name: str
+) -> Serve:
+    """A serve of config ``root/<name>.yaml`` on ``source``, the fixture rules (copied to
+    ``root/rules`` once) and the ledger ``root/ledger.db``; several may share ``root``."""
+    if not (root / "rules").exists():
+        shutil.copytree(SERVE_RULES, root / "rules")
+    config = write_config(
+        root / f"{name}.yaml",
+        fake_url=fake_url,
+        source=source,
+        rules_dir=root / "rules",
+        ledger=root / "ledger.db",
+    )
+    args = ["--config", str(config), "--metrics-listen", "127.0.0.1:0"]
+    return Serve(root, args, clean_env({"SENDGRID_API_KEY": api_key}))
 
 
 def append_events(spool: Path, events: Iterable[Mapping[str, Any] | str]) -> None:

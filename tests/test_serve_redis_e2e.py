@@ -3,40 +3,28 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 import redis
 from redis.typing import EncodableT, FieldT
 
 from tests.fake_sendgrid import FakeSendGrid, sendgrid_fake
-from tests.serve_harness import Serve, clean_env, sends, wait_for, write_config
+from tests.serve_harness import Serve, sends, serve_in, wait_for
+from tests.test_serve_e2e import ping
 from trigmail.ledger.base import SendRecord, SendState
 
 __all__ = ["sendgrid_fake"]  # the fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
-RULES = Path(__file__).parent / "fixtures" / "serve" / "rules"
 GROUP = "trigmail"
-
-
-def ping(n: int) -> dict[str, Any]:
-    return {
-        "id": f"p{n}",
-        "event": "ping",
-        "user_id": f"u{n}",
-        "email": f"u{n}@example.com",
-        "user": {"first_name": f"Name{n}"},
-        "properties": {"note": f"note {n}"},
-    }
 
 
 def entry_id(reply: bytes | str) -> str:
@@ -58,8 +46,6 @@ def stream() -> str:
 
 
 def serve_on(root: Path, fake: FakeSendGrid, redis_url: str, stream: str, consumer: str) -> Serve:
-    if not (root / "rules").exists():
-        shutil.copytree(RULES, root / "rules")
     source = {
         "redis": {
             "url": redis_url,
@@ -70,15 +56,7 @@ def serve_on(root: Path, fake: FakeSendGrid, redis_url: str, stream: str, consum
             "min_idle": 0.5,
         }
     }
-    config = write_config(
-        root / f"{consumer}.yaml",
-        fake_url=fake.url,
-        source=source,
-        rules_dir=root / "rules",
-        ledger=root / "ledger.db",
-    )
-    args = ["--config", str(config), "--metrics-listen", "127.0.0.1:0"]
-    return Serve(root, args, clean_env({"SENDGRID_API_KEY": fake.api_key}))
+    return serve_in(root, fake.url, fake.api_key, source, consumer)
 
 
 def wait_sent(ledger: Path, keys: list[str]) -> dict[str, SendRecord]:

@@ -7,7 +7,6 @@ two processes: the holder here is a child Python process, really killed with SIG
 from __future__ import annotations
 
 import select
-import shutil
 import signal
 import stat
 import subprocess
@@ -27,16 +26,16 @@ from tests.serve_harness import (
     append_events,
     clean_env,
     sends,
+    serve_in,
     status_json,
     wait_for,
-    write_config,
 )
+from tests.test_serve_e2e import ping
 from trigmail.cli.serve import SQLITE_WORKER_LOCK
 from trigmail.errors import LedgerError
 from trigmail.ledger import SqliteLedger
 from trigmail.ledger.base import SendState
 
-RULES = Path(__file__).parent / "fixtures" / "serve" / "rules"
 REFUSED = "a SQLite ledger has one worker only (use a PostgreSQL ledger for several)"
 
 # Takes the lock named argv[2] on the ledger argv[1], says whether it got it, and holds it
@@ -145,30 +144,9 @@ def test_a_closed_ledger_cannot_take_a_lock(db: Path) -> None:
 # -- end to end: the real `trigmail serve` ------------------------------------------------------
 
 
-def ping(n: int) -> dict[str, Any]:
-    return {
-        "id": f"p{n}",
-        "event": "ping",
-        "user_id": f"u{n}",
-        "email": f"u{n}@example.com",
-        "user": {"first_name": f"Name{n}"},
-        "properties": {"note": f"note {n}"},
-    }
-
-
 def serve_on(root: Path, fake: FakeSendGrid, source: Mapping[str, Any], name: str) -> Serve:
     """A serve of config ``<name>.yaml`` in ``root``, on the ledger ``root/ledger.db``."""
-    if not (root / "rules").exists():
-        shutil.copytree(RULES, root / "rules")
-    config = write_config(
-        root / f"{name}.yaml",
-        fake_url=fake.url,
-        source=source,
-        rules_dir=root / "rules",
-        ledger=root / "ledger.db",
-    )
-    args = ["--config", str(config), "--metrics-listen", "127.0.0.1:0"]
-    return Serve(root, args, clean_env({"SENDGRID_API_KEY": fake.api_key}))
+    return serve_in(root, fake.url, fake.api_key, source, name)
 
 
 def assert_refused(second: Serve, ledger: Path) -> None:
