@@ -28,7 +28,7 @@ from tests.test_ledger_contract import FakeClock, make_send, put_in_state
 from trigmail.errors import LedgerError, LedgerUnavailableError
 from trigmail.ledger import PostgresLedger, open_ledger
 from trigmail.ledger.base import DeadLetter, SendState
-from trigmail.ledger.pg_schema import LATEST_VERSION, LOCK_SCHEMA, MIGRATIONS, migrate
+from trigmail.ledger.pg_schema import LATEST_VERSION, LOCK_SCHEMA, LOCK_USER, MIGRATIONS, migrate
 from trigmail.pipeline import Pipeline
 from trigmail.providers.recording import RecordingProvider
 from trigmail.rules.loader import parse_rules
@@ -393,6 +393,55 @@ def outcome(
         assert "deadlock" in str(exc)
         return "deadlock"
     return "done"
+
+
+def test_lock_users_takes_the_locks_in_one_global_order(
+    workers: tuple[PostgresLedger, PostgresLedger], postgres_dsn: str
+) -> None:
+    # Batches that take their users up front in one order every worker follows (by lock key,
+    # not as given) cannot deadlock over them: the crossing above becomes a queue. Seen here
+    # from outside: a batch waiting at the middle user holds those before it, none after.
+    first, second = workers
+    users = [f"user-{n}" for n in range(9)]
+    by_key = [
+        row[0]
+        for row in query(
+            postgres_dsn, "SELECT u FROM unnest(%s::text[]) AS u ORDER BY hashtext(u)", (users,)
+        )
+    ]
+    low, middle, high = by_key[0], by_key[4], by_key[-1]
+
+    def lock_all() -> str:
+        with second.transaction() as txn:
+            txn.lock_users(by_key[::-1])
+        return "done"
+
+    with ThreadPoolExecutor(1) as pool:
+        with first.transaction() as txn:
+            txn.pending_for_user(middle, ["cart"])
+            waiting = run_blocked(postgres_dsn, pool, lock_all)
+            assert (free(postgres_dsn, low), free(postgres_dsn, high)) == (False, True)
+        assert waiting.result() == "done"
+
+
+def free(dsn: str, user_id: str) -> bool:
+    """Whether ``user_id``'s lock is free now (taken and let go at once if it is)."""
+    rows = query(dsn, "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (LOCK_USER, user_id))
+    return bool(rows[0][0])
+
+
+def test_lock_users_is_idempotent_within_a_transaction(
+    ledger: PostgresLedger, postgres_dsn: str
+) -> None:
+    with ledger.transaction() as txn:
+        txn.lock_users(["a", "b"])
+        txn.lock_users(["b", "a", "a"])
+        held = query(
+            postgres_dsn,
+            "SELECT count(*) FROM pg_locks JOIN pg_database ON pg_database.oid = database"
+            " WHERE datname = current_database() AND locktype = 'advisory' AND granted",
+        )
+        assert held == [(2,)]
 
 
 # -- the exclusive lock (one worker per spool) -------------------------------------------------

@@ -113,6 +113,8 @@ class Pipeline:
         rules = self.rules()
         result = Ingested()
         with self.ledger.transaction() as txn:
+            if self.ledger.shared:
+                txn.lock_users({event.user_id for _, event in parsed if isinstance(event, Event)})
             batch = BatchWriter(txn, rules, now, source_name or "", result)
             for item, event in parsed:
                 batch.ingest(item, event)
@@ -170,7 +172,10 @@ class Pipeline:
             # same user is decided (so that one sees it), and sends of distinct users are
             # claimed together, in one statement.
             firing: dict[str, str] = {}  # user id -> key, waiting to be claimed
-            for popped in self.scheduler.pop_due(now, limit):
+            due = self.scheduler.pop_due(now, limit)
+            if self.ledger.shared:
+                txn.lock_users({send.user_id for send in due})
+            for popped in due:
                 if popped.user_id in firing:
                     claimed.extend(txn.claim(list(firing.values()), now))
                     firing.clear()

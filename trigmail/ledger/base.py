@@ -116,6 +116,16 @@ class LedgerTxn(Protocol):
         payload has any of ``categories``."""
         ...
 
+    def lock_users(self, user_ids: Collection[str]) -> None:
+        """Take the locks of these users' decisions now, in one order every worker follows.
+
+        A shared ledger (PostgreSQL) locks each user before its first read or write keyed by
+        the user; a batch taking them one by one in event order could deadlock with another
+        batch taking them in another order. Taking a batch's users up front in one global order
+        cannot. Memory and SQLite serialise whole transactions: nothing to do.
+        """
+        ...
+
     # -- writes of the event path --------------------------------------------------------
     def mark_seen(self, event_id: str, at: datetime) -> bool:
         """Record ``event_id`` as decided; ``False`` when it already was."""

@@ -211,6 +211,9 @@ class MemoryTxn:
         ]
         return len(delivered)
 
+    def lock_users(self, user_ids: Collection[str]) -> None:
+        pass  # transactions are serialised whole: no lock per user
+
     # -- writes of the event path --------------------------------------------------------
     def mark_seen(self, event_id: str, at: datetime) -> bool:
         seen = self._store.seen

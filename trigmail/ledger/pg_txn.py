@@ -175,6 +175,22 @@ class PostgresTxn:
             yield
         self._locked_users.add(user_id)
 
+    def lock_users(self, user_ids: Collection[str]) -> None:
+        wanted = sorted(set(user_ids) - self._locked_users)
+        if not wanted:
+            return
+        self._check_open()
+        # The subquery's order is the order the outer select takes the locks in: by lock key,
+        # the same in every worker, so two batches sharing users queue instead of deadlocking.
+        with self._errors.guard():
+            self._locks.execute(
+                "SELECT pg_advisory_xact_lock(%s, key) FROM"
+                " (SELECT DISTINCT hashtext(user_id) AS key"
+                " FROM unnest(%s::text[]) AS user_id ORDER BY key) AS ordered",
+                (LOCK_USER, wanted),
+            )
+        self._locked_users.update(wanted)
+
     # -- reads the engine decides from -------------------------------------------------
     def seen_event(self, event_id: str) -> bool:
         return bool(self._scalar("SELECT 1 FROM seen_events WHERE event_id = %s", (event_id,)))

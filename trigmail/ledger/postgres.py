@@ -20,8 +20,11 @@ rests on four things:
   in ``READ COMMITTED`` the next statement's snapshot then includes whatever the previous
   holder committed. ``SERIALIZABLE`` would also be
   correct, but would turn every such overlap into a failed batch to redo; a per-user lock row
-  would need a write per user. Two batches locking the same users in opposite orders deadlock;
-  PostgreSQL aborts one, which surfaces as :class:`LedgerUnavailableError` and is retried.
+  would need a write per user. A batch of events or of due sends first takes all its users'
+  locks in one statement, in lock-key order (:meth:`PostgresTxn.lock_users`): batches sharing
+  users then queue instead of locking them in opposite orders. A deadlock that still happens
+  (PostgreSQL aborts one transaction) surfaces as :class:`LedgerUnavailableError` and the
+  batch is retried.
 - **Leases.** A claim records the worker (``lease_owner``) and ``lease_until = at + lease_s``.
   :meth:`PostgresTxn.recover_in_flight` settles this worker's ``sending`` sends and any whose
   lease expired (its worker died). ``lease_s`` must exceed the longest provider call: a send

@@ -263,6 +263,9 @@ class SqliteTxn:
         )
         return count
 
+    def lock_users(self, user_ids: Collection[str]) -> None:
+        pass  # transactions are serialised whole: no lock per user
+
     # -- writes of the event path --------------------------------------------------------
     def mark_seen(self, event_id: str, at: datetime) -> bool:
         cursor = self._run(
