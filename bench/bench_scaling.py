@@ -239,14 +239,17 @@ def add_events(client: redis.Redis, stream: str, count: int, run: str) -> None:
         pipe.execute()
 
 
-def sends_per_worker(ledger: str, pids: Sequence[int]) -> tuple[int, ...]:
-    """How many sent emails each worker claimed, in the order of ``pids`` (by lease owner)."""
+def sends_per_worker(ledger: str, names: Sequence[str]) -> tuple[int, ...]:
+    """How many sent emails each worker claimed, in the order of ``names``.
+
+    A worker's Redis consumer name is its lease owner in the ledger.
+    """
     with psycopg.connect(ledger) as conn:
         rows = conn.execute(
             "SELECT lease_owner, count(*) FROM sends WHERE state = 'sent' GROUP BY lease_owner"
         ).fetchall()
-    by_pid = {str(owner).rsplit("-", 1)[-1]: int(count) for owner, count in rows}
-    return tuple(by_pid.get(str(pid), 0) for pid in pids)
+    by_owner = {str(owner): int(count) for owner, count in rows}
+    return tuple(by_owner.get(name, 0) for name in names)
 
 
 def run_workers(
@@ -266,8 +269,8 @@ def run_workers(
             ExitStack() as stack,
         ):
             workers: list[Serve] = []
-            for n in range(1, count + 1):
-                name = f"worker{n}"
+            names = [f"worker{n}" for n in range(1, count + 1)]
+            for name in names:
                 home = root / name
                 home.mkdir()
                 config = home / "config.yaml"
@@ -297,7 +300,7 @@ def run_workers(
             # The fake records a request before answering it: the ledger says `sent` a moment later.
             per_worker = wait_for(
                 lambda: (
-                    (split := sends_per_worker(ledger, pids))
+                    (split := sends_per_worker(ledger, names))
                     and sum(split) >= args.events
                     and split
                 ),
