@@ -343,8 +343,8 @@ class _RereadOnFailure:
     """Around :meth:`Pipeline.fire_due`'s transaction: should it fail, its rollback leaves the
     sends popped from the cache scheduled, but gone from the cache, where they would wait for
     the horizon to run out (5 minutes by default). Forgetting the horizon makes the next call
-    read them from the ledger again. (Several workers deciding for the same users in different
-    orders deadlock now and then; PostgreSQL aborts one of the transactions.)"""
+    read them from the ledger again. (A transaction fails on a lost connection, a full disk, or
+    a deadlock PostgreSQL breaks by aborting it.)"""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
