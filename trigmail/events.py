@@ -72,7 +72,11 @@ class Event:
 
 def canonical_json(obj: Any) -> str:
     """Return ``obj`` as JSON with sorted keys and no spaces: equal objects, equal text."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(obj)
+
+
+# Built once: json.dumps with options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def event_hash_id(obj: Mapping[str, Any]) -> str:

@@ -139,8 +139,12 @@ def from_us(value: int) -> datetime:
 _ROWS = RowReader(time=from_us, json=json.loads)
 
 
+# One encoder for every value: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def ledger_error(exc: sqlite3.Error) -> LedgerError:

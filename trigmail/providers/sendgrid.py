@@ -43,6 +43,10 @@ MAX_CUSTOM_ARGS_BYTES = 10_000  # the custom args must stay strictly under this
 _MAX_EMAILS_PER_REQUEST = min(MAX_PERSONALIZATIONS, MAX_RECIPIENTS)
 
 
+# Built once: json.dumps with options builds a new encoder per call (once per email here).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def custom_args(email: Email) -> dict[str, str]:
     """Return the ``custom_args`` that match SendGrid's records and webhooks to the ledger."""
     return {"trigmail_key": email.key, "trigmail_rule": email.rule_id}
@@ -50,7 +54,7 @@ def custom_args(email: Email) -> dict[str, str]:
 
 def custom_args_bytes(email: Email) -> int:
     """Return the size of ``email``'s custom args as compact UTF-8 JSON."""
-    return len(json.dumps(custom_args(email), separators=(",", ":")).encode())
+    return len(_COMPACT.encode(custom_args(email)).encode())
 
 
 def _may_break_args_limit(email: Email) -> bool:
@@ -221,7 +225,7 @@ class SendGridProvider:
         """Send one batch as one request; see :class:`trigmail.providers.base.Provider`."""
         _check_batch(emails)
         body = build_body(emails, self._default_from)
-        content = json.dumps(body, separators=(",", ":")).encode()
+        content = _COMPACT.encode(body).encode()
         logger.debug(
             "sendgrid %s: sending %d emails (%d bytes)", emails[0].key, len(emails), len(content)
         )
