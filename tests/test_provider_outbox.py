@@ -10,8 +10,8 @@ import pytest
 from trigmail.decisions import Payload
 from trigmail.errors import RetryableDeliveryError
 from trigmail.providers.base import Email
+from trigmail.providers.bodies import build_body
 from trigmail.providers.outbox import OutboxProvider, key_filename
-from trigmail.providers.sendgrid import build_body
 from trigmail.rules.model import Address
 
 SHOP = Address("hello@example.com", "Example Shop")

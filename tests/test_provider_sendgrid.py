@@ -20,7 +20,9 @@ from trigmail.errors import (
     RetryableDeliveryError,
 )
 from trigmail.providers.base import Email
-from trigmail.providers.sendgrid import SendGridProvider, load_api_key, split_batch
+from trigmail.providers.bodies import split_batch
+from trigmail.providers.credentials import load_api_key
+from trigmail.providers.sendgrid import SendGridProvider
 from trigmail.rules.model import Address
 from trigmail.secrets import Secret
 

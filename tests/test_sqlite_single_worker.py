@@ -31,10 +31,10 @@ from tests.serve_harness import (
     wait_for,
 )
 from tests.test_serve_e2e import ping
-from trigmail.cli.serve import SQLITE_WORKER_LOCK
 from trigmail.errors import LedgerError
 from trigmail.ledger import SqliteLedger
 from trigmail.ledger.base import SendState
+from trigmail.service import SQLITE_WORKER_LOCK
 
 REFUSED = "a SQLite ledger has one worker only (use a PostgreSQL ledger for several)"
 

@@ -125,3 +125,18 @@ def test_retention_option_changes_the_cooldown_warning() -> None:
 )
 def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     assert _run(*args, "rules.d").returncode == 2
+
+
+def test_the_cli_starts_without_what_only_serve_needs() -> None:
+    # validate, simulate and status start in a fraction of the time when the database driver,
+    # the Redis client, the HTTP client and the metrics server stay unimported until serve.
+    probe = (
+        "import sys, trigmail.cli, trigmail.ledger; "
+        "trigmail.ledger.open_ledger(':memory:'); "
+        "print(sorted(m for m in ('psycopg', 'redis', 'httpx', 'prometheus_client', 'sendgrid')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"

@@ -24,7 +24,7 @@ from jsonschema import Draft202012Validator
 
 from trigmail.durations import parse_duration
 from trigmail.errors import ConfigError, DurationError
-from trigmail.providers.sendgrid import DEFAULT_HOST, load_api_key
+from trigmail.providers.credentials import DEFAULT_HOST, load_api_key
 from trigmail.rules.model import Address
 from trigmail.rules.problems import format_path
 from trigmail.rules.schema import check_structure

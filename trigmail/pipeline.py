@@ -35,7 +35,7 @@ from trigmail.events import Event
 from trigmail.ingest import BatchWriter, Ingested, Item, parse_item
 from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
 from trigmail.providers.base import Email, Provider
-from trigmail.providers.sendgrid import split_batch
+from trigmail.providers.bodies import split_batch
 from trigmail.rules.model import OnDoubt, RuleSet
 from trigmail.scheduler import Scheduler
 

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from trigmail.errors import LedgerError
 from trigmail.ledger.base import Ledger
 from trigmail.ledger.memory import Clock, MemoryLedger, utc_now
-from trigmail.ledger.postgres import PostgresLedger
 from trigmail.ledger.sqlite import SqliteLedger
 
+if TYPE_CHECKING:
+    from trigmail.ledger.postgres import PostgresLedger
+
 __all__ = ["Ledger", "MemoryLedger", "PostgresLedger", "SqliteLedger", "open_ledger"]
+
+
+def __getattr__(name: str) -> Any:
+    # PostgreSQL's driver is imported on first use: the commands that never open a PostgreSQL
+    # ledger (validate, simulate, status on SQLite) start without it.
+    if name == "PostgresLedger":
+        from trigmail.ledger.postgres import PostgresLedger
+
+        return PostgresLedger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _MEMORY_TARGETS = frozenset({":memory:", "memory"})
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -40,6 +54,8 @@ def open_ledger(
     if text in _MEMORY_TARGETS:
         return MemoryLedger(clock=clock)
     if text.startswith(_POSTGRES_SCHEMES):
+        from trigmail.ledger.postgres import PostgresLedger
+
         return PostgresLedger(text, worker_id=worker_id, clock=clock)
     path = Path(target)
     try:

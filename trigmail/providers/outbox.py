@@ -18,7 +18,7 @@ from typing import Any
 
 from trigmail.errors import RetryableDeliveryError
 from trigmail.providers.base import Accepted, Email
-from trigmail.providers.sendgrid import build_body
+from trigmail.providers.bodies import build_body
 from trigmail.rules.model import Address
 
 logger = logging.getLogger(__name__)
