@@ -332,15 +332,20 @@ def ledger_status(ledger: Path) -> dict[str, Any]:
         opened.close()
 
 
-def status_json(cwd: Path, ledger: Path) -> dict[str, Any]:
-    """``trigmail status --format json --ledger LEDGER``, run as a subprocess."""
+def status_json(
+    cwd: Path, ledger: Path | str, limit: int | None = None, timeout_s: float = 30
+) -> dict[str, Any]:
+    """``trigmail status --format json --ledger LEDGER [--limit N]``, run as a subprocess."""
+    command = ["status", "--format", "json", "--ledger", str(ledger)]
+    if limit is not None:
+        command += ["--limit", str(limit)]
     done = subprocess.run(
-        [sys.executable, "-m", "trigmail", "status", "--format", "json", "--ledger", str(ledger)],
+        [sys.executable, "-m", "trigmail", *command],
         cwd=cwd,
         env=clean_env(),
         capture_output=True,
         check=True,
-        timeout=30,
+        timeout=timeout_s,
     )
     result: dict[str, Any] = json.loads(done.stdout)
     return result

@@ -9,12 +9,10 @@ come from one seed. What the daemon happens to be doing at each kill is not, and
 from __future__ import annotations
 
 import bisect
-import json
 import random
 import re
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -27,8 +25,11 @@ from typing import Any
 from tests.fake_sendgrid import FakeSendGrid, FaultKind, FaultRates
 from tests.reliability import checks, oracle, workload
 from tests.reliability.feeds import LEFT_SHOWN, Feed, SpoolFeed
-from tests.serve_harness import Serve, clean_env, wait_for, write_config
+from tests.serve_harness import Serve, clean_env, status_json, wait_for, write_config
 from trigmail.faults import KILL_AT_ENV, KillPoint
+
+# Enough for `trigmail status` to list every in-doubt send of a long run.
+STATUS_LIMIT = 1_000_000
 
 # Every fault class of the issue at once, at rates that leave most requests alone.
 ALL_FAULTS = FaultRates(
@@ -389,16 +390,7 @@ class Run:
 
     def _status(self) -> dict[str, Any]:
         """``trigmail status --format json``, the operator's view, with every in-doubt send."""
-        command = ["status", "--format", "json", "--ledger", str(self.ledger), "--limit", "1000000"]
-        done = subprocess.run(
-            [sys.executable, "-m", "trigmail", *command],
-            cwd=self.root,
-            env=clean_env(),
-            capture_output=True,
-            check=True,
-            timeout=120,
-        )
-        self.status = json.loads(done.stdout)
+        self.status = status_json(self.root, self.ledger, limit=STATUS_LIMIT, timeout_s=120)
         return self.status
 
     def _figures(

@@ -10,10 +10,7 @@ fakes, so a key accepted by two workers is a key accepted twice, as with one Sen
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -28,6 +25,7 @@ from tests.fake_sendgrid import FakeSendGrid
 from tests.reliability import checks, oracle, order, workload
 from tests.reliability.feeds import RedisFeed
 from tests.reliability.harness import (
+    STATUS_LIMIT,
     STEADY_POINTS,
     Daemons,
     RunResult,
@@ -35,7 +33,7 @@ from tests.reliability.harness import (
     sends_left,
     wait_drained,
 )
-from tests.serve_harness import clean_env, write_config
+from tests.serve_harness import status_json, write_config
 from trigmail.faults import KillPoint
 
 # Instance numbers of worker n start at n * INSTANCE_BLOCK, so one number names one process.
@@ -209,16 +207,7 @@ class WorkersRun:
                 timed.accepted_at.append(at)
 
     def _status(self) -> dict[str, Any]:
-        command = ["status", "--format", "json", "--ledger", self.dsn, "--limit", "1000000"]
-        done = subprocess.run(
-            [sys.executable, "-m", "trigmail", *command],
-            cwd=self.root,
-            env=clean_env(),
-            capture_output=True,
-            check=True,
-            timeout=120,
-        )
-        self.status = json.loads(done.stdout)
+        self.status = status_json(self.root, self.dsn, limit=STATUS_LIMIT, timeout_s=120)
         return self.status
 
     def _figures(
