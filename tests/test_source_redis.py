@@ -256,10 +256,13 @@ def test_errors_and_logs_never_show_the_password(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     source = RedisStreamSource(url, consumer="c1")
+    source.start(None)  # logged, not raised: the reads try again
     with pytest.raises(SourceError) as raised:
-        source.start(None)
+        source.read(1, WAIT_S)
+    health = source.health()
     source.close()
-    shown = "".join(traceback.format_exception(raised.value)) + caplog.text
+    assert health is not None and health.startswith("redis unreachable since ")
+    shown = "".join(traceback.format_exception(raised.value)) + caplog.text + health
     assert "hunter2" not in shown
     assert ":<secret>@127.0.0.1" in str(raised.value)
 

@@ -53,6 +53,10 @@ class Reason(StrEnum):
     BAD_TS = "bad_ts"
     BAD_EMAIL = "bad_email"
     TOO_MANY_DELIVERIES = "too_many_deliveries"
+    TOO_LARGE = "too_large"
+    TOO_DEEP = "too_deep"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INTERNAL_ERROR = "internal_error"
     # delivery
     DELIVERED = "delivered"
     FAILED = "failed"

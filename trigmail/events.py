@@ -70,6 +70,15 @@ class Event:
         return value
 
 
+MAX_EVENT_DEPTH: Final = 64
+"""How deeply an event's JSON may nest (the event object itself is level 1). Real events nest
+two or three levels; the cap keeps every recursive walk (the id hash, the storage checks, the
+ledger's encoder) far from Python's recursion limit (docs/security.md)."""
+
+MAX_EVENT_BYTES: Final = 1024 * 1024
+"""The largest event, in bytes of its JSON: the spool's line limit, which Redis entries share."""
+
+
 def canonical_json(obj: Any) -> str:
     """Return ``obj`` as JSON with sorted keys and no spaces: equal objects, equal text."""
     return _CANONICAL.encode(obj)
@@ -80,8 +89,17 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 
 
 def event_hash_id(obj: Mapping[str, Any]) -> str:
-    """Return the id of an event that has none: so an exact redelivery is still recognised."""
-    digest = hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+    """Return the id of an event that has none: so an exact redelivery is still recognised.
+
+    Raises:
+        BadEventError: ``too_deep`` for an object nested deeper than the encoder can go (the
+            parsers refuse those first, at :data:`MAX_EVENT_DEPTH`).
+    """
+    try:
+        text = canonical_json(obj)
+    except RecursionError:
+        raise BadEventError("too_deep", _too_deep_detail()) from None
+    digest = hashlib.sha256(text.encode()).hexdigest()
     return f"h_{digest[:32]}"
 
 
@@ -223,6 +241,12 @@ def event_from_object(obj: object, read_at: datetime) -> Event:
     Raises:
         BadEventError: with a stable ``reason`` for any invalid event.
     """
+    refuse_too_deep(obj)
+    return _event_from_shallow(obj, read_at)
+
+
+def _event_from_shallow(obj: object, read_at: datetime) -> Event:
+    """:func:`event_from_object` for a value known to be within :data:`MAX_EVENT_DEPTH`."""
     if not isinstance(obj, dict):
         raise BadEventError("not_object", f"an event must be a JSON object, not {_kind(obj)}")
     name = _required_str(obj, "event")
@@ -239,16 +263,67 @@ def parse_event(line: str | bytes, read_at: datetime) -> Event:
     """Parse one JSONL line as an event.
 
     Raises:
-        BadEventError: ``invalid_json`` for text that is not JSON, or as :func:`event_from_object`.
+        BadEventError: ``too_large`` for a line over :data:`MAX_EVENT_BYTES`, ``invalid_json``
+            for text that is not JSON, ``too_deep`` for JSON nested deeper than
+            :data:`MAX_EVENT_DEPTH`, or as :func:`event_from_object`.
     """
+    _refuse_too_large(line)
     try:
         text = _text(line)
         obj = _DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+    except RecursionError:  # the decoder's own guard: far deeper than the cap
+        raise BadEventError("too_deep", _too_deep_detail()) from None
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
         raise BadEventError("invalid_json", f"not JSON: {exc}") from None
+    # Every container opens with a bracket: with few brackets in the text the value cannot be
+    # deep, and counting them is far cheaper than walking the value (nearly every event).
+    if text.count("{") + text.count("[") > MAX_EVENT_DEPTH:
+        refuse_too_deep(obj)
     if _may_be_unstorable(text):
         _refuse_unstorable(obj)
-    return event_from_object(obj, read_at)
+    return _event_from_shallow(obj, read_at)
+
+
+def _refuse_too_large(line: str | bytes) -> None:
+    size = len(line)
+    # A character is at most 4 bytes in UTF-8: most text is judged without encoding it.
+    if isinstance(line, str) and MAX_EVENT_BYTES // 4 < size <= MAX_EVENT_BYTES:
+        size = len(line.encode("utf-8", "surrogatepass"))
+    if size > MAX_EVENT_BYTES:
+        detail = f"the event is over {MAX_EVENT_BYTES} bytes" + (
+            "" if isinstance(line, str) else f" ({size} bytes)"
+        )
+        raise BadEventError("too_large", detail)
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` deep (a scalar is depth 0).
+
+    A walk with a stack of its own, not recursion: it must not fail on the values it is there
+    to refuse.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def refuse_too_deep(value: Any) -> None:
+    """Raise ``too_deep`` when ``value`` nests deeper than :data:`MAX_EVENT_DEPTH`.
+
+    Raises:
+        BadEventError: ``too_deep``.
+    """
+    if json_depth_exceeds(value, MAX_EVENT_DEPTH):
+        raise BadEventError("too_deep", _too_deep_detail())
+
+
+def _too_deep_detail() -> str:
+    return f"the event nests objects or arrays more than {MAX_EVENT_DEPTH} levels deep"
 
 
 # What a lone surrogate or a NUL can come from: a surrogate (bytes are decoded with

@@ -2,13 +2,22 @@
 
 A :class:`BatchWriter` decides each item of one batch with the engine and applies the decisions
 to the ledger transaction the batch commits in (with the source position).
+
+Each item is isolated: whatever parsing or deciding one event raises (a bug, a limit, a value
+nobody foresaw) sets that event aside as ``internal_error`` and the batch goes on. An event's
+decisions are all made and checked before the first of them is written, so one that fails
+half-way leaves nothing of itself in the transaction but its seen id and its dead letter. Only
+the ledger's own failures stop the batch: it is then decided again, whole (docs/security.md).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Final, Protocol, TypeVar
 
 from trigmail.decisions import (
     Cancel,
@@ -21,11 +30,26 @@ from trigmail.decisions import (
     Skip,
 )
 from trigmail.engine import decide_new, duplicate_event
-from trigmail.errors import BadEventError
+from trigmail.errors import BadEventError, LedgerError
 from trigmail.events import Event, parse_event
 from trigmail.ledger.base import DeadLetter, LedgerTxn, SendRecord
 from trigmail.records import record
 from trigmail.rules.model import RuleSet
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES: Final = 256 * 1024
+"""The largest email data (the JSON of one send's template data and attributes). A receipt's
+data is a few kilobytes; SendGrid takes 30 MB per request, which may carry up to 1,000 emails;
+a larger payload is a rule or an event gone wrong, set aside as ``payload_too_large``."""
+
+# How much of an unexpected exception's text a dead letter and the log line keep.
+_ERROR_TEXT_MAX_CHARS = 300
+
+# Strict: NaN and Infinity are not JSON, and no provider or PostgreSQL would take them.
+_PAYLOAD_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+T = TypeVar("T")
 
 
 class Item(Protocol):
@@ -89,7 +113,9 @@ class BatchWriter:
         # taken. Checked by a read first, neither saw the other's uncommitted row and both
         # decided the event (no email twice, the keys are unique, but two decisions logged).
         if self.txn.mark_seen(event.id, self.now):
-            decisions = decide_new(event, self.rules, self.txn, self.now)
+            decisions = self._decide(item, event)
+            if decisions is None:
+                return
         else:
             decisions = [duplicate_event(event)]
         for decision in decisions:
@@ -98,6 +124,20 @@ class BatchWriter:
         if set_aside:
             detail = "; ".join(f"{d.rule_id}: {d.detail}" for d in set_aside)
             self._reject(item, set_aside[0].reason.value, detail)
+
+    def _decide(self, item: Item, event: Event) -> list[Decision] | None:
+        """The event's checked decisions, or ``None`` when deciding failed (it is set aside)."""
+        view = _WatchedView(self.txn)
+        try:
+            return [checked(d) for d in decide_new(event, self.rules, view, self.now)]
+        except Exception as exc:
+            if view.failed or isinstance(exc, LedgerError):
+                raise  # the ledger's failure, not the event's: the batch is decided again
+            detail = _error_text(exc)
+            log.error("event %s (%s): set aside: internal error: %s", event.id, item.ref, detail)
+            self._reject(item, Reason.INTERNAL_ERROR.value, detail)
+            self.result.entries.append(_failed_event_entry(event, detail, self.now))
+            return None
 
     def _reject(self, item: Item, reason: str, detail: str) -> None:
         raw = item.data.decode("utf-8", errors="replace")
@@ -124,11 +164,89 @@ class BatchWriter:
 
 
 def parse_item(item: Item, read_at: datetime) -> Event | BadEventError:
-    """Parse an item's event, returning (not raising) why it is bad."""
+    """Parse an item's event, returning (not raising) why it is bad.
+
+    Any exception, not only a :class:`BadEventError`, is returned as one: an unforeseen
+    failure is ``internal_error``, for this item alone.
+    """
     try:
         return parse_event(item.data, read_at)
     except BadEventError as exc:
         return exc
+    except Exception as exc:
+        detail = _error_text(exc)
+        log.error("event %s: set aside: internal error: %s", item.ref, detail)
+        return BadEventError(Reason.INTERNAL_ERROR.value, detail)
+
+
+def checked(decision: Decision) -> Decision:
+    """Return ``decision``, or a :class:`SetAside` when it schedules a payload that does not
+    encode as JSON (``template_error``) or is over :data:`MAX_PAYLOAD_BYTES`
+    (``payload_too_large``): such a send could be neither stored nor sent."""
+    if not isinstance(decision, Schedule):
+        return decision
+    try:
+        size = len(_PAYLOAD_ENCODER.encode(decision.payload.to_json()).encode())
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError: a ValueError
+        detail = f"the email's data does not encode as JSON: {_error_text(exc)}"
+        return SetAside(decision.rule_id, Reason.TEMPLATE_ERROR, detail, step=decision.step)
+    if size > MAX_PAYLOAD_BYTES:
+        detail = f"the email's data is {size} bytes of JSON, over {MAX_PAYLOAD_BYTES}"
+        return SetAside(decision.rule_id, Reason.PAYLOAD_TOO_LARGE, detail, step=decision.step)
+    return decision
+
+
+class _WatchedView:
+    """The transaction as the engine reads it, noting whether a read failed: a failed read
+    is the ledger's trouble (a lost connection, a lock), never a reason to set an event aside.
+    """
+
+    def __init__(self, txn: LedgerTxn) -> None:
+        self._txn = txn
+        self.failed = False
+
+    def _read(self, read: Callable[[], T]) -> T:
+        try:
+            return read()
+        except BaseException:
+            self.failed = True
+            raise
+
+    def seen_event(self, event_id: str) -> bool:
+        return self._read(lambda: self._txn.seen_event(event_id))
+
+    def send_exists(self, key: str) -> bool:
+        return self._read(lambda: self._txn.send_exists(key))
+
+    def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
+        return self._read(lambda: self._txn.last_delivered_at(rule_id, user_id))
+
+    def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        return self._read(lambda: self._txn.pending_for_user(user_id, rule_ids))
+
+    def delivered_count_since(
+        self, user_id: str, categories: Collection[str], since: datetime
+    ) -> int:
+        return self._read(lambda: self._txn.delivered_count_since(user_id, categories, since))
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line naming an unexpected exception, clipped: it may quote an event's values."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # a str() that fails too: the type is still worth keeping
+        text = type(exc).__name__
+    text = " ".join(text.split())
+    if len(text) > _ERROR_TEXT_MAX_CHARS:
+        text = text[: _ERROR_TEXT_MAX_CHARS - 1] + "…"
+    return text
+
+
+def _known_reason(reason: str) -> Reason:
+    try:
+        return Reason(reason)
+    except ValueError:  # a reason word this version has no member for must not stop a batch
+        return Reason.INTERNAL_ERROR
 
 
 def _bad_event_entry(item: Item, exc: BadEventError, now: datetime) -> LogEntry:
@@ -140,8 +258,22 @@ def _bad_event_entry(item: Item, exc: BadEventError, now: datetime) -> LogEntry:
         step=None,
         key=None,
         outcome=Outcome.DEAD_LETTER,
-        reason=Reason(exc.reason),
+        reason=_known_reason(exc.reason),
         detail=f"{item.ref}: {exc.detail}",
+    )
+
+
+def _failed_event_entry(event: Event, detail: str, now: datetime) -> LogEntry:
+    return LogEntry(
+        at=now,
+        event_id=event.id,
+        user_id=event.user_id,
+        rule=None,
+        step=None,
+        key=None,
+        outcome=Outcome.DEAD_LETTER,
+        reason=Reason.INTERNAL_ERROR,
+        detail=detail,
     )
 
 

@@ -50,6 +50,8 @@ class SourceReason(StrEnum):
     LINE_TOO_LONG = "line_too_long"
     INCOMPLETE_LINE = "incomplete_line"
     TOO_MANY_DELIVERIES = Reason.TOO_MANY_DELIVERIES.value
+    TOO_LARGE = Reason.TOO_LARGE.value
+    TOO_DEEP = Reason.TOO_DEEP.value
 
 
 class Source(Protocol):

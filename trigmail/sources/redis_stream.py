@@ -12,17 +12,23 @@
   types; use ``data`` for numbers), and dotted names build nested objects
   (``user.first_name`` → ``{"user": {"first_name": ...}}``). When dotted names collide with
   another field (``user`` and ``user.name``), all the entry's fields are kept flat instead.
+- An entry whose fields add up to more than ``max_entry_bytes`` (1 MiB, the spool's line limit)
+  is set aside as ``too_large`` before any JSON is built from it, its ``raw`` cut to its first
+  KiB; flat fields that would nest deeper than events may (a name of more than 64 dotted
+  segments) are set aside as ``too_deep``. The delivery count is checked before either, so an
+  entry that crashed a worker ``max_deliveries`` times is not looked into again.
+- Redis unreachable at start is no error: the reads try again with a growing back-off, and
+  :meth:`RedisStreamSource.health` says what is wrong meanwhile.
 - ``redis://`` and ``rediss://`` URLs, with passwords; the password is never logged or raised.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -32,11 +38,18 @@ from redis.retry import Retry
 from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from trigmail.errors import SourceError
-from trigmail.events import format_ts
+from trigmail.events import MAX_EVENT_BYTES, format_ts
 from trigmail.ledger.base import DeadLetter
 from trigmail.secrets import redact_url
 from trigmail.sources import keys
 from trigmail.sources.base import SourceItem, SourceReason, raw_text, utc_now
+from trigmail.sources.redis_entries import (
+    MAX_FLAT_SEGMENTS,
+    entry_size,
+    flat_fields_json,
+    flat_fields_too_deep,
+    raw_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +57,9 @@ logger = logging.getLogger(__name__)
 # longer, yet finite so that a vanished server is noticed.
 _SOCKET_MARGIN_S = 10.0
 _CONNECT_TIMEOUT_S = 5.0
+# Waits between attempts to reach a Redis that is down: doubling from the first, up to the cap.
+RECONNECT_FIRST_S = 0.5
+RECONNECT_CAP_S = 30.0
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 T = TypeVar("T")
@@ -59,32 +75,6 @@ if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
 end
 return 0
 """
-
-
-def flat_fields_json(fields: Mapping[bytes, bytes]) -> bytes:
-    """Return an entry's flat fields as a JSON object, dotted names nested (see module doc)."""
-    flat = {
-        name.decode("utf-8", errors="replace"): value.decode("utf-8", errors="replace")
-        for name, value in fields.items()
-    }
-    event = _nested(flat)
-    return json.dumps(event if event is not None else flat, ensure_ascii=False).encode()
-
-
-def _nested(flat: Mapping[str, str]) -> dict[str, Any] | None:
-    """Return ``flat`` with dotted names as nested objects; ``None`` when two names collide."""
-    event: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split(".")
-        node = event
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                return None
-        if not leaf or leaf in node:
-            return None
-        node[leaf] = value
-    return event
 
 
 def _entries(reply: Any) -> list[Entry]:
@@ -104,6 +94,7 @@ class RedisStreamSource:
         min_idle_s: entries pending this long with another consumer are claimed.
         max_deliveries: an entry delivered more often is set aside as ``too_many_deliveries``.
         count: the most entries asked of Redis in one command.
+        max_entry_bytes: a larger entry (names and values) is set aside as ``too_large``.
         clock: the time dead letters are stamped with.
     """
 
@@ -118,6 +109,7 @@ class RedisStreamSource:
         min_idle_s: float = 60.0,
         max_deliveries: int = 5,
         count: int = 500,
+        max_entry_bytes: int = MAX_EVENT_BYTES,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.name = f"redis:{stream}"
@@ -129,6 +121,7 @@ class RedisStreamSource:
         self.min_idle_s = min_idle_s
         self.max_deliveries = max_deliveries
         self.count = count
+        self.max_entry_bytes = max_entry_bytes
         self._url = url
         self._safe_url = redact_url(url)
         self._clock = clock
@@ -138,16 +131,36 @@ class RedisStreamSource:
         self._pending_from: str | None = keys.PENDING_START_ID
         self._claim_from = keys.CLAIM_START_ID
         self._next_claim_at = 0.0
+        # Redis unreachable: since when (wall clock, for health()), why, and the back-off.
+        self._down_since: datetime | None = None
+        self._down_why = ""
+        self._reconnect_wait_s = RECONNECT_FIRST_S
+        self._next_connect_at = 0.0
 
     def start(self, position: str | None) -> None:
         """Connect and join the group; ``position`` is informational (``XACK`` is what counts).
 
+        Redis unreachable (or refusing us) is logged once and left to the reads, which try
+        again with a back-off: the daemon starts, and sends already due go out meanwhile.
+
         Raises:
-            SourceError: when Redis cannot be reached or the group cannot be created.
+            SourceError: when the URL is malformed: no retry can mend it.
         """
         self.close()
         self._started = True
-        self._guarded(self._connection)
+        try:
+            self._guarded(self._connection)
+        except SourceError as exc:
+            if isinstance(exc.__cause__, redis.RedisError):
+                logger.warning("source %s: %s; reads will retry", self.name, exc)
+                return
+            raise
+
+    def health(self) -> str | None:
+        """``None`` while Redis answers; else why not, and since when (for ``/healthz``)."""
+        if self._down_since is None:
+            return None
+        return f"redis unreachable since {format_ts(self._down_since)}: {self._down_why}"
 
     def read(self, max_items: int, timeout_s: float) -> list[SourceItem]:
         """Return own pending, then reclaimed, then new entries; wait up to ``timeout_s``.
@@ -158,7 +171,18 @@ class RedisStreamSource:
         if not self._started:
             raise RuntimeError("RedisStreamSource.read() called before start()")
         deadline = time.monotonic() + timeout_s
+        if self._client is None and not self._wait_to_reconnect(deadline):
+            return []
         return self._guarded(lambda: self._read_until(min(max_items, self.count), deadline))
+
+    def _wait_to_reconnect(self, deadline: float) -> bool:
+        """Wait for the back-off to let a new connection be tried; ``False`` if it is not
+        over by ``deadline`` (the read then returns nothing, as if no entry had come)."""
+        wait_s = self._next_connect_at - time.monotonic()
+        if wait_s <= 0:
+            return True
+        time.sleep(max(min(wait_s, deadline - time.monotonic()), 0.0))
+        return time.monotonic() >= self._next_connect_at
 
     def ack(self, items: Sequence[SourceItem]) -> None:
         """``XACK`` the items: call only once their decisions are committed."""
@@ -189,9 +213,29 @@ class RedisStreamSource:
             return action()
         except redis.RedisError as exc:
             self._disconnect()
+            self._note_down(f"{type(exc).__name__}: {exc}")
             # Raised, not logged: the daemon logs it once, with its back-off.
             message = f"redis {self._safe_url} stream {self.stream}: {type(exc).__name__}: {exc}"
             raise SourceError(message) from exc
+
+    def _note_down(self, why: str) -> None:
+        if self._down_since is None:
+            self._down_since = self._clock()
+            self._reconnect_wait_s = RECONNECT_FIRST_S
+        else:
+            self._reconnect_wait_s = min(self._reconnect_wait_s * 2, RECONNECT_CAP_S)
+        self._down_why = why
+        self._next_connect_at = time.monotonic() + self._reconnect_wait_s
+
+    def _note_up(self) -> None:
+        if self._down_since is not None:
+            logger.info(
+                "source %s: redis reachable again (down since %s)",
+                self.name,
+                format_ts(self._down_since),
+            )
+        self._down_since = None
+        self._next_connect_at = 0.0
 
     def _connection(self) -> redis.Redis:
         if self._client is not None:
@@ -214,6 +258,7 @@ class RedisStreamSource:
             client.close()
             raise
         self._client = client
+        self._note_up()
         # Whatever was delivered to us before the connection broke is read again first.
         self._pending_from = keys.PENDING_START_ID
         logger.info("source %s: connected to %s as %s", self.name, self._safe_url, self.consumer)
@@ -293,7 +338,7 @@ class RedisStreamSource:
             # BLOCK 0 would wait forever: too little time left means a plain poll.
             block=block_ms if block_ms > 0 else None,
         )
-        return [self._item(entry_id, fields, 1) for entry_id, fields in _entries(reply)]
+        return self._decidable(client, [(*entry, 1) for entry in _entries(reply)])
 
     def _admit(self, client: redis.Redis, entries: list[Entry]) -> list[SourceItem]:
         """Turn entries delivered again into items, setting aside those delivered too often."""
@@ -304,13 +349,49 @@ class RedisStreamSource:
             client.xack(self.stream, self.group, *gone)
         live = [(entry_id, fields) for entry_id, fields in entries if fields]
         counts = self._delivery_counts(client, [entry_id for entry_id, _ in live])
-        items = [self._item(entry_id, fields, counts.get(entry_id, 1)) for entry_id, fields in live]
-        for item in items:
-            if item.deliveries > self.max_deliveries:
-                detail = f"delivered {item.deliveries} times (max_deliveries {self.max_deliveries})"
-                logger.warning("source %s: set aside %s: %s", self.name, item.ref, detail)
-                self._set_aside(client, item, SourceReason.TOO_MANY_DELIVERIES, detail)
-        return [item for item in items if item.deliveries <= self.max_deliveries]
+        return self._decidable(
+            client, [(entry_id, fields, counts.get(entry_id, 1)) for entry_id, fields in live]
+        )
+
+    def _decidable(
+        self, client: redis.Redis, entries: list[tuple[bytes, dict[bytes, bytes], int]]
+    ) -> list[SourceItem]:
+        """Turn entries into items, setting aside those delivered too often, too large or too
+        deep, in that order: the delivery count first, so that an entry that made a worker
+        fail is not looked into again."""
+        items: list[SourceItem] = []
+        for entry_id, fields, deliveries in entries:
+            refused = self._refusal(fields, deliveries)
+            if refused is None:
+                items.append(self._item(entry_id, fields, deliveries))
+                continue
+            reason, detail, raw = refused
+            ref = self._ref(entry_id.decode())
+            logger.warning("source %s: set aside %s: %s: %s", self.name, ref, reason, detail)
+            self._set_aside_entry(client, entry_id.decode(), ref, raw, (reason, detail))
+        return items
+
+    def _refusal(
+        self, fields: dict[bytes, bytes], deliveries: int
+    ) -> tuple[SourceReason, str, bytes] | None:
+        """Why an entry is not to be decided (reason, detail, raw kept), or ``None``."""
+        if deliveries > self.max_deliveries:
+            detail = f"delivered {deliveries} times (max_deliveries {self.max_deliveries})"
+            return SourceReason.TOO_MANY_DELIVERIES, detail, self._safe_raw(fields)
+        size = entry_size(fields)
+        if size > self.max_entry_bytes:
+            detail = f"the entry is {size} bytes, over {self.max_entry_bytes}; raw is its start"
+            return SourceReason.TOO_LARGE, detail, raw_head(fields)
+        if keys.DATA_FIELD not in fields and flat_fields_too_deep(fields):
+            detail = f"a field name has more than {MAX_FLAT_SEGMENTS} dotted segments"
+            return SourceReason.TOO_DEEP, detail, flat_fields_json(fields)
+        return None
+
+    def _safe_raw(self, fields: dict[bytes, bytes]) -> bytes:
+        """The entry as its dead letter keeps it, cut short if it is too large to decide."""
+        if entry_size(fields) > self.max_entry_bytes:
+            return raw_head(fields)
+        return fields.get(keys.DATA_FIELD) or flat_fields_json(fields)
 
     def _delivery_counts(self, client: redis.Redis, entry_ids: list[bytes]) -> dict[bytes, int]:
         pipe = client.pipeline(transaction=False)
@@ -327,14 +408,23 @@ class RedisStreamSource:
         data = fields.get(keys.DATA_FIELD)
         if data is None:
             data = flat_fields_json(fields)
-        return SourceItem(data, entry, f"{self.stream} {entry}", deliveries)
+        return SourceItem(data, entry, self._ref(entry), deliveries)
+
+    def _ref(self, entry: str) -> str:
+        return f"{self.stream} {entry}"
 
     def _set_aside(self, client: redis.Redis, item: SourceItem, reason: str, detail: str) -> None:
+        self._set_aside_entry(client, item.position, item.ref, item.data, (reason, detail))
+
+    def _set_aside_entry(
+        self, client: redis.Redis, entry: str, ref: str, raw: bytes, why: tuple[str, str]
+    ) -> None:
+        reason, detail = why
         letter: dict[FieldT, EncodableT] = {
             "reason": str(reason),
             "detail": detail,
-            "ref": item.ref,
-            "raw": raw_text(item.data),
+            "ref": ref,
+            "raw": raw_text(raw),
             "at": format_ts(self._clock()),
             "consumer": self.consumer,
         }
@@ -345,7 +435,7 @@ class RedisStreamSource:
             self.stream,
             self.dead_stream,
             self.group,
-            item.position,
+            entry,
             keys.DEAD_MAXLEN,
             *fields,
         )
