@@ -140,7 +140,9 @@ class BatchWriter:
             return None
 
     def _reject(self, item: Item, reason: str, detail: str) -> None:
-        raw = item.data.decode("utf-8", errors="replace")
+        data = item.data
+        # A source's bug (not bytes) must not turn one bad item into a failed batch.
+        raw = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else repr(data)
         self.txn.add_dead_letter(DeadLetter(self.now, self.source, item.ref, raw, reason, detail))
         self.result.rejected.append(Rejected(item, reason, detail))
 
