@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -20,8 +21,11 @@ import pytest
 import redis
 from redis.typing import EncodableT, FieldT
 
+from tests.fake_sendgrid import FakeSendGrid
 from tests.reliability.redis_server import RedisServer
-from tests.serve_harness import wait_for
+from tests.serve_harness import REPO_ROOT, Serve, append_events, clean_env, wait_for
+from tests.test_serve_e2e import ping
+from tests.test_serve_redis_e2e import GROUP, serve_on, wait_sent
 from trigmail.decisions import Outcome, Reason
 from trigmail.errors import BadEventError, LedgerUnavailableError, SourceError
 from trigmail.events import (
@@ -37,6 +41,7 @@ from trigmail.ledger import open_ledger
 from trigmail.ledger.base import Ledger, LedgerTxn
 from trigmail.ledger.memory import MemoryLedger
 from trigmail.pipeline import Pipeline
+from trigmail.providers.outbox import key_filename
 from trigmail.providers.recording import RecordingProvider
 from trigmail.rules.loader import parse_rules
 from trigmail.rules.model import RuleSet
@@ -458,3 +463,127 @@ def test_redis_unreachable_at_start_is_retried_and_health_says_why(tmp_path: Pat
             assert source.health() is None
     finally:
         source.close()
+
+
+# -- end to end: the real serve ----------------------------------------------------------------
+
+
+def only_file(root: Path, pattern: str) -> Path | None:
+    """The one file matching ``pattern`` under ``root`` (wherever the daemon keeps it)."""
+    found = sorted(root.rglob(pattern))
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def spool_dead_letters(root: Path) -> list[dict[str, Any]]:
+    path = only_file(root, "events.dead.jsonl")
+    if path is None:
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def assert_still_serving(serve: Serve) -> None:
+    assert serve.proc.poll() is None, serve.stderr
+    assert serve.get("/healthz")[0] == 200, serve.stderr
+
+
+def deep_ping(depth: int) -> str:
+    """An id-less ``ping`` whose ``properties`` nest ``depth`` arrays deep (as text)."""
+    head = '{"event": "ping", "user_id": "deep", "email": "deep@example.com", "properties": '
+    return head + '{"x": ' + "[" * depth + "]" * depth + "}}"
+
+
+@pytest.mark.slow
+def test_serve_sets_a_deep_spool_event_aside_and_sends_its_neighbours(tmp_path: Path) -> None:
+    shutil.copytree(REPO_ROOT / "rules.d", tmp_path / "rules.d")
+    env = clean_env({"TRIGMAIL_METRICS_LISTEN": "127.0.0.1:0"})
+    # What the sample welcome rule needs, with no id: each is known by its hash.
+    good = [{**json.loads(signup(n)), "id": None} for n in (1, 2)]
+    for event in good:
+        del event["id"]
+    deep = deep_line(1_000).decode()  # no id: before the fix, its id hash crashed serve
+    with Serve(tmp_path, [], env) as serve:
+        serve.wait_ready()
+        append_events(tmp_path / "events.jsonl", [good[0], deep, good[1]])
+        wanted = {key_filename(f"welcome:u{n}") for n in (1, 2)}
+        wait_for(
+            lambda: wanted <= {p.name for p in (tmp_path / "outbox").glob("*.json")},
+            "both neighbours' emails in outbox/",
+        )
+        [letter] = wait_for(lambda: spool_dead_letters(tmp_path), "the deep event's dead letter")
+        assert_still_serving(serve)
+        assert serve.stop() == 0
+    assert (letter["reason"], letter["raw"]) == ("too_deep", deep)
+    assert letter["ref"].endswith("events.jsonl:2") and letter["detail"]
+    assert "Traceback" not in serve.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_serve_sets_hostile_stream_entries_aside_and_decides_their_neighbours(
+    tmp_path: Path, sendgrid_fake: FakeSendGrid, redis_url: str, admin: redis.Redis, stream: str
+) -> None:
+    flat_deep: dict[FieldT, EncodableT] = {
+        "event": "ping",
+        "user_id": "flat",
+        "email": "flat@example.com",
+        "properties" + ".a" * 1_499: "v",  # 1,500 segments
+    }
+    hostile: list[tuple[dict[FieldT, EncodableT], str]] = [
+        (flat_deep, "too_deep"),
+        ({"data": deep_ping(1_000)}, "too_deep"),
+        ({"data": json.dumps(ping(99, properties={"note": "n" * 2_000_000}))}, "too_large"),
+    ]
+    hostile_ids: list[str] = []
+    admin.xadd(stream, {"data": json.dumps(ping(0))})
+    for n, (fields, _) in enumerate(hostile, start=1):
+        hostile_ids.append(entry_text(admin.xadd(stream, fields)))
+        admin.xadd(stream, {"data": json.dumps(ping(n))})
+    keys = [f"notify:p{n}" for n in range(len(hostile) + 1)]
+    with serve_on(tmp_path, sendgrid_fake, redis_url, stream, "worker-a") as serve:
+        serve.wait_ready()
+        wait_sent(tmp_path / "ledger.db", keys)
+        letters = wait_for(
+            lambda: [d for d in [dead_stream_letters(admin, stream)] if len(d) == len(hostile)],
+            "the hostile entries in the dead stream",
+        )[0]
+        assert_still_serving(serve)
+        assert serve.stop() == 0
+    assert sorted(sendgrid_fake.accepted_keys()) == sorted(keys)
+    # The source sets aside what it will not parse as it reads; the daemon, after its commit,
+    # what did not parse: by reference, not in stream order.
+    by_ref = {d["ref"]: d for d in letters}
+    assert {ref: d["reason"] for ref, d in by_ref.items()} == {
+        f"{stream} {entry_id}": reason
+        for entry_id, (_, reason) in zip(hostile_ids, hostile, strict=True)
+    }
+    assert all(d["detail"] for d in letters)
+    assert len(by_ref[f"{stream} {hostile_ids[2]}"]["raw"].encode()) <= 1024  # its start only
+    assert admin.xpending(stream, GROUP)["pending"] == 0
+    assert "Traceback" not in serve.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_serve_starts_while_redis_is_down_and_reads_once_it_is_up(
+    tmp_path: Path, sendgrid_fake: FakeSendGrid, redis_url: str
+) -> None:
+    if not RedisServer.available():
+        pytest.fail("redis-server is not installed: the unreachable case cannot run")
+    server = RedisServer(tmp_path / "redis")  # not started: nothing listens on its port
+    with serve_on(tmp_path, sendgrid_fake, server.url, "trigmail:events", "worker-a") as serve:
+        # Not wait_ready: /healthz may rightly answer 503 while Redis is down.
+        serve.wait_line(r"serve: ready")
+        serve.wait_line(r"source redis:trigmail:events: .*ConnectionError.*reads will retry")
+        assert serve.proc.poll() is None, serve.stderr
+        with server:
+            client = redis.Redis.from_url(server.url)
+            try:
+                client.xadd("trigmail:events", {"data": json.dumps(ping(1))})
+            finally:
+                client.close()
+            wait_sent(tmp_path / "ledger.db", ["notify:p1"])
+            wait_for(lambda: serve.get("/healthz")[0] == 200, "/healthz 200 with Redis up")
+            assert serve.stop() == 0
+    assert sendgrid_fake.accepted_keys() == ["notify:p1"]
+    assert "Traceback" not in serve.stderr
