@@ -15,20 +15,27 @@ import random
 import shutil
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import pytest
+import redis
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.typing import EncodableT, FieldT
 
+from tests.fake_sendgrid import FakeSendGrid
 from tests.serve_harness import Serve, clean_env, wait_for
+from tests.test_serve_e2e import ping
+from tests.test_serve_redis_e2e import GROUP, serve_on, wait_sent
 from trigmail.decisions import LogEntry, Outcome, Reason
 from trigmail.errors import BadEventError
-from trigmail.events import Event, parse_event
+from trigmail.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, Event, parse_event
 from trigmail.ingest import RawItem
 from trigmail.ledger import MemoryLedger
 from trigmail.pipeline import Pipeline
@@ -36,6 +43,7 @@ from trigmail.providers.outbox import key_filename
 from trigmail.providers.recording import RecordingProvider
 from trigmail.rules.loader import ParseResult, Severity, load_rules, parse_rules
 from trigmail.simulate import Simulation
+from trigmail.sources.redis_entries import flat_fields_json, flat_fields_too_deep
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_RULES = REPO_ROOT / "rules.d"
@@ -48,6 +56,12 @@ REASONS = frozenset(Reason)
 
 FUZZ = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+# Against a live serve: each example waits for its neighbour's email.
+FEW_LIVE = settings(
+    deadline=None,
+    max_examples=30,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example],
+)
 
 # -- values that break things -------------------------------------------------------------------
 
@@ -415,3 +429,189 @@ def test_odd_event_times_are_bad_ts_not_crashes() -> None:
     ok = parse_or_reason(json.dumps({**event, "ts": "8999-12-31T00:00:00Z"}))
     assert isinstance(ok, Event)
     assert ok.ts + timedelta(days=36_500) > ok.ts
+
+
+# -- depth and size: events on the spool and Redis flat fields ------------------------------------
+
+# Around the cap, where Python's own recursion gives out (about 1,000 levels, less the stack in
+# use: the issue's crashes were at 930 to 990), and far past both.
+depths = st.one_of(
+    st.integers(0, MAX_EVENT_DEPTH + 4),
+    st.integers(900, 1_100),
+    st.integers(MAX_EVENT_DEPTH, 3_000),
+    st.just(100_000),
+)
+# Small, around the size cap, and anywhere up to twice it.
+sizes = st.one_of(
+    st.integers(0, 1_000),
+    st.integers(MAX_EVENT_BYTES - 200, MAX_EVENT_BYTES + 200),
+    st.integers(0, 2 * MAX_EVENT_BYTES),
+)
+_GOOD_SIGNUP = {"event": "user_signup", "email": "fz@example.com", "user": {"first_name": "Ana"}}
+
+
+@st.composite
+def deep_lines(draw: st.DrawFn) -> bytes:
+    """A sign-up with a value nested ``depth`` deep in ``properties``, ``user`` or its own key,
+    with or without an id (without, the id is a hash of all of it)."""
+    depth = draw(depths)
+    opener, closer = draw(st.sampled_from([("[", "]"), ('{"a": ', "}")]))
+    leaf = draw(st.sampled_from(["1", '"x"', "null", "[]", "{}"]))
+    place = draw(st.sampled_from(["properties", "user", "extra"]))
+    head: dict[str, Any] = {**_GOOD_SIGNUP, "user_id": "deep"}
+    if draw(st.booleans()):
+        head["id"] = "deep"
+    inner = opener * depth + leaf + closer * depth
+    return (json.dumps(head)[:-1] + f', "{place}": {{"x": {inner}}}}}').encode()
+
+
+@st.composite
+def sized_lines(draw: st.DrawFn) -> bytes:
+    """A sign-up padded with one- to four-byte characters to about ``size`` bytes."""
+    size = draw(sizes)
+    char = draw(st.sampled_from(["x", "ä", "€", "🙂"]))
+    event: dict[str, Any] = {**_GOOD_SIGNUP, "user_id": "big", "properties": {"blob": ""}}
+    room = max(size - len(json.dumps(event, ensure_ascii=False).encode()), 0)
+    event["properties"]["blob"] = char * (room // len(char.encode()))
+    return json.dumps(event, ensure_ascii=False).encode()
+
+
+hostile_lines = st.one_of(deep_lines(), sized_lines())
+
+
+def signup_line(user_id: str) -> bytes:
+    return json.dumps({**_GOOD_SIGNUP, "user_id": user_id}).encode()
+
+
+@FEW
+@given(line=hostile_lines)
+def test_a_deep_or_large_event_never_stops_its_batch(line: bytes) -> None:
+    pipeline = Pipeline(
+        MemoryLedger(clock=lambda: READ_AT), lambda: RULES, RecordingProvider(), lambda: READ_AT
+    )
+    lines = [signup_line("before"), line, signup_line("after")]
+    items = [RawItem(each, f"fuzz:{n}") for n, each in enumerate(lines, start=1)]
+    ingested = pipeline.ingest(items, "fuzz")
+    scheduled = {send.key for send in ingested.scheduled}
+    assert {"welcome:before", "welcome:after"} <= scheduled
+    rejected = {r.item.ref: r.reason for r in ingested.rejected}
+    assert set(rejected) <= {"fuzz:2"}
+    assert all(reason in REASONS for reason in rejected.values())
+    parsed = parse_or_reason(line)
+    if isinstance(parsed, str):
+        assert rejected["fuzz:2"] == parsed
+    if len(line) > MAX_EVENT_BYTES:
+        assert parsed == Reason.TOO_LARGE
+
+
+_SEGMENTS = st.sampled_from(["properties", "user", "a", "", "é", "first_name", "event"])
+flat_names = st.one_of(
+    st.lists(_SEGMENTS, min_size=1, max_size=6).map(".".join),
+    st.tuples(st.sampled_from(["properties", "user", "x"]), depths).map(
+        lambda spec: spec[0] + ".a" * min(spec[1], 5_000)
+    ),
+    st.binary(max_size=20).map(lambda raw: raw.decode("latin-1")),
+)
+flat_values = st.one_of(st.text(max_size=20), sizes.map(lambda size: "v" * size))
+flat_entries = st.dictionaries(flat_names, flat_values, min_size=1, max_size=4)
+
+
+def with_event_fields(fields: dict[str, str], user_id: str) -> dict[str, str]:
+    """The fields as an event of the serve fixture's ``ping`` (some keys may be overridden)."""
+    return {"event": "ping", "user_id": user_id, "email": f"{user_id}@example.com", **fields}
+
+
+@FUZZ
+@given(fields=flat_entries, as_event=st.booleans())
+def test_flat_fields_always_make_json_that_parses_or_is_refused(
+    fields: dict[str, str], as_event: bool
+) -> None:
+    entry = with_event_fields(fields, "flat") if as_event else fields
+    raw = {name.encode(): value.encode() for name, value in entry.items()}
+    text = flat_fields_json(raw)  # never raises, however deep the names
+    if flat_fields_too_deep(raw):
+        return  # the source sets it aside as too_deep before it is parsed
+    parse_or_reason(text)
+
+
+def _spool_reason(line: bytes) -> str | Event:
+    # The spool sets an over-long line aside itself, before it is parsed.
+    return "line_too_long" if len(line) > MAX_EVENT_BYTES else parse_or_reason(line)
+
+
+@pytest.mark.slow
+def test_live_serve_survives_deep_and_large_spool_events(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_RULES, tmp_path / "rules.d")
+    spool, outbox = tmp_path / "events.jsonl", tmp_path / "outbox"
+    expected_dead: dict[str, str] = {}  # ref -> reason
+    lines_written = [0]
+
+    def append(*lines: bytes) -> None:
+        with spool.open("ab") as file:
+            file.write(b"".join(line + b"\n" for line in lines))
+        lines_written[0] += len(lines)
+
+    env = clean_env({"TRIGMAIL_METRICS_LISTEN": "127.0.0.1:0"})
+    with Serve(tmp_path, [], env) as serve:
+        serve.wait_ready()
+
+        @FEW_LIVE
+        @given(line=hostile_lines)
+        def one_example(line: bytes) -> None:
+            user = f"n{lines_written[0]}"
+            append(line, signup_line(user))
+            reason = _spool_reason(line)
+            if isinstance(reason, str):
+                expected_dead[f"events.jsonl:{lines_written[0] - 1}"] = reason
+            wanted = key_filename(f"welcome:{user}")
+            wait_for((outbox / wanted).exists, f"the neighbour's email {wanted}")
+            assert serve.proc.poll() is None, serve.stderr
+
+        one_example()
+
+        def dead_so_far() -> dict[str, str]:
+            path = next(tmp_path.rglob("events.dead.jsonl"), None)
+            lines = path.read_text(encoding="utf-8").splitlines() if path else []
+            return {d["ref"].rsplit("/", 1)[-1]: d["reason"] for d in map(json.loads, lines)}
+
+        wait_for(
+            lambda: expected_dead.items() <= dead_so_far().items(),
+            f"the {len(expected_dead)} expected dead letters",
+        )
+        assert serve.get("/healthz")[0] == 200
+        assert serve.stop() == 0, serve.stderr
+    assert "Traceback" not in serve.stderr, serve.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_live_serve_survives_hostile_redis_flat_fields(
+    tmp_path: Path, sendgrid_fake: FakeSendGrid, redis_url: str
+) -> None:
+    stream = f"trigmail-fuzz:{uuid.uuid4().hex[:12]}"
+    client = redis.Redis.from_url(redis_url)
+    counter = [0]
+    try:
+        with serve_on(tmp_path, sendgrid_fake, redis_url, stream, "fuzz") as serve:
+            serve.wait_ready()
+
+            @FEW_LIVE
+            @given(fields=flat_entries, as_event=st.booleans())
+            def one_example(fields: dict[str, str], as_event: bool) -> None:
+                counter[0] += 1
+                n = counter[0]
+                entry = with_event_fields(fields, f"flat{n}") if as_event else fields
+                client.xadd(stream, cast(dict[FieldT, EncodableT], entry))
+                client.xadd(stream, {"data": json.dumps(ping(f"n{n}"))})
+                wait_sent(tmp_path / "ledger.db", [f"notify:pn{n}"])
+                assert serve.proc.poll() is None, serve.stderr
+
+            one_example()
+            assert serve.get("/healthz")[0] == 200
+            assert serve.stop() == 0, serve.stderr
+        # Every entry was decided or set aside: nothing is left pending in the group.
+        assert client.xpending(stream, GROUP)["pending"] == 0
+    finally:
+        client.delete(stream, f"{stream}:dead")
+        client.close()
+    assert "Traceback" not in serve.stderr, serve.stderr
