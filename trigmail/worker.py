@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from trigmail import faults
 from trigmail.errors import BadEventError
@@ -50,6 +50,8 @@ WATERMARK_REFRESH_S = 1.0
 LEASE_CHECK_S = 10.0
 # How often rows older than the retention are pruned from the ledger.
 PRUNE_EVERY_S = 3600.0
+# A cutoff before any due time: nothing fires.
+_NEVER = datetime.min.replace(tzinfo=UTC)
 # The ledger meta row ``status`` reads the watermark from, per source.
 WATERMARK_META = "watermark:"
 
@@ -115,6 +117,7 @@ class Worker:
         self._mark: datetime | None = None  # the highest producer ts decided (ordered sources)
         self._past_burst = 0  # sends fired past the watermark since the gate last held
         self._next: dict[str, datetime] = {}  # timer name -> when it runs next
+        self._started_at: datetime | None = None  # the first step's time
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> list[SendRecord]:
@@ -130,6 +133,8 @@ class Worker:
     def step(self, now: datetime) -> float:
         """Take one turn: collect answered requests, fire what is due and allowed, decide the
         next events; return how long the caller may wait for events before the next turn."""
+        if self._started_at is None:
+            self._started_at = now
         self._reap()
         self._run_timers(now)
         self._fire(now)
@@ -226,9 +231,16 @@ class Worker:
         if self.source.ordered:
             ahead = self._held[0].ts if self._held else None
             watermark = _latest(watermark, [self._mark, ahead])
-        floor = now - timedelta(seconds=self.max_hold_s)
-        cutoff = floor if watermark is None else max(min(watermark, now), floor)
-        return Gate(watermark, cutoff)
+        # A send is held from when it fell due, or from this worker's start if it fell due
+        # while no worker ran: a backlog after an outage longer than max_hold is still
+        # decided in order, and only a source that stays stuck lets sends past.
+        started = self._started_at or now
+        hold = timedelta(seconds=self.max_hold_s)
+        floor = now - hold if now - started >= hold else None
+        if watermark is None:
+            return Gate(None, floor or _NEVER)
+        cutoff = min(watermark, now)
+        return Gate(watermark, cutoff if floor is None else max(cutoff, floor))
 
     def _fire(self, now: datetime) -> None:
         free = self._free_slots()
