@@ -255,7 +255,8 @@ class Worker:
         claimed = self.pipeline.fire_due(limit=free * 1000, linger_s=linger_s, until=gate.cutoff)
         if claimed:
             faults.reached(faults.KillPoint.AFTER_CLAIM)
-            self._count_past(claimed, gate)
+            if self._gate_on():
+                self._count_past(claimed, gate)
         elif self._past_burst and (gate.watermark is None or gate.cutoff <= gate.watermark):
             self._end_burst()
         for batch in batches(claimed):
