@@ -31,8 +31,8 @@ from trigmail.decisions import (
 )
 from trigmail.engine import decide_new, duplicate_event
 from trigmail.errors import BadEventError, LedgerError
-from trigmail.events import Event, parse_event
-from trigmail.ledger.base import DeadLetter, LedgerTxn, SendRecord
+from trigmail.events import MISSING, Event, parse_event
+from trigmail.ledger.base import CancelMark, DeadLetter, LedgerTxn, SendRecord
 from trigmail.records import record
 from trigmail.rules.model import RuleSet
 
@@ -64,6 +64,9 @@ class Item(Protocol):
     @property
     def position(self) -> str: ...
 
+    @property
+    def order(self) -> str | None: ...
+
 
 @record
 class RawItem:
@@ -72,6 +75,7 @@ class RawItem:
     data: bytes
     ref: str
     position: str = ""
+    order: str | None = None
 
 
 @record
@@ -90,6 +94,7 @@ class Ingested:
     entries: list[LogEntry] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     scheduled: list[SendRecord] = field(default_factory=list)
+    consumed: int = 0  # how many of the batch's items were decided (the rest wait)
 
 
 @dataclass
@@ -116,6 +121,8 @@ class BatchWriter:
             decisions = self._decide(item, event)
             if decisions is None:
                 return
+            if item.order is not None:
+                self._mark_cancel(event, item.order)
         else:
             decisions = [duplicate_event(event)]
         for decision in decisions:
@@ -129,7 +136,8 @@ class BatchWriter:
         """The event's checked decisions, or ``None`` when deciding failed (it is set aside)."""
         view = _WatchedView(self.txn)
         try:
-            return [checked(d) for d in decide_new(event, self.rules, view, self.now)]
+            decided = decide_new(event, self.rules, view, self.now, item.order)
+            return [checked(d) for d in decided]
         except Exception as exc:
             if view.failed or isinstance(exc, LedgerError):
                 raise  # the ledger's failure, not the event's: the batch is decided again
@@ -138,6 +146,16 @@ class BatchWriter:
             self._reject(item, Reason.INTERNAL_ERROR.value, detail)
             self.result.entries.append(_failed_event_entry(event, detail, self.now))
             return None
+
+    def _mark_cancel(self, event: Event, order: str) -> None:
+        """Keep a ``cancel_on`` event read out of order, for triggers decided after it."""
+        cancellers = self.rules.cancelled_by(event.name)
+        if not cancellers:
+            return
+        paths = {cancel.match for _, cancel in cancellers if cancel.match is not None}
+        values = {path: value for path in paths if (value := event.lookup(path)) is not MISSING}
+        mark = CancelMark(event.user_id, order, event.name, event.id, values, self.now)
+        self.txn.add_cancel_mark(mark)
 
     def _reject(self, item: Item, reason: str, detail: str) -> None:
         data = item.data
@@ -230,6 +248,9 @@ class _WatchedView:
         self, user_id: str, categories: Collection[str], since: datetime
     ) -> int:
         return self._read(lambda: self._txn.delivered_count_since(user_id, categories, since))
+
+    def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]:
+        return self._read(lambda: self._txn.cancel_marks_after(user_id, order))
 
 
 def _error_text(exc: BaseException) -> str:

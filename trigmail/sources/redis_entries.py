@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from trigmail.events import MAX_EVENT_DEPTH
 from trigmail.sources import keys
+from trigmail.sources.base import SourceReason
 
 DEAD_RAW_MAX_BYTES: Final = 1024
 """How much of an entry too large to decide its dead letter keeps, as the spool does."""
@@ -19,6 +20,32 @@ DEAD_RAW_MAX_BYTES: Final = 1024
 MAX_FLAT_SEGMENTS: Final = MAX_EVENT_DEPTH
 """The most dotted segments of a flat field's name: a name of n segments nests n levels deep,
 the event object included, so a longer one makes an event too deep to decide anyway."""
+
+
+def refusal(
+    fields: Mapping[bytes, bytes], deliveries: int, max_deliveries: int, max_entry_bytes: int
+) -> tuple[SourceReason, str, bytes] | None:
+    """Why an entry is not to be decided, with the detail and the raw bytes its dead letter
+    keeps; ``None`` when it is to be. The delivery count comes first: an entry that made a
+    worker fail that often is not looked into again."""
+    size = entry_size(fields)
+    if deliveries > max_deliveries:
+        detail = f"delivered {deliveries} times (max_deliveries {max_deliveries})"
+        if size > max_entry_bytes:
+            return SourceReason.TOO_MANY_DELIVERIES, detail, raw_head(fields)
+        return SourceReason.TOO_MANY_DELIVERIES, detail, _whole(fields)
+    if size > max_entry_bytes:
+        detail = f"the entry is {size} bytes, over {max_entry_bytes}; raw is its start"
+        return SourceReason.TOO_LARGE, detail, raw_head(fields)
+    if keys.DATA_FIELD not in fields and flat_fields_too_deep(fields):
+        detail = f"a field name has more than {MAX_FLAT_SEGMENTS} dotted segments"
+        return SourceReason.TOO_DEEP, detail, flat_fields_json(fields)
+    return None
+
+
+def _whole(fields: Mapping[bytes, bytes]) -> bytes:
+    data = fields.get(keys.DATA_FIELD)
+    return data if data is not None else flat_fields_json(fields)
 
 
 def flat_fields_json(fields: Mapping[bytes, bytes]) -> bytes:

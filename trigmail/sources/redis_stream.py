@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
@@ -42,14 +42,9 @@ from trigmail.events import MAX_EVENT_BYTES, format_ts
 from trigmail.ledger.base import DeadLetter
 from trigmail.secrets import redact_url
 from trigmail.sources import keys
-from trigmail.sources.base import SourceItem, SourceReason, raw_text, utc_now
-from trigmail.sources.redis_entries import (
-    MAX_FLAT_SEGMENTS,
-    entry_size,
-    flat_fields_json,
-    flat_fields_too_deep,
-    raw_head,
-)
+from trigmail.sources.base import SourceItem, raw_text, utc_now
+from trigmail.sources.outage import Outage
+from trigmail.sources.redis_entries import flat_fields_json, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +52,6 @@ logger = logging.getLogger(__name__)
 # longer, yet finite so that a vanished server is noticed.
 _SOCKET_MARGIN_S = 10.0
 _CONNECT_TIMEOUT_S = 5.0
-# Waits between attempts to reach a Redis that is down: doubling from the first, up to the cap.
-RECONNECT_FIRST_S = 0.5
-RECONNECT_CAP_S = 30.0
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 T = TypeVar("T")
@@ -75,6 +67,42 @@ if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
 end
 return 0
 """
+
+
+# The group's watermark in one round trip: its oldest pending entry (delivered to a consumer,
+# not yet acknowledged), its first entry not yet delivered, and the server's clock. Entry ids
+# carry the same clock, so the earliest of the three is a time before which every entry of
+# the stream has been acknowledged by some consumer.
+_WATERMARK = """
+local last = false
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, delivered
+    for i = 1, #group, 2 do
+        if group[i] == 'name' then name = group[i + 1] end
+        if group[i] == 'last-delivered-id' then delivered = group[i + 1] end
+    end
+    if name == ARGV[1] then last = delivered end
+end
+local now = redis.call('TIME')
+if not last then return {false, false, now[1], now[2]} end
+local oldest = redis.call('XPENDING', KEYS[1], ARGV[1])[2] or false
+local after = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
+local first = false
+if #after > 0 then first = after[1][1] end
+return {oldest, first, now[1], now[2]}
+"""
+
+
+def entry_time(entry_id: bytes | str) -> datetime:
+    """Return when an entry entered its stream: the milliseconds of its id (Redis's clock)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return datetime.fromtimestamp(int(text.partition("-")[0]) / 1000, UTC)
+
+
+def entry_order(entry_id: str) -> str:
+    """Return an entry id as text that sorts as the stream orders its entries."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{int(ms):020d}-{int(seq or 0):020d}"
 
 
 def _entries(reply: Any) -> list[Entry]:
@@ -131,11 +159,7 @@ class RedisStreamSource:
         self._pending_from: str | None = keys.PENDING_START_ID
         self._claim_from = keys.CLAIM_START_ID
         self._next_claim_at = 0.0
-        # Redis unreachable: since when (wall clock, for health()), why, and the back-off.
-        self._down_since: datetime | None = None
-        self._down_why = ""
-        self._reconnect_wait_s = RECONNECT_FIRST_S
-        self._next_connect_at = 0.0
+        self._outage = Outage(clock)
 
     def start(self, position: str | None) -> None:
         """Connect and join the group; ``position`` is informational (``XACK`` is what counts).
@@ -158,9 +182,7 @@ class RedisStreamSource:
 
     def health(self) -> str | None:
         """``None`` while Redis answers; else why not, and since when (for ``/healthz``)."""
-        if self._down_since is None:
-            return None
-        return f"redis unreachable since {format_ts(self._down_since)}: {self._down_why}"
+        return self._outage.describe("redis unreachable")
 
     def read(self, max_items: int, timeout_s: float) -> list[SourceItem]:
         """Return own pending, then reclaimed, then new entries; wait up to ``timeout_s``.
@@ -171,18 +193,10 @@ class RedisStreamSource:
         if not self._started:
             raise RuntimeError("RedisStreamSource.read() called before start()")
         deadline = time.monotonic() + timeout_s
-        if self._client is None and not self._wait_to_reconnect(deadline):
+        # Redis down: no new connection before the back-off is over; nothing came meanwhile.
+        if self._client is None and not self._outage.wait_until_due(deadline):
             return []
         return self._guarded(lambda: self._read_until(min(max_items, self.count), deadline))
-
-    def _wait_to_reconnect(self, deadline: float) -> bool:
-        """Wait for the back-off to let a new connection be tried; ``False`` if it is not
-        over by ``deadline`` (the read then returns nothing, as if no entry had come)."""
-        wait_s = self._next_connect_at - time.monotonic()
-        if wait_s <= 0:
-            return True
-        time.sleep(max(min(wait_s, deadline - time.monotonic()), 0.0))
-        return time.monotonic() >= self._next_connect_at
 
     def ack(self, items: Sequence[SourceItem]) -> None:
         """``XACK`` the items: call only once their decisions are committed."""
@@ -196,6 +210,26 @@ class RedisStreamSource:
         Not logged here: the daemon, which chose the reason, logs and counts it.
         """
         self._guarded(lambda: self._set_aside(self._connection(), item, reason, detail))
+
+    #: Several consumers share the group: only the group's own state bounds the watermark.
+    ordered = False
+
+    def watermark(self) -> datetime | None:
+        """Return a time before which every entry of the stream has been acknowledged by some
+        consumer of the group (see the module doc); ``None`` when Redis cannot tell now.
+
+        The oldest entry not yet acknowledged may be held by a consumer that died: it holds
+        the watermark until it comes back under its name, or another claims the entry.
+        """
+        try:
+            reply = self._connection().eval(_WATERMARK, 1, self.stream, self.group)
+        except (redis.RedisError, SourceError) as exc:
+            logger.debug("source %s: no watermark now: %s", self.name, exc)
+            return None
+        oldest, first, seconds, micros = reply
+        candidates = [entry_time(entry) for entry in (oldest, first) if entry]
+        candidates.append(datetime.fromtimestamp(int(seconds) + int(micros) / 1e6, UTC))
+        return min(candidates)
 
     def restore_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Nothing to restore: a letter is added atomically with its entry's ``XACK``, and an
@@ -213,29 +247,10 @@ class RedisStreamSource:
             return action()
         except redis.RedisError as exc:
             self._disconnect()
-            self._note_down(f"{type(exc).__name__}: {exc}")
+            self._outage.failed(f"{type(exc).__name__}: {exc}")
             # Raised, not logged: the daemon logs it once, with its back-off.
             message = f"redis {self._safe_url} stream {self.stream}: {type(exc).__name__}: {exc}"
             raise SourceError(message) from exc
-
-    def _note_down(self, why: str) -> None:
-        if self._down_since is None:
-            self._down_since = self._clock()
-            self._reconnect_wait_s = RECONNECT_FIRST_S
-        else:
-            self._reconnect_wait_s = min(self._reconnect_wait_s * 2, RECONNECT_CAP_S)
-        self._down_why = why
-        self._next_connect_at = time.monotonic() + self._reconnect_wait_s
-
-    def _note_up(self) -> None:
-        if self._down_since is not None:
-            logger.info(
-                "source %s: redis reachable again (down since %s)",
-                self.name,
-                format_ts(self._down_since),
-            )
-        self._down_since = None
-        self._next_connect_at = 0.0
 
     def _connection(self) -> redis.Redis:
         if self._client is not None:
@@ -258,7 +273,13 @@ class RedisStreamSource:
             client.close()
             raise
         self._client = client
-        self._note_up()
+        down_since = self._outage.recovered()
+        if down_since is not None:
+            logger.info(
+                "source %s: redis reachable again (down since %s)",
+                self.name,
+                format_ts(down_since),
+            )
         # Whatever was delivered to us before the connection broke is read again first.
         self._pending_from = keys.PENDING_START_ID
         logger.info("source %s: connected to %s as %s", self.name, self._safe_url, self.consumer)
@@ -361,7 +382,7 @@ class RedisStreamSource:
         fail is not looked into again."""
         items: list[SourceItem] = []
         for entry_id, fields, deliveries in entries:
-            refused = self._refusal(fields, deliveries)
+            refused = refusal(fields, deliveries, self.max_deliveries, self.max_entry_bytes)
             if refused is None:
                 items.append(self._item(entry_id, fields, deliveries))
                 continue
@@ -370,28 +391,6 @@ class RedisStreamSource:
             logger.warning("source %s: set aside %s: %s: %s", self.name, ref, reason, detail)
             self._set_aside_entry(client, entry_id.decode(), ref, raw, (reason, detail))
         return items
-
-    def _refusal(
-        self, fields: dict[bytes, bytes], deliveries: int
-    ) -> tuple[SourceReason, str, bytes] | None:
-        """Why an entry is not to be decided (reason, detail, raw kept), or ``None``."""
-        if deliveries > self.max_deliveries:
-            detail = f"delivered {deliveries} times (max_deliveries {self.max_deliveries})"
-            return SourceReason.TOO_MANY_DELIVERIES, detail, self._safe_raw(fields)
-        size = entry_size(fields)
-        if size > self.max_entry_bytes:
-            detail = f"the entry is {size} bytes, over {self.max_entry_bytes}; raw is its start"
-            return SourceReason.TOO_LARGE, detail, raw_head(fields)
-        if keys.DATA_FIELD not in fields and flat_fields_too_deep(fields):
-            detail = f"a field name has more than {MAX_FLAT_SEGMENTS} dotted segments"
-            return SourceReason.TOO_DEEP, detail, flat_fields_json(fields)
-        return None
-
-    def _safe_raw(self, fields: dict[bytes, bytes]) -> bytes:
-        """The entry as its dead letter keeps it, cut short if it is too large to decide."""
-        if entry_size(fields) > self.max_entry_bytes:
-            return raw_head(fields)
-        return fields.get(keys.DATA_FIELD) or flat_fields_json(fields)
 
     def _delivery_counts(self, client: redis.Redis, entry_ids: list[bytes]) -> dict[bytes, int]:
         pipe = client.pipeline(transaction=False)
@@ -408,7 +407,7 @@ class RedisStreamSource:
         data = fields.get(keys.DATA_FIELD)
         if data is None:
             data = flat_fields_json(fields)
-        return SourceItem(data, entry, self._ref(entry), deliveries)
+        return SourceItem(data, entry, self._ref(entry), deliveries, entry_order(entry))
 
     def _ref(self, entry: str) -> str:
         return f"{self.stream} {entry}"
