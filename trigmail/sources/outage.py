@@ -52,13 +52,17 @@ class Outage:
         self._retry_at = 0.0
         return since
 
+    def due(self) -> bool:
+        """Whether an attempt may be made now (always, while up)."""
+        return time.monotonic() >= self._retry_at
+
     def wait_until_due(self, deadline: float) -> bool:
         """Sleep until the next attempt is due, but not past ``deadline`` (``time.monotonic``);
         return whether it is due."""
         wait_s = self._retry_at - time.monotonic()
         if wait_s > 0:
             time.sleep(max(min(wait_s, deadline - time.monotonic()), 0.0))
-        return time.monotonic() >= self._retry_at
+        return self.due()
 
     def describe(self, what: str) -> str | None:
         """``None`` while up; else ``"<what> since <time>: <why>"``."""

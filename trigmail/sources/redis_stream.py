@@ -221,6 +221,8 @@ class RedisStreamSource:
         The oldest entry not yet acknowledged may be held by a consumer that died: it holds
         the watermark until it comes back under its name, or another claims the entry.
         """
+        if self._client is None and not self._outage.due():
+            return None  # Redis is down: the reads' back-off says when to try it again
         try:
             reply = self._connection().eval(_WATERMARK, 1, self.stream, self.group)
         except (redis.RedisError, SourceError) as exc:
