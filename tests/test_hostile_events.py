@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import textwrap
 import uuid
@@ -436,15 +437,21 @@ def test_redis_delivery_count_is_checked_before_the_entry_is_looked_into(
 
 
 @pytest.mark.redis
-def test_redis_unreachable_at_start_is_retried_and_health_says_why(tmp_path: Path) -> None:
+def test_redis_unreachable_at_start_is_retried_and_health_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     if not RedisServer.available():
         pytest.fail("redis-server is not installed: the unreachable case cannot run")
+    caplog.set_level(logging.DEBUG, logger="trigmail.sources.redis_stream")
     server = RedisServer(tmp_path / "redis")  # not started yet: nothing listens on its port
     source = started(server.url, "trigmail:events")
     try:
         health = source.health()
         assert health is not None and health.startswith("redis unreachable since ")
         assert "Connection refused" in health or "ConnectionError" in health
+        # Within the back-off the watermark does not try Redis (it would log why it failed).
+        assert source.watermark() is None
+        assert "no watermark now" not in caplog.text
         with server:
 
             def delivered() -> list[SourceItem]:
