@@ -28,7 +28,7 @@ from trigmail import faults
 from trigmail.errors import BadEventError
 from trigmail.events import Event, format_ts
 from trigmail.ingest import parse_item
-from trigmail.ledger.base import Ledger, SendRecord, SendState
+from trigmail.ledger.base import WATERMARK_META, Ledger, SendRecord, SendState
 from trigmail.metrics import Metrics
 from trigmail.pipeline import Pipeline, batches
 from trigmail.sources.base import Source, SourceItem
@@ -52,8 +52,6 @@ LEASE_CHECK_S = 10.0
 PRUNE_EVERY_S = 3600.0
 # A cutoff before any due time: nothing fires.
 _NEVER = datetime.min.replace(tzinfo=UTC)
-# The ledger meta row ``status`` reads the watermark from, per source.
-WATERMARK_META = "watermark:"
 
 
 @dataclass(frozen=True)
