@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from trigmail.cli.status import watermark_json
 from trigmail.decisions import LogEntry, Outcome
 from trigmail.events import format_ts
 from trigmail.ledger.memory import MemoryLedger
@@ -320,10 +321,20 @@ def test_the_watermark_is_published_for_status() -> None:
     source = stuck(served, T0 - timedelta(seconds=30))
     source.put(cart("c1", "ana", T0 - timedelta(seconds=10)))
     served.turn()
-    served.turn(timedelta(seconds=2))
+    served.turn(timedelta(seconds=5))  # the ledger copy is written every 5 s
     stored = served.ledger.get_meta(f"watermark:{source.name}")
     assert stored is not None
     published = json.loads(stored)
     assert published["at"] == format_ts(T0 - timedelta(seconds=30))
     assert published["held"] == 1
-    assert metric(served, "trigmail_source_watermark_lag_seconds") == 32
+    # what `trigmail status --format json` shows of it, read a minute later
+    shown = watermark_json(stored, source.name, served.clock.now + timedelta(minutes=1))
+    assert shown == {
+        "source": "memory",
+        "at": format_ts(T0 - timedelta(seconds=30)),
+        "lag_s": 95.0,
+        "held": 1,
+        "updated": format_ts(served.clock.now),
+    }
+    assert watermark_json("not json", source.name, served.clock.now) is None
+    assert metric(served, "trigmail_source_watermark_lag_seconds") == 35

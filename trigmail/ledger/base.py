@@ -77,6 +77,11 @@ def evolve(record: SendRecord, **changes: Any) -> SendRecord:
     return new
 
 
+# The meta row holding the event-order gate of a source as serve last published it:
+# ``watermark:<source name>`` -> ``{"at", "held", "updated"}`` (``trigmail status`` reads it).
+WATERMARK_META = "watermark:"
+
+
 @record
 class CancelMark:
     """A ``cancel_on`` event read from a source whose readers may decide events out of the
