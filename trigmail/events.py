@@ -267,7 +267,8 @@ def parse_event(line: str | bytes, read_at: datetime) -> Event:
             for text that is not JSON, ``too_deep`` for JSON nested deeper than
             :data:`MAX_EVENT_DEPTH`, or as :func:`event_from_object`.
     """
-    _refuse_too_large(line)
+    if len(line) > MAX_EVENT_BYTES // 4:  # shorter is under the cap, even at 4 bytes a character
+        _refuse_too_large(line)
     try:
         text = _text(line)
         obj = _DECODER.decode(text)
