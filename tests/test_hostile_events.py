@@ -177,10 +177,18 @@ def pipeline_on(ledger: Ledger, rules: RuleSet | None = None) -> Pipeline:
         # an over-long line, as bytes and as text
         (b'{"event": "a", "user_id": "u", "x": "' + b"a" * MAX_EVENT_BYTES + b'"}', "too_large"),
         ('{"event": "a", "user_id": "u", "x": "' + WIDE_TEXT + '"}', "too_large"),
+        # numbers out of a double's range decode to infinity: not JSON data
+        (b'{"event": "a", "user_id": "u", "properties": {"x": 1e999}}', "invalid_json"),
+        (b'{"event": "a", "user_id": "u", "x": -1' + b"0" * 400 + b".5}", "invalid_json"),
+        # one too small underflows to 0.0, which is a number: an event
+        (b'{"event": "a", "user_id": "u", "properties": {"x": 1e-999}}', None),
         # under the size cap, many brackets but shallow: an event
         (json.dumps({"event": "a", "user_id": "u", "x": [[]] * 10_000}).encode(), None),
     ],
-    ids=["at-cap", "over-cap", "over-cap-id", "970", "990", "100000", "large", "large-str", "wide"],
+    ids=[
+        *("at-cap", "over-cap", "over-cap-id", "970", "990", "100000", "large", "large-str"),
+        *("inf", "inf-digits", "underflow", "wide"),
+    ],
 )
 def test_event_caps(line: bytes | str, reason: str | None) -> None:
     assert reason_of(line) == reason
@@ -320,6 +328,36 @@ def test_a_ledger_failure_while_deciding_is_not_blamed_on_the_event(
         with pytest.raises(type(error)):
             batch.ingest(items(signup(1))[0], parse_event(signup(1), T0))
         assert batch.result.rejected == []
+
+
+@pytest.mark.postgres
+def test_an_infinite_number_never_reaches_postgresql(postgres_dsn: str) -> None:
+    # The send keeps the trigger's time zone path for its window: a value of 1e999 decoded as
+    # infinity, which PostgreSQL's jsonb refuses, and the whole batch failed again and again.
+    rules = parse_rules(
+        textwrap.dedent(
+            """
+            rules:
+              - id: windowed
+                on: visit
+                send_window: {from: "08:00", to: "20:00", timezone: user.timezone}
+                send: {template: d-windowed, data: {note: "hello"}}
+            """
+        )
+    ).rules
+    assert rules is not None
+    ledger = open_ledger(postgres_dsn)
+    try:
+        lines = [event_line("visit", n) for n in (1, 2, 3)]
+        lines[1] = lines[1].replace(b'"properties"', b'"user": {"timezone": 1e999}, "properties"')
+        result = pipeline_on(ledger, rules).ingest(items(*lines), "spool")
+        assert sorted(send.key for send in result.scheduled) == [
+            "windowed:visit1",
+            "windowed:visit3",
+        ]
+        assert [(r.item.ref, r.reason) for r in result.rejected] == [("events:2", "invalid_json")]
+    finally:
+        ledger.close()
 
 
 @pytest.mark.parametrize(
