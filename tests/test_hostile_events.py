@@ -37,7 +37,14 @@ from trigmail.events import (
     event_hash_id,
     parse_event,
 )
-from trigmail.ingest import MAX_PAYLOAD_BYTES, BatchWriter, Ingested, RawItem, parse_item
+from trigmail.ingest import (
+    MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_DEPTH,
+    BatchWriter,
+    Ingested,
+    RawItem,
+    parse_item,
+)
 from trigmail.ledger import open_ledger
 from trigmail.ledger.base import Ledger, LedgerTxn
 from trigmail.ledger.memory import MemoryLedger
@@ -358,6 +365,20 @@ def test_an_infinite_number_never_reaches_postgresql(postgres_dsn: str) -> None:
         assert [(r.item.ref, r.reason) for r in result.rejected] == [("events:2", "invalid_json")]
     finally:
         ledger.close()
+
+
+def test_a_payload_nested_too_deep_by_its_template_is_set_aside(ledger: MemoryLedger) -> None:
+    wrapped = "[" * 70 + "properties" + "]" * 70  # 70 lists around the event's properties
+    rules = parse_rules(
+        "rules:\n  - id: wrap\n    on: wrap\n"
+        f"    send: {{template: d-wrap, data: {{v: '{{{{ {wrapped} }}}}'}}}}\n"
+    ).rules
+    assert rules is not None
+    lines = [event_line("wrap", 1, x=1), event_line("wrap", 2, x=nested(60)), event_line("wrap", 3)]
+    result = pipeline_on(ledger, rules).ingest(items(*lines), "spool")
+    assert sorted(send.key for send in result.scheduled) == ["wrap:wrap1", "wrap:wrap3"]
+    assert [(r.item.ref, r.reason) for r in result.rejected] == [("events:2", "template_error")]
+    assert f"more than {MAX_PAYLOAD_DEPTH} levels" in result.rejected[0].detail
 
 
 @pytest.mark.parametrize(

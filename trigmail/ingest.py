@@ -24,6 +24,7 @@ from trigmail.decisions import (
     Decision,
     LogEntry,
     Outcome,
+    Payload,
     Reason,
     Schedule,
     SetAside,
@@ -31,7 +32,7 @@ from trigmail.decisions import (
 )
 from trigmail.engine import decide_new, duplicate_event
 from trigmail.errors import BadEventError, LedgerError
-from trigmail.events import MISSING, Event, parse_event
+from trigmail.events import MAX_EVENT_DEPTH, MISSING, Event, json_depth_exceeds, parse_event
 from trigmail.ledger.base import CancelMark, DeadLetter, LedgerTxn, SendRecord
 from trigmail.records import record
 from trigmail.rules.model import RuleSet
@@ -42,6 +43,10 @@ MAX_PAYLOAD_BYTES: Final = 256 * 1024
 """The largest email data (the JSON of one send's template data and attributes). A receipt's
 data is a few kilobytes; SendGrid takes 30 MB per request, which may carry up to 1,000 emails;
 a larger payload is a rule or an event gone wrong, set aside as ``payload_too_large``."""
+
+MAX_PAYLOAD_DEPTH: Final = 2 * MAX_EVENT_DEPTH
+"""How deeply an email's data may nest: room for a template to wrap an event's deepest values,
+still far from the recursion limit of whatever encodes or decodes it later."""
 
 # How much of an unexpected exception's text a dead letter and the log line keep.
 _ERROR_TEXT_MAX_CHARS = 300
@@ -201,19 +206,41 @@ def parse_item(item: Item, read_at: datetime) -> Event | BadEventError:
 
 def checked(decision: Decision) -> Decision:
     """Return ``decision``, or a :class:`SetAside` when it schedules a payload that does not
-    encode as JSON (``template_error``) or is over :data:`MAX_PAYLOAD_BYTES`
-    (``payload_too_large``): such a send could be neither stored nor sent."""
+    encode as JSON or nests deeper than :data:`MAX_PAYLOAD_DEPTH` (``template_error``), or is
+    over :data:`MAX_PAYLOAD_BYTES` (``payload_too_large``): such a send could be neither
+    stored nor sent."""
     if not isinstance(decision, Schedule):
         return decision
+    problem = _payload_problem(decision.payload)
+    if problem is None:
+        return decision
+    reason, detail = problem
+    return SetAside(decision.rule_id, reason, detail, step=decision.step)
+
+
+def _payload_problem(payload: Payload) -> tuple[Reason, str] | None:
     try:
-        size = len(_PAYLOAD_ENCODER.encode(decision.payload.to_json()).encode())
+        text = _PAYLOAD_ENCODER.encode(payload.to_json())
+        size = len(text.encode())
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError: a ValueError
-        detail = f"the email's data does not encode as JSON: {_error_text(exc)}"
-        return SetAside(decision.rule_id, Reason.TEMPLATE_ERROR, detail, step=decision.step)
+        return (
+            Reason.TEMPLATE_ERROR,
+            f"the email's data does not encode as JSON: {_error_text(exc)}",
+        )
     if size > MAX_PAYLOAD_BYTES:
-        detail = f"the email's data is {size} bytes of JSON, over {MAX_PAYLOAD_BYTES}"
-        return SetAside(decision.rule_id, Reason.PAYLOAD_TOO_LARGE, detail, step=decision.step)
-    return decision
+        return (
+            Reason.PAYLOAD_TOO_LARGE,
+            f"the email's data is {size} bytes of JSON, over {MAX_PAYLOAD_BYTES}",
+        )
+    # As for events: few brackets, no depth to walk (nearly every payload).
+    if text.count("{") + text.count("[") > MAX_PAYLOAD_DEPTH and json_depth_exceeds(
+        payload.data, MAX_PAYLOAD_DEPTH
+    ):
+        return (
+            Reason.TEMPLATE_ERROR,
+            f"the email's data nests more than {MAX_PAYLOAD_DEPTH} levels deep",
+        )
+    return None
 
 
 class _WatchedView:
