@@ -165,7 +165,7 @@ class RedisStreamSource:
         """Connect and join the group; ``position`` is informational (``XACK`` is what counts).
 
         Redis unreachable (or refusing us) is logged once and left to the reads, which try
-        again with a back-off: the daemon starts, and sends already due go out meanwhile.
+        again with a back-off: the daemon starts all the same, and :meth:`health` says why.
 
         Raises:
             SourceError: when the URL is malformed: no retry can mend it.
