@@ -25,6 +25,9 @@ _FINAL_STATES = {
     Outcome.DROPPED: SendState.CANCELLED,
 }
 
+# Decisions made for most events, logged at debug only.
+_ROUTINE = (Outcome.SKIPPED, Outcome.SCHEDULED)
+
 
 class DecisionObserver:
     """Counts and logs each decision once it is committed (the pipeline's ``on_entry``).
@@ -53,28 +56,20 @@ class DecisionObserver:
         self.metrics.record_decision(entry.rule, entry.reason)
         if entry.outcome is Outcome.DEAD_LETTER:
             self.metrics.record_dead_letter(entry.reason)
-        if entry.outcome in (Outcome.SKIPPED, Outcome.SCHEDULED):
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "event %s: %s %s (user %s, rule %s, key %s) %s",
-                    entry.event_id,
-                    entry.outcome.value,
-                    entry.reason.value,
-                    entry.user_id,
-                    entry.rule,
-                    entry.key,
-                    entry.detail,
-                )
-            return
-        log.info(
-            "event %s: %s %s (user %s, rule %s, key %s)",
-            entry.event_id,
-            entry.outcome.value,
-            entry.reason.value,
-            entry.user_id,
-            entry.rule,
-            entry.key,
-        )
+        # A scheduled send or a skip happens for most events: debug, and no work when off.
+        level = logging.DEBUG if entry.outcome in _ROUTINE else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "event %s: %s %s (user %s, rule %s, key %s) %s",
+                entry.event_id,
+                entry.outcome.value,
+                entry.reason.value,
+                entry.user_id,
+                entry.rule,
+                entry.key,
+                entry.detail,
+            )
 
 
 class MeteredProvider:
