@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +208,15 @@ def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_rejects(listen: str) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         parse_listen(listen)
+
+
+def test_a_started_serve_reports_its_first_rule_load(tmp_path: Path) -> None:
+    before_s = time.time()
+    with serve_in(
+        tmp_path, "http://127.0.0.1:9", "SG.test", {"spool": str(tmp_path / "e.jsonl")}, "t"
+    ) as serve:
+        serve.wait_ready()
+        loaded_s = serve.metric("trigmail_rules_last_reload_success_timestamp_seconds")
+        assert loaded_s is not None and loaded_s >= int(before_s)
+        assert serve.metric("trigmail_rules_last_reload_successful") == 1
+        assert serve.stop() == 0
