@@ -19,7 +19,16 @@ Behaviour a user can rely on:
   be set aside a second time (it carries no position of its own).
 
 Dead letters go to ``<stem>.dead.jsonl`` beside the spool (``events.jsonl`` →
-``events.dead.jsonl``), one JSON object per line, flushed and fsynced.
+``events.dead.jsonl``) unless ``dead_letters`` names another file (config
+``source.dead_letters``), one JSON object per line, flushed and fsynced. The file is created
+``0640``.
+
+Producers may write the spool's directory, so neither file is trusted to stay what it was
+(docs/security.md): both are opened without following a symlink and must be regular files. A
+spool that is a symlink, a FIFO or a directory is refused and reported (a log line, and
+:meth:`SpoolSource.health` for ``/healthz``) while reads return nothing; it is read again once
+a regular file is back at the path. A dead-letter file that is not a regular file is never
+written through: the letters stay in the ledger.
 """
 
 from __future__ import annotations
@@ -36,8 +45,9 @@ from datetime import datetime
 from pathlib import Path
 
 from trigmail import faults
-from trigmail.errors import SourceError
+from trigmail.errors import SourceError, UnsafeFileError
 from trigmail.events import format_ts
+from trigmail.files import open_regular
 from trigmail.ledger.base import DeadLetter
 from trigmail.sources.base import SourceItem, SourceReason, raw_text, utc_now
 
@@ -111,9 +121,13 @@ def _fingerprint(head: bytes) -> tuple[str, int]:
 
 
 def _last_lines(path: Path, count: int) -> list[bytes]:
-    """Return the last ``count`` lines of ``path`` (fewer if it is shorter or missing)."""
+    """Return the last ``count`` lines of ``path`` (fewer if it is shorter or missing).
+
+    Raises:
+        UnsafeFileError: ``path`` is a symlink or not a regular file.
+    """
     try:
-        file = path.open("rb")
+        file = os.fdopen(open_regular(path, os.O_RDONLY), "rb")
     except FileNotFoundError:
         return []
     with file:
@@ -251,6 +265,8 @@ class SpoolSource:
         poll_s: how long to sleep between looks at a quiet file.
         max_line_bytes: longer lines are set aside as ``line_too_long``.
         clock: the time dead letters are stamped with.
+        dead_letters: the dead-letter file; ``<stem>.dead.jsonl`` beside the spool when
+            ``None``.
     """
 
     def __init__(
@@ -259,10 +275,14 @@ class SpoolSource:
         poll_s: float = 0.05,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         clock: Callable[[], datetime] = utc_now,
+        dead_letters: Path | None = None,
     ) -> None:
         self.path = path
         self.name = f"spool:{path.absolute()}"
-        self.dead_path = path.with_name(f"{path.stem}.dead.jsonl")
+        self.dead_path = dead_letters or path.with_name(f"{path.stem}.dead.jsonl")
+        # Why the spool or the dead-letter file is refused, while it is: see health().
+        self._spool_refused: str | None = None
+        self._dead_refused: str | None = None
         self.poll_s = poll_s
         self.max_line_bytes = max_line_bytes
         self._clock = clock
@@ -297,6 +317,14 @@ class SpoolSource:
                 return items
             time.sleep(min(self.poll_s, remaining_s))
 
+    def health(self) -> str | None:
+        """Return why the spool or its dead-letter file is refused right now, else ``None``.
+
+        Thread-safe (it reads two attributes): ``/healthz`` calls it from the metrics server.
+        """
+        problems = [p for p in (self._spool_refused, self._dead_refused) if p is not None]
+        return "; ".join(problems) or None
+
     def ack(self, items: Sequence[SourceItem]) -> None:
         """Nothing to do: the spool's position is committed in the ledger by the daemon."""
 
@@ -316,18 +344,27 @@ class SpoolSource:
         """
         if not letters:
             return 0
+        try:
+            last = _last_lines(self.dead_path, len(letters))
+        except (UnsafeFileError, OSError) as exc:
+            # Not a reason to stay down: the letters are in the ledger (`trigmail status`).
+            self._refuse_dead_letters(str(exc))
+            return 0
         present = set()
-        for line in _last_lines(self.dead_path, len(letters)):
+        for line in last:
             try:
                 record = json.loads(line)
                 present.add((record["ref"], record["reason"], record["raw"]))
             except (ValueError, TypeError, KeyError):
                 continue  # a line torn by the crash itself: its letter is written again
         missing = [d for d in letters if (d.position, d.reason, d.raw) not in present]
-        for letter in missing:
-            self._write_dead_letter(
-                letter.position, letter.reason, letter.detail, letter.raw.encode()
-            )
+        try:
+            for letter in missing:
+                self._write_dead_letter(
+                    letter.position, letter.reason, letter.detail, letter.raw.encode()
+                )
+        except SourceError:
+            return 0  # already logged and reported by health(); the ledger keeps them
         return len(missing)
 
     def close(self) -> None:
@@ -370,7 +407,9 @@ class SpoolSource:
 
     def _follow_rename(self, tail: _Tail) -> _Tail | None:
         try:
-            stat = self.path.stat()
+            # lstat: a symlink put at the path is another file (refused by _open), whatever
+            # it points to.
+            stat = self.path.lstat()
         except FileNotFoundError:
             return tail  # renamed away and not yet recreated: keep draining the old file
         except OSError as exc:
@@ -391,15 +430,22 @@ class SpoolSource:
 
     def _open(self) -> _Tail | None:
         try:
-            file = self.path.open("rb", buffering=0)
+            file = os.fdopen(open_regular(self.path, os.O_RDONLY), "rb", buffering=0)
         except FileNotFoundError:
             if not self._waiting_logged:
                 logger.info("spool %s: no such file yet, waiting for it", self.path)
                 self._waiting_logged = True
             return None
+        except UnsafeFileError as exc:
+            self._refuse_spool(str(exc))
+            return None
         except OSError as exc:
             raise SourceError(f"spool {self.path}: cannot open: {exc}") from exc
         self._waiting_logged = False
+        if self._spool_refused is not None:
+            logger.warning("spool %s: a regular file is back at the path: reading it", self.path)
+            self._spool_refused = None
+        assert isinstance(file, io.FileIO)
         tail = _Tail(file, self.max_line_bytes)
         resume_at, self._resume_at = self._resume_at, None
         if resume_at is None:
@@ -419,9 +465,31 @@ class SpoolSource:
             "raw": raw_text(raw),
         }
         try:
-            with self.dead_path.open("a", encoding="utf-8") as out:
+            fd = open_regular(self.dead_path, os.O_WRONLY | os.O_APPEND, create=True)
+            with os.fdopen(fd, "a", encoding="utf-8") as out:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
+        except UnsafeFileError as exc:
+            self._refuse_dead_letters(str(exc))
+            raise SourceError(f"spool {self.path}: dead letter {ref} not written: {exc}") from None
         except OSError as exc:
             raise SourceError(f"spool {self.path}: cannot write {self.dead_path}: {exc}") from exc
+        if self._dead_refused is not None:
+            logger.warning("spool %s: dead-letter file %s usable again", self.path, self.dead_path)
+            self._dead_refused = None
+
+    def _refuse_spool(self, reason: str) -> None:
+        # Logged once per reason: _open is retried on every poll while the path stays bad.
+        problem = f"spool not read: {reason}"
+        if problem != self._spool_refused:
+            logger.error("spool %s: not read: %s; waiting for a regular file", self.path, reason)
+        self._spool_refused = problem
+
+    def _refuse_dead_letters(self, reason: str) -> None:
+        problem = f"dead letters not written: {reason}"
+        if problem != self._dead_refused:
+            logger.error(
+                "spool %s: dead letters not written: %s; they stay in the ledger", self.path, reason
+            )
+        self._dead_refused = problem
