@@ -292,7 +292,8 @@ def _source(spec: Mapping[str, Any]) -> SpoolConfig | RedisConfig:
     redis = spec.get("redis")
     if redis is None:
         dead = spec.get("dead_letters")
-        return SpoolConfig(Path(spec.get("spool", DEFAULT_SPOOL)), None if dead is None else Path(dead))
+        spool = Path(spec.get("spool", DEFAULT_SPOOL))
+        return SpoolConfig(spool, None if dead is None else Path(dead))
     _check_url(redis.get("url", ""), "source.redis.url", ("redis://", "rediss://"))
     options: dict[str, Any] = {"url": redis["url"]}
     renames = {"block": "block_s", "min_idle": "min_idle_s"}

@@ -108,7 +108,8 @@ def create_file(path: Path) -> bool:
         OSError: it cannot be created.
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, FILE_MODE)
     except FileExistsError:
         return False
     try:
@@ -136,4 +137,4 @@ def make_dirs(path: Path) -> None:
             directory.mkdir(DIR_MODE)
         except FileExistsError:
             continue  # made by another process meanwhile: its mode is its own
-        os.chmod(directory, DIR_MODE)
+        directory.chmod(DIR_MODE)

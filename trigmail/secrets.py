@@ -10,7 +10,6 @@ from urllib.parse import unquote
 REDACTED = "<secret>"
 
 
-
 class Secret:
     """A string that only :meth:`reveal` gives back; ``repr``/``str``/``format`` show ``<secret>``.
 
