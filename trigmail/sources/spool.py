@@ -46,10 +46,10 @@ from pathlib import Path
 
 from trigmail import faults
 from trigmail.errors import SourceError, UnsafeFileError
-from trigmail.events import format_ts
 from trigmail.files import open_regular
 from trigmail.ledger.base import DeadLetter
-from trigmail.sources.base import SourceItem, SourceReason, raw_text, utc_now
+from trigmail.sources.base import SourceItem, SourceReason, utc_now
+from trigmail.sources.deadletters import DeadLetterFile
 
 logger = logging.getLogger(__name__)
 
@@ -118,27 +118,6 @@ def _fingerprint(head: bytes) -> tuple[str, int]:
     newline = head.find(b"\n", 0, FINGERPRINT_MAX_BYTES)
     covered = newline + 1 if newline >= 0 else min(len(head), FINGERPRINT_MAX_BYTES)
     return _digest(head[:covered]), covered
-
-
-def _last_lines(path: Path, count: int) -> list[bytes]:
-    """Return the last ``count`` lines of ``path`` (fewer if it is shorter or missing).
-
-    Raises:
-        UnsafeFileError: ``path`` is a symlink or not a regular file.
-    """
-    try:
-        file = os.fdopen(open_regular(path, os.O_RDONLY), "rb")
-    except FileNotFoundError:
-        return []
-    with file:
-        end = file.seek(0, os.SEEK_END)
-        start, data = end, b""
-        # Read backwards until the chunk holds more newlines than lines wanted, or the start.
-        while start > 0 and data.count(b"\n") <= count:
-            start = max(0, start - _CHUNK_BYTES)
-            file.seek(start)
-            data = file.read(end - start)
-    return data.splitlines()[-count:]
 
 
 def _digest(data: bytes) -> str:
@@ -280,9 +259,9 @@ class SpoolSource:
         self.path = path
         self.name = f"spool:{path.absolute()}"
         self.dead_path = dead_letters or path.with_name(f"{path.stem}.dead.jsonl")
-        # Why the spool or the dead-letter file is refused, while it is: see health().
+        self._dead = DeadLetterFile(self.dead_path, self.name, f"spool {path}", clock)
+        # Why the spool is refused, while it is: see health().
         self._spool_refused: str | None = None
-        self._dead_refused: str | None = None
         self.poll_s = poll_s
         self.max_line_bytes = max_line_bytes
         self._clock = clock
@@ -322,7 +301,7 @@ class SpoolSource:
 
         Thread-safe (it reads two attributes): ``/healthz`` calls it from the metrics server.
         """
-        problems = [p for p in (self._spool_refused, self._dead_refused) if p is not None]
+        problems = [p for p in (self._spool_refused, self._dead.problem) if p is not None]
         return "; ".join(problems) or None
 
     def ack(self, items: Sequence[SourceItem]) -> None:
@@ -342,30 +321,7 @@ class SpoolSource:
         crash in between leaves them in the ledger alone. Those present are among the file's
         last ``len(letters)`` lines, as nothing is written after them before the restart.
         """
-        if not letters:
-            return 0
-        try:
-            last = _last_lines(self.dead_path, len(letters))
-        except (UnsafeFileError, OSError) as exc:
-            # Not a reason to stay down: the letters are in the ledger (`trigmail status`).
-            self._refuse_dead_letters(str(exc))
-            return 0
-        present = set()
-        for line in last:
-            try:
-                record = json.loads(line)
-                present.add((record["ref"], record["reason"], record["raw"]))
-            except (ValueError, TypeError, KeyError):
-                continue  # a line torn by the crash itself: its letter is written again
-        missing = [d for d in letters if (d.position, d.reason, d.raw) not in present]
-        try:
-            for letter in missing:
-                self._write_dead_letter(
-                    letter.position, letter.reason, letter.detail, letter.raw.encode()
-                )
-        except SourceError:
-            return 0  # already logged and reported by health(); the ledger keeps them
-        return len(missing)
+        return self._dead.restore(letters)
 
     def close(self) -> None:
         if self._tail is not None:
@@ -456,28 +412,7 @@ class SpoolSource:
         return tail
 
     def _write_dead_letter(self, ref: str, reason: str, detail: str, raw: bytes) -> None:
-        record = {
-            "at": format_ts(self._clock()),
-            "source": self.name,
-            "ref": ref,
-            "reason": str(reason),
-            "detail": detail,
-            "raw": raw_text(raw),
-        }
-        try:
-            fd = open_regular(self.dead_path, os.O_WRONLY | os.O_APPEND, create=True)
-            with os.fdopen(fd, "a", encoding="utf-8") as out:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-        except UnsafeFileError as exc:
-            self._refuse_dead_letters(str(exc))
-            raise SourceError(f"spool {self.path}: dead letter {ref} not written: {exc}") from None
-        except OSError as exc:
-            raise SourceError(f"spool {self.path}: cannot write {self.dead_path}: {exc}") from exc
-        if self._dead_refused is not None:
-            logger.warning("spool %s: dead-letter file %s usable again", self.path, self.dead_path)
-            self._dead_refused = None
+        self._dead.write(ref, reason, detail, raw)
 
     def _refuse_spool(self, reason: str) -> None:
         # Logged once per reason: _open is retried on every poll while the path stays bad.
@@ -485,11 +420,3 @@ class SpoolSource:
         if problem != self._spool_refused:
             logger.error("spool %s: not read: %s; waiting for a regular file", self.path, reason)
         self._spool_refused = problem
-
-    def _refuse_dead_letters(self, reason: str) -> None:
-        problem = f"dead letters not written: {reason}"
-        if problem != self._dead_refused:
-            logger.error(
-                "spool %s: dead letters not written: %s; they stay in the ledger", self.path, reason
-            )
-        self._dead_refused = problem
