@@ -68,11 +68,14 @@ class DeadLetterFile:
         # Why letters cannot be written right now; read by /healthz from another thread.
         self.problem: str | None = None
 
-    def write(self, ref: str, reason: str, detail: str, raw: bytes) -> None:
-        """Append one letter, flushed and fsynced.
+    def write(self, ref: str, reason: str, detail: str, raw: bytes) -> bool:
+        """Append one letter, flushed and fsynced; return whether it was.
+
+        A file that is a symlink or not a regular file is refused without raising: the letter
+        is in the ledger already, and reading must go on (its batch still gets acknowledged).
 
         Raises:
-            SourceError: it could not be written (the file is unsafe, the disk is full).
+            SourceError: the file could not be written (the disk is full, no permission).
         """
         record = {
             "at": format_ts(self._clock()),
@@ -90,12 +93,13 @@ class DeadLetterFile:
                 os.fsync(out.fileno())
         except UnsafeFileError as exc:
             self._refuse(str(exc))
-            raise SourceError(f"{self._subject}: dead letter {ref} not written: {exc}") from None
+            return False
         except OSError as exc:
             raise SourceError(f"{self._subject}: cannot write {self.path}: {exc}") from exc
         if self.problem is not None:
             logger.warning("%s: dead-letter file %s usable again", self._subject, self.path)
             self.problem = None
+        return True
 
     def restore(self, letters: Sequence[DeadLetter]) -> int:
         """Append those of ``letters`` the file lacks; return how many.
@@ -120,13 +124,14 @@ class DeadLetterFile:
             except (ValueError, TypeError, KeyError):
                 continue  # a line torn by the crash itself: its letter is written again
         missing = [d for d in letters if (d.position, d.reason, d.raw) not in present]
+        written = 0
         try:
             for letter in missing:
-                self.write(letter.position, letter.reason, letter.detail, letter.raw.encode())
+                raw = letter.raw.encode()
+                written += self.write(letter.position, letter.reason, letter.detail, raw)
         except SourceError as exc:
             logger.warning("%s: %s; the letters stay in the ledger", self._subject, exc)
-            return 0
-        return len(missing)
+        return written
 
     def _refuse(self, reason: str) -> None:
         problem = f"dead letters not written: {reason}"
