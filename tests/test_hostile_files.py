@@ -41,6 +41,8 @@ from tests.serve_harness import (
 from tests.test_ledger_contract import make_send, put_in_state
 from trigmail import logs
 from trigmail.config import load_config
+from trigmail.errors import UnsafeFileError
+from trigmail.files import open_regular
 from trigmail.httpserve import ANSWER_THREADS
 from trigmail.ledger import SqliteLedger
 from trigmail.ledger.base import SendState
@@ -213,6 +215,43 @@ def test_opening_a_fifo_spool_never_blocks(tmp_path: Path) -> None:
     assert source.read(10, 0.0) == []
     assert "is a FIFO, not a regular file" in (source.health() or "")
     source.close()
+
+
+# -- what open_regular refuses ------------------------------------------------------------------
+
+
+def make_unsafe(path: Path, kind: str, elsewhere: Path) -> None:
+    if kind == "symlink":
+        path.symlink_to(elsewhere)
+    elif kind == "dangling symlink":
+        path.symlink_to(elsewhere / "planted")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "fifo", "directory", "socket"])
+@pytest.mark.parametrize("mode", ["read", "append"])
+def test_open_regular_refuses_what_is_not_a_regular_file(
+    tmp_path: Path, kind: str, mode: str
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret").write_bytes(VICTIM)
+    target = elsewhere / "secret" if kind == "symlink" else elsewhere
+    path = tmp_path / "events.dead.jsonl"
+    make_unsafe(path, kind, target)
+    flags = os.O_RDONLY if mode == "read" else os.O_WRONLY | os.O_APPEND
+    with pytest.raises(UnsafeFileError, match="refused"):
+        os.close(open_regular(path, flags, create=mode == "append"))
+    # Nothing was created or changed on the other side of a link.
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["secret"]
+    assert (elsewhere / "secret").read_bytes() == VICTIM
 
 
 # -- the dead-letter file swapped for a symlink ---------------------------------------------------
@@ -424,7 +463,8 @@ def test_serve_prints_no_password_of_a_redis_url_or_a_dsn(tmp_path: Path) -> Non
         "127.0.0.1:0",
     ]
     with Serve(tmp_path, args, clean_env()) as serve:
-        serve.wait_line(r"serve: starting with")
+        start = serve.wait_line(r"serve: starting with .*").group(0)
+        assert "'redis://:<secret>@127.0.0.1:1/0'" in start
         serve.wait_line(r"level=(warning|error|critical) .*redis://:<secret>@127\.0\.0\.1:1")
         serve.kill()
     dsn = f"postgresql://postgres:{password}@127.0.0.1:1/x"
