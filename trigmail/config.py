@@ -77,6 +77,11 @@ class SpoolConfig:
     dead_letters: Path | None = None
 
     @property
+    def dead_letters_text(self) -> str:
+        """Where dead letters go, for the start line."""
+        return "beside the spool" if self.dead_letters is None else str(self.dead_letters)
+
+    @property
     def name(self) -> str:
         """The source's name in the ledger (``SpoolSource.name``)."""
         return f"spool:{self.path.absolute()}"
@@ -163,7 +168,7 @@ class Config:
     def describe(self) -> dict[str, Any]:
         """A summary safe to log: passwords in URLs redacted, the API key never included."""
         source = (
-            {"spool": str(self.source.path), "dead_letters": str(self.source.dead_letters or "")}
+            {"spool": str(self.source.path), "dead_letters": self.source.dead_letters_text}
             if isinstance(self.source, SpoolConfig)
             else {"redis": redact_url(self.source.url), "stream": self.source.stream}
         )
