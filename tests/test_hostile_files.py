@@ -40,8 +40,8 @@ from tests.serve_harness import (
 )
 from tests.test_ledger_contract import make_send, put_in_state
 from trigmail import logs
-from trigmail.config import load_config
-from trigmail.errors import UnsafeFileError
+from trigmail.config import RedisConfig, SpoolConfig, load_config
+from trigmail.errors import ConfigError, UnsafeFileError
 from trigmail.files import open_regular
 from trigmail.httpserve import ANSWER_THREADS
 from trigmail.ledger import SqliteLedger
@@ -313,6 +313,44 @@ def test_dead_letters_go_where_the_config_says(
         assert serve.stop() == 0
     assert [json.loads(line)["reason"] for line in letters] == ["invalid_json"]
     assert not (spool.parent / "events.dead.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("document", "environ", "flag", "expected"),
+    [
+        # beside the spool by default
+        ("source: {spool: /s/e.jsonl}\n", {}, None, None),
+        # the config file's key
+        ("source: {spool: /s/e.jsonl, dead_letters: /d/x.jsonl}\n", {}, None, "/d/x.jsonl"),
+        # the environment (the unit's), kept when a flag replaces the spool
+        ("", {"TRIGMAIL_DEAD_LETTERS": "/d/y.jsonl"}, "/s/f.jsonl", "/d/y.jsonl"),
+        # and refining a spool the file names
+        (
+            "source: {spool: /s/e.jsonl}\n",
+            {"TRIGMAIL_DEAD_LETTERS": "/d/z.jsonl"},
+            None,
+            "/d/z.jsonl",
+        ),
+    ],
+)
+def test_where_dead_letters_go_is_configurable(
+    tmp_path: Path, document: str, environ: dict[str, str], flag: str | None, expected: str | None
+) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(document)
+    config = load_config(config_file, environ, {("source", "spool"): flag})
+    assert isinstance(config.source, SpoolConfig)
+    assert config.source.dead_letters == (None if expected is None else Path(expected))
+
+
+def test_dead_letters_belong_to_a_spool_only(tmp_path: Path) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("source: {redis: {url: 'redis://h/0'}, dead_letters: /d/x.jsonl}\n")
+    with pytest.raises(ConfigError, match="too many properties"):
+        load_config(config_file, {})
+    # The unit's environment setting is ignored by a Redis source (it has its dead stream).
+    environ = {"TRIGMAIL_DEAD_LETTERS": "/d/x.jsonl", "TRIGMAIL_REDIS_URL": "redis://h/0"}
+    assert isinstance(load_config(None, environ).source, RedisConfig)
 
 
 # -- file modes ---------------------------------------------------------------------------------
