@@ -277,6 +277,20 @@ def test_a_symlinked_dead_letter_file_is_never_written_through(tmp_path: Path) -
     source.close()
 
 
+@pytest.mark.parametrize(("mode", "warned"), [(0o2770, True), (0o750, False)])
+def test_dead_letters_in_a_directory_others_may_write_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    spool_dir.chmod(mode)
+    source = SpoolSource(spool_dir / "events.jsonl")
+    with caplog.at_level(logging.WARNING, logger="trigmail.sources.deadletters"):
+        source.start(None)
+    source.close()
+    assert ("in a directory others may write" in caplog.text) is warned
+
+
 @pytest.mark.slow
 def test_serve_keeps_dead_letters_in_the_ledger_when_their_file_is_a_symlink(
     tmp_path: Path, sendgrid_fake: FakeSendGrid, key_file: Path

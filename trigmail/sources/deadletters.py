@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -67,6 +68,22 @@ class DeadLetterFile:
         self._clock = clock
         # Why letters cannot be written right now; read by /healthz from another thread.
         self.problem: str | None = None
+
+    def warn_if_shared(self) -> None:
+        """Log a warning when others may write the file's directory (a producer-writable spool
+        directory): they could read the raw events set aside there, or swap the file."""
+        try:
+            mode = self.path.parent.stat().st_mode
+        except OSError:
+            return  # the first write will say what is wrong
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            logger.warning(
+                "%s: dead letters go to %s, in a directory others may write (mode %s): "
+                "set source.dead_letters to a file in the state directory (docs/security.md)",
+                self._subject,
+                self.path,
+                oct(stat.S_IMODE(mode)),
+            )
 
     def write(self, ref: str, reason: str, detail: str, raw: bytes) -> bool:
         """Append one letter, flushed and fsynced; return whether it was.

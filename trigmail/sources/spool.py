@@ -287,6 +287,7 @@ class SpoolSource:
         self.close()
         self._resume_at = SpoolPosition.from_text(position) if position else None
         self._started = True
+        self._dead.warn_if_shared()
         self._open()
 
     def read(self, max_items: int, timeout_s: float) -> list[SourceItem]:
