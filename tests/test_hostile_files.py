@@ -190,6 +190,56 @@ def test_serve_refuses_a_swapped_spool_and_stays_up(
     assert serve.stderr.count("not read:") == 1  # logged once, not at every poll
 
 
+LATER_RULE = """\
+rules:
+  - id: later
+    on: later
+    delay: 3s
+    send:
+      template: d-later
+"""
+NEW_RULE = """\
+rules:
+  - id: added
+    on: added
+    send:
+      template: d-added
+"""
+
+
+def reloads_succeeded(serve: Serve) -> float:
+    _, text = serve.get("/metrics")
+    prefix = 'trigmail_rule_reloads_total{result="success"} '
+    return next(
+        float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+@pytest.mark.slow
+def test_due_sends_and_reloads_go_on_while_the_spool_is_refused(
+    tmp_path: Path, sendgrid_fake: FakeSendGrid, key_file: Path
+) -> None:
+    spool = tmp_path / "events.jsonl"
+    ledger = tmp_path / "ledger.db"
+    shutil.copytree(SERVE_RULES, tmp_path / "rules")
+    (tmp_path / "rules" / "later.yaml").write_text(LATER_RULE)
+    later = {"id": "l1", "event": "later", "user_id": "u1", "email": "u1@example.com"}
+    append_events(spool, [later])
+    with spool_serve(tmp_path, sendgrid_fake, key_file) as serve:
+        serve.wait_ready()
+        wait_for(lambda: any(k.startswith("later:") for k in sends(ledger)), "the later send")
+        replace_with_symlink(spool, key_file)
+        wait_for(lambda: healthz_says(serve, "symbolic link"), "/healthz to say why")
+        reloads = reloads_succeeded(serve)
+        (tmp_path / "rules" / "added.yaml").write_text(NEW_RULE)
+        wait_for(lambda: reloads_succeeded(serve) > reloads, "the new rule to be loaded")
+        [key] = [k for k in sends(ledger) if k.startswith("later:")]
+        wait_for(lambda: sent(ledger, key), "the delayed send to go out meanwhile")
+        assert healthz_says(serve, "symbolic link")
+        assert serve.stop() == 0
+    assert files_holding(tmp_path, TEST_API_KEY.encode(), besides=key_file) == []
+
+
 def test_a_symlinked_spool_is_never_read(tmp_path: Path, key_file: Path) -> None:
     # The bug: the key file's line was set aside as invalid JSON, its raw text (the key) copied
     # into the dead-letter file.
