@@ -588,15 +588,21 @@ def test_serve_prints_no_password_of_a_redis_url_or_a_dsn(tmp_path: Path) -> Non
     assert not [line for line in serve.lines if line.startswith(("Traceback", "  File "))]
 
 
-def test_an_uncaught_error_is_one_log_line_without_the_password(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_an_uncaught_error_is_one_log_line_without_the_password(tmp_path: Path, where: str) -> None:
     password = "p/a#s?s@w%o rd-7Hq"
+    fail = "raise RuntimeError('lost ' + url + '\\nsecond line')"
     script = (
+        "import threading\n"
         "from trigmail.cli.common import setup_logging\n"
         "from trigmail.config import load_config\n"
         "setup_logging('text', 'INFO')\n"
         f"url = {f'redis://:{password}@h:1/0'!r}\n"
         "load_config(environ={'TRIGMAIL_REDIS_URL': url})\n"
-        "raise RuntimeError('lost ' + url + '\\nsecond line')\n"
+        "def fail():\n"
+        f"    {fail}\n"
+        + ("fail()\n" if where == "main" else "t = threading.Thread(target=fail)\n")
+        + ("" if where == "main" else "t.start(); t.join(); raise SystemExit(1)\n")
     )
     done = subprocess.run(
         [sys.executable, "-c", script],
@@ -611,6 +617,7 @@ def test_an_uncaught_error_is_one_log_line_without_the_password(tmp_path: Path) 
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert "level=critical" in lines[0] and "uncaught RuntimeError" in lines[0]
+    assert ("in thread" in lines[0]) is (where == "thread")
     assert password not in done.stderr
 
 
