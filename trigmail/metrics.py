@@ -256,7 +256,12 @@ def serve_metrics(
     try:
         sock = socket.create_server((host, port), family=_address_family(host))
     except OSError as exc:
-        raise ConfigError(f"metrics.listen: cannot listen on {listen!r}: {exc}") from exc
+        raise ConfigError(
+            f"metrics.listen: cannot listen on {listen!r}: {exc.strerror or exc}; pick a free "
+            "address with --metrics-listen HOST:PORT (or TRIGMAIL_METRICS_LISTEN, or "
+            "metrics.listen in the config; port 0 takes any free port), or set `metrics: null` "
+            "in the config to serve no metrics"
+        ) from exc
     server = HttpServer(sock, _answerer(metrics, health), "trigmail-metrics")
     logger.info("metrics: serving /metrics and /healthz on %s:%d", host, server.port)
     return MetricsServer(server)

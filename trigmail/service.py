@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from types import FrameType
 
 from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig
@@ -75,7 +76,7 @@ def _rules(config: Config, metrics: Metrics) -> RuleStore:
         log.warning("rules: %s", problem)
     if result.rules is None:
         raise RulesError(list(result.problems))
-    metrics.record_reload(True, 0.0)
+    metrics.record_reload(True, time.time())
     log.info("rules: version %s in force (%d rules)", result.rules.version, len(result.rules.rules))
     return store
 
