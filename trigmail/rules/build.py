@@ -34,6 +34,7 @@ from trigmail.rules.model import (
     Step,
 )
 from trigmail.rules.problems import Finding
+from trigmail.rules.quoting import quote
 from trigmail.rules.templating import DEFAULT_DEDUPE, compile_data, compile_key
 from trigmail.rules.yamlsource import Path
 
@@ -104,7 +105,9 @@ class _Checker:
         try:
             validate_email(email, check_deliverability=False)
         except EmailNotValidError as exc:
-            self.error(path if isinstance(spec, str) else (*path, "email"), f"{email!r}: {exc}")
+            self.error(
+                path if isinstance(spec, str) else (*path, "email"), f"{quote(email)}: {exc}"
+            )
         return Address(email=email, name=name)
 
     def window(self, spec: Mapping[str, Any] | None) -> SendWindow | None:
@@ -130,7 +133,7 @@ class _Checker:
         if match is None:
             self.error(
                 ("send_window", key),
-                f"{text!r} is not a time of day: write HH:MM from 00:00 to 23:59, in quotes",
+                f"{quote(text)} is not a time of day: write HH:MM from 00:00 to 23:59, in quotes",
             )
             return None
         return int(match.group(1)) * 60 + int(match.group(2))
@@ -161,7 +164,7 @@ def _timezone_message(name: str) -> str:
     close = difflib.get_close_matches(name, _timezone_names(), n=1, cutoff=0.7)
     hint = f"did you mean {close[0]!r}?" if close else "use a name such as 'Europe/Lisbon'"
     return (
-        f"unknown timezone {name!r} ({hint}; or a path into the event starting with "
+        f"unknown timezone {quote(name)} ({hint}; or a path into the event starting with "
         f"{' or '.join(TIMEZONE_PATH_PREFIXES)})"
     )
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from trigmail.errors import SpecError
 from trigmail.events import MISSING
+from trigmail.rules.quoting import quote
 
 if TYPE_CHECKING:
     from trigmail.events import Event
@@ -171,7 +172,7 @@ def _checked_path(key: object, path: Path) -> str:
     if not isinstance(key, str) or not key:
         raise SpecError(path, f"a condition key must be a dotted path, not {_kind(key)}")
     if not all(key.split(".")):
-        raise SpecError(path, f"{key!r} is not a dotted path such as 'properties.cart_value'")
+        raise SpecError(path, f"{quote(key)} is not a dotted path such as 'properties.cart_value'")
     return key
 
 
@@ -179,7 +180,7 @@ def _compile_path(key: str, value: object, path: Path) -> _Node:
     if not isinstance(value, Mapping):
         return _compile_leaf(key, "eq", value, path)
     if not value:
-        raise SpecError(path, f"no operator for {key!r}: use one of {', '.join(OPERATORS)}")
+        raise SpecError(path, f"no operator for {quote(key)}: use one of {', '.join(OPERATORS)}")
     return _all_of([_compile_leaf(key, op, arg, (*path, _part(op))) for op, arg in value.items()])
 
 
@@ -192,7 +193,7 @@ def _compile_leaf(key: str, op: object, expected: object, path: Path) -> Leaf:
 
 
 def _unknown_operator(op: object) -> str:
-    message = f"unknown operator {op!r}"
+    message = f"unknown operator {quote(op)}"
     close = difflib.get_close_matches(str(op), OPERATORS, n=1)
     if close:
         return f"{message}, did you mean {close[0]!r}?"
@@ -249,7 +250,7 @@ def _build_matches(expected: object, path: Path) -> Built:
     try:
         search = re.compile(expected).search
     except re.error as exc:
-        raise SpecError(path, f"invalid regular expression {expected!r}: {exc}") from None
+        raise SpecError(path, f"invalid regular expression {quote(expected)}: {exc}") from None
     return (lambda value: isinstance(value, str) and search(value) is not None), False
 
 
@@ -259,7 +260,9 @@ def _order(compare: Callable[[Any, Any], bool], op: str) -> Callable[[object, Pa
             return (lambda value: _is_number(value) and compare(value, expected)), False
         if isinstance(expected, str):
             return (lambda value: isinstance(value, str) and compare(value, expected)), False
-        raise SpecError(path, f"{op!r} compares with a number or a string, not {_kind(expected)}")
+        raise SpecError(
+            path, f"{quote(op)} compares with a number or a string, not {_kind(expected)}"
+        )
 
     return build
 

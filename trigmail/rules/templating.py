@@ -38,6 +38,7 @@ from jinja2.runtime import Undefined
 from trigmail.errors import SpecError, TemplateRenderError
 from trigmail.events import MISSING
 from trigmail.rules.jinjastrings import Field, analyse, compile_expression, compile_text
+from trigmail.rules.quoting import quote
 
 if TYPE_CHECKING:
     from trigmail.events import Event
@@ -218,7 +219,7 @@ def _compile_dict(spec: object, path: Path, fields: list[Field]) -> _Dict:
     items = []
     for key, value in spec.items():
         if not isinstance(key, str):
-            raise SpecError((*path, str(key)), f"data keys must be strings, not {key!r}")
+            raise SpecError((*path, str(key)), f"data keys must be strings, not {quote(key)}")
         items.append((key, _compile_value(value, (*path, key), fields)))
     return _Dict(tuple(items))
 
@@ -344,7 +345,7 @@ def _key_parts(text: str) -> Iterator[str | _KeyPart]:
         parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
         raise SpecError(
-            (), f"unbalanced braces in {text!r}: {exc} (write {{{{ for a brace)"
+            (), f"unbalanced braces in {quote(text)}: {exc} (write {{{{ for a brace)"
         ) from None
     for literal, name, spec, conversion in parsed:
         if literal:
