@@ -13,8 +13,9 @@ from pathlib import Path
 import watchfiles
 
 from trigmail.metrics import Metrics
-from trigmail.rules.loader import ParseResult, load_rules
+from trigmail.rules.loader import ParseResult, Problem, Severity, load_rules
 from trigmail.rules.model import RuleSet
+from trigmail.rules.quoting import quote
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,19 @@ class RuleStore:
         return self._current
 
     def load(self) -> ParseResult:
-        """Load the rules; the result says whether they replaced the current set."""
-        result = load_rules(*self.dirs, retention_s=self.retention_s)
+        """Load the rules; the result says whether they replaced the current set.
+
+        Never raises: whatever goes wrong while loading (a bug included) is a rejected load,
+        reported as one problem, and the current rules stay in force.
+        """
+        try:
+            result = load_rules(*self.dirs, retention_s=self.retention_s)
+        # A rule file is input: no file, however odd, may stop the daemon (docs/security.md).
+        except Exception as exc:
+            log.debug("rules: load failed", exc_info=True)
+            where = str(self.dirs[0]) if self.dirs else "rules"
+            message = f"cannot load the rules: {type(exc).__name__}: {quote(str(exc))}"
+            result = ParseResult(None, [Problem(where, 1, 1, Severity.ERROR, "", message)])
         with self._lock:
             if result.rules is not None:
                 self._current = result.rules
