@@ -15,7 +15,7 @@ import watchfiles
 from trigmail.metrics import Metrics
 from trigmail.rules.loader import ParseResult, Problem, Severity, load_rules
 from trigmail.rules.model import RuleSet
-from trigmail.rules.quoting import quote
+from trigmail.rules.quoting import cut
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class RuleStore:
         except Exception as exc:
             log.debug("rules: load failed", exc_info=True)
             where = str(self.dirs[0]) if self.dirs else "rules"
-            message = f"cannot load the rules: {type(exc).__name__}: {quote(str(exc))}"
+            message = f"cannot load the rules: {type(exc).__name__}: {cut(str(exc))}"
             result = ParseResult(None, [Problem(where, 1, 1, Severity.ERROR, "", message)])
         with self._lock:
             if result.rules is not None:

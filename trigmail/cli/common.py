@@ -16,7 +16,7 @@ from trigmail.cli.app import EXIT_INVALID
 from trigmail.config import Config, load_config
 from trigmail.errors import ConfigError
 from trigmail.logs import logging_config
-from trigmail.rules.quoting import quote
+from trigmail.rules.quoting import cut
 
 ConfigOption = Annotated[
     Path | None,
@@ -50,7 +50,7 @@ def load(
     # The config is input: whatever it makes go wrong is reported as such, never as a crash.
     except Exception as exc:
         where = "" if config_path is None else f"{config_path}: "
-        fail(f"{where}cannot load the config: {type(exc).__name__}: {quote(str(exc))}")
+        fail(f"{where}cannot load the config: {type(exc).__name__}: {cut(str(exc))}")
 
 
 def require_ledger(target: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any, Final
 
@@ -33,7 +33,7 @@ from trigmail.rules.model import (
     SendWindow,
     Step,
 )
-from trigmail.rules.problems import Finding
+from trigmail.rules.problems import Finding, Severity
 from trigmail.rules.quoting import quote
 from trigmail.rules.templating import DEFAULT_DEDUPE, compile_data, compile_key
 from trigmail.rules.yamlsource import Path
@@ -54,6 +54,11 @@ class _Checker:
 
     def error(self, path: Path, message: str, *, at_key: bool = False) -> None:
         self.findings.append(Finding((*self.base, *path), message, at_key=at_key))
+
+    def risks(self, path: Path, risks: Iterable[tuple[Path, str]]) -> None:
+        for where, risk in risks:
+            message = f"{risk} (a render over its limits is a template_error; docs/security.md)"
+            self.findings.append(Finding((*self.base, *path, *where), message, Severity.WARNING))
 
     def duration(self, spec: Mapping[str, Any], path: Path) -> int | None:
         value = _get(spec, path)
@@ -88,6 +93,8 @@ class _Checker:
                 data = compile_data(spec["data"])
             except SpecError as exc:
                 self.error((*path, "data", *exc.path), exc.message)
+            else:
+                self.risks((*path, "data"), data.risks)
         category = spec.get("category", ())
         return SendSpec(
             template=spec["template"],

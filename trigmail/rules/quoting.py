@@ -17,5 +17,9 @@ def quote(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value).bit_length() > 512:
         # Python refuses to print an int of over 4,300 digits, and a long one says nothing.
         return f"a number of about {int(value.bit_length() * 0.30103)} digits"
-    text = repr(value)
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """Return ``text`` cut to ``limit`` characters with ``…`` where it was cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"

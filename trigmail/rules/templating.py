@@ -37,8 +37,9 @@ from jinja2.runtime import Undefined
 
 from trigmail.errors import SpecError, TemplateRenderError
 from trigmail.events import MISSING
+from trigmail.rules import limits
 from trigmail.rules.jinjastrings import Field, analyse, compile_expression, compile_text
-from trigmail.rules.quoting import quote
+from trigmail.rules.quoting import cut, quote
 
 if TYPE_CHECKING:
     from trigmail.events import Event
@@ -48,6 +49,7 @@ Path = tuple[str | int, ...]
 DEFAULT_DEDUPE: Final = "{rule}:{event_id}"
 
 _T = TypeVar("_T")
+_Risks = list[tuple[Path, str]]
 
 
 class _Node(Protocol):
@@ -92,7 +94,8 @@ class _Text:
 
     def render(self, data: Mapping[str, Any]) -> Any:
         try:
-            return self.template.get().render(data)
+            with limits.budget():
+                return limits.check_value(self.template.get().render(data))
         # Rule authors write these: whatever they raise (a missing field, a sandbox refusal,
         # a division by zero) must set this one event aside, never stop the daemon.
         except Exception as exc:
@@ -107,7 +110,8 @@ class _Native:
 
     def render(self, data: Mapping[str, Any]) -> Any:
         try:
-            value = self.expression.get()(data)
+            with limits.budget():
+                value = limits.check_value(self.expression.get()(data))
             if isinstance(value, Undefined):
                 # Raises the UndefinedError or SecurityError the value stands for.
                 str(value)
@@ -158,10 +162,15 @@ class _List:
 
 @dataclass(frozen=True, slots=True)
 class CompiledData:
-    """A compiled ``send.data``; ``fields`` are the event paths its expressions read."""
+    """A compiled ``send.data``.
+
+    ``fields`` are the event paths its expressions read; ``risks`` what in a string (at its
+    path) may make a render slow or huge on some event: ``validate`` warns about them.
+    """
 
     root: _Dict
     fields: tuple[str, ...]
+    risks: tuple[tuple[Path, str], ...] = ()
 
     def render(self, event: Event) -> dict[str, Any]:
         """Return the template data for ``event``.
@@ -169,7 +178,9 @@ class CompiledData:
         Raises:
             TemplateRenderError: naming the data key and the missing field or unsafe access.
         """
-        return self.root.render(event.data)
+        # One budget for all the strings of one send (docs/security.md).
+        with limits.budget():
+            return self.root.render(event.data)
 
 
 def compile_data(spec: Mapping[str, Any]) -> CompiledData:
@@ -179,9 +190,10 @@ def compile_data(spec: Mapping[str, Any]) -> CompiledData:
         SpecError: on a Jinja syntax error or a value JSON cannot hold, with its path.
     """
     fields: list[Field] = []
-    root = _compile_dict(spec, (), fields)
+    risks: _Risks = []
+    root = _compile_dict(spec, (), fields, risks)
     names = dict.fromkeys(_field_name(field) for field in fields)
-    return CompiledData(root, tuple(names))
+    return CompiledData(root, tuple(names), tuple(risks))
 
 
 def template_fields(spec: Mapping[str, Any]) -> tuple[str, ...]:
@@ -201,30 +213,32 @@ def default_data(event: Event) -> dict[str, Any]:
     return {**event.user, **event.properties}
 
 
-def _compile_value(value: object, path: Path, fields: list[Field]) -> _Node:
+def _compile_value(value: object, path: Path, fields: list[Field], risks: _Risks) -> _Node:
     if isinstance(value, str):
-        return _compile_string(value, path, fields)
+        return _compile_string(value, path, fields, risks)
     if isinstance(value, Mapping):
-        return _compile_dict(value, path, fields)
+        return _compile_dict(value, path, fields, risks)
     if isinstance(value, list):
-        return _List(tuple(_compile_value(v, (*path, i), fields) for i, v in enumerate(value)))
+        return _List(
+            tuple(_compile_value(v, (*path, i), fields, risks) for i, v in enumerate(value))
+        )
     if value is None or isinstance(value, bool | int | float):
         return _Static(value)
     raise SpecError(path, f"a {type(value).__name__} is not JSON data; quote it to keep it as text")
 
 
-def _compile_dict(spec: object, path: Path, fields: list[Field]) -> _Dict:
+def _compile_dict(spec: object, path: Path, fields: list[Field], risks: _Risks) -> _Dict:
     if not isinstance(spec, Mapping):
         raise SpecError(path, f"data must be a mapping, not a {type(spec).__name__}")
     items = []
     for key, value in spec.items():
         if not isinstance(key, str):
             raise SpecError((*path, str(key)), f"data keys must be strings, not {quote(key)}")
-        items.append((key, _compile_value(value, (*path, key), fields)))
+        items.append((key, _compile_value(value, (*path, key), fields, risks)))
     return _Dict(tuple(items))
 
 
-def _compile_string(text: str, path: Path, fields: list[Field]) -> _Node:
+def _compile_string(text: str, path: Path, fields: list[Field], risks: _Risks) -> _Node:
     if "{{" not in text and "{%" not in text:
         return _Static(text)
     try:
@@ -232,6 +246,7 @@ def _compile_string(text: str, path: Path, fields: list[Field]) -> _Node:
     except TemplateSyntaxError as exc:
         raise SpecError(path, f"Jinja syntax error: {exc.message} (line {exc.lineno})") from None
     fields.extend(analysis.fields)
+    risks.extend((path, risk) for risk in analysis.risks)
     where = _where(path)
     if not analysis.single:
         return _Text(_Once(compile_text, text), where, analysis.fields)
@@ -247,8 +262,10 @@ def _render_error(
             missing = _missing_prefix(data, field)
             if missing is not None:
                 return TemplateRenderError(f"{where}: {_field_name(missing)} is missing")
+    if isinstance(exc, limits.RenderLimitError):
+        return TemplateRenderError(f"{where}: over a limit: {exc}")
     message = exc.message if isinstance(exc, UndefinedError | SecurityError) else None
-    return TemplateRenderError(f"{where}: {message or f'{type(exc).__name__}: {exc}'}")
+    return TemplateRenderError(f"{where}: {message or f'{type(exc).__name__}: {cut(str(exc))}'}")
 
 
 def _missing_prefix(data: Mapping[str, Any], field: Field) -> Field | None:
