@@ -237,7 +237,8 @@ def build_rule(
     cooldown_s = check.duration(spec, ("cooldown",))
     max_late_s = check.duration(spec, ("max_late",))
     window = check.window(spec.get("send_window"))
-    if check.findings or dedupe is None:
+    # Warnings (a costly template) leave the rule in force; any error takes it out.
+    if any(f.severity is Severity.ERROR for f in check.findings) or dedupe is None:
         return None, check.findings
     on = spec["on"]
     rule = Rule(
@@ -255,7 +256,7 @@ def build_rule(
         enabled=spec.get("enabled", True),
         location=location,
     )
-    return rule, []
+    return rule, check.findings
 
 
 def build_cap(
