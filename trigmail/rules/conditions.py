@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import re
 import reprlib
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -267,7 +268,10 @@ def _re2_message(pattern: str, exc: Exception) -> str:
         reason = reason.decode("utf-8", "replace")
     message = f"invalid regular expression {quote(pattern)}: {reason}"
     try:
-        re.compile(pattern)
+        # Only to tell which kind of error it is: Python's own warnings are not the point.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            re.compile(pattern)
     except (re.error, RecursionError, OverflowError):
         return message
     # Valid for Python, refused by RE2: say why, and that it is on purpose.
