@@ -569,9 +569,9 @@ def test_simulate_sets_the_one_send_aside_and_the_rest_is_fine(tmp_path: Path) -
     }
 
 
-def _outbox_emails(outbox: Path) -> dict[str, Any]:
+def _outbox_emails(outbox: Path) -> dict[str, dict[str, Any]]:
     # The outbox writes a hidden temporary file, then renames it: only the result counts.
-    emails = {}
+    emails: dict[str, dict[str, Any]] = {}
     for path in outbox.glob("*.json"):
         if not path.name.startswith("."):
             emails[path.name] = json.loads(path.read_text())
