@@ -436,6 +436,23 @@ def test_the_budget_is_per_render() -> None:
         assert data.render(event) == {"x": ""}
 
 
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("{{ " + "(" * 200 + "1" + ")" * 200 + " }}", "nests too deeply"),  # Jinja recursion
+        ("{% if 1 %}" * 300 + "x" + "{% endif %}" * 300, "nests too deeply"),  # blocks too
+        ("{{ user.a }}" * 1_000, "over 10000"),  # compiled on first render: kept short
+    ],
+    ids=["brackets", "blocks", "long"],
+)
+def test_a_template_that_would_stall_the_loader_is_refused(template: str, words: str) -> None:
+    text = "rules:\n  - id: a\n    on: x\n    send:\n      template: d-1\n"
+    text += f"      data: {{x: {json.dumps(template)}}}\n"
+    [problem] = parse_rules(text).problems
+    assert words in problem.message
+    assert (problem.line, problem.col, problem.path) == (6, 17, "rules[0].send.data.x")
+
+
 def test_validate_warns_about_costly_templates() -> None:
     text = """\
     rules:

@@ -32,6 +32,10 @@ MAX_EMITTED_CHARS: Final = 1_000_000
 MAX_RANGE: Final = 10_000
 # Integers of more bits are refused: `10 ** n` for a large n takes minutes.
 MAX_INT_BITS: Final = 8_192
+# A Jinja string is compiled on its first render, in the serve loop: about 20 ms per 1,000
+# characters. Templates in data are short (a name, a link); the layout lives in SendGrid.
+MAX_TEMPLATE_CHARS: Final = 10_000
+MAX_TEMPLATES: Final = 1_000
 
 # How many steps go by between two reads of the CPU clock (it costs about a microsecond).
 _CLOCK_EVERY: Final = 64

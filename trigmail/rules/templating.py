@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
@@ -49,7 +49,15 @@ Path = tuple[str | int, ...]
 DEFAULT_DEDUPE: Final = "{rule}:{event_id}"
 
 _T = TypeVar("_T")
-_Risks = list[tuple[Path, str]]
+
+
+@dataclass
+class _Found:
+    """What compiling one ``send.data`` learns on the way: fields read, risks, templates."""
+
+    fields: list[Field] = field(default_factory=list)
+    risks: list[tuple[Path, str]] = field(default_factory=list)
+    templates: int = 0
 
 
 class _Node(Protocol):
@@ -189,11 +197,10 @@ def compile_data(spec: Mapping[str, Any]) -> CompiledData:
     Raises:
         SpecError: on a Jinja syntax error or a value JSON cannot hold, with its path.
     """
-    fields: list[Field] = []
-    risks: _Risks = []
-    root = _compile_dict(spec, (), fields, risks)
-    names = dict.fromkeys(_field_name(field) for field in fields)
-    return CompiledData(root, tuple(names), tuple(risks))
+    found = _Found()
+    root = _compile_dict(spec, (), found)
+    names = dict.fromkeys(_field_name(field) for field in found.fields)
+    return CompiledData(root, tuple(names), tuple(found.risks))
 
 
 def template_fields(spec: Mapping[str, Any]) -> tuple[str, ...]:
@@ -213,40 +220,52 @@ def default_data(event: Event) -> dict[str, Any]:
     return {**event.user, **event.properties}
 
 
-def _compile_value(value: object, path: Path, fields: list[Field], risks: _Risks) -> _Node:
+def _compile_value(value: object, path: Path, found: _Found) -> _Node:
     if isinstance(value, str):
-        return _compile_string(value, path, fields, risks)
+        return _compile_string(value, path, found)
     if isinstance(value, Mapping):
-        return _compile_dict(value, path, fields, risks)
+        return _compile_dict(value, path, found)
     if isinstance(value, list):
-        return _List(
-            tuple(_compile_value(v, (*path, i), fields, risks) for i, v in enumerate(value))
-        )
+        return _List(tuple(_compile_value(v, (*path, i), found) for i, v in enumerate(value)))
     if value is None or isinstance(value, bool | int | float):
         return _Static(value)
     raise SpecError(path, f"a {type(value).__name__} is not JSON data; quote it to keep it as text")
 
 
-def _compile_dict(spec: object, path: Path, fields: list[Field], risks: _Risks) -> _Dict:
+def _compile_dict(spec: object, path: Path, found: _Found) -> _Dict:
     if not isinstance(spec, Mapping):
         raise SpecError(path, f"data must be a mapping, not a {type(spec).__name__}")
     items = []
     for key, value in spec.items():
         if not isinstance(key, str):
             raise SpecError((*path, str(key)), f"data keys must be strings, not {quote(key)}")
-        items.append((key, _compile_value(value, (*path, key), fields, risks)))
+        items.append((key, _compile_value(value, (*path, key), found)))
     return _Dict(tuple(items))
 
 
-def _compile_string(text: str, path: Path, fields: list[Field], risks: _Risks) -> _Node:
+def _compile_string(text: str, path: Path, found: _Found) -> _Node:
     if "{{" not in text and "{%" not in text:
         return _Static(text)
+    found.templates += 1
+    if found.templates > limits.MAX_TEMPLATES:
+        message = f"more than {limits.MAX_TEMPLATES} templated strings in one data"
+        raise SpecError(path, message)
+    if len(text) > limits.MAX_TEMPLATE_CHARS:
+        raise SpecError(
+            path,
+            f"a template of {len(text)} characters, over {limits.MAX_TEMPLATE_CHARS}: the "
+            "email's layout belongs in the SendGrid template, the data only fills it",
+        )
     try:
         analysis = analyse(text)
     except TemplateSyntaxError as exc:
         raise SpecError(path, f"Jinja syntax error: {exc.message} (line {exc.lineno})") from None
-    fields.extend(analysis.fields)
-    risks.extend((path, risk) for risk in analysis.risks)
+    # Jinja's parser and Python's compiler recurse once or more per nested bracket.
+    except (RecursionError, MemoryError, SyntaxError) as exc:
+        message = f"the template nests too deeply to be read ({type(exc).__name__})"
+        raise SpecError(path, message) from None
+    found.fields.extend(analysis.fields)
+    found.risks.extend((path, risk) for risk in analysis.risks)
     where = _where(path)
     if not analysis.single:
         return _Text(_Once(compile_text, text), where, analysis.fields)
