@@ -18,6 +18,7 @@ import resource
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -40,7 +41,7 @@ from trigmail.rules.loader import Severity, load_rules, parse_rules
 from trigmail.rules.model import RuleSet
 from trigmail.rules.templating import compile_data
 from trigmail.rules.yamlsource import MAX_DEPTH, MAX_VALUES, load_document
-from trigmail.rulestore import RuleStore
+from trigmail.rulestore import MAX_LOGGED_PROBLEMS, RuleStore, RulesWatcher
 
 # -- the attacks --------------------------------------------------------------------------------
 
@@ -280,6 +281,48 @@ def test_any_exception_while_loading_is_a_rejected_load(
     [problem] = store.load().problems
     assert "RecursionError" in problem.message
     assert store() is good
+
+
+def test_a_reload_logs_a_bounded_number_of_problems(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "dups.yaml").write_text("".join(f"a: {n}\n" for n in range(500)))
+    store = RuleStore([tmp_path], retention_s=86_400)
+    with caplog.at_level("WARNING", logger="trigmail.rulestore"):
+        assert not store.reload()
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == MAX_LOGGED_PROBLEMS + 1
+    assert "and 450 more problems" in lines[-1]
+
+
+def _inotify_watches() -> int:
+    count = 0
+    for info in Path("/proc/self/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            count += sum(line.startswith("inotify") for line in info.read_text().splitlines())
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fdinfo").is_dir(), reason="Linux only")
+def test_the_watcher_does_not_follow_a_link_into_a_large_tree(tmp_path: Path) -> None:
+    # A link to `/` would add a watch per directory of the machine; the repository's virtualenv
+    # has thousands.
+    (tmp_path / "tree").symlink_to(REPO_ROOT)
+    changed = threading.Event()
+    before = _inotify_watches()
+    watcher = RulesWatcher([tmp_path], changed.set)
+    watcher.start()
+    try:
+
+        def seen() -> bool:
+            # A change is only seen once the watch is in place.
+            (tmp_path / "touch.yaml").write_text("x: 1\n")
+            return changed.wait(0.2)
+
+        wait_for(seen, "the watcher to see a change")
+        assert _inotify_watches() - before < 10
+    finally:
+        watcher.stop()
 
 
 def test_config_errors_at_start_are_one_line_and_exit_1(tmp_path: Path) -> None:

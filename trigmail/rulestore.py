@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Final
 
 import watchfiles
 
@@ -18,6 +19,10 @@ from trigmail.rules.model import RuleSet
 from trigmail.rules.quoting import cut
 
 log = logging.getLogger(__name__)
+
+# A reload logs its problems; a file with thousands (one per duplicate key) must not flood the
+# journal on every save.
+MAX_LOGGED_PROBLEMS: Final = 50
 
 
 class RuleStore:
@@ -65,8 +70,11 @@ class RuleStore:
         """Reload from disk; on any error keep the current rules. Returns whether it swapped."""
         old = self._current.version
         result = self.load()
-        for problem in result.problems:
+        for problem in result.problems[:MAX_LOGGED_PROBLEMS]:
             log.warning("rules: %s", problem)
+        if len(result.problems) > MAX_LOGGED_PROBLEMS:
+            more = len(result.problems) - MAX_LOGGED_PROBLEMS
+            log.warning("rules: and %d more problems (trigmail validate lists them all)", more)
         ok = result.rules is not None
         if ok:
             log.info(
@@ -114,8 +122,15 @@ class RulesWatcher:
                 self._stop.wait(self.retry_s)
                 continue
             try:
+                # Not recursive: rule files are only at the top, and a link in rules.d to `/`
+                # would otherwise add an inotify watch for every directory it leads to.
                 for _changes in watchfiles.watch(
-                    *present, stop_event=self._stop, debounce=200, step=50, yield_on_timeout=False
+                    *present,
+                    stop_event=self._stop,
+                    debounce=200,
+                    step=50,
+                    yield_on_timeout=False,
+                    recursive=False,
                 ):
                     self.on_change()
             except (OSError, RuntimeError) as exc:
