@@ -387,6 +387,18 @@ def test_a_link_inside_rules_d_is_followed(tmp_path: Path) -> None:
     assert result.rules is not None and len(result.rules.rules) == 1
 
 
+def test_a_link_loop_is_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text(GOOD_RULES)
+    (tmp_path / "a.yaml").symlink_to("b.yaml")
+    (tmp_path / "b.yaml").symlink_to("a.yaml")
+    result = load_rules(tmp_path)
+    assert result.rules is not None
+    assert [(Path(p.file).name, p.message) for p in result.problems] == [
+        ("a.yaml", "a link that loops or cannot be followed: ignored"),
+        ("b.yaml", "a link that loops or cannot be followed: ignored"),
+    ]
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 def test_a_fifo_in_rules_d_is_a_warning_and_the_rest_loads(tmp_path: Path) -> None:
     (tmp_path / "good.yaml").write_text(GOOD_RULES)

@@ -28,7 +28,7 @@ def read_text(path: Path, max_bytes: int = MAX_FILE_BYTES, *, follow: bool = Tru
     Args:
         path: the file.
         max_bytes: the most it may hold.
-        follow: whether ``path`` itself may be a link (a path checked with :func:`escapes` and
+        follow: whether ``path`` itself may be a link (a path checked with :func:`outside` and
             resolved is opened with ``follow=False``: a link put there since is refused).
 
     Raises:
@@ -61,16 +61,18 @@ def _too_large(size: int, max_bytes: int) -> str:
     return f"the file is too large: {size} bytes, over {max_bytes}; split it"
 
 
-def escapes(path: Path, root: Path) -> bool:
-    """Tell whether ``path`` (in ``root``) is, once links are followed, outside ``root``.
+def outside(path: Path, root: Path) -> str | None:
+    """Say why ``path`` (in ``root``) must not be read, or return ``None`` when it may be.
 
-    ``root`` itself may be a link (``/etc/trigmail/rules.d`` to a checkout): only where its
-    files lead counts.
+    Once links are followed, ``path`` must lead inside ``root``. ``root`` itself may be a link
+    (``/etc/trigmail/rules.d`` to a checkout): only where its files lead counts. The message
+    names neither the target nor anything in it.
     """
     try:
-        target = path.resolve()
+        target = path.resolve(strict=False)
         base = root.resolve()
     except (OSError, RuntimeError):
-        # A link loop or an unreadable step: nothing that can be read safely.
-        return True
-    return not target.is_relative_to(base)
+        return "a link that loops or cannot be followed: ignored"
+    if target.is_relative_to(base):
+        return None
+    return f"a link to a file outside {root}: ignored"

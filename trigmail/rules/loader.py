@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from trigmail.errors import RulesError, UnreadableFileError
 from trigmail.rules.build import build_cap, build_rule
-from trigmail.rules.files import escapes, read_text
+from trigmail.rules.files import outside, read_text
 from trigmail.rules.lint import lint
 from trigmail.rules.model import Cap, Location, Rule, RuleSet
 from trigmail.rules.problems import Finding, Problem, Severity, format_path
@@ -271,10 +271,10 @@ def _scan(directory: FsPath, problems: list[Problem]) -> list[FsPath]:
     for path in entries:
         if path.suffix not in RULE_FILE_SUFFIXES or path.name.startswith("."):
             continue
-        if escapes(path, directory):
+        refused = outside(path, directory)
+        if refused is not None:
             # The link is named, never where it leads nor what is there.
-            message = f"a link to a file outside {directory}: ignored"
-            problems.append(Problem(str(path), 1, 1, Severity.WARNING, "", message))
+            problems.append(Problem(str(path), 1, 1, Severity.WARNING, "", refused))
         elif path.is_file():
             found.append(path)
         elif path.exists() and not path.is_dir():
