@@ -125,6 +125,10 @@ TEMPLATE_ATTACKS = [
         "characters or items",
         id="doubling",
     ),
+    # each value within the bound, a gigabyte in all
+    pytest.param("{{ range(10000)|map('center', 99999)|list|length }}", "in all", id="map-center"),
+    # a translation table that multiplies
+    pytest.param("{{ 'ab'.translate({97: 'b' * 100000}) }}", "characters or items", id="translate"),
     # text captured in a block, never output
     pytest.param(
         "{% set x %}{% for i in range(10000) %}{{ 'a' * 10000 }}{% endfor %}{% endset %}",

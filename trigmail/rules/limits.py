@@ -28,6 +28,9 @@ MAX_STEPS: Final = 100_000
 MAX_CHARS: Final = 100_000
 # All the text one render emits, captured blocks (`{% set %}…{% endset %}`) included.
 MAX_EMITTED_CHARS: Final = 1_000_000
+# All the strings and lists one render makes, added up: `range(10000)|map('center', 99999)`
+# makes each within MAX_CHARS, and a gigabyte in all.
+MAX_MADE_CHARS: Final = 5_000_000
 # range() longer than this is refused (Jinja's own sandbox allows 100,000 per loop).
 MAX_RANGE: Final = 10_000
 # Integers of more bits are refused: `10 ** n` for a large n takes minutes.
@@ -48,12 +51,13 @@ class RenderLimitError(Exception):
 class Budget:
     """What one render may still spend."""
 
-    __slots__ = ("cpu_deadline_s", "emitted", "steps")
+    __slots__ = ("cpu_deadline_s", "emitted", "made", "steps")
 
     def __init__(self) -> None:
         self.cpu_deadline_s = time.thread_time() + RENDER_CPU_S
         self.steps = 0
         self.emitted = 0
+        self.made = 0
 
 
 _local = threading.local()
@@ -100,9 +104,16 @@ def emit(value: Any) -> str:
 
 
 def check_value(value: Any) -> Any:
-    """Return ``value`` if it is within the size bounds, else raise."""
+    """Return ``value`` if it is within the size bounds, else raise; count what was made."""
     if isinstance(value, str | bytes | list | tuple | dict | set | frozenset):
         check_length(len(value))
+        current: Budget | None = getattr(_local, "budget", None)
+        if current is not None:
+            current.made += len(value)
+            if current.made > MAX_MADE_CHARS:
+                raise RenderLimitError(
+                    f"the template made more than {MAX_MADE_CHARS} characters or items in all"
+                )
     elif isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
         raise RenderLimitError(f"a number of more than {MAX_INT_BITS} bits")
     return value
@@ -211,6 +222,9 @@ def check_str_call(method: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]
         check_replace(owner, args[0], args[1])
     elif name == "join" and args:
         check_join(owner, args[0])
+    elif name == "translate" and args and isinstance(args[0], Mapping):
+        longest = max((len(v) for v in args[0].values() if isinstance(v, str | bytes)), default=1)
+        check_length(len(owner) * longest)
 
 
 def check_replace(text: Any, old: Any, new: Any) -> None:
