@@ -82,22 +82,29 @@ def step() -> None:
     Outside a render (Jinja folds constants at compile time) nothing is charged.
     """
     current: Budget | None = getattr(_local, "budget", None)
-    if current is None:
-        return
-    current.steps += 1
+    if current is not None:
+        current.steps += 1
+        if current.steps > MAX_STEPS or not current.steps % _CLOCK_EVERY:
+            _check_steps(current)
+
+
+def _check_steps(current: Budget) -> None:
     if current.steps > MAX_STEPS:
         raise RenderLimitError(f"the template took more than {MAX_STEPS} steps (loops, calls)")
-    if not current.steps % _CLOCK_EVERY and time.thread_time() > current.cpu_deadline_s:
+    if time.thread_time() > current.cpu_deadline_s:
         raise RenderLimitError(f"the template took more than {RENDER_CPU_S} s of CPU")
 
 
 def emit(value: Any) -> str:
     """Count one output of the template (the text it writes), and return it as text."""
     text = value if type(value) is str else str(value)
-    step()
     current: Budget | None = getattr(_local, "budget", None)
     if current is not None:
+        # step(), inlined: this runs for every piece of text a template writes.
+        current.steps += 1
         current.emitted += len(text)
+        if current.steps > MAX_STEPS or not current.steps % _CLOCK_EVERY:
+            _check_steps(current)
         if current.emitted > MAX_EMITTED_CHARS:
             raise RenderLimitError(f"the template wrote more than {MAX_EMITTED_CHARS} characters")
     return text
