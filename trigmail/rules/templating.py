@@ -1,9 +1,11 @@
 """Template data (``send.data``) and dedupe keys (``dedupe``), checked once per rule.
 
 Data strings are Jinja over the event's data (``event``, ``id``, ``user_id``, ``email``, ``ts``,
-``user``, ``properties``, and any other top-level field), rendered in a sandbox with strict
-undefined: a reference to a missing field raises :class:`TemplateRenderError`, never yields an
-email with a blank in it. A string that is exactly one expression (``"{{ properties.items }}"``)
+``user``, ``properties``, and any other top-level field), rendered in an immutable sandbox
+(``rules.sandbox``: no template can change the event) with strict undefined: a reference to a
+missing field raises :class:`TemplateRenderError`, never yields an email with a blank in it.
+Each send's data renders within one budget of time and size (``rules.limits``); a render past
+it raises :class:`TemplateRenderError` too. A string that is exactly one expression (``"{{ properties.items }}"``)
 keeps the value's JSON type; other strings render to text. Strings without ``{{`` or ``{%`` are
 kept as they are, as are numbers, booleans and ``null``.
 
@@ -135,7 +137,7 @@ class _Lookup:
     """``{{ properties.cart.id }}``: a plain path, read without Jinja when it is all there.
 
     Where every step is a key present in a mapping (or an index inside a list), Jinja (with
-    the sandbox of ``jinjastrings``) would read exactly those items, so the result is the same. Any
+    the sandbox of ``rules.sandbox``) would read exactly those items, so the result is the same. Any
     other case (a missing key, an attribute of a string, an unsafe name) goes to ``jinja``,
     which gives Jinja's value or Jinja's error, message and all.
     """
