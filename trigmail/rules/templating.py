@@ -6,8 +6,8 @@ Data strings are Jinja over the event's data (``event``, ``id``, ``user_id``, ``
 missing field raises :class:`TemplateRenderError`, never yields an email with a blank in it.
 Each send's data renders within one budget of time and size (``rules.limits``); a render past
 it raises :class:`TemplateRenderError` too. A string that is exactly one expression
-(``"{{ properties.items }}"``) keeps the value's JSON type; other strings render to text. Strings without ``{{`` or ``{%`` are
-kept as they are, as are numbers, booleans and ``null``.
+(``"{{ properties.items }}"``) keeps the value's JSON type; other strings render to text.
+Strings without ``{{`` or ``{%`` are kept as they are, as are numbers, booleans and ``null``.
 
 Loading only parses the Jinja strings (syntax errors and the fields read are known then);
 Jinja's code generation, most of a string's cost, waits for its first render and is shared
