@@ -228,7 +228,7 @@ SPEC_ERRORS = [
     (
         {"properties.v": {"matches": "(a"}},
         ("properties.v", "matches"),
-        "missing ), unterminated subpattern",
+        "missing ): (a",
     ),
     # matches needs a string
     ({"properties.v": {"matches": 1}}, ("properties.v", "matches"), "regular expression string"),

@@ -30,11 +30,12 @@ from hypothesis import strategies as st
 from redis.typing import EncodableT, FieldT
 
 from tests.fake_sendgrid import FakeSendGrid
-from tests.serve_harness import Serve, clean_env, wait_for
+from tests.serve_harness import Serve, append_events, clean_env, wait_for
 from tests.test_serve_e2e import ping
 from tests.test_serve_redis_e2e import GROUP, serve_on, wait_sent
+from trigmail.config import load_config
 from trigmail.decisions import LogEntry, Outcome, Reason
-from trigmail.errors import BadEventError
+from trigmail.errors import BadEventError, ConfigError
 from trigmail.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, Event, parse_event
 from trigmail.ingest import RawItem
 from trigmail.ledger import MemoryLedger
@@ -614,4 +615,164 @@ def test_live_serve_survives_hostile_redis_flat_fields(
     finally:
         client.delete(stream, f"{stream}:dead")
         client.close()
+    assert "Traceback" not in serve.stderr, serve.stderr
+
+
+# -- hostile rule files, templates and config files (issue 12) ----------------------------------
+
+# Depths on both sides of the YAML bound (64) and past libyaml's own (1,000).
+_DEPTHS = [1, 8, 40, 63, 64, 65, 200, 340, 999, 1_500]
+# Jinja that costs a lot on some event; the events give n, s and items large values.
+_HOSTILE_JINJA = [
+    "{% for i in range(N) %}{% for j in range(N) %}x{% endfor %}{% endfor %}",
+    "{{ 'a' * properties.n }}",
+    "{{ properties.s * properties.n }}",
+    "{{ 10 ** properties.n }}",
+    "{{ '{0:>N}'.format(1) }}",
+    "{{ '{0:>{1}}'.format(1, properties.n) }}",
+    "{{ '%Nd' % 1 }}",
+    "{{ properties.s|center(properties.n) }}",
+    "{{ properties.s|replace('', properties.s) }}",
+    "{{ properties['items']|join(properties.s) }}",
+    "{% set ns = namespace(s='ab') %}"
+    "{% for i in range(N) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "{{ properties.update({'total': 0}) }}",
+    "{{ properties['items'].append(1) }}",
+    "{% macro m(n) %}{{ m(n) }}{% endmacro %}{{ m(1) }}",
+    "{{ properties.total * 2 }}",
+    "{{ " + "(" * 300 + "1" + ")" * 300 + " }}",
+    "{% if 1 %}" * 120 + "{% endif %}" * 120,
+]
+_REGEX_PARTS = ["(", ")", "a", "+", "*", "?", "\\1", "(?=", "(?<!", "[", "]", "{2,}", "|", ".", "^"]
+
+
+def _nesting(rng: random.Random, depth: int) -> str:
+    if rng.randrange(2):
+        opening, closing = rng.choice([("[", "]"), ("{a: ", "}")])
+        return opening * depth + "1" + closing * depth
+    return (
+        "\n" + "".join(" " * (6 + i) + f"k{i}:\n" for i in range(depth)) + " " * (6 + depth) + "1"
+    )
+
+
+def _alias_bomb(rng: random.Random) -> str:
+    levels, fanout = rng.randrange(2, 12), rng.randrange(2, 12)
+    lines = [f"x0: &x0 [{', '.join(['lol'] * fanout)}]"]
+    for level in range(1, levels):
+        lines.append(f"x{level}: &x{level} [{', '.join([f'*x{level - 1}'] * fanout)}]")
+    return "\n".join(lines) + "\n"
+
+
+def _rule_with(value: str) -> str:
+    return f"rules:\n  - id: h\n    on: order\n    when:\n      properties.a: {value}\n"
+
+
+def hostile_rule_text(rng: random.Random) -> str:
+    """A rule file with one attack of issue 12: depth, aliases, size, Jinja or a regex."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        return _rule_with(_nesting(rng, rng.choice(_DEPTHS))) + "    send: {template: d-h}\n"
+    if kind == 1:
+        bomb = _alias_bomb(rng)
+        return bomb if rng.randrange(2) else bomb + "rules: [*x1]\n"
+    if kind == 2:
+        size = rng.choice([10, 100_000, (1 << 20) + 10])
+        return _rule_with(json.dumps("x" * size)) + "    send: {template: d-h}\n"
+    if kind == 3:
+        jinja = rng.choice(_HOSTILE_JINJA).replace("N", str(rng.choice([3, 10_000, 10**9])))
+        data = json.dumps({"x": jinja})
+        return f"rules:\n  - id: h\n    on: order\n    send: {{template: d-h, data: {data}}}\n"
+    if kind == 4:
+        pattern = "".join(rng.choice(_REGEX_PARTS) for _ in range(rng.randrange(1, 12)))
+        return _rule_with(json.dumps({"matches": pattern})) + "    send: {template: d-h}\n"
+    return mutated_sample(rng)
+
+
+def hostile_event(rng: random.Random, number: int) -> bytes:
+    n = rng.choice([0, 3, 10**5, 10**9, -1, "x"])
+    properties = {"n": n, "s": "ab" * rng.choice([1, 1000]), "items": ["a"] * rng.choice([1, 5000])}
+    properties |= {"total": 42, "a": "a" * rng.choice([1, 60]) + "!"}
+    event = {"id": f"h{number}", "event": "order", "user_id": "u1", "email": "u1@example.com"}
+    return json.dumps({**event, "properties": properties}).encode()
+
+
+hostile_rule_texts = st.randoms(use_true_random=False).map(hostile_rule_text)
+
+
+@FEW
+@given(text=hostile_rule_texts)
+def test_hostile_rule_files_report_problems_or_build(text: str) -> None:
+    check_parse_result(parse_rules(text, "hostile.yaml"))
+
+
+@FEW
+@given(text=hostile_rule_texts, rng=st.randoms(use_true_random=False))
+def test_hostile_rules_that_build_run_hostile_events(text: str, rng: random.Random) -> None:
+    result = parse_rules(text, "hostile.yaml")
+    if result.rules is None:
+        return
+    entries: list[LogEntry] = []
+    Simulation(result.rules, entries.append).run([hostile_event(rng, n) for n in range(3)])
+    for entry in entries:
+        assert entry.reason in REASONS
+        if entry.outcome is Outcome.DEAD_LETTER:
+            assert entry.reason in (Reason.TEMPLATE_ERROR, Reason.MISSING_FIELD), entry
+
+
+_CONFIG = {"source": {"spool": "events.jsonl"}, "rules_dir": "rules.d", "ledger": "x.db"}
+
+
+def hostile_config_text(rng: random.Random) -> str:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return "source:\n  spool: " + _nesting(rng, rng.choice(_DEPTHS)) + "\n"
+    if kind == 1:
+        return _alias_bomb(rng)
+    if kind == 2:
+        return "ledger: " + json.dumps("x" * rng.choice([10, (1 << 20) + 10])) + "\n"
+    document = mutate(copy.deepcopy(_CONFIG), rng, rule_value)
+    return yaml.safe_dump(document, allow_unicode=True)
+
+
+@settings(FEW, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(text=st.randoms(use_true_random=False).map(hostile_config_text))
+def test_hostile_config_files_are_config_errors(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_config(path, environ={})
+    except ConfigError as exc:
+        assert str(path) in str(exc) or "\n" not in str(exc)
+
+
+def _reload_result(serve: Serve, mark: int) -> str:
+    match = serve.wait_line(r"rules: (reload rejected|version \w+ in force)", after=mark)
+    return match.group(1)
+
+
+def test_serve_survives_generated_hostile_rule_files(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_RULES, tmp_path / "rules.d")
+    rng = random.Random(12)
+    texts = [hostile_rule_text(rng) for _ in range(10)]
+    env = clean_env({"TRIGMAIL_METRICS_LISTEN": "127.0.0.1:0"})
+    outbox = tmp_path / "outbox"
+    with Serve(tmp_path, [], env) as serve:
+        serve.wait_ready()
+        results = []
+        for n, text in enumerate(texts):
+            hostile = tmp_path / "rules.d" / f"zz-hostile-{n}.yaml"
+            mark = serve.mark()
+            hostile.write_text(text, encoding="utf-8")
+            results.append(_reload_result(serve, mark))
+            append_events(tmp_path / "events.jsonl", [hostile_event(rng, n).decode()])
+            mark = serve.mark()
+            hostile.unlink()
+            assert _reload_result(serve, mark) != "reload rejected"
+            assert serve.proc.poll() is None, serve.stderr
+        assert "reload rejected" in results
+        signup = {"event": "user_signup", "user_id": "after", "email": "after@example.com"}
+        append_events(tmp_path / "events.jsonl", [{**signup, "user": {"first_name": "Ana"}}])
+        wanted = key_filename("welcome:after")
+        wait_for((outbox / wanted).exists, "the welcome email sent after the attacks")
+        assert serve.stop() == 0, serve.stderr
     assert "Traceback" not in serve.stderr, serve.stderr

@@ -23,11 +23,13 @@ from email_validator import EmailNotValidError, validate_email
 from jsonschema import Draft202012Validator
 
 from trigmail.durations import parse_duration
-from trigmail.errors import ConfigError, DurationError
+from trigmail.errors import ConfigError, DurationError, UnreadableFileError
 from trigmail.logs import register_secret
 from trigmail.providers.credentials import DEFAULT_HOST, load_api_key
+from trigmail.rules.files import read_text
 from trigmail.rules.model import Address
 from trigmail.rules.problems import format_path
+from trigmail.rules.quoting import quote
 from trigmail.rules.schema import check_structure
 from trigmail.rules.yamlsource import load_document
 from trigmail.secrets import Secret, redact_url, url_passwords
@@ -198,8 +200,9 @@ def _validator() -> Draft202012Validator:
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        # The same bounds as a rule file: size, depth, alias expansion (docs/security.md).
+        text = read_text(path)
+    except UnreadableFileError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
     document = load_document(text)
     problems = [f"{path}:{i.mark.line}:{i.mark.col}: {i.message}" for i in document.issues]
@@ -327,13 +330,13 @@ def _check_sender(address: str) -> None:
     try:
         validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise ConfigError(f"from.email: {address!r} is not an email address: {exc}") from None
+        raise ConfigError(f"from.email: {quote(address)} is not an email address: {exc}") from None
 
 
 def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
     if not url.startswith(schemes):
         shown = redact_url(url)
-        raise ConfigError(f"{where}: {shown!r} must start with {' or '.join(schemes)}")
+        raise ConfigError(f"{where}: {quote(shown)} must start with {' or '.join(schemes)}")
 
 
 def _duration_s(value: object, key: str, default: int) -> int:

@@ -25,6 +25,10 @@ class RulesError(TrigmailError):
         super().__init__(first + more)
 
 
+class UnreadableFileError(TrigmailError):
+    """Raised when a rule or config file is not a regular file, is too large or is not UTF-8."""
+
+
 class SpecError(TrigmailError):
     """Raised when one rule value is invalid; ``path`` is relative to the value compiled.
 

@@ -9,14 +9,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Final
 
 import watchfiles
 
 from trigmail.metrics import Metrics
-from trigmail.rules.loader import ParseResult, load_rules
+from trigmail.rules.loader import ParseResult, Problem, Severity, load_rules
 from trigmail.rules.model import RuleSet
+from trigmail.rules.quoting import cut
 
 log = logging.getLogger(__name__)
+
+# A reload logs its problems; a file with thousands (one per duplicate key) must not flood the
+# journal on every save.
+MAX_LOGGED_PROBLEMS: Final = 50
 
 
 class RuleStore:
@@ -42,8 +48,19 @@ class RuleStore:
         return self._current
 
     def load(self) -> ParseResult:
-        """Load the rules; the result says whether they replaced the current set."""
-        result = load_rules(*self.dirs, retention_s=self.retention_s)
+        """Load the rules; the result says whether they replaced the current set.
+
+        Never raises: whatever goes wrong while loading (a bug included) is a rejected load,
+        reported as one problem, and the current rules stay in force.
+        """
+        try:
+            result = load_rules(*self.dirs, retention_s=self.retention_s)
+        # A rule file is input: no file, however odd, may stop the daemon (docs/security.md).
+        except Exception as exc:
+            log.debug("rules: load failed", exc_info=True)
+            where = str(self.dirs[0]) if self.dirs else "rules"
+            message = f"cannot load the rules: {type(exc).__name__}: {cut(str(exc))}"
+            result = ParseResult(None, [Problem(where, 1, 1, Severity.ERROR, "", message)])
         with self._lock:
             if result.rules is not None:
                 self._current = result.rules
@@ -53,8 +70,11 @@ class RuleStore:
         """Reload from disk; on any error keep the current rules. Returns whether it swapped."""
         old = self._current.version
         result = self.load()
-        for problem in result.problems:
+        for problem in result.problems[:MAX_LOGGED_PROBLEMS]:
             log.warning("rules: %s", problem)
+        if len(result.problems) > MAX_LOGGED_PROBLEMS:
+            more = len(result.problems) - MAX_LOGGED_PROBLEMS
+            log.warning("rules: and %d more problems (trigmail validate lists them all)", more)
         ok = result.rules is not None
         if ok:
             log.info(
@@ -102,8 +122,15 @@ class RulesWatcher:
                 self._stop.wait(self.retry_s)
                 continue
             try:
+                # Not recursive: rule files are only at the top, and a link in rules.d to `/`
+                # would otherwise add an inotify watch for every directory it leads to.
                 for _changes in watchfiles.watch(
-                    *present, stop_event=self._stop, debounce=200, step=50, yield_on_timeout=False
+                    *present,
+                    stop_event=self._stop,
+                    debounce=200,
+                    step=50,
+                    yield_on_timeout=False,
+                    recursive=False,
                 ):
                     self.on_change()
             except (OSError, RuntimeError) as exc:

@@ -16,6 +16,7 @@ from trigmail.cli.app import EXIT_INVALID
 from trigmail.config import Config, load_config
 from trigmail.errors import ConfigError
 from trigmail.logs import escape_controls, install_excepthooks, logging_config, redact
+from trigmail.rules.quoting import cut
 from trigmail.secrets import redact_url
 
 ConfigOption = Annotated[
@@ -56,11 +57,15 @@ def escape_controls_keeping_lines(text: str) -> str:
 def load(
     config_path: Path | None, overrides: Mapping[tuple[str, ...], Any] | None = None
 ) -> Config:
-    """Load the config, or exit 1 with every problem."""
+    """Load the config, or exit 1 with every problem (one line on stderr, no traceback)."""
     try:
         return load_config(config_path, overrides=overrides)
     except ConfigError as exc:
         fail(str(exc))
+    # The config is input: whatever it makes go wrong is reported as such, never as a crash.
+    except Exception as exc:
+        where = "" if config_path is None else f"{config_path}: "
+        fail(f"{where}cannot load the config: {type(exc).__name__}: {cut(str(exc))}")
 
 
 def require_ledger(target: str) -> None:

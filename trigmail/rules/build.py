@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any, Final
 
@@ -33,7 +33,8 @@ from trigmail.rules.model import (
     SendWindow,
     Step,
 )
-from trigmail.rules.problems import Finding
+from trigmail.rules.problems import Finding, Severity
+from trigmail.rules.quoting import quote
 from trigmail.rules.templating import DEFAULT_DEDUPE, compile_data, compile_key
 from trigmail.rules.yamlsource import Path
 
@@ -53,6 +54,11 @@ class _Checker:
 
     def error(self, path: Path, message: str, *, at_key: bool = False) -> None:
         self.findings.append(Finding((*self.base, *path), message, at_key=at_key))
+
+    def risks(self, path: Path, risks: Iterable[tuple[Path, str]]) -> None:
+        for where, risk in risks:
+            message = f"{risk} (a render over its limits is a template_error; docs/security.md)"
+            self.findings.append(Finding((*self.base, *path, *where), message, Severity.WARNING))
 
     def duration(self, spec: Mapping[str, Any], path: Path) -> int | None:
         value = _get(spec, path)
@@ -87,6 +93,8 @@ class _Checker:
                 data = compile_data(spec["data"])
             except SpecError as exc:
                 self.error((*path, "data", *exc.path), exc.message)
+            else:
+                self.risks((*path, "data"), data.risks)
         category = spec.get("category", ())
         return SendSpec(
             template=spec["template"],
@@ -104,7 +112,9 @@ class _Checker:
         try:
             validate_email(email, check_deliverability=False)
         except EmailNotValidError as exc:
-            self.error(path if isinstance(spec, str) else (*path, "email"), f"{email!r}: {exc}")
+            self.error(
+                path if isinstance(spec, str) else (*path, "email"), f"{quote(email)}: {exc}"
+            )
         return Address(email=email, name=name)
 
     def window(self, spec: Mapping[str, Any] | None) -> SendWindow | None:
@@ -130,7 +140,7 @@ class _Checker:
         if match is None:
             self.error(
                 ("send_window", key),
-                f"{text!r} is not a time of day: write HH:MM from 00:00 to 23:59, in quotes",
+                f"{quote(text)} is not a time of day: write HH:MM from 00:00 to 23:59, in quotes",
             )
             return None
         return int(match.group(1)) * 60 + int(match.group(2))
@@ -161,7 +171,7 @@ def _timezone_message(name: str) -> str:
     close = difflib.get_close_matches(name, _timezone_names(), n=1, cutoff=0.7)
     hint = f"did you mean {close[0]!r}?" if close else "use a name such as 'Europe/Lisbon'"
     return (
-        f"unknown timezone {name!r} ({hint}; or a path into the event starting with "
+        f"unknown timezone {quote(name)} ({hint}; or a path into the event starting with "
         f"{' or '.join(TIMEZONE_PATH_PREFIXES)})"
     )
 
@@ -227,7 +237,8 @@ def build_rule(
     cooldown_s = check.duration(spec, ("cooldown",))
     max_late_s = check.duration(spec, ("max_late",))
     window = check.window(spec.get("send_window"))
-    if check.findings or dedupe is None:
+    # Warnings (a costly template) leave the rule in force; any error takes it out.
+    if any(f.severity is Severity.ERROR for f in check.findings) or dedupe is None:
         return None, check.findings
     on = spec["on"]
     rule = Rule(
@@ -245,7 +256,7 @@ def build_rule(
         enabled=spec.get("enabled", True),
         location=location,
     )
-    return rule, []
+    return rule, check.findings
 
 
 def build_cap(

@@ -13,15 +13,15 @@ differ only in their literal text (``Hi {{ user.first_name }} (rule 7)``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Final
+from typing import Final
 
 from jinja2 import StrictUndefined, Template, nodes
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
+
+from trigmail.rules.sandbox import BoundedSandbox
 
 Field = tuple[str | int, ...]
 
@@ -29,24 +29,11 @@ Field = tuple[str | int, ...]
 _CACHE_SIZE: Final = 8192
 
 
-class _SandboxedData(SandboxedEnvironment):
-    """The sandbox, except that a mapping's keys come before its methods.
-
-    Jinja resolves ``properties.items`` to ``dict.items`` before the key ``items``; event data
-    is full of such names (``items``, ``values``, ``count``), so the key must win.
-    """
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-
 # Names Jinja itself provides inside templates: never fields of the event.
 _TEMPLATE_NAMES: Final = frozenset({"loop", "self", "caller", "varargs", "kwargs"})
 
 # Autoescape is off: the output is JSON template data, which SendGrid escapes itself.
-ENV: Final = _SandboxedData(undefined=StrictUndefined, autoescape=False)
+ENV: Final = BoundedSandbox(undefined=StrictUndefined, autoescape=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +41,14 @@ class Analysis:
     """What loading needs to know of a Jinja string.
 
     ``fields`` are the event paths it reads, in order; ``single`` tells a string that is
-    exactly one expression; ``lookup`` is the path of one that is only a path, else ``None``.
+    exactly one expression; ``lookup`` is the path of one that is only a path, else ``None``;
+    ``risks`` say what in it may cost a lot on some event (``validate`` warns about them).
     """
 
     fields: tuple[Field, ...]
     single: bool
     lookup: Field | None
+    risks: tuple[str, ...] = ()
 
 
 def analyse(text: str) -> Analysis:
@@ -159,7 +148,53 @@ def _analyse_parsed(text: str) -> Analysis:
             compile_expression(text)
     found = _field_chains(ast)
     lookup = None if expression is None else _lookup(expression)
-    return Analysis(found, expression is not None, lookup)
+    return Analysis(found, expression is not None, lookup, _risks(ast))
+
+
+def _risks(ast: nodes.Template) -> tuple[str, ...]:
+    """Say what in ``ast`` can make a render slow or huge, depending on the event."""
+    local = _local_names(ast)
+    risks: dict[str, None] = {}
+    for loop in ast.find_all(nodes.For):
+        if any(True for _inner in loop.find_all(nodes.For)):
+            risks["a loop inside a loop: the cost multiplies"] = None
+    for node in ast.find_all(nodes.Mul):
+        # `price * 2` stays a number, or at worst a text twice as long.
+        if _reads_event(node, local) and not (_small(node.left) or _small(node.right)):
+            risks["'*' over event values: a large value makes a huge result"] = None
+    for power in ast.find_all(nodes.Pow):
+        if _reads_event(power.right, local):
+            risks["'**' with an exponent from the event: a large one makes a huge number"] = None
+    for call in ast.find_all((nodes.Filter, nodes.Call, nodes.Mod)):
+        if _formats(call) and _reads_event(call, local):
+            risks["a format over event values: a width from the event can be huge"] = None
+    return tuple(risks)
+
+
+def _small(node: nodes.Expr) -> bool:
+    return (
+        isinstance(node, nodes.Const)
+        and isinstance(node.value, int | float)
+        and abs(node.value) <= 1_000
+    )
+
+
+def _formats(node: nodes.Node) -> bool:
+    if isinstance(node, nodes.Filter):
+        return node.name == "format"
+    if isinstance(node, nodes.Call):
+        return isinstance(node.node, nodes.Getattr) and node.node.attr in ("format", "format_map")
+    return isinstance(node, nodes.Mod) and isinstance(node.left, nodes.Const | nodes.Concat)
+
+
+def _reads_event(node: nodes.Node, local: set[str]) -> bool:
+    return any(name.ctx == "load" and name.name not in local for name in node.find_all(nodes.Name))
+
+
+def _local_names(ast: nodes.Template) -> set[str]:
+    local = {name.name for name in ast.find_all(nodes.Name) if name.ctx != "load"}
+    local.update(ENV.globals, _TEMPLATE_NAMES)
+    return local
 
 
 # Node kinds whose code generation itself can fail (a block defined twice, extends below the
@@ -209,8 +244,7 @@ def _single_expression(ast: nodes.Template) -> nodes.Expr | None:
 
 def _field_chains(ast: nodes.Template) -> tuple[Field, ...]:
     """Return the constant attribute/item chains read from the context, in order."""
-    local = {name.name for name in ast.find_all(nodes.Name) if name.ctx != "load"}
-    local.update(ENV.globals, _TEMPLATE_NAMES)
+    local = _local_names(ast)
     chains: list[Field] = []
 
     def visit(node: nodes.Node) -> None:

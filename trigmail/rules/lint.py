@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from trigmail.durations import format_duration
 from trigmail.rules.model import Cap, Rule, Step
+from trigmail.rules.quoting import quote
 from trigmail.rules.yamlsource import Path
 
 
@@ -43,8 +44,8 @@ def _same_template(rules: Sequence[Rule]) -> Iterator[Lint]:
                 yield Lint(
                     rule,
                     (*_send_path(step), "template"),
-                    f"rule {other.id!r} (at {other.location}) also sends template "
-                    f"{step.send.template!r} on {event!r}: a user would get it twice",
+                    f"rule {quote(other.id)} (at {other.location}) also sends template "
+                    f"{quote(step.send.template)} on {quote(event)}: a user would get it twice",
                 )
 
 
@@ -55,8 +56,8 @@ def _cancel_own_trigger(rules: Sequence[Rule]) -> Iterator[Lint]:
                 yield Lint(
                     rule,
                     ("cancel_on", index),
-                    f"{cancel.event!r} both triggers and cancels this rule: each new "
-                    f"{cancel.event!r} cancels the email the previous one scheduled",
+                    f"{quote(cancel.event)} both triggers and cancels this rule: each new "
+                    f"{quote(cancel.event)} cancels the email the previous one scheduled",
                 )
 
 

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any, Final
 
-from trigmail.errors import RulesError
+from trigmail.errors import RulesError, UnreadableFileError
 from trigmail.rules.build import build_cap, build_rule
+from trigmail.rules.files import outside, read_text
 from trigmail.rules.lint import lint
 from trigmail.rules.model import Cap, Location, Rule, RuleSet
 from trigmail.rules.problems import Finding, Problem, Severity, format_path
+from trigmail.rules.quoting import quote
 from trigmail.rules.schema import check_structure, kind
 from trigmail.rules.yamlsource import Path, YamlDocument, load_document
 
@@ -162,7 +164,7 @@ def _duplicates(sources: Sequence[_File], section: str) -> list[Problem]:
             if item.id in first:
                 finding = Finding(
                     (section, index, "id"),
-                    f"{section[:-1]} id {item.id!r} is already used at {first[item.id]}",
+                    f"{section[:-1]} id {quote(item.id)} is already used at {first[item.id]}",
                 )
                 problems.append(source.place(finding))
             else:
@@ -251,19 +253,49 @@ def parse_rules(
 
 
 def rule_files(directory: FsPath) -> list[FsPath]:
-    """Return the rule files of ``directory`` in name order, editor swap files left out."""
-    return sorted(
-        path
-        for path in directory.iterdir()
-        if path.suffix in RULE_FILE_SUFFIXES and not path.name.startswith(".") and path.is_file()
-    )
+    """Return the rule files of ``directory`` in name order.
+
+    Editor swap files, links leading out of ``directory`` and anything but regular files are
+    left out (:func:`load_rules` warns about the last two).
+    """
+    return _scan(directory, [])
 
 
-def _read(path: FsPath, sources: list[_File], problems: list[Problem]) -> None:
+def _scan(directory: FsPath, problems: list[Problem]) -> list[FsPath]:
     try:
-        sources.append(_File(str(path), path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(Problem(str(path), 1, 1, Severity.ERROR, "", f"cannot read: {exc}"))
+        entries = sorted(directory.iterdir())
+    except OSError as exc:
+        problems.append(_error(directory, f"cannot list: {exc.strerror or exc}"))
+        return []
+    found = []
+    for path in entries:
+        if path.suffix not in RULE_FILE_SUFFIXES or path.name.startswith("."):
+            continue
+        refused = outside(path, directory)
+        if refused is not None:
+            # The link is named, never where it leads nor what is there.
+            problems.append(Problem(str(path), 1, 1, Severity.WARNING, "", refused))
+        elif path.is_file():
+            found.append(path)
+        elif path.exists() and not path.is_dir():
+            message = "not a regular file (a FIFO, socket or device): ignored"
+            problems.append(Problem(str(path), 1, 1, Severity.WARNING, "", message))
+    return found
+
+
+def _error(path: FsPath, message: str) -> Problem:
+    return Problem(str(path), 1, 1, Severity.ERROR, "", message)
+
+
+def _read(path: FsPath, sources: list[_File], problems: list[Problem], *, inside: bool) -> None:
+    try:
+        # Inside a rule directory the link was checked: open where it led, refusing a link
+        # put in its place since.
+        text = read_text(path.resolve(), follow=False) if inside else read_text(path)
+    except (UnreadableFileError, OSError, RuntimeError) as exc:
+        problems.append(_error(path, str(exc)))
+        return
+    sources.append(_File(str(path), text))
 
 
 def load_rules(*dirs: FsPath, retention_s: int = DEFAULT_RETENTION_S) -> ParseResult:
@@ -276,14 +308,13 @@ def load_rules(*dirs: FsPath, retention_s: int = DEFAULT_RETENTION_S) -> ParseRe
     sources: list[_File] = []
     problems: list[Problem] = []
     for directory in dirs:
-        if directory.is_file():
-            _read(directory, sources, problems)
-        elif directory.is_dir():
-            for path in rule_files(directory):
-                _read(path, sources, problems)
+        if directory.is_dir():
+            for path in _scan(directory, problems):
+                _read(path, sources, problems, inside=True)
+        elif directory.exists():
+            _read(directory, sources, problems, inside=False)
         else:
-            message = "no such directory"
-            problems.append(Problem(str(directory), 1, 1, Severity.ERROR, "", message))
+            problems.append(_error(directory, "no such directory"))
     result = _assemble(sources, retention_s, problems)
     logger.debug(
         "rules: %d files, %d rules, %d problems",

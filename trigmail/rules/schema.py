@@ -19,6 +19,7 @@ from jsonschema.exceptions import ValidationError
 
 from trigmail.rules.problems import Finding
 from trigmail.rules.quickcheck import Check, compile_quick_check
+from trigmail.rules.quoting import quote
 from trigmail.rules.yamlsource import Path
 
 _TYPE_WORDS = {
@@ -75,9 +76,9 @@ def kind(value: object) -> str:
     if isinstance(value, bool):
         return "true/false"
     if isinstance(value, int | float):
-        return f"the number {value}"
+        return f"the number {quote(value)}"
     if isinstance(value, str):
-        return f"the text {value!r}"
+        return f"the text {quote(value)}"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -116,7 +117,7 @@ def _explain_unknown(error: ValidationError) -> list[Finding]:
             continue
         close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
-        message = f"unknown key {key!r} ({hint})"
+        message = f"unknown key {quote(key)} ({hint})"
         findings.append(Finding((*_path(error), key), message, at_key=True))
     return findings
 
@@ -158,15 +159,17 @@ def _explain_any(error: ValidationError) -> list[Finding]:
 
 def _explain_pattern(error: ValidationError) -> list[Finding]:
     path = _path(error)
-    message = f"{_instance(error)!r} does not match {_expected(error)}"
+    message = f"{quote(_instance(error))} does not match {_expected(error)}"
     if path and path[-1] == "id":
-        message = f"{_instance(error)!r} is not a valid id: use lowercase letters, digits and '-'"
+        message = (
+            f"{quote(_instance(error))} is not a valid id: use lowercase letters, digits and '-'"
+        )
     return [Finding(path, message)]
 
 
 def _explain_enum(error: ValidationError) -> list[Finding]:
     choices = ", ".join(str(choice) for choice in _expected(error))
-    return [Finding(_path(error), f"{_instance(error)!r} is not one of: {choices}")]
+    return [Finding(_path(error), f"{quote(_instance(error))} is not one of: {choices}")]
 
 
 def _explain_size(error: ValidationError) -> list[Finding]:

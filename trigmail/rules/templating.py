@@ -1,11 +1,13 @@
 """Template data (``send.data``) and dedupe keys (``dedupe``), checked once per rule.
 
 Data strings are Jinja over the event's data (``event``, ``id``, ``user_id``, ``email``, ``ts``,
-``user``, ``properties``, and any other top-level field), rendered in a sandbox with strict
-undefined: a reference to a missing field raises :class:`TemplateRenderError`, never yields an
-email with a blank in it. A string that is exactly one expression (``"{{ properties.items }}"``)
-keeps the value's JSON type; other strings render to text. Strings without ``{{`` or ``{%`` are
-kept as they are, as are numbers, booleans and ``null``.
+``user``, ``properties``, and any other top-level field), rendered in an immutable sandbox
+(``rules.sandbox``: no template can change the event) with strict undefined: a reference to a
+missing field raises :class:`TemplateRenderError`, never yields an email with a blank in it.
+Each send's data renders within one budget of time and size (``rules.limits``); a render past
+it raises :class:`TemplateRenderError` too. A string that is exactly one expression
+(``"{{ properties.items }}"``) keeps the value's JSON type; other strings render to text.
+Strings without ``{{`` or ``{%`` are kept as they are, as are numbers, booleans and ``null``.
 
 Loading only parses the Jinja strings (syntax errors and the fields read are known then);
 Jinja's code generation, most of a string's cost, waits for its first render and is shared
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
@@ -37,7 +39,9 @@ from jinja2.runtime import Undefined
 
 from trigmail.errors import SpecError, TemplateRenderError
 from trigmail.events import MISSING
+from trigmail.rules import limits
 from trigmail.rules.jinjastrings import Field, analyse, compile_expression, compile_text
+from trigmail.rules.quoting import cut, quote
 
 if TYPE_CHECKING:
     from trigmail.events import Event
@@ -47,6 +51,15 @@ Path = tuple[str | int, ...]
 DEFAULT_DEDUPE: Final = "{rule}:{event_id}"
 
 _T = TypeVar("_T")
+
+
+@dataclass
+class _Found:
+    """What compiling one ``send.data`` learns on the way: fields read, risks, templates."""
+
+    fields: list[Field] = field(default_factory=list)
+    risks: list[tuple[Path, str]] = field(default_factory=list)
+    templates: int = 0
 
 
 class _Node(Protocol):
@@ -91,7 +104,8 @@ class _Text:
 
     def render(self, data: Mapping[str, Any]) -> Any:
         try:
-            return self.template.get().render(data)
+            with limits.budget():
+                return limits.check_value(self.template.get().render(data))
         # Rule authors write these: whatever they raise (a missing field, a sandbox refusal,
         # a division by zero) must set this one event aside, never stop the daemon.
         except Exception as exc:
@@ -106,7 +120,8 @@ class _Native:
 
     def render(self, data: Mapping[str, Any]) -> Any:
         try:
-            value = self.expression.get()(data)
+            with limits.budget():
+                value = limits.check_value(self.expression.get()(data))
             if isinstance(value, Undefined):
                 # Raises the UndefinedError or SecurityError the value stands for.
                 str(value)
@@ -122,7 +137,7 @@ class _Lookup:
     """``{{ properties.cart.id }}``: a plain path, read without Jinja when it is all there.
 
     Where every step is a key present in a mapping (or an index inside a list), Jinja (with
-    the sandbox of ``jinjastrings``) would read exactly those items, so the result is the same. Any
+    the sandbox of ``rules.sandbox``) would read exactly those items, so the result is the same. Any
     other case (a missing key, an attribute of a string, an unsafe name) goes to ``jinja``,
     which gives Jinja's value or Jinja's error, message and all.
     """
@@ -157,10 +172,15 @@ class _List:
 
 @dataclass(frozen=True, slots=True)
 class CompiledData:
-    """A compiled ``send.data``; ``fields`` are the event paths its expressions read."""
+    """A compiled ``send.data``.
+
+    ``fields`` are the event paths its expressions read; ``risks`` what in a string (at its
+    path) may make a render slow or huge on some event: ``validate`` warns about them.
+    """
 
     root: _Dict
     fields: tuple[str, ...]
+    risks: tuple[tuple[Path, str], ...] = ()
 
     def render(self, event: Event) -> dict[str, Any]:
         """Return the template data for ``event``.
@@ -168,7 +188,9 @@ class CompiledData:
         Raises:
             TemplateRenderError: naming the data key and the missing field or unsafe access.
         """
-        return self.root.render(event.data)
+        # One budget for all the strings of one send (docs/security.md).
+        with limits.budget():
+            return self.root.render(event.data)
 
 
 def compile_data(spec: Mapping[str, Any]) -> CompiledData:
@@ -177,10 +199,10 @@ def compile_data(spec: Mapping[str, Any]) -> CompiledData:
     Raises:
         SpecError: on a Jinja syntax error or a value JSON cannot hold, with its path.
     """
-    fields: list[Field] = []
-    root = _compile_dict(spec, (), fields)
-    names = dict.fromkeys(_field_name(field) for field in fields)
-    return CompiledData(root, tuple(names))
+    found = _Found()
+    root = _compile_dict(spec, (), found)
+    names = dict.fromkeys(_field_name(field) for field in found.fields)
+    return CompiledData(root, tuple(names), tuple(found.risks))
 
 
 def template_fields(spec: Mapping[str, Any]) -> tuple[str, ...]:
@@ -200,37 +222,52 @@ def default_data(event: Event) -> dict[str, Any]:
     return {**event.user, **event.properties}
 
 
-def _compile_value(value: object, path: Path, fields: list[Field]) -> _Node:
+def _compile_value(value: object, path: Path, found: _Found) -> _Node:
     if isinstance(value, str):
-        return _compile_string(value, path, fields)
+        return _compile_string(value, path, found)
     if isinstance(value, Mapping):
-        return _compile_dict(value, path, fields)
+        return _compile_dict(value, path, found)
     if isinstance(value, list):
-        return _List(tuple(_compile_value(v, (*path, i), fields) for i, v in enumerate(value)))
+        return _List(tuple(_compile_value(v, (*path, i), found) for i, v in enumerate(value)))
     if value is None or isinstance(value, bool | int | float):
         return _Static(value)
     raise SpecError(path, f"a {type(value).__name__} is not JSON data; quote it to keep it as text")
 
 
-def _compile_dict(spec: object, path: Path, fields: list[Field]) -> _Dict:
+def _compile_dict(spec: object, path: Path, found: _Found) -> _Dict:
     if not isinstance(spec, Mapping):
         raise SpecError(path, f"data must be a mapping, not a {type(spec).__name__}")
     items = []
     for key, value in spec.items():
         if not isinstance(key, str):
-            raise SpecError((*path, str(key)), f"data keys must be strings, not {key!r}")
-        items.append((key, _compile_value(value, (*path, key), fields)))
+            raise SpecError((*path, str(key)), f"data keys must be strings, not {quote(key)}")
+        items.append((key, _compile_value(value, (*path, key), found)))
     return _Dict(tuple(items))
 
 
-def _compile_string(text: str, path: Path, fields: list[Field]) -> _Node:
+def _compile_string(text: str, path: Path, found: _Found) -> _Node:
     if "{{" not in text and "{%" not in text:
         return _Static(text)
+    found.templates += 1
+    if found.templates > limits.MAX_TEMPLATES:
+        message = f"more than {limits.MAX_TEMPLATES} templated strings in one data"
+        raise SpecError(path, message)
+    if len(text) > limits.MAX_TEMPLATE_CHARS:
+        raise SpecError(
+            path,
+            f"a template of {len(text)} characters, over {limits.MAX_TEMPLATE_CHARS}: the "
+            "email's layout belongs in the SendGrid template, the data only fills it",
+        )
     try:
         analysis = analyse(text)
     except TemplateSyntaxError as exc:
         raise SpecError(path, f"Jinja syntax error: {exc.message} (line {exc.lineno})") from None
-    fields.extend(analysis.fields)
+    # Jinja's parser and Python's compiler recurse once or more per nested bracket.
+    except (RecursionError, MemoryError, SyntaxError) as exc:
+        message = f"the template nests too deeply to be read ({type(exc).__name__})"
+        raise SpecError(path, message) from None
+    found.fields.extend(analysis.fields)
+    found.risks.extend((path, risk) for risk in analysis.risks)
     where = _where(path)
     if not analysis.single:
         return _Text(_Once(compile_text, text), where, analysis.fields)
@@ -246,8 +283,10 @@ def _render_error(
             missing = _missing_prefix(data, field)
             if missing is not None:
                 return TemplateRenderError(f"{where}: {_field_name(missing)} is missing")
+    if isinstance(exc, limits.RenderLimitError):
+        return TemplateRenderError(f"{where}: over a limit: {exc}")
     message = exc.message if isinstance(exc, UndefinedError | SecurityError) else None
-    return TemplateRenderError(f"{where}: {message or f'{type(exc).__name__}: {exc}'}")
+    return TemplateRenderError(f"{where}: {message or f'{type(exc).__name__}: {cut(str(exc))}'}")
 
 
 def _missing_prefix(data: Mapping[str, Any], field: Field) -> Field | None:
@@ -344,7 +383,7 @@ def _key_parts(text: str) -> Iterator[str | _KeyPart]:
         parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
         raise SpecError(
-            (), f"unbalanced braces in {text!r}: {exc} (write {{{{ for a brace)"
+            (), f"unbalanced braces in {quote(text)}: {exc} (write {{{{ for a brace)"
         ) from None
     for literal, name, spec, conversion in parsed:
         if literal:

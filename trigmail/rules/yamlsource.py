@@ -7,6 +7,13 @@ resolves only ``true``/``false`` (any case) as booleans, ``null``/``~``/nothing 
 plain decimal numbers as numbers; everything else is text. Duplicate keys are reported with
 both positions, and the document is turned into plain Python values beside a map from each
 key path to where its key and its value start.
+
+Rule files and the config are written by people, not always careful ones: a document is
+bounded (docs/security.md). Text longer than :data:`MAX_DOCUMENT_CHARS`, nesting deeper than
+:data:`MAX_DEPTH` and more than :data:`MAX_VALUES` values once aliases are expanded (a
+400-byte "billion laughs" file expands to a billion) are each one issue at the place the limit
+was crossed, found before the work or the memory grows; nothing here recurses deeper than
+:data:`MAX_DEPTH`.
 """
 
 from __future__ import annotations
@@ -19,7 +26,18 @@ from typing import Any, Final
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from trigmail.rules.quoting import quote
+
 Path = tuple[str | int, ...]
+
+# Far above any real rule file or config (the sample rules.d is 24 KB in all, a 1,000-rule
+# file about 500 KB) and far below what costs memory: composing 1 MiB of YAML takes ~50 MB.
+MAX_DOCUMENT_CHARS: Final = 1 << 20
+# Rules nest about ten deep (rules[0].when.all[0].any[1].not.properties.x.in[0]); every
+# later stage (JSON Schema, conditions, templates) recurses once or more per level.
+MAX_DEPTH: Final = 64
+# Values after alias expansion: a 1 MiB file of rules like the samples holds about 26,000.
+MAX_VALUES: Final = 100_000
 
 _STR: Final = "tag:yaml.org,2002:str"
 _BOOL: Final = "tag:yaml.org,2002:bool"
@@ -158,6 +176,14 @@ def _mark(node: Node) -> Mark:
     return Mark(*_position(node))
 
 
+class _LimitError(Exception):
+    """A bound of the document was crossed: building stops with this one issue."""
+
+    def __init__(self, issue: YamlIssue) -> None:
+        super().__init__(issue.message)
+        self.issue = issue
+
+
 class _Builder:
     """Turns a node graph into plain values, recording positions and issues on the way."""
 
@@ -167,16 +193,28 @@ class _Builder:
         self.issues: list[YamlIssue] = []
         # Node ids on the current path: a recursive alias (``&a [*a]``) must not loop forever.
         self._active: set[int] = set()
+        # Collections built so far: meeting one again means an alias is being expanded.
+        self._built: set[int] = set()
+        self._expanded = False
+        self._count = 0
 
     def build(self, node: Node, path: Path) -> Any:
         start = node.start_mark
         self.values.setdefault(path, (start.line + 1, start.column + 1))
+        self._count += 1
+        if self._count > MAX_VALUES:
+            self._limit(node, path, self._too_many())
         if isinstance(node, ScalarNode):
             # Most nodes; a scalar contains nothing, so it cannot be its own ancestor.
             return self._scalar(node, path)
+        if len(path) >= MAX_DEPTH:
+            self._limit(node, path, f"nested deeper than {MAX_DEPTH} levels; flatten it")
         if id(node) in self._active:
             self._issue(node, path, "an alias refers to itself")
             return None
+        if id(node) in self._built:
+            self._expanded = True
+        self._built.add(id(node))
         self._active.add(id(node))
         try:
             if isinstance(node, MappingNode):
@@ -187,12 +225,22 @@ class _Builder:
         finally:
             self._active.discard(id(node))
 
+    def _too_many(self) -> str:
+        message = f"more than {MAX_VALUES} values"
+        if self._expanded:
+            message += " once its aliases are expanded (each *alias repeats its &anchor)"
+        return message + "; split the file or use fewer aliases"
+
+    def _limit(self, node: Node, path: Path, message: str) -> None:
+        # No key path: at this depth it would be longer than the message.
+        raise _LimitError(YamlIssue(_mark(node), (), f"the document is too large: {message}"))
+
     def _issue(self, node: Node, path: Path, message: str) -> None:
         self.issues.append(YamlIssue(_mark(node), path, message))
 
     def _mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
         if node.tag != _MAP:
-            self._issue(node, path, f"unsupported YAML tag {node.tag!r}")
+            self._issue(node, path, f"unsupported YAML tag {quote(node.tag)}")
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode):
@@ -206,7 +254,7 @@ class _Builder:
                 self._issue(
                     key_node,
                     key_path,
-                    f"duplicate key {key!r} (first written at line {line}, col {col}); "
+                    f"duplicate key {quote(key)} (first written at line {line}, col {col}); "
                     "keep only one",
                 )
                 continue
@@ -216,7 +264,7 @@ class _Builder:
 
     def _sequence(self, node: SequenceNode, path: Path) -> list[Any]:
         if node.tag != _SEQ:
-            self._issue(node, path, f"unsupported YAML tag {node.tag!r}")
+            self._issue(node, path, f"unsupported YAML tag {quote(node.tag)}")
         return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
 
     def _scalar(self, node: Node, path: Path) -> Any:
@@ -224,9 +272,11 @@ class _Builder:
         try:
             return _construct(node.tag, text)
         except ValueError:
-            self._issue(node, path, f"{text!r} cannot be read as {node.tag.rsplit(':', 1)[-1]}")
+            self._issue(
+                node, path, f"{quote(text)} cannot be read as {node.tag.rsplit(':', 1)[-1]}"
+            )
         except KeyError:
-            self._issue(node, path, f"unsupported YAML tag {node.tag!r}")
+            self._issue(node, path, f"unsupported YAML tag {quote(node.tag)}")
         return text
 
 
@@ -263,16 +313,30 @@ def _syntax_issue(exc: yaml.YAMLError) -> YamlIssue:
 
 
 def load_document(text: str) -> YamlDocument:
-    """Parse one YAML document; never raises for bad input, which becomes ``issues``."""
+    """Parse one YAML document; never raises for bad input, which becomes ``issues``.
+
+    A document beyond the bounds of :data:`MAX_DOCUMENT_CHARS`, :data:`MAX_DEPTH` or
+    :data:`MAX_VALUES` gives ``data`` ``None`` and one issue saying which, and where.
+    """
+    if len(text) > MAX_DOCUMENT_CHARS:
+        message = f"the document is too large: {len(text)} characters, over {MAX_DOCUMENT_CHARS}"
+        return YamlDocument(None, {}, {}, (YamlIssue(Mark(1, 1), (), message),))
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
         return YamlDocument(None, {}, {}, (_syntax_issue(exc),))
+    except RecursionError:
+        # Only the pure-Python composer recurses (libyaml stops at 1,000 levels by itself).
+        message = f"the document is too large: nested deeper than {MAX_DEPTH} levels"
+        return YamlDocument(None, {}, {}, (YamlIssue(Mark(1, 1), (), message),))
     finally:
         loader.dispose()
     if node is None:
         return YamlDocument(None, {}, {})
     builder = _Builder()
-    data = builder.build(node, ())
+    try:
+        data = builder.build(node, ())
+    except _LimitError as exc:
+        return YamlDocument(None, {}, {}, (exc.issue,))
     return YamlDocument(data, builder.values, builder.keys, tuple(builder.issues))
