@@ -106,3 +106,43 @@ def check_finish_state(state: SendState) -> None:
     """Refuse a ``finish`` into a state that is not an outcome of a provider call."""
     if state not in FINISH_STATES:
         raise ValueError(f"finish() moves a send to sent, failed or in_doubt, not {state}")
+
+
+# The moves of a send, as the ledgers make them; the SQL ledgers' updates set the same columns.
+# Times are given in UTC.
+
+
+def claimed(record: SendRecord, at: datetime) -> SendRecord:
+    """``scheduled → sending``: one more attempt, claimed at ``at``."""
+    attempts = record.attempts + 1
+    return evolve(record, state=SendState.SENDING, attempts=attempts, claimed_at=at, updated_at=at)
+
+
+def finished(
+    record: SendRecord, state: SendState, at: datetime, message_id: str | None, error: str | None
+) -> SendRecord:
+    """``sending → sent | failed | in_doubt``, keeping the message id and error not given."""
+    return evolve(
+        record,
+        state=state,
+        updated_at=at,
+        message_id=record.message_id if message_id is None else message_id,
+        last_error=record.last_error if error is None else error,
+    )
+
+
+def retried(record: SendRecord, due_at: datetime, error: str, at: datetime) -> SendRecord:
+    """``sending → scheduled`` at ``due_at``: the provider never had it, the claim is undone."""
+    return evolve(
+        record,
+        state=SendState.SCHEDULED,
+        due_at=due_at,
+        last_error=error,
+        claimed_at=None,
+        updated_at=at,
+    )
+
+
+def cancelled(record: SendRecord, reason: str, at: datetime) -> SendRecord:
+    """``scheduled → cancelled`` for ``reason``."""
+    return evolve(record, state=SendState.CANCELLED, reason=reason, updated_at=at)

@@ -34,13 +34,14 @@ from trigmail.sends import (
     FINISHED_STATES,
     SendRecord,
     SendState,
+    cancelled,
     check_finish_state,
     check_new,
+    claimed,
     evolve,
+    finished,
+    retried,
 )
-
-# Named here too: tests and older callers open a memory ledger with these.
-__all__ = ["Clock", "MemoryLedger", "MemoryTxn", "utc_now"]
 
 
 def _in_stored_form(send: SendRecord) -> bool:
@@ -91,6 +92,29 @@ class _Store:
         """Delete finished sends for good (prune)."""
         for key in keys:
             self.restore(key, None)
+
+    def prune(self, before: datetime) -> int:
+        """Delete what is older than ``before``; return how many rows the SQL ledgers would."""
+        old = [
+            key
+            for key, record in self.sends.items()
+            if record.state in FINISHED_STATES and (record.updated_at or before) < before
+        ]
+        self.forget(old)
+        seen = [event_id for event_id, at in self.seen.items() if at < before]
+        for event_id in seen:
+            del self.seen[event_id]
+        removed = len(old) + len(seen) + len(self.log) + len(self.dead)
+        self.log = [entry for entry in self.log if as_utc(entry.at) >= before]
+        self.dead = [letter for letter in self.dead if letter.at >= before]
+        removed -= len(self.log) + len(self.dead)
+        for user_id, marks in list(self.marks.items()):
+            kept = {order: mark for order, mark in marks.items() if as_utc(mark.at) >= before}
+            removed += len(marks) - len(kept)
+            self.marks[user_id] = kept
+            if not kept:
+                del self.marks[user_id]
+        return removed
 
     def user_sends(self, user_id: str) -> list[SendRecord]:
         sends = self.sends
@@ -274,18 +298,10 @@ class MemoryTxn:
 
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         at = as_utc(at)
-        claimed: list[SendRecord] = []
-        for scheduled in self._in_state(keys, SendState.SCHEDULED):
-            record = evolve(
-                scheduled,
-                state=SendState.SENDING,
-                attempts=scheduled.attempts + 1,
-                claimed_at=at,
-                updated_at=at,
-            )
+        moved = [claimed(record, at) for record in self._in_state(keys, SendState.SCHEDULED)]
+        for record in moved:
             self._put(record)
-            claimed.append(record)
-        return claimed
+        return moved
 
     def finish(
         self,
@@ -297,34 +313,16 @@ class MemoryTxn:
     ) -> None:
         check_finish_state(state)
         for record in self._in_state(keys, SendState.SENDING):
-            self._put(
-                evolve(
-                    record,
-                    state=state,
-                    updated_at=as_utc(at),
-                    message_id=record.message_id if message_id is None else message_id,
-                    last_error=record.last_error if error is None else error,
-                )
-            )
+            self._put(finished(record, state, as_utc(at), message_id, error))
 
     def retry_later(self, keys: Collection[str], due_at: datetime, error: str) -> None:
+        now = as_utc(self._clock())
         for record in self._in_state(keys, SendState.SENDING):
-            self._put(
-                evolve(
-                    record,
-                    state=SendState.SCHEDULED,
-                    due_at=as_utc(due_at),
-                    last_error=error,
-                    claimed_at=None,
-                    updated_at=as_utc(self._clock()),
-                )
-            )
+            self._put(retried(record, as_utc(due_at), error, now))
 
     def drop(self, key: str, reason: str, at: datetime) -> bool:
         for record in self._in_state((key,), SendState.SCHEDULED):
-            self._put(
-                evolve(record, state=SendState.CANCELLED, reason=reason, updated_at=as_utc(at))
-            )
+            self._put(cancelled(record, reason, as_utc(at)))
             return True
         return False
 
@@ -362,18 +360,6 @@ class MemoryTxn:
             for key in dict.fromkeys(keys)
             if (record := sends.get(key)) is not None and record.state == state
         ]
-
-
-def _prune_marks(store: _Store, before: datetime) -> int:
-    removed = 0
-    for user_id, marks in list(store.marks.items()):
-        old = [order for order, mark in marks.items() if as_utc(mark.at) < before]
-        for order in old:
-            del marks[order]
-        removed += len(old)
-        if not marks:
-            del store.marks[user_id]
-    return removed
 
 
 class MemoryLedger:
@@ -448,22 +434,8 @@ class MemoryLedger:
             return found[:limit]
 
     def prune(self, before: datetime) -> int:
-        before = as_utc(before)
         with self._reading() as store:
-            old = [
-                key
-                for key, record in store.sends.items()
-                if record.state in FINISHED_STATES and (record.updated_at or before) < before
-            ]
-            store.forget(old)
-            seen = [event_id for event_id, at in store.seen.items() if at < before]
-            for event_id in seen:
-                del store.seen[event_id]
-            log_size, dead_size = len(store.log), len(store.dead)
-            store.log = [entry for entry in store.log if as_utc(entry.at) >= before]
-            store.dead = [letter for letter in store.dead if letter.at >= before]
-            removed_lines = log_size - len(store.log) + dead_size - len(store.dead)
-            return len(old) + len(seen) + removed_lines + _prune_marks(store, before)
+            return store.prune(as_utc(before))
 
     def close(self) -> None:
         with self._lock:

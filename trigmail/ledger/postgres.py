@@ -42,6 +42,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -52,7 +53,7 @@ from trigmail.ledger.pg_rows import POSTGRES, ErrorScrubber
 from trigmail.ledger.pg_schema import LOCK_EXCLUSIVE, migrate
 from trigmail.ledger.pg_txn import PostgresTxn
 from trigmail.ledger.semantics import Clock, utc_now
-from trigmail.ledger.sql import SqlLedger
+from trigmail.ledger.sql import SqlLedger, committed
 
 logger = logging.getLogger(__name__)
 
@@ -145,14 +146,9 @@ class PostgresLedger(SqlLedger):
             with self._errors.guard(), self._pool.connection() as conn:
                 conn.execute(begin)
                 txn = PostgresTxn(conn, self._clock, self._errors, self.worker_id, self.lease)
-                try:
+                commit = partial(conn.execute, "COMMIT")
+                with committed(txn, commit, partial(self._rollback, conn)):
                     yield txn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    self._rollback(conn)
-                    raise
-                finally:
-                    txn.close()
         finally:
             self._local.busy = False
 

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from trigmail.errors import LedgerError, LedgerUnavailableError
 from trigmail.ledger.migrations import migrate
 from trigmail.ledger.rows import Row, RowReader
 from trigmail.ledger.semantics import Clock, utc_now
-from trigmail.ledger.sql import Dialect, SqlLedger, SqlTxn, Statements, json_text
+from trigmail.ledger.sql import Dialect, SqlLedger, SqlTxn, Statements, committed, json_text
 from trigmail.ledger.sql.txn import Params
 from trigmail.sends import SendRecord
 
@@ -132,6 +133,20 @@ SQLITE = Dialect(
 )
 
 
+def _commit(conn: sqlite3.Connection) -> None:
+    with _translated():
+        conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if not conn.in_transaction:
+        return  # SQLite already rolled back (a failed COMMIT, a full disk)
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        logger.warning("ledger: rollback failed: %s", exc)
+
+
 class SqliteTxn(SqlTxn):
     """One transaction of a :class:`SqliteLedger`; see :class:`trigmail.ledger.base.LedgerTxn`."""
 
@@ -226,14 +241,12 @@ class SqliteLedger(SqlLedger):
             self._busy = True
             txn = SqliteTxn(conn, self._clock)
             try:
-                with _translated():
+                with (
+                    committed(txn, partial(_commit, conn), partial(_rollback, conn)),
+                    _translated(),
+                ):
                     yield txn
-                    conn.execute("COMMIT")
-            except BaseException:
-                self._rollback(conn)
-                raise
             finally:
-                txn.close()
                 self._busy = False
 
     def _usable(self) -> sqlite3.Connection:
@@ -242,15 +255,6 @@ class SqliteLedger(SqlLedger):
         if self._busy:
             raise LedgerError("a transaction is already open on this ledger")
         return self._conn
-
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        if not conn.in_transaction:
-            return  # SQLite already rolled back (a failed COMMIT, a full disk)
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            logger.warning("ledger: rollback failed: %s", exc)
 
     def transaction(self) -> AbstractContextManager[SqliteTxn]:
         return self._begun(SQLITE.begin_write)

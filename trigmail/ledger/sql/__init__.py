@@ -4,6 +4,6 @@
 from __future__ import annotations
 
 from trigmail.ledger.sql.dialect import Dialect, Statements, json_text
-from trigmail.ledger.sql.txn import SqlLedger, SqlTxn, in_order
+from trigmail.ledger.sql.txn import SqlLedger, SqlTxn, committed, in_order
 
-__all__ = ["Dialect", "SqlLedger", "SqlTxn", "Statements", "in_order", "json_text"]
+__all__ = ["Dialect", "SqlLedger", "SqlTxn", "Statements", "committed", "in_order", "json_text"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
@@ -356,6 +356,24 @@ class SqlTxn:
 
 def _key(record: SendRecord) -> str:
     return record.key
+
+
+_Txn = TypeVar("_Txn", bound=SqlTxn)
+
+
+@contextmanager
+def committed(
+    txn: _Txn, commit: Callable[[], object], rollback: Callable[[], object]
+) -> Iterator[_Txn]:
+    """Yield ``txn``: commit on normal exit, roll back on any exception; close it either way."""
+    try:
+        yield txn
+        commit()
+    except BaseException:
+        rollback()
+        raise
+    finally:
+        txn.close()
 
 
 class SqlLedger(ABC):
