@@ -14,11 +14,11 @@ from types import FrameType
 
 from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig
 from trigmail.daemon import Daemon
+from trigmail.delivery import RetryPolicy
 from trigmail.errors import ConfigError, LedgerError, RulesError
 from trigmail.ledger import Ledger, PostgresLedger, SqliteLedger, open_ledger
 from trigmail.logs import register_secret
 from trigmail.metrics import Metrics, serve_metrics
-from trigmail.pipeline import RetryPolicy
 from trigmail.providers.base import Provider
 from trigmail.providers.outbox import OutboxProvider
 from trigmail.providers.sendgrid import SendGridProvider
