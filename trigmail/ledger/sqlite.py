@@ -2,8 +2,11 @@
 
 ``synchronous=FULL`` makes every commit durable before it returns, so a position committed with
 its decisions is never ahead of them after a power cut. Uniqueness is ``INSERT ... ON CONFLICT
-DO NOTHING`` plus the row count: ``INSERT OR IGNORE`` would also swallow NOT NULL and CHECK
-violations, which must fail loudly.
+DO NOTHING`` plus the row count or the row returned: ``INSERT OR IGNORE`` would also swallow NOT
+NULL and CHECK violations, which must fail loudly.
+
+The statements and rules are the SQL core's (:mod:`trigmail.ledger.sql`); this module holds the
+SQLite dialect and how one connection runs them.
 """
 
 from __future__ import annotations
@@ -93,10 +96,6 @@ def _try_flock(path: Path) -> int | None:
     return fd
 
 
-def _as_is(value: str) -> str:
-    return value
-
-
 # Caps count a user's sends per category in ``send_categories``, one row per (send, category).
 _DELIVERED_COUNT = """
 SELECT COUNT(DISTINCT sends.key) FROM sends JOIN send_categories AS c ON c.key = sends.key
@@ -105,13 +104,10 @@ WHERE sends.user_id = ? AND sends.claimed_at >= ? AND sends.state IN {delivered}
 """
 
 SQLITE = Dialect(
-    placeholder="?",
     time=to_us,
-    document=json_text,
     # A batch's keys go in one statement, as a JSON array: a statement per key cost more than
     # the update itself.
     keys=json_text,
-    text=_as_is,
     rows=RowReader(time=from_us, json=json.loads),
     in_list="{column} IN (SELECT value FROM json_each(?))",
     # IMMEDIATE takes the write lock at once: a busy database fails here, before the engine

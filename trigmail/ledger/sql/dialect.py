@@ -29,21 +29,24 @@ def json_text(value: Any) -> str:
 class Dialect:
     """What one database does its own way; statements are written with ``?`` parameters.
 
+    The defaults are those of a database with no types of its own for JSON and for lists, and
+    no locks beyond its transactions'.
+
     Attributes:
-        placeholder: how the driver marks a parameter (``?``, ``%s``).
         time: an aware datetime to its stored form.
-        document: a JSON value to the form of a JSON column.
         keys: a list of text to one parameter that :attr:`in_list` expands.
-        text: diagnostic text to a storable form (PostgreSQL's ``text`` refuses NUL).
         rows: decodes rows into records.
         in_list: ``{column}`` is in the list given as one parameter.
         begin_write: starts a transaction that writes (and serialises what it must).
         begin_read: starts a transaction that only reads.
+        delivered_count: the count behind ``delivered_count_since`` (user, since, categories);
+            ``{delivered}`` stands for the delivered states.
+        placeholder: how the driver marks a parameter (``?``, ``%s``).
+        document: a JSON value to the form of a JSON column (by default, JSON text).
+        text: diagnostic text to a storable form (PostgreSQL's ``text`` refuses NUL).
         user_index: a planner hint naming the index of a user's sends, after ``FROM sends``.
         key_state: how an update that finds sends by key tests their state (SQLite's ``+state``
             keeps its planner on the primary key rather than the state index).
-        delivered_count: the count behind ``delivered_count_since`` (user, since, categories);
-            ``{delivered}`` stands for the delivered states.
         categories_column: whether ``sends`` stores its categories as a column (an array).
         end_lease: what a settled send's update also sets (PostgreSQL's lease columns).
         drop_lease: what a send scheduled again also sets.
@@ -52,16 +55,16 @@ class Dialect:
             ``{finished}`` stands for the finished states.
     """
 
-    placeholder: str
     time: Callable[[datetime], Any]
-    document: Callable[[Any], Any]
     keys: Callable[[list[str]], Any]
-    text: Callable[[str], str]
     rows: RowReader
     in_list: str
     begin_write: str
     begin_read: str
     delivered_count: str
+    placeholder: str = "?"
+    document: Callable[[Any], Any] = json_text
+    text: Callable[[str], str] = str
     user_index: str = ""
     key_state: str = "state"
     categories_column: bool = False
@@ -120,7 +123,7 @@ class Statements:
         )
         self.cancel_sends = sql(
             "UPDATE sends SET state = 'cancelled', reason = ?, updated_at = ?"
-            f" WHERE {keys} AND state = 'scheduled' RETURNING key"
+            f" WHERE {keys} AND {d.key_state} = 'scheduled' RETURNING key"
         )
         self.insert_log = sql(
             "INSERT INTO decision_log (at, event_id, user_id, rule, step, key, outcome, reason,"
