@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast lint format check bench clean
+.PHONY: serve test test-fast lint format check dist bench clean
 
 # Test processes: the suite waits on real servers and subprocesses more than it computes, so
 # more processes than cores still shortens it.
@@ -36,5 +36,9 @@ format: $(BIN)/.installed
 
 check: lint test
 
+# A wheel to install where there is no checkout (no release is published yet).
+dist: $(BIN)/.installed
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis dist build

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trigmail.errors import LedgerError, LedgerUnavailableError
+from trigmail.files import create_file
 from trigmail.ledger.migrations import migrate
 from trigmail.ledger.rows import Row, RowReader
 from trigmail.ledger.semantics import Clock, utc_now
@@ -72,6 +73,17 @@ def _translated() -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise ledger_error(exc) from exc
+
+
+def _create(path: Path) -> None:
+    """Create the database file 0640 whatever the umask: it holds emails and names.
+
+    SQLite gives the ``-wal`` and ``-shm`` files it creates the database file's mode.
+    """
+    try:
+        create_file(path)
+    except OSError as exc:
+        raise LedgerError(f"ledger {path}: cannot create: {exc.strerror or exc}") from None
 
 
 def _try_flock(path: Path) -> int | None:
@@ -206,6 +218,8 @@ class SqliteLedger(SqlLedger):
         self._lock = threading.RLock()
         self._busy = False
         self._exclusive: dict[str, int] = {}  # name -> the descriptor holding its flock
+        if str(path) != ":memory:":
+            _create(self.path)
         with _translated():
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
