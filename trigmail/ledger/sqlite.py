@@ -133,6 +133,7 @@ SQLITE = Dialect(
     # ``+state`` keeps the planner on the primary key: with the state index it walked every
     # scheduled send to find a few keys.
     key_state="+state",
+    inserted="",
     # Categories go first: they reference the sends about to be deleted.
     prune_first=(
         "DELETE FROM send_categories WHERE key IN (SELECT key FROM sends"
@@ -184,6 +185,9 @@ class SqliteTxn(SqlTxn):
     def _many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         self._check_open()
         self._conn.executemany(sql, params)
+
+    def _insert(self, sql: str, params: Params) -> bool:
+        return self._run(sql, params) == 1
 
     def _inserted(self, send: SendRecord) -> None:
         categories = [(send.key, name) for name in dict.fromkeys(send.payload.categories)]

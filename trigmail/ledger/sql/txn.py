@@ -82,6 +82,10 @@ class SqlTxn:
     def lock_users(self, user_ids: Collection[str]) -> None:
         pass  # transactions are serialised whole: no lock per user
 
+    def _insert(self, sql: str, params: Params) -> bool:
+        """Run an ``INSERT ... ON CONFLICT DO NOTHING``; return whether it inserted the row."""
+        return bool(self._rows(sql, params))
+
     def _inserted(self, send: SendRecord) -> None:
         """Write what a new send needs beside its row (SQLite's categories)."""
 
@@ -141,7 +145,7 @@ class SqlTxn:
         params = self._send_params(send, created_at)
         # A cancellation deciding for this user in another worker must see this send.
         with self._as_user(send.user_id):
-            if not self._rows(self.sql.insert_send, params):
+            if not self._insert(self.sql.insert_send, params):
                 return False
         self._inserted(send)
         return True
