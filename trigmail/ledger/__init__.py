@@ -1,30 +1,39 @@
-"""The ledger: everything trigmail decided, behind one protocol (:mod:`trigmail.ledger.base`)."""
+"""The ledger: everything trigmail decided, behind one protocol (:mod:`trigmail.ledger.base`).
+
+The backends are imported on first use: the engine and the commands that never open a SQLite
+or PostgreSQL ledger (validate, simulate) start without their drivers.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trigmail.errors import LedgerError
 from trigmail.files import make_dirs
 from trigmail.ledger.base import Ledger
-from trigmail.ledger.memory import Clock, MemoryLedger, utc_now
-from trigmail.ledger.sqlite import SqliteLedger
+from trigmail.ledger.semantics import Clock, utc_now
 
 if TYPE_CHECKING:
+    from trigmail.ledger.memory import MemoryLedger
     from trigmail.ledger.postgres import PostgresLedger
+    from trigmail.ledger.sqlite import SqliteLedger
 
 __all__ = ["Ledger", "MemoryLedger", "PostgresLedger", "SqliteLedger", "open_ledger"]
 
+_BACKENDS = {
+    "MemoryLedger": "trigmail.ledger.memory",
+    "PostgresLedger": "trigmail.ledger.postgres",
+    "SqliteLedger": "trigmail.ledger.sqlite",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # PostgreSQL's driver is imported on first use: the commands that never open a PostgreSQL
-    # ledger (validate, simulate, status on SQLite) start without it.
-    if name == "PostgresLedger":
-        from trigmail.ledger.postgres import PostgresLedger
-
-        return PostgresLedger
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _BACKENDS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(module), name)
 
 
 _MEMORY_TARGETS = frozenset({":memory:", "memory"})
@@ -53,6 +62,8 @@ def open_ledger(
     """
     text = str(target)
     if text in _MEMORY_TARGETS:
+        from trigmail.ledger.memory import MemoryLedger
+
         return MemoryLedger(clock=clock)
     if text.startswith(_POSTGRES_SCHEMES):
         from trigmail.ledger.postgres import PostgresLedger
@@ -63,4 +74,6 @@ def open_ledger(
         make_dirs(path.parent)  # 0750 whatever the umask
     except OSError as exc:
         raise LedgerError(f"ledger {path}: cannot create its directory: {exc}") from exc
+    from trigmail.ledger.sqlite import SqliteLedger
+
     return SqliteLedger(path, busy_timeout_s=busy_timeout_s, clock=clock)

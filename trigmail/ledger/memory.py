@@ -19,48 +19,29 @@ from typing import Any, cast
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
-from trigmail.ledger.base import (
+from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus
+from trigmail.ledger.semantics import (
+    Clock,
+    as_utc,
+    due_order,
+    recovered,
+    resolved,
+    status_of,
+    utc_now,
+)
+from trigmail.sends import (
     DELIVERED_STATES,
     FINISHED_STATES,
-    CancelMark,
-    DeadLetter,
-    LedgerStatus,
     SendRecord,
     SendState,
+    cancelled,
+    check_finish_state,
+    check_new,
+    claimed,
     evolve,
+    finished,
+    retried,
 )
-from trigmail.rules.model import OnDoubt
-
-Clock = Callable[[], datetime]
-
-_FINISH_STATES = frozenset({SendState.SENT, SendState.FAILED, SendState.IN_DOUBT})
-RECOVERED_ERROR = "interrupted while sending: the provider may or may not have it"
-RESOLVED_SENT = "resolved as sent by operator"
-RESOLVED_NOT_SENT = "resolved as not sent by operator: scheduled again"
-
-
-def utc_now() -> datetime:
-    """Return the wall-clock time; the default clock of both ledgers."""
-    return datetime.now(UTC)
-
-
-def as_utc(moment: datetime) -> datetime:
-    """Return ``moment`` in UTC; a naive datetime is refused, its zone would be a guess."""
-    if moment.tzinfo is UTC:
-        return moment
-    if moment.tzinfo is None:
-        raise ValueError(f"naive datetime {moment!r}: the ledger needs timezone-aware times")
-    return moment.astimezone(UTC)
-
-
-def resolution_note(sent: bool, previous: str | None) -> str:
-    """Return the ``last_error`` of a resolved send: the operator's word, then the old error."""
-    note = RESOLVED_SENT if sent else RESOLVED_NOT_SENT
-    return note if previous is None else f"{note} (was: {previous})"
-
-
-def _due_order(record: SendRecord) -> tuple[datetime, str]:
-    return record.due_at, record.key
 
 
 def _in_stored_form(send: SendRecord) -> bool:
@@ -73,12 +54,6 @@ def _in_stored_form(send: SendRecord) -> bool:
         and send.updated_at is not None
         and send.updated_at.tzinfo is UTC
     )
-
-
-def check_finish_state(state: SendState) -> None:
-    """Refuse a ``finish`` into a state that is not an outcome of a provider call."""
-    if state not in _FINISH_STATES:
-        raise ValueError(f"finish() moves a send to sent, failed or in_doubt, not {state}")
 
 
 class _Store:
@@ -117,6 +92,29 @@ class _Store:
         """Delete finished sends for good (prune)."""
         for key in keys:
             self.restore(key, None)
+
+    def prune(self, before: datetime) -> int:
+        """Delete what is older than ``before``; return how many rows the SQL ledgers would."""
+        old = [
+            key
+            for key, record in self.sends.items()
+            if record.state in FINISHED_STATES and (record.updated_at or before) < before
+        ]
+        self.forget(old)
+        seen = [event_id for event_id, at in self.seen.items() if at < before]
+        for event_id in seen:
+            del self.seen[event_id]
+        removed = len(old) + len(seen) + len(self.log) + len(self.dead)
+        self.log = [entry for entry in self.log if as_utc(entry.at) >= before]
+        self.dead = [letter for letter in self.dead if letter.at >= before]
+        removed -= len(self.log) + len(self.dead)
+        for user_id, marks in list(self.marks.items()):
+            kept = {order: mark for order, mark in marks.items() if as_utc(mark.at) >= before}
+            removed += len(marks) - len(kept)
+            self.marks[user_id] = kept
+            if not kept:
+                del self.marks[user_id]
+        return removed
 
     def user_sends(self, user_id: str) -> list[SendRecord]:
         sends = self.sends
@@ -196,7 +194,7 @@ class MemoryTxn:
             for record in self._store.user_sends(user_id)
             if record.state == SendState.SCHEDULED and record.rule_id in wanted
         ]
-        return sorted(found, key=_due_order)
+        return sorted(found, key=due_order)
 
     def delivered_count_since(
         self, user_id: str, categories: Collection[str], since: datetime
@@ -236,8 +234,7 @@ class MemoryTxn:
         return True
 
     def insert_send(self, send: SendRecord) -> bool:
-        if send.state != SendState.SCHEDULED:
-            raise ValueError(f"send {send.key}: a new send is scheduled, not {send.state}")
+        check_new(send)
         if send.key in self._store.sends:
             return False
         if not _in_stored_form(send):
@@ -289,7 +286,7 @@ class MemoryTxn:
             for record in self._store.sends.values()
             if record.state == SendState.SCHEDULED and record.due_at <= until
         )
-        return heapq.nsmallest(limit, due, key=_due_order)
+        return heapq.nsmallest(limit, due, key=due_order)
 
     def next_due_at(self) -> datetime | None:
         scheduled = (
@@ -301,18 +298,10 @@ class MemoryTxn:
 
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         at = as_utc(at)
-        claimed: list[SendRecord] = []
-        for scheduled in self._in_state(keys, SendState.SCHEDULED):
-            record = evolve(
-                scheduled,
-                state=SendState.SENDING,
-                attempts=scheduled.attempts + 1,
-                claimed_at=at,
-                updated_at=at,
-            )
+        moved = [claimed(record, at) for record in self._in_state(keys, SendState.SCHEDULED)]
+        for record in moved:
             self._put(record)
-            claimed.append(record)
-        return claimed
+        return moved
 
     def finish(
         self,
@@ -324,34 +313,16 @@ class MemoryTxn:
     ) -> None:
         check_finish_state(state)
         for record in self._in_state(keys, SendState.SENDING):
-            self._put(
-                evolve(
-                    record,
-                    state=state,
-                    updated_at=as_utc(at),
-                    message_id=record.message_id if message_id is None else message_id,
-                    last_error=record.last_error if error is None else error,
-                )
-            )
+            self._put(finished(record, state, as_utc(at), message_id, error))
 
     def retry_later(self, keys: Collection[str], due_at: datetime, error: str) -> None:
+        now = as_utc(self._clock())
         for record in self._in_state(keys, SendState.SENDING):
-            self._put(
-                evolve(
-                    record,
-                    state=SendState.SCHEDULED,
-                    due_at=as_utc(due_at),
-                    last_error=error,
-                    claimed_at=None,
-                    updated_at=as_utc(self._clock()),
-                )
-            )
+            self._put(retried(record, as_utc(due_at), error, now))
 
     def drop(self, key: str, reason: str, at: datetime) -> bool:
         for record in self._in_state((key,), SendState.SCHEDULED):
-            self._put(
-                evolve(record, state=SendState.CANCELLED, reason=reason, updated_at=as_utc(at))
-            )
+            self._put(cancelled(record, reason, as_utc(at)))
             return True
         return False
 
@@ -389,73 +360,6 @@ class MemoryTxn:
             for key in dict.fromkeys(keys)
             if (record := sends.get(key)) is not None and record.state == state
         ]
-
-
-def recovered(record: SendRecord, at: datetime) -> SendRecord:
-    """Return a ``sending`` send as it is after a crash, by its rule's ``on_doubt``."""
-    resend = record.on_doubt == OnDoubt.RESEND
-    return evolve(
-        record,
-        state=SendState.SCHEDULED if resend else SendState.IN_DOUBT,
-        claimed_at=None if resend else record.claimed_at,
-        last_error=RECOVERED_ERROR,
-        updated_at=at,
-    )
-
-
-def resolved(record: SendRecord, sent: bool, at: datetime) -> SendRecord:
-    """Return an ``in_doubt`` send as an operator settled it (see ``LedgerTxn.resolve``)."""
-    note = resolution_note(sent, record.last_error)
-    if sent:
-        return evolve(record, state=SendState.SENT, last_error=note, updated_at=at)
-    return evolve(
-        record,
-        state=SendState.SCHEDULED,
-        due_at=at,
-        claimed_at=None,
-        last_error=note,
-        updated_at=at,
-    )
-
-
-def status_of(
-    sends: Collection[SendRecord], dead_letters: int, rules_version: str | None, limit: int
-) -> LedgerStatus:
-    """Build a :class:`LedgerStatus` from every send (the memory ledger's status)."""
-    counts = dict.fromkeys(SendState, 0)
-    by_rule: dict[str, dict[SendState, int]] = {}
-    for record in sends:
-        counts[record.state] += 1
-        by_rule.setdefault(record.rule_id, dict.fromkeys(SendState, 0))[record.state] += 1
-    newest = sorted(sorted(sends, key=lambda r: r.key), key=_updated, reverse=True)
-    scheduled = (r for r in sends if r.state == SendState.SCHEDULED)
-    return LedgerStatus(
-        counts=counts,
-        by_rule=by_rule,
-        next_due=sorted(scheduled, key=_due_order)[:limit],
-        in_doubt=[r for r in newest if r.state == SendState.IN_DOUBT][:limit],
-        failed=[r for r in newest if r.state == SendState.FAILED][:limit],
-        recent=newest[:limit],
-        dead_letters=dead_letters,
-        rules_version=rules_version,
-    )
-
-
-def _prune_marks(store: _Store, before: datetime) -> int:
-    removed = 0
-    for user_id, marks in list(store.marks.items()):
-        old = [order for order, mark in marks.items() if as_utc(mark.at) < before]
-        for order in old:
-            del marks[order]
-        removed += len(old)
-        if not marks:
-            del store.marks[user_id]
-    return removed
-
-
-def _updated(record: SendRecord) -> datetime:
-    assert record.updated_at is not None  # every stored send has one
-    return record.updated_at
 
 
 class MemoryLedger:
@@ -530,22 +434,8 @@ class MemoryLedger:
             return found[:limit]
 
     def prune(self, before: datetime) -> int:
-        before = as_utc(before)
         with self._reading() as store:
-            old = [
-                key
-                for key, record in store.sends.items()
-                if record.state in FINISHED_STATES and _updated(record) < before
-            ]
-            store.forget(old)
-            seen = [event_id for event_id, at in store.seen.items() if at < before]
-            for event_id in seen:
-                del store.seen[event_id]
-            log_size, dead_size = len(store.log), len(store.dead)
-            store.log = [entry for entry in store.log if as_utc(entry.at) >= before]
-            store.dead = [letter for letter in store.dead if letter.at >= before]
-            removed_lines = log_size - len(store.log) + dead_size - len(store.dead)
-            return len(old) + len(seen) + removed_lines + _prune_marks(store, before)
+            return store.prune(as_utc(before))
 
     def close(self) -> None:
         with self._lock:

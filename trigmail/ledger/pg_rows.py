@@ -1,4 +1,5 @@
-"""Rows of the PostgreSQL ledger to records and back, and its errors to trigmail's.
+"""The PostgreSQL ledger's dialect (how it stores times, JSON and lists), and its errors as
+trigmail's.
 
 psycopg returns ``timestamptz`` in the session's time zone; every time is brought back to UTC so
 a record read from PostgreSQL equals one read from the memory or SQLite ledger.
@@ -17,11 +18,10 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import PoolClosed, PoolTimeout
 
-from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError, LedgerUnavailableError
-from trigmail.ledger.base import DeadLetter, SendRecord
-from trigmail.ledger.memory import as_utc
 from trigmail.ledger.rows import RowReader
+from trigmail.ledger.semantics import as_utc
+from trigmail.ledger.sql import Dialect
 from trigmail.secrets import REDACTED, redact_url
 
 # Failures that pass once the server, the network or the competing transaction is gone: a lost
@@ -89,60 +89,36 @@ def text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
-def send_params(send: SendRecord, created_at: datetime) -> dict[str, Any]:
-    """Return the named parameters of ``INSERT INTO sends``."""
-    return {
-        "key": send.key,
-        "rule_id": send.rule_id,
-        "step": send.step,
-        "user_id": send.user_id,
-        "email": send.email,
-        "event_id": send.event_id,
-        "due_at": as_utc(send.due_at),
-        "payload": Jsonb(send.payload.to_json()),
-        "categories": list(dict.fromkeys(send.payload.categories)),
-        "on_doubt": str(send.on_doubt),
-        "rules_version": send.rules_version,
-        "state": str(send.state),
-        "cancel_match": Jsonb(dict(send.cancel_match)),
-        "attempts": send.attempts,
-        "message_id": send.message_id,
-        "last_error": send.last_error,
-        "reason": send.reason,
-        "created_at": as_utc(created_at),
-        "updated_at": as_utc(send.updated_at or created_at),
-        "claimed_at": None if send.claimed_at is None else as_utc(send.claimed_at),
-    }
-
-
-def log_params(entry: LogEntry) -> tuple[Any, ...]:
-    return (
-        as_utc(entry.at),
-        entry.event_id,
-        entry.user_id,
-        entry.rule,
-        entry.step,
-        entry.key,
-        entry.outcome.value,
-        entry.reason.value,
-        None if entry.due_at is None else as_utc(entry.due_at),
-        text(entry.detail),
-    )
-
-
-def dead_params(letter: DeadLetter) -> tuple[Any, ...]:
-    return (
-        as_utc(letter.at),
-        text(letter.source),
-        text(letter.position),
-        text(letter.raw),
-        letter.reason,
-        text(letter.detail),
-    )
-
-
 def _json_as_is(value: Any) -> Any:
     return value  # psycopg decodes jsonb already
 
 
-ROWS = RowReader(time=utc, json=_json_as_is)
+def _keys(values: list[str]) -> list[str]:
+    return values
+
+
+# Caps test the payload's categories, kept as an array column, with ``&&`` (overlap).
+_DELIVERED_COUNT = """
+SELECT count(*) FROM sends
+WHERE user_id = ? AND claimed_at >= ? AND state IN {delivered} AND categories && ?::text[]
+"""
+
+POSTGRES = Dialect(
+    placeholder="%s",
+    time=as_utc,
+    document=Jsonb,
+    keys=_keys,
+    text=text,
+    rows=RowReader(time=utc, json=_json_as_is),
+    in_list="{column} = ANY(?)",
+    begin_write="BEGIN ISOLATION LEVEL READ COMMITTED",
+    # Status and the other reads see one consistent snapshot and can never write by mistake.
+    begin_read="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    delivered_count=_DELIVERED_COUNT,
+    categories_column=True,
+    # A settled send is no longer vouched for by the worker that claimed it.
+    end_lease=", lease_until = NULL",
+    drop_lease=", lease_owner = NULL, lease_until = NULL",
+    # The settled value is computed from the row read: nobody may change it in between.
+    for_update=" FOR UPDATE",
+)

@@ -41,25 +41,21 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
-from trigmail.ledger.base import DeadLetter, LedgerStatus, SendRecord
-from trigmail.ledger.memory import Clock, utc_now
-from trigmail.ledger.pg_rows import ErrorScrubber
+from trigmail.ledger.pg_rows import POSTGRES, ErrorScrubber
 from trigmail.ledger.pg_schema import LOCK_EXCLUSIVE, migrate
 from trigmail.ledger.pg_txn import PostgresTxn
+from trigmail.ledger.semantics import Clock, utc_now
+from trigmail.ledger.sql import SqlLedger, committed
 
 logger = logging.getLogger(__name__)
-
-_BEGIN_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
-# Status and the other reads see one consistent snapshot and can never write by mistake.
-_BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
 def default_worker_id() -> str:
@@ -67,7 +63,7 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class PostgresLedger:
+class PostgresLedger(SqlLedger):
     """A ledger in a PostgreSQL database; see :class:`trigmail.ledger.base.Ledger`.
 
     Transactions may run from several threads at once, one per pooled connection; a thread
@@ -89,6 +85,7 @@ class PostgresLedger:
     """
 
     shared = True
+    dialect = POSTGRES
 
     def __init__(
         self,
@@ -149,14 +146,9 @@ class PostgresLedger:
             with self._errors.guard(), self._pool.connection() as conn:
                 conn.execute(begin)
                 txn = PostgresTxn(conn, self._clock, self._errors, self.worker_id, self.lease)
-                try:
+                commit = partial(conn.execute, "COMMIT")
+                with committed(txn, commit, partial(self._rollback, conn)):
                     yield txn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    self._rollback(conn)
-                    raise
-                finally:
-                    txn.close()
         finally:
             self._local.busy = False
 
@@ -176,33 +168,10 @@ class PostgresLedger:
             logger.warning("ledger: rollback failed: %s", type(exc).__name__)
 
     def transaction(self) -> AbstractContextManager[PostgresTxn]:
-        return self._begun(_BEGIN_WRITE)
+        return self._begun(POSTGRES.begin_write)
 
-    def status(self, limit: int = 10) -> LedgerStatus:
-        with self._begun(_BEGIN_READ) as txn:
-            return txn.status(limit)
-
-    def get_send(self, key: str) -> SendRecord | None:
-        with self._begun(_BEGIN_READ) as txn:
-            return txn.get_send(key)
-
-    def get_meta(self, name: str) -> str | None:
-        with self._begun(_BEGIN_READ) as txn:
-            return txn.get_meta(name)
-
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        with self._begun(_BEGIN_READ) as txn:
-            return txn.dead_letters(limit)
-
-    def decision_log(self, event_id: str | None = None, limit: int = 100) -> list[LogEntry]:
-        with self._begun(_BEGIN_READ) as txn:
-            return txn.decision_log(event_id, limit)
-
-    def prune(self, before: datetime) -> int:
-        with self._begun(_BEGIN_WRITE) as txn:
-            removed = txn.prune(before)
-        logger.info("ledger: pruned %d rows older than %s", removed, before)
-        return removed
+    def _label(self) -> str:
+        return self._errors.redacted_dsn
 
     def acquire_exclusive(self, name: str) -> bool:
         """Try to become the only holder of ``name`` among every process using this database.

@@ -6,14 +6,16 @@ SQLite keeps times as epoch microseconds and JSON as text; PostgreSQL as ``times
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from trigmail.decisions import LogEntry, Outcome, Payload, Reason
-from trigmail.ledger.base import DeadLetter, SendRecord, SendState
+from trigmail.ledger.base import CancelMark, DeadLetter
 from trigmail.rules.model import OnDoubt
+from trigmail.sends import SendRecord, SendState
 
 
 class Row(Protocol):
@@ -82,4 +84,15 @@ class RowReader:
             raw=row["raw"],
             reason=row["reason"],
             detail=row["detail"],
+        )
+
+    def mark(self, row: Row) -> CancelMark:
+        # ``vals`` is text in both databases: a mark is read back as it was given.
+        return CancelMark(
+            user_id=row["user_id"],
+            order=row["ord"],
+            event=row["event"],
+            event_id=row["event_id"],
+            values=json.loads(row["vals"]),
+            at=self.time(row["at"]),
         )

@@ -1,0 +1,207 @@
+"""What SQLite and PostgreSQL do each their own way, as data: a :class:`Dialect`, and the
+statements of :class:`~trigmail.ledger.sql.txn.SqlTxn` written in it.
+
+The statements are written once, with ``?`` parameters and the dialect's fragments, so each
+database runs the same reads and writes in its own words.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from trigmail.ledger.rows import RowReader
+from trigmail.ledger.semantics import DELIVERED_SQL, FINISHED_SQL
+
+# One encoder for every value: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def json_text(value: Any) -> str:
+    """Return ``value`` as compact JSON text."""
+    return _ENCODER.encode(value)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What one database does its own way; statements are written with ``?`` parameters.
+
+    The defaults are those of a database with no types of its own for JSON and for lists, and
+    no locks beyond its transactions'.
+
+    Attributes:
+        time: an aware datetime to its stored form.
+        keys: a list of text to one parameter that :attr:`in_list` expands.
+        rows: decodes rows into records.
+        in_list: ``{column}`` is in the list given as one parameter.
+        begin_write: starts a transaction that writes (and serialises what it must).
+        begin_read: starts a transaction that only reads.
+        delivered_count: the count behind ``delivered_count_since`` (user, since, categories);
+            ``{delivered}`` stands for the delivered states.
+        placeholder: how the driver marks a parameter (``?``, ``%s``).
+        document: a JSON value to the form of a JSON column (by default, JSON text).
+        text: diagnostic text to a storable form (PostgreSQL's ``text`` refuses NUL).
+        user_index: a planner hint naming the index of a user's sends, after ``FROM sends``.
+        key_state: how an update that finds sends by key tests their state (SQLite's ``+state``
+            keeps its planner on the primary key rather than the state index).
+        categories_column: whether ``sends`` stores its categories as a column (an array).
+        end_lease: what a settled send's update also sets (PostgreSQL's lease columns).
+        drop_lease: what a send scheduled again also sets.
+        for_update: what locks the rows a read-then-write reads.
+        prune_first: deletions before the pruning proper, not counted (dependent rows);
+            ``{finished}`` stands for the finished states.
+        inserted: what makes an insert of a send say whether it inserted (a returned row);
+            empty where the driver's row count says it, cheaper.
+    """
+
+    time: Callable[[datetime], Any]
+    keys: Callable[[list[str]], Any]
+    rows: RowReader
+    in_list: str
+    begin_write: str
+    begin_read: str
+    delivered_count: str
+    placeholder: str = "?"
+    document: Callable[[Any], Any] = json_text
+    text: Callable[[str], str] = str
+    user_index: str = ""
+    key_state: str = "state"
+    categories_column: bool = False
+    end_lease: str = ""
+    drop_lease: str = ""
+    for_update: str = ""
+    prune_first: tuple[str, ...] = ()
+    inserted: str = " RETURNING key"
+
+
+_SEND_COLUMNS = (
+    "key, rule_id, step, user_id, email, event_id, due_at, payload, on_doubt, rules_version,"
+    " state, cancel_match, attempts, message_id, last_error, reason, created_at, updated_at,"
+    " claimed_at"
+)
+
+
+class Statements:
+    """Every statement of :class:`SqlTxn`, in one dialect."""
+
+    def __init__(self, d: Dialect) -> None:
+        p = d.placeholder
+
+        def sql(text: str) -> str:
+            # The backends name the state sets as {delivered} and {finished}.
+            text = text.replace("{delivered}", DELIVERED_SQL).replace("{finished}", FINISHED_SQL)
+            return text.replace("?", p)
+
+        keys = d.in_list.format(column="key")
+        send_columns = _SEND_COLUMNS + (", categories" if d.categories_column else "")
+        send_values = ", ".join(["?"] * (send_columns.count(",") + 1))
+        self.seen_event = sql("SELECT 1 FROM seen_events WHERE event_id = ?")
+        self.send_exists = sql("SELECT 1 FROM sends WHERE key = ?")
+        self.last_delivered = sql(
+            "SELECT MAX(claimed_at) FROM sends"
+            " WHERE rule_id = ? AND user_id = ? AND state IN {delivered}"
+        )
+        self.pending_for_user = sql(
+            f"SELECT * FROM sends{d.user_index} WHERE user_id = ? AND state = 'scheduled'"
+            f" AND {d.in_list.format(column='rule_id')} ORDER BY due_at, key"
+        )
+        self.delivered_count = sql(d.delivered_count)
+        self.cancel_marks_after = sql(
+            "SELECT * FROM cancel_marks WHERE user_id = ? AND ord > ? ORDER BY ord"
+        )
+        self.add_cancel_mark = sql(
+            "INSERT INTO cancel_marks (user_id, ord, event, event_id, vals, at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, ord) DO NOTHING"
+        )
+        self.mark_seen = sql(
+            "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?)"
+            " ON CONFLICT (event_id) DO NOTHING"
+        )
+        self.insert_send = sql(
+            f"INSERT INTO sends ({send_columns}) VALUES ({send_values})"
+            f" ON CONFLICT (key) DO NOTHING{d.inserted}"
+        )
+        self.cancel_sends = sql(
+            "UPDATE sends SET state = 'cancelled', reason = ?, updated_at = ?"
+            f" WHERE {keys} AND {d.key_state} = 'scheduled' RETURNING key"
+        )
+        self.insert_log = sql(
+            "INSERT INTO decision_log (at, event_id, user_id, rule, step, key, outcome, reason,"
+            " due_at, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        self.add_dead_letter = sql(
+            "INSERT INTO dead_letters (at, source, position, raw, reason, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        self.get_position = sql("SELECT position FROM positions WHERE source = ?")
+        self.set_position = sql(
+            "INSERT INTO positions (source, position, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (source) DO UPDATE"
+            " SET position = excluded.position, updated_at = excluded.updated_at"
+        )
+        self.due_sends = sql(
+            "SELECT * FROM sends WHERE state = 'scheduled' AND due_at <= ?"
+            " ORDER BY due_at, key LIMIT ?"
+        )
+        self.next_due = sql(
+            "SELECT * FROM sends WHERE state = 'scheduled' ORDER BY due_at, key LIMIT ?"
+        )
+        self.next_due_at = "SELECT MIN(due_at) FROM sends WHERE state = 'scheduled'"
+        self.claim = sql(
+            "UPDATE sends SET state = 'sending', attempts = attempts + 1, claimed_at = ?,"
+            f" updated_at = ? WHERE {keys} AND {d.key_state} = 'scheduled' RETURNING *"
+        )
+        self.finish = sql(
+            "UPDATE sends SET state = ?, updated_at = ?, message_id = COALESCE(?, message_id),"
+            f" last_error = COALESCE(?, last_error) WHERE {keys} AND {d.key_state} = 'sending'"
+        )
+        self.retry_later = sql(
+            "UPDATE sends SET state = 'scheduled', due_at = ?, last_error = ?,"
+            f" claimed_at = NULL{d.drop_lease}, updated_at = ?"
+            f" WHERE {keys} AND {d.key_state} = 'sending'"
+        )
+        self.drop = sql(
+            "UPDATE sends SET state = 'cancelled', reason = ?, updated_at = ?"
+            " WHERE key = ? AND state = 'scheduled'"
+        )
+        self.defer = sql(
+            "UPDATE sends SET due_at = ?, updated_at = ? WHERE key = ? AND state = 'scheduled'"
+        )
+        self.in_state = sql(f"SELECT * FROM sends WHERE key = ? AND state = ?{d.for_update}")
+        self.sending = f"SELECT * FROM sends WHERE state = 'sending'{d.for_update}"
+        # Writes back a send the shared semantics settled (recovery, resolution).
+        self.settle = sql(
+            "UPDATE sends SET state = ?, due_at = ?, claimed_at = ?, last_error = ?,"
+            f" updated_at = ?{d.end_lease} WHERE key = ? AND state = ?"
+        )
+        self.set_meta = sql(
+            "INSERT INTO meta (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+        )
+        self.get_send = sql("SELECT * FROM sends WHERE key = ?")
+        self.get_meta = sql("SELECT value FROM meta WHERE name = ?")
+        self.dead_letters = sql("SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?")
+        self.dead_count = "SELECT COUNT(*) FROM dead_letters"
+        self.log_newest = sql("SELECT * FROM decision_log ORDER BY id DESC LIMIT ?")
+        self.log_of_event = sql(
+            "SELECT * FROM decision_log WHERE event_id = ? ORDER BY id DESC LIMIT ?"
+        )
+        self.counts = "SELECT rule_id, state, COUNT(*) AS n FROM sends GROUP BY rule_id, state"
+        self.latest = sql("SELECT * FROM sends ORDER BY updated_at DESC, key LIMIT ?")
+        self.latest_in = sql(
+            "SELECT * FROM sends WHERE state = ? ORDER BY updated_at DESC, key LIMIT ?"
+        )
+        self.prune_first = tuple(sql(text) for text in d.prune_first)
+        self.prune = tuple(
+            sql(text)
+            for text in (
+                "DELETE FROM sends WHERE updated_at < ? AND state IN {finished}",
+                "DELETE FROM seen_events WHERE seen_at < ?",
+                "DELETE FROM decision_log WHERE at < ?",
+                "DELETE FROM dead_letters WHERE at < ?",
+                "DELETE FROM cancel_marks WHERE at < ?",
+            )
+        )

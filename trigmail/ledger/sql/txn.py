@@ -1,0 +1,426 @@
+"""The SQL ledgers' transactions, written once for SQLite and PostgreSQL.
+
+Each backend adds only how it runs a statement on its driver and, for PostgreSQL, its locks
+and leases (:mod:`trigmail.ledger.pg_txn`); what differs between the two databases otherwise is
+data, held by their :class:`~trigmail.ledger.sql.dialect.Dialect`.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+from trigmail.decisions import LogEntry
+from trigmail.errors import LedgerError
+from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus
+from trigmail.ledger.rows import Row
+from trigmail.ledger.semantics import (
+    RECOVERED_ERROR,
+    Clock,
+    as_utc,
+    count_states,
+    recovered,
+    resolved,
+)
+from trigmail.ledger.sql.dialect import Dialect, Statements, json_text
+from trigmail.sends import SendRecord, SendState, check_finish_state, check_new
+
+logger = logging.getLogger(__name__)
+
+# Positional parameters, or named ones (``%(name)s``, PostgreSQL's own statements).
+Params = Sequence[Any] | Mapping[str, Any]
+
+
+def in_order(records: list[SendRecord], keys: Sequence[str]) -> list[SendRecord]:
+    """Return ``records`` in the order of ``keys``, as the one-by-one ledgers return them."""
+    rank = {key: index for index, key in enumerate(keys)}
+    return sorted(records, key=lambda record: rank[record.key])
+
+
+_NO_LOCK = nullcontext()
+
+
+class SqlTxn:
+    """One transaction of a SQL ledger; see :class:`trigmail.ledger.base.LedgerTxn`.
+
+    A backend says how to run a statement (:meth:`_run`, :meth:`_rows`, :meth:`_scalar`,
+    :meth:`_many`) and names its :attr:`dialect` and :attr:`sql`; everything else is here.
+    """
+
+    dialect: ClassVar[Dialect]
+    sql: ClassVar[Statements]
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._open = True
+
+    # -- how the driver runs a statement -----------------------------------------------------
+    def _run(self, sql: str, params: Params = ()) -> int:
+        """Execute a statement; return its row count."""
+        raise NotImplementedError
+
+    def _rows(self, sql: str, params: Params = ()) -> list[Row]:
+        """Execute a query; return its rows, readable by column name."""
+        raise NotImplementedError
+
+    def _scalar(self, sql: str, params: Params = ()) -> Any:
+        """Execute a query; return the first column of its first row, or ``None``."""
+        raise NotImplementedError
+
+    def _many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """Execute a statement once per parameter tuple."""
+        raise NotImplementedError
+
+    def _as_user(self, user_id: str) -> AbstractContextManager[Any]:
+        """Run the block's statements under ``user_id``'s lock, where the ledger needs one."""
+        return _NO_LOCK
+
+    def lock_users(self, user_ids: Collection[str]) -> None:
+        pass  # transactions are serialised whole: no lock per user
+
+    def _insert(self, sql: str, params: Params) -> bool:
+        """Run an ``INSERT ... ON CONFLICT DO NOTHING``; return whether it inserted the row."""
+        return bool(self._rows(sql, params))
+
+    def _inserted(self, send: SendRecord) -> None:
+        """Write what a new send needs beside its row (SQLite's categories)."""
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise LedgerError("the transaction is over: open a new one")
+
+    def _sends(self, sql: str, params: Params = ()) -> list[SendRecord]:
+        send = self.dialect.rows.send
+        return [send(row) for row in self._rows(sql, params)]
+
+    def _time(self, moment: datetime | None) -> Any:
+        return None if moment is None else self.dialect.time(moment)
+
+    # -- reads the engine decides from -------------------------------------------------
+    def seen_event(self, event_id: str) -> bool:
+        return bool(self._scalar(self.sql.seen_event, (event_id,)))
+
+    def send_exists(self, key: str) -> bool:
+        return bool(self._scalar(self.sql.send_exists, (key,)))
+
+    def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
+        with self._as_user(user_id):
+            latest = self._scalar(self.sql.last_delivered, (rule_id, user_id))
+        return self.dialect.rows.maybe_time(latest)
+
+    def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        rules = self.dialect.keys(sorted(rule_ids))
+        with self._as_user(user_id):
+            return self._sends(self.sql.pending_for_user, (user_id, rules))
+
+    def delivered_count_since(
+        self, user_id: str, categories: Collection[str], since: datetime
+    ) -> int:
+        d = self.dialect
+        params = (user_id, d.time(since), d.keys(sorted(categories)))
+        with self._as_user(user_id):
+            count: int = self._scalar(self.sql.delivered_count, params)
+        return count
+
+    def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]:
+        mark = self.dialect.rows.mark
+        return [mark(row) for row in self._rows(self.sql.cancel_marks_after, (user_id, order))]
+
+    # -- writes of the event path --------------------------------------------------------
+    def add_cancel_mark(self, mark: CancelMark) -> None:
+        values = json_text(mark.values)
+        params = (mark.user_id, mark.order, mark.event, mark.event_id, values)
+        self._run(self.sql.add_cancel_mark, (*params, self.dialect.time(mark.at)))
+
+    def mark_seen(self, event_id: str, at: datetime) -> bool:
+        return self._run(self.sql.mark_seen, (event_id, self.dialect.time(at))) == 1
+
+    def insert_send(self, send: SendRecord) -> bool:
+        check_new(send)
+        created_at = self._clock() if send.created_at is None else send.created_at
+        params = self._send_params(send, created_at)
+        # A cancellation deciding for this user in another worker must see this send.
+        with self._as_user(send.user_id):
+            if not self._insert(self.sql.insert_send, params):
+                return False
+        self._inserted(send)
+        return True
+
+    def _send_params(self, send: SendRecord, created_at: datetime) -> list[Any]:
+        d = self.dialect
+        time = d.time
+        params = [
+            send.key,
+            send.rule_id,
+            send.step,
+            send.user_id,
+            send.email,
+            send.event_id,
+            time(send.due_at),
+            d.document(send.payload.to_json()),
+            str(send.on_doubt),
+            send.rules_version,
+            str(send.state),
+            d.document(dict(send.cancel_match)),
+            send.attempts,
+            send.message_id,
+            send.last_error,
+            send.reason,
+            time(created_at),
+            time(send.updated_at or created_at),
+            self._time(send.claimed_at),
+        ]
+        if d.categories_column:
+            params.append(list(dict.fromkeys(send.payload.categories)))
+        return params
+
+    def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
+        d = self.dialect
+        wanted = list(dict.fromkeys(keys))
+        rows = self._rows(self.sql.cancel_sends, (reason, d.time(at), d.keys(wanted)))
+        moved = {row["key"] for row in rows}
+        return [key for key in wanted if key in moved]
+
+    def log(self, entries: Sequence[LogEntry]) -> None:
+        self._check_open()
+        self._many(self.sql.insert_log, [self._log_params(entry) for entry in entries])
+
+    def _log_params(self, entry: LogEntry) -> tuple[Any, ...]:
+        return (
+            self.dialect.time(entry.at),
+            entry.event_id,
+            entry.user_id,
+            entry.rule,
+            entry.step,
+            entry.key,
+            entry.outcome.value,
+            entry.reason.value,
+            self._time(entry.due_at),
+            self.dialect.text(entry.detail),
+        )
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        d = self.dialect
+        self._run(
+            self.sql.add_dead_letter,
+            (
+                d.time(letter.at),
+                d.text(letter.source),
+                d.text(letter.position),
+                d.text(letter.raw),
+                letter.reason,
+                d.text(letter.detail),
+            ),
+        )
+
+    def get_position(self, source: str) -> str | None:
+        position: str | None = self._scalar(self.sql.get_position, (source,))
+        return position
+
+    def set_position(self, source: str, position: str) -> None:
+        at = self.dialect.time(self._clock())
+        self._run(self.sql.set_position, (source, position, at))
+
+    # -- writes of the send path -----------------------------------------------------------
+    def due_sends(self, until: datetime, limit: int) -> list[SendRecord]:
+        return self._sends(self.sql.due_sends, (self.dialect.time(until), max(limit, 0)))
+
+    def next_due_at(self) -> datetime | None:
+        return self.dialect.rows.maybe_time(self._scalar(self.sql.next_due_at))
+
+    def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
+        d = self.dialect
+        at_value = d.time(at)
+        wanted = list(dict.fromkeys(keys))
+        claimed = self._sends(self.sql.claim, (at_value, at_value, d.keys(wanted)))
+        return in_order(claimed, wanted)
+
+    def finish(
+        self,
+        keys: Collection[str],
+        state: SendState,
+        at: datetime,
+        message_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        check_finish_state(state)
+        d = self.dialect
+        params = (state.value, d.time(at), message_id, error, d.keys(list(dict.fromkeys(keys))))
+        self._run(self.sql.finish, params)
+
+    def retry_later(self, keys: Collection[str], due_at: datetime, error: str) -> None:
+        d = self.dialect
+        now = d.time(self._clock())
+        params = (d.time(due_at), error, now, d.keys(list(dict.fromkeys(keys))))
+        self._run(self.sql.retry_later, params)
+
+    def drop(self, key: str, reason: str, at: datetime) -> bool:
+        return self._run(self.sql.drop, (reason, self.dialect.time(at), key)) == 1
+
+    def defer(self, key: str, due_at: datetime) -> bool:
+        d = self.dialect
+        return self._run(self.sql.defer, (d.time(due_at), d.time(self._clock()), key)) == 1
+
+    def expire_leases(self, at: datetime) -> list[SendRecord]:
+        return []  # one process, no leases: its own sends are settled at its start
+
+    def recover_in_flight(self, at: datetime) -> list[SendRecord]:
+        return self._recover(self._sends(self.sql.sending), as_utc(at))
+
+    def _recover(
+        self, sending: list[SendRecord], at: datetime, error: str = RECOVERED_ERROR
+    ) -> list[SendRecord]:
+        """Settle ``sending`` sends as :func:`~trigmail.ledger.semantics.recovered` says."""
+        changed = [recovered(record, at, error) for record in sorted(sending, key=_key)]
+        self._settle(changed, SendState.SENDING)
+        return changed
+
+    def resolve(self, key: str, sent: bool, at: datetime) -> SendRecord | None:
+        found = self._sends(self.sql.in_state, (key, SendState.IN_DOUBT.value))
+        if not found:
+            return None
+        settled = resolved(found[0], sent, as_utc(at))
+        self._settle([settled], SendState.IN_DOUBT)
+        return settled
+
+    def _settle(self, records: Sequence[SendRecord], was: SendState) -> None:
+        """Write back sends the shared semantics moved out of state ``was``."""
+        params = [
+            (
+                record.state.value,
+                self.dialect.time(record.due_at),
+                self._time(record.claimed_at),
+                record.last_error,
+                self._time(record.updated_at),
+                record.key,
+                was.value,
+            )
+            for record in records
+        ]
+        if params:
+            self._many(self.sql.settle, params)
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._run(self.sql.set_meta, (name, value))
+
+    # -- reads of the ledger itself (status, tools) ------------------------------------------
+    def get_send(self, key: str) -> SendRecord | None:
+        found = self._sends(self.sql.get_send, (key,))
+        return found[0] if found else None
+
+    def get_meta(self, name: str) -> str | None:
+        value: str | None = self._scalar(self.sql.get_meta, (name,))
+        return value
+
+    def dead_letters(self, limit: int) -> list[DeadLetter]:
+        dead = self.dialect.rows.dead
+        return [dead(row) for row in self._rows(self.sql.dead_letters, (max(limit, 0),))]
+
+    def decision_log(self, event_id: str | None, limit: int) -> list[LogEntry]:
+        if event_id is None:
+            rows = self._rows(self.sql.log_newest, (max(limit, 0),))
+        else:
+            rows = self._rows(self.sql.log_of_event, (event_id, max(limit, 0)))
+        return [self.dialect.rows.log(row) for row in rows]
+
+    def _latest(self, state: SendState | None, limit: int) -> list[SendRecord]:
+        if state is None:
+            return self._sends(self.sql.latest, (max(limit, 0),))
+        return self._sends(self.sql.latest_in, (state.value, max(limit, 0)))
+
+    def status(self, limit: int) -> LedgerStatus:
+        groups = self._rows(self.sql.counts)
+        counts, by_rule = count_states(
+            (g["rule_id"], SendState(g["state"]), g["n"]) for g in groups
+        )
+        return LedgerStatus(
+            counts=counts,
+            by_rule=by_rule,
+            next_due=self._sends(self.sql.next_due, (max(limit, 0),)),
+            in_doubt=self._latest(SendState.IN_DOUBT, limit),
+            failed=self._latest(SendState.FAILED, limit),
+            recent=self._latest(None, limit),
+            dead_letters=self._scalar(self.sql.dead_count),
+            rules_version=self.get_meta("rules_version"),
+        )
+
+    def prune(self, before: datetime) -> int:
+        cutoff = (self.dialect.time(before),)
+        for first in self.sql.prune_first:
+            self._run(first, cutoff)
+        return sum(self._run(sql, cutoff) for sql in self.sql.prune)
+
+    def close(self) -> None:
+        self._open = False
+
+
+def _key(record: SendRecord) -> str:
+    return record.key
+
+
+_Txn = TypeVar("_Txn", bound=SqlTxn)
+
+
+@contextmanager
+def committed(
+    txn: _Txn, commit: Callable[[], object], rollback: Callable[[], object]
+) -> Iterator[_Txn]:
+    """Yield ``txn``: commit on normal exit, roll back on any exception; close it either way."""
+    try:
+        yield txn
+        commit()
+    except BaseException:
+        rollback()
+        raise
+    finally:
+        txn.close()
+
+
+class SqlLedger(ABC):
+    """What a SQL ledger does through one transaction of its own: the reads and the pruning.
+
+    A backend opens transactions (:meth:`_begun`, given its dialect's ``BEGIN``).
+    """
+
+    dialect: ClassVar[Dialect]
+
+    @abstractmethod
+    def _begun(self, begin: str) -> AbstractContextManager[SqlTxn]:
+        """Open a transaction with ``begin``: committed on normal exit, else rolled back."""
+
+    @abstractmethod
+    def _label(self) -> str:
+        """The ledger as logs name it (never with a secret)."""
+
+    def transaction(self) -> AbstractContextManager[SqlTxn]:
+        return self._begun(self.dialect.begin_write)
+
+    def status(self, limit: int = 10) -> LedgerStatus:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.status(limit)
+
+    def get_send(self, key: str) -> SendRecord | None:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.get_send(key)
+
+    def get_meta(self, name: str) -> str | None:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.get_meta(name)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.dead_letters(limit)
+
+    def decision_log(self, event_id: str | None = None, limit: int = 100) -> list[LogEntry]:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.decision_log(event_id, limit)
+
+    def prune(self, before: datetime) -> int:
+        with self._begun(self.dialect.begin_write) as txn:
+            removed = txn.prune(before)
+        logger.info("ledger %s: pruned %d rows older than %s", self._label(), removed, before)
+        return removed
