@@ -212,7 +212,9 @@ class _Parser:
             message = f"unknown outcome {outcome!r}{_suggest(outcome, _OUTCOMES)}"
             self.problem((*path, "outcome"), message)
         if reason is not None and reason not in _REASONS:
-            self.problem((*path, "reason"), f"unknown reason {reason!r}{_suggest(str(reason), _REASONS)}")
+            self.problem(
+                (*path, "reason"), f"unknown reason {reason!r}{_suggest(str(reason), _REASONS)}"
+            )
         step = item.get("step")
         if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
             self.problem((*path, "step"), "'step' is a whole number")
@@ -272,7 +274,7 @@ def run_test(test: RuleTest, rules: RuleSet) -> TestResult:
 
 
 def compare(test: RuleTest, actual: Sequence[_Actual], rules: RuleSet) -> list[str]:
-    """Return one plain-words failure per unmet expectation (and per unlisted send with ``only``)."""
+    """Return a failure in plain words per unmet expectation (and unlisted send, with ``only``)."""
     failures = []
     used: set[int] = set()
     for expected in test.expect:
@@ -284,11 +286,7 @@ def compare(test: RuleTest, actual: Sequence[_Actual], rules: RuleSet) -> list[s
             )
             continue
         index = next(
-            (
-                i
-                for i, each in enumerate(actual)
-                if i not in used and _matches(expected, each)
-            ),
+            (i for i, each in enumerate(actual) if i not in used and _matches(expected, each)),
             None,
         )
         if index is None:
@@ -376,8 +374,7 @@ def _missed(test: RuleTest, expected: Expectation, actual: Sequence[_Actual]) ->
     related = [
         each
         for each in actual
-        if each.entry.user_id == expected.user_id
-        and each.entry.rule in (expected.rule, None)
+        if each.entry.user_id == expected.user_id and each.entry.rule in (expected.rule, None)
     ]
     message = f"line {expected.line}: expected {_expected_words(test, expected)}\n"
     if not related:

@@ -36,7 +36,9 @@ def _test_files(paths: list[Path], problems: list[Problem]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            problems.append(Problem(str(path), 1, 1, Severity.ERROR, "", "no such file or directory"))
+            problems.append(
+                Problem(str(path), 1, 1, Severity.ERROR, "", "no such file or directory")
+            )
     return files
 
 
@@ -86,13 +88,15 @@ def _print(results: list[TestResult], problems: list[Problem], elapsed_s: float)
         if result.test.file != file:
             file = result.test.file
             console.print(Text(file, style="bold"))
-        mark = Text("  PASS ", style="green") if result.passed else Text("  FAIL ", style="bold red")
+        mark = (
+            Text("  PASS ", style="green") if result.passed else Text("  FAIL ", style="bold red")
+        )
         console.print(mark + Text(result.test.name))
         for failure in result.failures:
             for line in failure.split("\n"):
                 console.print(Text(f"        {line}"))
     for problem in problems:
-        console.print(Text("error: ", style="bold red") + Text(str(problem)))
+        console.print(Text(str(problem), style="red"))
     passed = sum(1 for r in results if r.passed)
     failed = len(results) - passed
     parts = [f"{failed} failed"] if failed else []
