@@ -228,7 +228,7 @@ class _Parser:
         return Expectation(
             rule=item["rule"],
             user_id=item["user_id"],
-            outcome=outcome,
+            outcome=str(outcome),
             line=self.line(path),
             step=step,
             at=at,
