@@ -666,8 +666,8 @@ def test_simulate_escapes_terminal_controls(tmp_path: Path) -> None:
     event = ping(1) | {"user_id": HOSTILE_USER}
     events = tmp_path / "events.jsonl"
     append_events(events, [event, "{bad \x1b[2J json"])
-    result = run_cli("simulate", str(events), "--rules", str(SERVE_RULES), cwd=tmp_path)
-    assert result.returncode == 1  # the bad line was set aside
+    result = run_cli("simulate", str(events), "--rules", str(SERVE_RULES), "--strict", cwd=tmp_path)
+    assert result.returncode == 1  # the bad line was set aside, and --strict says so
     for control in RAW_CONTROLS:
         assert control not in result.stdout
     assert "\\x1b]0;pwned\\x07" in result.stdout

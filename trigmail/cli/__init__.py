@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from trigmail.cli import serve, simulate, status, validate  # noqa: F401  (each registers itself)
+from trigmail.cli import (  # noqa: F401  (each registers itself)
+    preview,
+    ruletest,
+    serve,
+    simulate,
+    status,
+    validate,
+)
 from trigmail.cli.app import app
 from trigmail.cli.ledger import ledger_app
 

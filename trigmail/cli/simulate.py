@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,10 +19,13 @@ from rich.table import Table
 from rich.text import Text
 
 from trigmail.cli.app import EXIT_INVALID, EXIT_OK, OutputFormat, app
+from trigmail.cli.compare import print_compare
+from trigmail.compare import GIT_PREFIX, CompareError, diff_sends, rules_from_git
 from trigmail.decisions import LogEntry, Outcome
 from trigmail.events import format_ts, parse_ts
 from trigmail.logs import escape_controls
 from trigmail.rules.loader import load_rules
+from trigmail.rules.model import RuleSet
 from trigmail.simulate import Simulation, Summary
 
 _STYLE = {
@@ -45,15 +49,142 @@ def _parse_until(value: str | None) -> datetime | None:
         raise typer.BadParameter(f"{value!r} is not an RFC 3339 time") from None
 
 
-def _lines(handle: IO[bytes], progress: Progress | None) -> Iterator[bytes]:
+class _Position:
+    """The line being decided: a dead letter is always set aside while its own line is fed."""
+
+    line = 0
+
+
+def _lines(handle: IO[bytes], progress: Progress | None, position: _Position) -> Iterator[bytes]:
     task = None
     if progress is not None:
         size = Path(handle.name).stat().st_size if handle.name != "<stdin>" else None
         task = progress.add_task("simulating", total=size)
     for line in handle:
+        position.line += 1
         if progress is not None and task is not None:
             progress.advance(task, len(line))
         yield line
+
+
+def _filter(
+    users: list[str] | None, rules: list[str] | None, outcomes: list[Outcome] | None
+) -> Callable[[LogEntry], bool]:
+    user_set, rule_set, outcome_set = set(users or ()), set(rules or ()), set(outcomes or ())
+
+    def keep(entry: LogEntry) -> bool:
+        return (
+            (not user_set or entry.user_id in user_set)
+            and (not rule_set or entry.rule in rule_set)
+            and (not outcome_set or entry.outcome in outcome_set)
+        )
+
+    return keep
+
+
+def _load_or_exit(dirs: list[Path]) -> RuleSet:
+    loaded = load_rules(*dirs)
+    if loaded.rules is None:
+        err = Console(stderr=True)
+        for problem in loaded.problems:
+            # One problem per line, never wrapped: scripts read `file:line:col: message`.
+            err.print(str(problem), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INVALID)
+    return loaded.rules
+
+
+def _open(events: Path) -> IO[bytes]:
+    try:
+        return sys.stdin.buffer if str(events) == "-" else events.open("rb")
+    except OSError as exc:
+        err = Console(stderr=True)
+        err.print(f"[red]error:[/red] {escape(f'cannot read {events}: {exc.strerror}')}")
+        raise typer.Exit(EXIT_INVALID) from None
+
+
+def _run_file(
+    simulation: Simulation,
+    events: Path,
+    stop_at: datetime | None,
+    position: _Position,
+    *,
+    progress: bool,
+) -> Summary:
+    err = Console(stderr=True)
+    handle = _open(events)
+    show_progress = progress and err.is_terminal and str(events) != "-"
+    with (
+        handle,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            console=err,
+            transient=True,
+            disable=not show_progress,
+        ) as bar,
+    ):
+        lines = _lines(handle, bar if show_progress else None, position)
+        source = events.name if str(events) != "-" else "stdin"
+        return simulation.run(lines, stop_at, source=source)
+
+
+def _summary_json(summary: Summary) -> dict[str, object]:
+    return {
+        "events": summary.events,
+        "outcomes": dict(summary.outcomes),
+        "by_rule": {rule: dict(counts) for rule, counts in sorted(summary.by_rule.items())},
+    }
+
+
+def _kept_entries(
+    rules: RuleSet,
+    lines: list[bytes],
+    stop_at: datetime | None,
+    keep: Callable[[LogEntry], bool],
+    source: str,
+) -> list[LogEntry]:
+    kept: list[LogEntry] = []
+
+    def collect(entry: LogEntry) -> None:
+        if keep(entry):
+            kept.append(entry)
+
+    Simulation(rules, collect).run(lines, stop_at, source=source)
+    return kept
+
+
+def _run_compare(
+    spec: str,
+    new_rules: RuleSet,
+    events: Path,
+    stop_at: datetime | None,
+    keep: Callable[[LogEntry], bool],
+    as_json: bool,
+) -> int:
+    """Run the old and the new rules over the same events; print the difference in sends."""
+    with tempfile.TemporaryDirectory(prefix="trigmail-compare-") as tmp:
+        if spec.startswith(GIT_PREFIX):
+            try:
+                old_dir = rules_from_git(spec, Path(tmp))
+            except CompareError as exc:
+                Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}")
+                return EXIT_INVALID
+        else:
+            old_dir = Path(spec)
+        old_rules = _load_or_exit([old_dir])
+    with _open(events) as handle:
+        lines = list(handle)
+    runs = [
+        _kept_entries(rules, lines, stop_at, keep, events.name) for rules in (old_rules, new_rules)
+    ]
+    diffs = diff_sends(runs[0], runs[1])
+    if as_json:
+        report = {rule: diff.to_json() for rule, diff in diffs.items()}
+        sys.stdout.write(json.dumps({"rules": report}) + "\n")
+    else:
+        print_compare(diffs)
+    return EXIT_OK
 
 
 def _line_parts(entry: LogEntry) -> tuple[str, str, str]:
@@ -134,6 +265,37 @@ def simulate(
             "later sends stay scheduled. Default: decide every event and fire every send."
         ),
     ] = None,
+    users: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--user", help="Show only this user's decisions (repeatable).", show_default=False
+        ),
+    ] = None,
+    rules: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rule", help="Show only this rule's decisions (repeatable).", show_default=False
+        ),
+    ] = None,
+    outcomes: Annotated[
+        list[Outcome] | None,
+        typer.Option("--outcome", help="Show only this outcome (repeatable).", show_default=False),
+    ] = None,
+    summary_only: Annotated[
+        bool, typer.Option("--summary", help="Print only the counts per rule and outcome.")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when any line is set aside (dead letter).")
+    ] = False,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            "--compare",
+            help="Also run these older rules over the same events and print how the sends "
+            "differ per rule: a directory, or git:REF[:PATH] (PATH defaults to rules.d).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Dry-run events through the same engine as `serve`, on a virtual clock.
 
@@ -141,51 +303,52 @@ def simulate(
     is sent and nothing is written: the ledger is in memory, the provider only records.
     Prints what each event scheduled, cancelled or skipped and why, and each email sent.
 
-    Exit 0 when every line was a valid event, 1 when the rules are invalid, the file cannot be
-    read, or any line was set aside (each is reported with its line number).
+    Bad lines are reported (with their line number) and the run carries on. Exit 0 when the
+    run completed, 1 when the rules are invalid or the file cannot be read, and with
+    --strict also when any line was set aside.
 
     Example: trigmail simulate events.jsonl --rules rules.d --format json | jq .outcome
     """
     stop_at = _parse_until(until)
     # Bad lines are part of the report itself; the log would only repeat them.
     logging.basicConfig(level=logging.ERROR)
-    err = Console(stderr=True)
-    loaded = load_rules(*(rules_dir or [Path("rules.d")]))
-    if loaded.rules is None:
-        for problem in loaded.problems:
-            # One problem per line, never wrapped: scripts read `file:line:col: message`.
-            err.print(str(problem), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INVALID)
+    new_rules = _load_or_exit(rules_dir or [Path("rules.d")])
+    as_json = output is OutputFormat.JSON
+    keep = _filter(users, rules, outcomes)
+    if compare is not None:
+        raise typer.Exit(_run_compare(compare, new_rules, events, stop_at, keep, as_json))
     out = Console()
     # Piped output is read by people too: keep the summary table's headers whole.
     console = Console(highlight=False, width=None if out.is_terminal else 120)
-    as_json = output is OutputFormat.JSON
+    shown = Summary()
+    position = _Position()
 
     def emit_json(entry: LogEntry) -> None:
-        sys.stdout.write(json.dumps(entry.to_json()) + "\n")
+        obj = entry.to_json()
+        if entry.outcome is Outcome.DEAD_LETTER:
+            obj["line"] = position.line
+        sys.stdout.write(json.dumps(obj) + "\n")
 
-    simulation = Simulation(loaded.rules, emit_json if as_json else _line_writer(console))
-    try:
-        handle = sys.stdin.buffer if str(events) == "-" else events.open("rb")
-    except OSError as exc:
-        err.print(f"[red]error:[/red] {escape(f'cannot read {events}: {exc.strerror}')}")
-        raise typer.Exit(EXIT_INVALID) from None
-    show_progress = not as_json and err.is_terminal and str(events) != "-"
-    with (
-        handle,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            console=err,
-            transient=True,
-            disable=not show_progress,
-        ) as progress,
-    ):
-        lines = _lines(handle, progress if show_progress else None)
-        summary = simulation.run(
-            lines, stop_at, source=events.name if str(events) != "-" else "stdin"
+    write = emit_json if as_json else _line_writer(console)
+
+    def on_entry(entry: LogEntry) -> None:
+        if keep(entry):
+            shown.count(entry)
+            if not summary_only:
+                write(entry)
+
+    simulation = Simulation(new_rules, on_entry)
+    summary = _run_file(simulation, events, stop_at, position, progress=not as_json)
+    shown.events = summary.events
+    if summary_only and as_json:
+        sys.stdout.write(json.dumps(_summary_json(shown)) + "\n")
+    elif not as_json:
+        console.print(_summary_table(shown))
+    dead = summary.outcomes[Outcome.DEAD_LETTER]
+    if dead and not strict:
+        Console(stderr=True, highlight=False).print(
+            f"{dead} {'line was' if dead == 1 else 'lines were'} set aside (dead_letter); "
+            "--strict makes that exit 1",
+            markup=False,
         )
-    if not as_json:
-        console.print(_summary_table(summary))
-    raise typer.Exit(EXIT_INVALID if summary.outcomes[Outcome.DEAD_LETTER] else EXIT_OK)
+    raise typer.Exit(EXIT_INVALID if dead and strict else EXIT_OK)

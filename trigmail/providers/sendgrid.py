@@ -80,6 +80,8 @@ class SendGridProvider:
         default_from: the sender when a payload names none (config ``from:``).
         max_connections: the size of the keep-alive pool.
         clock: epoch seconds now, to turn rate-limit reset times into delays.
+        sandbox: ask SendGrid to validate each request without delivering it
+            (``mail_settings.sandbox_mode``); ``send-test --sandbox`` uses it.
     """
 
     name = "sendgrid"
@@ -94,8 +96,10 @@ class SendGridProvider:
         connect_timeout_s: float = 5.0,
         max_connections: int = 16,
         clock: Callable[[], float] = time.time,
+        sandbox: bool = False,
     ) -> None:
         self._api_key = api_key
+        self._sandbox = sandbox
         self._default_from = default_from
         self._host = host.rstrip("/")
         self._clock = clock
@@ -118,6 +122,8 @@ class SendGridProvider:
         """Send one batch as one request; see :class:`trigmail.providers.base.Provider`."""
         _check_batch(emails)
         body = build_body(emails, self._default_from)
+        if self._sandbox:
+            body["mail_settings"] = {"sandbox_mode": {"enable": True}}
         content = COMPACT_JSON.encode(body).encode()
         logger.debug(
             "sendgrid %s: sending %d emails (%d bytes)", emails[0].key, len(emails), len(content)
