@@ -129,10 +129,11 @@ def _install_signals(daemon: Daemon) -> None:
 
 
 def _health(daemon: Daemon, source: Source) -> HealthCheck:
-    """The daemon's liveness, and why its spool is refused (a symlink, a FIFO), if it is."""
+    """The daemon's liveness, and why its source cannot be read (a spool refused as a symlink
+    or a FIFO, Redis unreachable), if it cannot."""
 
     def check() -> bool | str:
-        problem = source.health() if isinstance(source, SpoolSource) else None
+        problem = source.health() if isinstance(source, SpoolSource | RedisStreamSource) else None
         return problem or daemon.healthy()
 
     return check
