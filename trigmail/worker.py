@@ -43,6 +43,8 @@ SLOT_POLL_S = 0.01
 # While due sends are held by the watermark, how often it is asked again: other workers
 # acknowledge entries without waking this one.
 HELD_POLL_S = 0.05
+# Sends claimed at most per provider request slot (SendGrid's personalizations per request).
+MAX_REQUEST_SENDS = 1000
 # How often the ledger's scheduled and in-doubt counts are copied into gauges.
 GAUGE_REFRESH_S = 15.0
 # How often the watermark's lag and the held sends are published: gauges, and ``status``
@@ -116,6 +118,7 @@ class Worker:
         self.in_flight: dict[Future[None], list[SendRecord]] = {}
         self._held: list[_Held] = []
         self._arrived: list[SourceItem] = []  # read while waiting, for the next step
+        self._claimed: list[SendRecord] = []  # claimed while events were held, not yet sent
         self._mark: datetime | None = None  # the highest producer ts decided (ordered sources)
         self._past_burst = 0  # sends fired past the watermark since the gate last held
         self._next: dict[str, datetime] = {}  # timer name -> when it runs next
@@ -159,6 +162,9 @@ class Worker:
 
     def drain(self, timeout_s: float) -> None:
         """Wait (bounded) for the requests in flight; put back those never started."""
+        if self._claimed:
+            self.pipeline.release(self._claimed, "stopped before sending")
+            self._claimed = []
         self._reap()
         pending = list(self.in_flight)
         if pending:
@@ -249,7 +255,10 @@ class Worker:
 
     def _fire(self, now: datetime) -> None:
         free = self._free_slots()
-        if free <= 0:
+        # A batch cut behind a due send needs the send claimed (committed `sending`) before it
+        # goes on, not delivered: while events are held, claims go ahead of the free slots and
+        # wait in `_claimed`, which also lets them share requests.
+        if free <= 0 and not self._held:
             return
         wakeup = self.pipeline.next_wakeup()
         if wakeup is not None and wakeup > now:
@@ -257,13 +266,20 @@ class Worker:
         gate = self.gate(now)
         # A batch waiting behind a send fires it at once: lingering would hold the batch too.
         linger_s = 0.0 if self._held else self.batch_window_s
-        claimed = self.pipeline.fire_due(limit=free * 1000, linger_s=linger_s, until=gate.cutoff)
+        limit = max(free, 1) * MAX_REQUEST_SENDS
+        claimed = self.pipeline.fire_due(limit=limit, linger_s=linger_s, until=gate.cutoff)
         if claimed:
             faults.reached(faults.KillPoint.AFTER_CLAIM)
             if self._gate_on():
                 self._count_past(claimed, gate)
         elif self._past_burst and (gate.watermark is None or gate.cutoff <= gate.watermark):
             self._end_burst()
+        self._claimed.extend(claimed)
+        if not self._held or len(self._claimed) >= MAX_REQUEST_SENDS:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        claimed, self._claimed = self._claimed, []
         for request in requests(claimed):
             future = self.executor.submit(self.pipeline.deliver_batch, request)
             self.in_flight[future] = request.sends
