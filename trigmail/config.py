@@ -37,6 +37,8 @@ DEFAULT_LEDGER: Final = "trigmail.db"
 DEFAULT_OUTBOX: Final = Path("outbox")
 DEFAULT_METRICS_LISTEN: Final = "127.0.0.1:9464"
 DEFAULT_RETENTION_S: Final = 90 * 86_400
+# How long the event-order gate may hold a due send before firing it anyway (docs/design.md).
+DEFAULT_MAX_HOLD_S: Final = 300
 DEFAULT_API_KEY_ENV: Final = "SENDGRID_API_KEY"
 DEFAULT_API_KEY_CREDENTIAL: Final = "sendgrid-api-key"
 # The outbox needs a sender to write a complete message; SendGrid needs a real one.
@@ -56,6 +58,7 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[str, ...]]] = {
     "TRIGMAIL_METRICS_LISTEN": ("metrics", "listen"),
     "TRIGMAIL_LOG_FORMAT": ("log", "format"),
     "TRIGMAIL_LOG_LEVEL": ("log", "level"),
+    "TRIGMAIL_MAX_HOLD": ("delivery", "max_hold"),
 }
 
 
@@ -110,6 +113,7 @@ class DeliveryConfig:
     retry_base_s: float = 1.0
     retry_cap_s: float = 300.0
     shutdown_timeout_s: float = 20.0
+    max_hold_s: int = DEFAULT_MAX_HOLD_S
 
 
 @dataclass(frozen=True, repr=False)
@@ -157,6 +161,7 @@ class Config:
             "ledger": redact_url(self.ledger),
             "provider": provider,
             "metrics": self.metrics_listen,
+            "max_hold_s": self.delivery.max_hold_s,
         }
 
 
@@ -335,4 +340,14 @@ def _delivery(spec: Mapping[str, Any]) -> DeliveryConfig:
         retry_base_s=float(spec.get("retry_base", 1.0)),
         retry_cap_s=float(spec.get("retry_cap", 300.0)),
         shutdown_timeout_s=float(spec.get("shutdown_timeout", 20.0)),
+        max_hold_s=_max_hold_s(spec.get("max_hold")),
     )
+
+
+def _max_hold_s(value: object) -> int:
+    if value is None:
+        return DEFAULT_MAX_HOLD_S
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise ConfigError(f"delivery.max_hold: {exc}") from None

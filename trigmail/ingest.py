@@ -66,6 +66,7 @@ class Ingested:
     entries: list[LogEntry] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     scheduled: list[SendRecord] = field(default_factory=list)
+    consumed: int = 0  # how many of the batch's items were decided (the rest wait)
 
 
 @dataclass

@@ -102,6 +102,22 @@ class Metrics:
         self.sends_scheduled = Gauge(
             "trigmail_sends_scheduled", "Sends scheduled and not yet due or sent.", registry=r
         )
+        self.sends_fired_past_watermark = Counter(
+            "trigmail_sends_fired_past_watermark_total",
+            "Due sends fired although events that entered the source before their due time "
+            "were not all decided: held longer than delivery.max_hold.",
+            registry=r,
+        )
+        self.source_watermark_lag_seconds = Gauge(
+            "trigmail_source_watermark_lag_seconds",
+            "How far the source's watermark (every event before it decided) trails the clock.",
+            registry=r,
+        )
+        self.sends_held = Gauge(
+            "trigmail_sends_held",
+            "Sends due now but held until the events that entered before them are decided.",
+            registry=r,
+        )
         self.trigger_to_provider_seconds = Histogram(
             "trigmail_trigger_to_provider_seconds",
             "From when a send was due (read, for an immediate one) to the provider's answer.",

@@ -106,20 +106,42 @@ class Pipeline:
         return self.ingest_parsed([(item, parse_item(item, now)) for item in items], source_name)
 
     def ingest_parsed(
-        self, parsed: Sequence[tuple[Item, Event | BadEventError]], source_name: str | None = None
+        self,
+        parsed: Sequence[tuple[Item, Event | BadEventError]],
+        source_name: str | None = None,
+        *,
+        gates: Sequence[datetime | None] | None = None,
     ) -> Ingested:
-        """As :meth:`ingest`, for items the caller already parsed with :func:`parse_item`."""
+        """As :meth:`ingest`, for items the caller already parsed with :func:`parse_item`.
+
+        Args:
+            parsed: the items, in source order, each with its event or why it is bad.
+            source_name: the source whose position the batch commits; ``None``: no position.
+            gates: for each item, the watermark once every item before it is decided (see
+                :class:`trigmail.worker.Worker`). The batch stops before the first item whose
+                gate has reached a send's due time, so that the send is fired before that item
+                is decided, as ``simulate`` does; ``Ingested.consumed`` says how far it got.
+        """
         now = self.clock()
+        if gates is not None and gates and self._fire_first(gates[0], None, now):
+            return Ingested()
         rules = self.rules()
         result = Ingested()
         with self.ledger.transaction() as txn:
             if self.ledger.shared:
                 txn.lock_users({event.user_id for _, event in parsed if isinstance(event, Event)})
             batch = BatchWriter(txn, rules, now, source_name or "", result)
-            for item, event in parsed:
+            batch_due: datetime | None = None
+            for index, (item, event) in enumerate(parsed):
+                if gates is not None and self._fire_first(gates[index], batch_due, now):
+                    break
+                scheduled = len(result.scheduled)
                 batch.ingest(item, event)
-            if source_name is not None and parsed:
-                txn.set_position(source_name, parsed[-1][0].position)
+                if gates is not None and len(result.scheduled) > scheduled:
+                    batch_due = _earliest(batch_due, result.scheduled[scheduled:])
+                result.consumed += 1
+            if source_name is not None and result.consumed:
+                txn.set_position(source_name, parsed[result.consumed - 1][0].position)
             txn.log(result.entries)
             if rules.version != self._version_recorded:
                 txn.set_meta("rules_version", rules.version)
@@ -130,6 +152,18 @@ class Pipeline:
                     self.scheduler.add(send)
         self._publish(result.entries)
         return result
+
+    def _fire_first(self, gate: datetime | None, batch_due: datetime | None, now: datetime) -> bool:
+        """Whether a send falls due before the next item (whose ``gate`` is the watermark once
+        the items before it are decided), so it must be fired before that item is decided."""
+        if gate is None:
+            return False
+        cutoff = min(gate, now)
+        if batch_due is not None and batch_due <= cutoff:
+            return True
+        with self._lock:
+            cached = self.scheduler.next_due_at()
+        return cached is not None and cached <= cutoff
 
     # -- sends -------------------------------------------------------------------------------
     def start(self) -> list[SendRecord]:
@@ -144,35 +178,49 @@ class Pipeline:
         with self._lock:
             self.scheduler.invalidate()
 
+    def earliest_due(self) -> datetime | None:
+        """Return when the earliest cached send falls due (``None``: none cached)."""
+        with self._lock:
+            return self.scheduler.next_due_at()
+
+    def count_due(self, after: datetime | None, until: datetime) -> int:
+        """Count the cached sends due after ``after`` (``None``: any time) and by ``until``."""
+        with self._lock:
+            return self.scheduler.count_due(after, until)
+
     def next_wakeup(self) -> datetime | None:
         """Return when the next cached send falls due, or when the horizon must be reloaded."""
         with self._lock:
             return self.scheduler.next_due_at() or self.scheduler.loaded_until
 
-    def fire_due(self, limit: int = 1000, linger_s: float = 0.0) -> list[SendRecord]:
+    def fire_due(
+        self, limit: int = 1000, linger_s: float = 0.0, until: datetime | None = None
+    ) -> list[SendRecord]:
         """Claim the sends due now (committed as ``sending``) and drop or defer the rest.
 
         Args:
             limit: the most sends taken at once.
             linger_s: wait until the earliest due send is this late, so that sends falling
                 due meanwhile join its provider request (personalization batching).
+            until: take only sends due by then (the event-order gate); default: now.
         """
         now = self.clock()
         rules = self.rules()
         entries: list[LogEntry] = []
         claimed: list[SendRecord] = []
         deferred: list[SendRecord] = []
+        cutoff = now if until is None else min(until, now)
         with self._lock, self._reread_on_failure, self.ledger.transaction() as txn:
             if self.scheduler.needs_refill(now):
                 self.scheduler.refill(txn, now)
             earliest = self.scheduler.next_due_at()
-            if earliest is None or earliest > now - timedelta(seconds=linger_s):
+            if earliest is None or earliest > min(now - timedelta(seconds=linger_s), cutoff):
                 return []
             # Cooldowns and caps are per user: a send is claimed before the next send of the
             # same user is decided (so that one sees it), and sends of distinct users are
             # claimed together, in one statement.
             firing: dict[str, str] = {}  # user id -> key, waiting to be claimed
-            due = self.scheduler.pop_due(now, limit)
+            due = self.scheduler.pop_due(cutoff, limit)
             if self.ledger.shared:
                 txn.lock_users({send.user_id for send in due})
             for popped in due:
@@ -360,6 +408,11 @@ class _RereadOnFailure:
     ) -> None:
         if exc_type is not None:
             self._pipeline.scheduler.invalidate()
+
+
+def _earliest(current: datetime | None, sends: Sequence[SendRecord]) -> datetime:
+    due_at = min(send.due_at for send in sends)
+    return due_at if current is None else min(current, due_at)
 
 
 def batches(sends: Sequence[SendRecord]) -> list[list[SendRecord]]:

@@ -84,6 +84,14 @@ class Scheduler:
             due.append(send)
         return due
 
+    def count_due(self, after: datetime | None, until: datetime) -> int:
+        """Count the cached sends due after ``after`` (``None``: any time) and by ``until``."""
+        return sum(
+            1
+            for due_at, _, _ in self._heap
+            if due_at <= until and (after is None or due_at > after)
+        )
+
     def next_due_at(self) -> datetime | None:
         """Return when the earliest cached send falls due, or ``None`` when none is cached."""
         return self._heap[0][0] if self._heap else None

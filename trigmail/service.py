@@ -155,6 +155,7 @@ def run(config: Config) -> None:
         shutdown_timeout_s=config.delivery.shutdown_timeout_s,
         retention_s=config.retention_s,
         batch_window_s=config.delivery.batch_window_s,
+        max_hold_s=config.delivery.max_hold_s,
     )
     _install_signals(daemon)
     watcher = RulesWatcher(config.rules_dirs, daemon.request_reload)

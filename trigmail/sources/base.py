@@ -36,12 +36,15 @@ class SourceItem:
         ref: a place a human can find the item at, for logs and dead letters
             (``events.jsonl:1234`` or ``trigmail:events 1700000000000-0``).
         deliveries: how many times the item was delivered (always 1 for the spool).
+        order: text that sorts items as they entered the source, where several readers may
+            decide them out of that order (a Redis entry id); ``None`` for one reader.
     """
 
     data: bytes
     position: str
     ref: str
     deliveries: int = 1
+    order: str | None = None
 
 
 class SourceReason(StrEnum):
@@ -57,6 +60,10 @@ class Source(Protocol):
 
     name: str
     """A stable id, the ledger's position key: ``spool:<abs path>`` or ``redis:<stream>``."""
+
+    ordered: bool
+    """Whether this reader alone reads the source, in the order items entered it: then the
+    times the items carry may move the watermark on (see :mod:`trigmail.worker`)."""
 
     def start(self, position: str | None) -> None:
         """Begin reading after ``position``, the last one committed (``None``: never read)."""
@@ -74,6 +81,11 @@ class Source(Protocol):
 
     def ack(self, items: Sequence[SourceItem]) -> None:
         """Acknowledge items whose decisions (and position) the ledger has committed."""
+        ...
+
+    def watermark(self) -> datetime | None:
+        """Return a time before which every item that entered the source has been read and
+        acknowledged (by this reader or another); ``None`` when not known (yet)."""
         ...
 
     def dead_letter(self, item: SourceItem, reason: str, detail: str) -> None:

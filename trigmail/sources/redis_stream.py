@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
@@ -59,6 +59,42 @@ if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
 end
 return 0
 """
+
+
+# The group's watermark in one round trip: its oldest pending entry (delivered to a consumer,
+# not yet acknowledged), its first entry not yet delivered, and the server's clock. Entry ids
+# carry the same clock, so the earliest of the three is a time before which every entry of
+# the stream has been acknowledged by some consumer.
+_WATERMARK = """
+local last = false
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, delivered
+    for i = 1, #group, 2 do
+        if group[i] == 'name' then name = group[i + 1] end
+        if group[i] == 'last-delivered-id' then delivered = group[i + 1] end
+    end
+    if name == ARGV[1] then last = delivered end
+end
+local now = redis.call('TIME')
+if not last then return {false, false, now[1], now[2]} end
+local oldest = redis.call('XPENDING', KEYS[1], ARGV[1])[2] or false
+local after = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
+local first = false
+if #after > 0 then first = after[1][1] end
+return {oldest, first, now[1], now[2]}
+"""
+
+
+def entry_time(entry_id: bytes | str) -> datetime:
+    """Return when an entry entered its stream: the milliseconds of its id (Redis's clock)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return datetime.fromtimestamp(int(text.partition("-")[0]) / 1000, UTC)
+
+
+def entry_order(entry_id: str) -> str:
+    """Return an entry id as text that sorts as the stream orders its entries."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{int(ms):020d}-{int(seq or 0):020d}"
 
 
 def flat_fields_json(fields: Mapping[bytes, bytes]) -> bytes:
@@ -172,6 +208,26 @@ class RedisStreamSource:
         Not logged here: the daemon, which chose the reason, logs and counts it.
         """
         self._guarded(lambda: self._set_aside(self._connection(), item, reason, detail))
+
+    #: Several consumers share the group: only the group's own state bounds the watermark.
+    ordered = False
+
+    def watermark(self) -> datetime | None:
+        """Return a time before which every entry of the stream has been acknowledged by some
+        consumer of the group (see the module doc); ``None`` when Redis cannot tell now.
+
+        The oldest entry not yet acknowledged may be held by a consumer that died: it holds
+        the watermark until it comes back under its name, or another claims the entry.
+        """
+        try:
+            reply = self._connection().eval(_WATERMARK, 1, self.stream, self.group)
+        except (redis.RedisError, SourceError) as exc:
+            logger.debug("source %s: no watermark now: %s", self.name, exc)
+            return None
+        oldest, first, seconds, micros = reply
+        candidates = [entry_time(entry) for entry in (oldest, first) if entry]
+        candidates.append(datetime.fromtimestamp(int(seconds) + int(micros) / 1e6, UTC))
+        return min(candidates)
 
     def restore_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Nothing to restore: a letter is added atomically with its entry's ``XACK``, and an
@@ -327,7 +383,7 @@ class RedisStreamSource:
         data = fields.get(keys.DATA_FIELD)
         if data is None:
             data = flat_fields_json(fields)
-        return SourceItem(data, entry, f"{self.stream} {entry}", deliveries)
+        return SourceItem(data, entry, f"{self.stream} {entry}", deliveries, entry_order(entry))
 
     def _set_aside(self, client: redis.Redis, item: SourceItem, reason: str, detail: str) -> None:
         letter: dict[FieldT, EncodableT] = {

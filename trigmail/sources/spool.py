@@ -270,6 +270,14 @@ class SpoolSource:
         self._resume_at: SpoolPosition | None = None
         self._started = False
         self._waiting_logged = False
+        # The watermark: every line that entered the file before it has been read and its
+        # batch acknowledged (see :meth:`watermark`).
+        self._drained_at: datetime | None = None
+        self._end_seen_at: datetime | None = None
+        self._unacked: str | None = None  # the position of the last line read, until acked
+
+    #: One reader, in file order: the lines' own times may move the watermark on.
+    ordered = True
 
     def start(self, position: str | None) -> None:
         """Begin after ``position`` if the file at the path is the one it was taken in.
@@ -288,17 +296,44 @@ class SpoolSource:
             raise RuntimeError("SpoolSource.read() called before start()")
         deadline = time.monotonic() + timeout_s
         while True:
+            polled_at = self._clock()
             try:
                 items = self._poll(max_items)
             except OSError as exc:
                 raise SourceError(f"spool {self.path}: cannot read: {exc}") from exc
+            self._note_read(items, reached_end=len(items) < max_items, polled_at=polled_at)
             remaining_s = deadline - time.monotonic()
             if items or remaining_s <= 0:
                 return items
             time.sleep(min(self.poll_s, remaining_s))
 
     def ack(self, items: Sequence[SourceItem]) -> None:
-        """Nothing to do: the spool's position is committed in the ledger by the daemon."""
+        """Note the items decided (their position is committed in the ledger by the daemon)."""
+        if items and items[-1].position == self._unacked:
+            self._unacked = None
+            if self._end_seen_at is not None:
+                self._drained_at = self._end_seen_at
+
+    def watermark(self) -> datetime | None:
+        """Return a time before which every line that entered the file has been acknowledged:
+        the start of the last poll that read the file to its end, once the lines that poll
+        returned are acknowledged; ``None`` until then.
+
+        A line is taken to enter the file when its newline is written: one still half-written
+        when a poll starts is after that poll's time, however early its first bytes came.
+        """
+        return self._drained_at
+
+    def _note_read(
+        self, items: Sequence[SourceItem], *, reached_end: bool, polled_at: datetime
+    ) -> None:
+        if items:
+            self._unacked = items[-1].position
+        if not reached_end:
+            return
+        self._end_seen_at = polled_at
+        if self._unacked is None:
+            self._drained_at = polled_at
 
     def dead_letter(self, item: SourceItem, reason: str, detail: str) -> None:
         """Append the item to the dead-letter file beside the spool, durably.
