@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any
 
 from tests.fake_sendgrid import FaultKind
 from tests.reliability.oracle import (
@@ -61,6 +62,15 @@ class Observed:
     decided: set[str] = field(default_factory=set)  # event identities with a decision
     duplicates: Counter[str] = field(default_factory=Counter)  # identity -> duplicate_event
     cancel_on: set[str] = field(default_factory=set)  # keys the decision log cancelled so
+    refused: set[str] = field(default_factory=set)  # keys of requests the fake refused
+
+    def note_refused(self, body: Any) -> None:
+        """Remember the keys of a request the fake did not accept (a fault refused it)."""
+        for personalization in body.get("personalizations", []) if isinstance(body, dict) else []:
+            key = personalization.get("custom_args", {}).get("trigmail_key")
+            if isinstance(key, str):
+                self.refused.add(key)
+
     # Whether the source can deliver an entry again after a kill (Redis) or never (spool).
     replays: bool = False
 
@@ -171,7 +181,8 @@ def idless_event_not_once(expected: Expected, observed: Observed) -> list[Violat
 
 def _nudge_user(plan: NudgePlan, observed: Observed, accepted: Counter[str]) -> list[Violation]:
     ended = {key: observed.nudge_outcome(key, accepted) for key in plan.keys}
-    if any(all(ended[key] in way[key] for key in plan.keys) for way in plan.ways):
+    ways = plan.ways(frozenset(observed.refused))
+    if any(all(ended[key] in way[key] for key in plan.keys) for way in ways):
         return []
     found = [
         Violation("cancelled_trigger_sent", key, f"ended {ended[key]}, accepted {accepted[key]}")
@@ -179,8 +190,10 @@ def _nudge_user(plan: NudgePlan, observed: Observed, accepted: Counter[str]) -> 
         if ended[key] != CANCELLED
     ]
     if not found:
-        allowed = [{key: sorted(way[key]) for key in plan.keys} for way in plan.ways]
-        detail = f"ended {ended}, accepted {[accepted[k] for k in plan.keys]}; feed order allows"
+        allowed = [{key: sorted(way[key]) for key in plan.keys} for way in ways]
+        states = [observed.states.get(key) for key in plan.keys]
+        detail = f"ended {ended}, states {states}, accepted {[accepted[k] for k in plan.keys]};"
+        detail += " feed order allows"
         found.append(Violation("cooldown_broken", plan.user, f"{detail} {allowed}"))
     return found
 

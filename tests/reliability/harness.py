@@ -98,7 +98,9 @@ def nudge_figures(expected: oracle.Expected) -> dict[str, int]:
     return {
         "nudge_users_judged_in_feed_order": len(plans),
         "nudges_that_must_be_cancelled": sum(len(plan.must_cancel) for plan in plans),
-        "nudge_users_with_a_cancel_after_due": sum(len(plan.ways) > 1 for plan in plans),
+        "nudge_users_with_a_cancel_after_due": sum(
+            any(b.cancel == "may" for b in plan.browses) for plan in plans
+        ),
     }
 
 
@@ -391,6 +393,7 @@ class Run:
         observed = checks.Observed(replays=self.feed.replays)
         for request in self.fake.requests:
             if not request.accepted:
+                observed.note_refused(request.body)
                 continue
             instance = self.daemons.instance_at(request.received_at or 0.0)
             for personalization in request.body["personalizations"]:

@@ -91,24 +91,71 @@ class Expected:
 
 
 @dataclass(frozen=True)
-class NudgePlan:
-    """One nudge user's browses (keys, in feed order) and each way they may acceptably end: a
-    map key -> allowed outcomes per way. There is more than one way only when a cancel came
-    after its nudge's due time: a late daemon may still have held the nudge when it read it
-    (and then cancels it), or may have sent it before."""
-
-    user: str
-    keys: tuple[str, ...]
-    ways: tuple[dict[str, frozenset[str]], ...]
-    # Keys that must end cancelled whatever the way: their cancel came before they were due.
-    must_cancel: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
 class _Browse:
     key: str
     due_s: float
     cancel: str  # "must", "may" or "no": whether a cancel after it came before its due time
+
+
+@dataclass(frozen=True)
+class NudgePlan:
+    """One nudge user's browses, in feed order, and what their feed order allows of them."""
+
+    user: str
+    browses: tuple[_Browse, ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(browse.key for browse in self.browses)
+
+    @property
+    def must_cancel(self) -> frozenset[str]:
+        """Keys that must end cancelled: their cancel entered before they were due."""
+        return frozenset(b.key for b in self.browses if b.cancel == "must")
+
+    def ways(self, refused: frozenset[str] = frozenset()) -> list[dict[str, frozenset[str]]]:
+        """Each acceptable ending, as key -> allowed outcomes.
+
+        Each browse is cancelled or not (either, when its cancel came after it fell due: a late
+        daemon may still have held it then, and cancels it, or sent it before). Of those not
+        cancelled, the first due goes out and the hour's cooldown holds the others, unless the
+        provider ``refused`` it: then it waited out its retry, and the next may go out first
+        (the cooldown then drops it), as it may on a live system with a provider's hiccup.
+        """
+        ways = []
+        for cancelled in product(*(_CHOICES[b.cancel] for b in self.browses)):
+            live = [b for b, gone in zip(self.browses, cancelled, strict=True) if not gone]
+            for out in _turns(live, refused):
+                ways.append(self._way(dict(zip(self.keys, cancelled, strict=True)), out))
+        return ways
+
+    def _way(self, cancelled: dict[str, bool], out: str) -> dict[str, frozenset[str]]:
+        way: dict[str, frozenset[str]] = {}
+        out_seen = False
+        for browse in self.browses:
+            out_seen = out_seen or browse.key == out
+            if cancelled[browse.key]:
+                # After the one out, the cooldown may skip it before its cancel comes.
+                way[browse.key] = frozenset({CANCELLED, HELD} if out_seen else {CANCELLED})
+            elif browse.key == out:
+                way[browse.key] = frozenset({OUT})
+            else:
+                way[browse.key] = frozenset({HELD, CANCELLED} if browse.cancel != "no" else {HELD})
+        return way
+
+
+_CHOICES = {"must": (True,), "may": (True, False), "no": (False,)}
+
+
+def _turns(live: list[_Browse], refused: frozenset[str]) -> list[str]:
+    """Which of the ``live`` browses (due order) may be the one out: the first, or a later one
+    when every one before it was refused by the provider once."""
+    turns = []
+    for browse in live:
+        turns.append(browse.key)
+        if browse.key not in refused:
+            break
+    return turns or [""]
 
 
 def _browses(fed: Sequence[Fed]) -> list[_Browse]:
@@ -129,32 +176,8 @@ def _browses(fed: Sequence[Fed]) -> list[_Browse]:
 
 
 def plan_nudges(user: str, fed: Sequence[Fed]) -> NudgePlan:
-    """What ``user``'s browse and cancel lines, in feed order with their times, allow.
-
-    Each browse is cancelled or not (both when its cancel came after it fell due); of those not
-    cancelled, the first due goes out and the hour's cooldown holds the others. A cancelled
-    browse after the one that went out may also have been skipped by the cooldown outright.
-    """
-    browses = _browses(fed)
-    choices = [
-        (True,) if b.cancel == "must" else (True, False) if b.cancel == "may" else (False,)
-        for b in browses
-    ]
-    ways = []
-    for cancelled in product(*choices):
-        way: dict[str, frozenset[str]] = {}
-        out_seen = False
-        for browse, is_cancelled in zip(browses, cancelled, strict=True):
-            if is_cancelled:
-                way[browse.key] = frozenset({CANCELLED, HELD} if out_seen else {CANCELLED})
-            elif not out_seen:
-                way[browse.key] = frozenset({OUT})
-                out_seen = True
-            else:
-                way[browse.key] = frozenset({HELD, CANCELLED} if browse.cancel != "no" else {HELD})
-        ways.append(way)
-    must = frozenset(b.key for b in browses if b.cancel == "must")
-    return NudgePlan(user, tuple(b.key for b in browses), tuple(ways), must)
+    """What ``user``'s browse and cancel lines, in feed order with their times, allow."""
+    return NudgePlan(user, tuple(_browses(fed)))
 
 
 def expect(workload: Workload, fed: Sequence[Fed]) -> Expected:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,23 @@ class Worker:
         return self.number * INSTANCE_BLOCK + local
 
 
-def _worker_config(path: Path, fake: FakeSendGrid, feed: RedisFeed, rules: Path, dsn: str) -> Path:
+def worker_config(
+    path: Path,
+    fake: FakeSendGrid,
+    feed: RedisFeed,
+    rules: Path,
+    dsn: str,
+    *,
+    redis: Mapping[str, Any] | None = None,
+    delivery: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the config of worker ``path.stem`` (its consumer name) on ``feed`` and the
+    ledger ``dsn``; ``redis`` overrides the source's settings, ``delivery`` adds to its own."""
     source = feed.source()
-    source["redis"]["consumer"] = path.stem
-    write_config(path, fake_url=fake.url, source=source, rules_dir=rules, ledger=path)
+    source["redis"].update({"consumer": path.stem, **(redis or {})})
+    write_config(
+        path, fake_url=fake.url, source=source, rules_dir=rules, ledger=path, delivery=delivery
+    )
     # write_config takes a file path; a DSN through Path would lose a slash of "//".
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
     document["ledger"] = dsn
@@ -92,7 +106,7 @@ class WorkersRun:
                 n,
                 root,
                 fake,
-                _worker_config(root / f"worker-{n}.yaml", fake, feed, rules, dsn),
+                worker_config(root / f"worker-{n}.yaml", fake, feed, rules, dsn),
                 spec.seed,
             )
             for n, fake in enumerate(fakes, start=1)
@@ -214,6 +228,7 @@ class WorkersRun:
     def _acceptances(worker: Worker, observed: checks.Observed, timed: order.Timed) -> None:
         for request in worker.fake.requests:
             if not request.accepted:
+                observed.note_refused(request.body)
                 continue
             at = request.received_at or 0.0
             instance = worker.instance(worker.daemons.instance_at(at))
