@@ -12,7 +12,14 @@ import pytest
 from trigmail.decisions import LogEntry, Outcome, Payload, Reason
 from trigmail.errors import LedgerError
 from trigmail.ledger import MemoryLedger, PostgresLedger, SqliteLedger
-from trigmail.ledger.base import DeadLetter, Ledger, LedgerTxn, SendRecord, SendState
+from trigmail.ledger.base import (
+    CancelMark,
+    DeadLetter,
+    Ledger,
+    LedgerTxn,
+    SendRecord,
+    SendState,
+)
 from trigmail.rules.model import Address, OnDoubt
 
 
@@ -665,3 +672,23 @@ def test_only_a_shared_ledger_expires_leases(ledger: Ledger, t0: datetime) -> No
     stored = ledger.get_send("k")
     assert stored is not None
     assert stored.state is (SendState.IN_DOUBT if shared else SendState.SENDING)
+
+
+def test_cancel_marks_are_kept_per_user_in_source_order_and_pruned(
+    ledger: Ledger, t0: datetime
+) -> None:
+    later = t0 + timedelta(days=31)
+    with ledger.transaction() as txn:
+        txn.add_cancel_mark(CancelMark("u1", "0002", "order_completed", "o2", {"p.c": "c2"}, t0))
+        txn.add_cancel_mark(CancelMark("u1", "0001", "order_completed", "o1", {}, later))
+        txn.add_cancel_mark(CancelMark("u2", "0003", "order_completed", "o3", {}, later))
+        # The same entry decided twice (a redelivery) keeps the first mark.
+        txn.add_cancel_mark(CancelMark("u1", "0002", "order_completed", "oX", {}, later))
+    with ledger.transaction() as txn:
+        after = txn.cancel_marks_after("u1", "0001")
+        assert [(m.event_id, dict(m.values)) for m in after] == [("o2", {"p.c": "c2"})]
+        assert [m.event_id for m in txn.cancel_marks_after("u1", "0000")] == ["o1", "o2"]
+        assert txn.cancel_marks_after("u1", "0002") == []
+    assert ledger.prune(t0 + timedelta(days=30)) == 1
+    with ledger.transaction() as txn:
+        assert [m.event_id for m in txn.cancel_marks_after("u1", "0000")] == ["o1"]

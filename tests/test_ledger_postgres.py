@@ -97,9 +97,10 @@ def _lock_waiters(conn: psycopg.Connection[Any]) -> int:
 
 
 def test_a_new_database_gets_the_latest_schema(ledger: PostgresLedger, postgres_dsn: str) -> None:
-    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "1"
+    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "2"
     tables = {name for (name,) in query(postgres_dsn, "SELECT tablename FROM pg_tables")}
     expected = {"meta", "sends", "seen_events", "positions", "decision_log", "dead_letters"}
+    expected.add("cancel_marks")
     assert expected <= tables
     types = dict(
         query(
@@ -120,16 +121,17 @@ def test_reopening_keeps_data_and_schema(postgres_dsn: str, t0: datetime) -> Non
     with closing(PostgresLedger(postgres_dsn)) as second, second.transaction() as txn:
         assert txn.send_exists("k1")
         assert txn.get_position("spool") == "9"
-    assert query(postgres_dsn, "SELECT value FROM meta WHERE name = 'schema_version'") == [("1",)]
+    assert query(postgres_dsn, "SELECT value FROM meta WHERE name = 'schema_version'") == [("2",)]
 
 
 def test_a_later_migration_is_applied_once_and_in_order(postgres_dsn: str) -> None:
     later = (*MIGRATIONS, ["ALTER TABLE sends ADD COLUMN note text"])
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        assert migrate(conn) == 1
-        assert migrate(conn, later) == 2
-        assert migrate(conn, later) == 2  # a second ADD COLUMN would fail
-    assert query(postgres_dsn, "SELECT value FROM meta WHERE name = 'schema_version'") == [("2",)]
+        assert migrate(conn) == LATEST_VERSION
+        assert migrate(conn, later) == LATEST_VERSION + 1
+        assert migrate(conn, later) == LATEST_VERSION + 1  # a second ADD COLUMN would fail
+    stored = query(postgres_dsn, "SELECT value FROM meta WHERE name = 'schema_version'")
+    assert stored == [(str(LATEST_VERSION + 1),)]
 
 
 def test_a_newer_schema_is_refused(postgres_dsn: str) -> None:
@@ -151,7 +153,7 @@ def test_workers_starting_together_create_the_schema_once(postgres_dsn: str) -> 
             holder.execute("COMMIT")
             opened = [first.result(), second.result()]
     for ledger in opened:
-        assert ledger.get_meta("schema_version") == "1"
+        assert ledger.get_meta("schema_version") == str(LATEST_VERSION)
         ledger.close()
 
 

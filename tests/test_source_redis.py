@@ -12,6 +12,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -274,3 +275,56 @@ def test_recovers_after_the_stream_and_group_are_deleted(
         source.read(10, EMPTY_S)
     admin.xadd(stream, {"data": event(1)})  # the producer recreates the stream, not the group
     assert [item.data.decode() for item in read_n(source, 1)] == [event(1)]
+
+
+def _entry_time(entry_id: str) -> datetime:
+    return datetime.fromtimestamp(int(entry_id.split("-", maxsplit=1)[0]) / 1000, UTC)
+
+
+def _server_now(admin: redis.Redis) -> datetime:
+    seconds, micros = admin.time()
+    return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
+
+
+def test_the_watermark_is_the_groups_oldest_entry_not_acknowledged_by_anyone(
+    open_source: Opener, admin: redis.Redis, stream: str
+) -> None:
+    first, second = open_source("w1"), open_source("w2")
+    before = _server_now(admin)
+    assert first.watermark() is not None and first.watermark() >= before  # type: ignore[operator]
+    # Explicit ids, a second apart, stand for entries added at those moments.
+    base_ms = int(before.timestamp() * 1000) - 10_000
+    ids = [f"{base_ms + 1000 * n}-0" for n in range(4)]
+    for entry_id, n in zip(ids, range(4), strict=True):
+        admin.xadd(stream, {"data": event(n)}, id=entry_id)
+    # Nothing delivered yet: the first entry holds it, for every member of the group.
+    assert first.watermark() == second.watermark() == _entry_time(ids[0])
+    held_by_first = read_n(first, 1)
+    taken_by_second = read_n(second, 2)
+    assert [i.position for i in held_by_first + taken_by_second] == ids[:3]
+    second.ack(taken_by_second)
+    # w1 holds the oldest entry (it may have died holding it): the watermark stays there.
+    assert second.watermark() == _entry_time(ids[0])
+    first.ack(held_by_first)
+    assert second.watermark() == _entry_time(ids[3])  # delivered to no one yet
+    first.ack(read_n(first, 1))
+    assert first.watermark() >= before  # type: ignore[operator]
+
+
+def test_the_watermark_is_unknown_while_redis_is_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    source = RedisStreamSource(f"redis://127.0.0.1:{port}/0", "s", block_s=0.05)
+    assert source.watermark() is None
+    source.close()
+
+
+def test_entries_carry_their_stream_order(
+    open_source: Opener, admin: redis.Redis, stream: str
+) -> None:
+    source = open_source()
+    admin.xadd(stream, {"data": event(1)}, id="9-1")
+    admin.xadd(stream, {"data": event(2)}, id="10-0")
+    orders = [item.order or "" for item in read_n(source, 2)]
+    assert orders == sorted(orders) and all(orders)

@@ -68,6 +68,11 @@ class SpoolConfig:
 
     path: Path
 
+    @property
+    def name(self) -> str:
+        """The source's name in the ledger (``SpoolSource.name``)."""
+        return f"spool:{self.path.absolute()}"
+
 
 @dataclass(frozen=True, repr=False)
 class RedisConfig:
@@ -83,6 +88,11 @@ class RedisConfig:
 
     def __repr__(self) -> str:
         return f"RedisConfig(url={redact_url(self.url)!r}, stream={self.stream!r})"
+
+    @property
+    def name(self) -> str:
+        """The source's name in the ledger (``RedisStreamSource.name``)."""
+        return f"redis:{self.stream}"
 
 
 @dataclass(frozen=True)

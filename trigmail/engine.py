@@ -25,7 +25,7 @@ from trigmail.decisions import (
 )
 from trigmail.errors import TemplateRenderError
 from trigmail.events import MISSING, Event
-from trigmail.ledger.base import SendRecord
+from trigmail.ledger.base import CancelMark, SendRecord
 from trigmail.rules.model import Rule, RuleSet, SendSpec, Step
 from trigmail.rules.templating import default_data
 from trigmail.windows import next_opening, window_zone
@@ -45,6 +45,8 @@ class LedgerView(Protocol):
     def delivered_count_since(
         self, user_id: str, categories: Collection[str], since: datetime
     ) -> int: ...
+
+    def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]: ...
 
 
 def step_key(base_key: str, step: Step) -> str:
@@ -71,12 +73,22 @@ def duplicate_event(event: Event) -> Skip:
     return Skip(None, Reason.DUPLICATE_EVENT, f"event {event.id} was already decided")
 
 
-def decide_new(event: Event, rules: RuleSet, view: LedgerView, now: datetime) -> list[Decision]:
-    """:func:`decide` for an event the caller knows to be new (it has just recorded its id)."""
+def decide_new(
+    event: Event, rules: RuleSet, view: LedgerView, now: datetime, order: str | None = None
+) -> list[Decision]:
+    """:func:`decide` for an event the caller knows to be new (it has just recorded its id).
+
+    Args:
+        order: where the event entered a source whose readers may decide events out of that
+            order (see :class:`~trigmail.ledger.base.CancelMark`); ``None`` for one reader.
+    """
     decisions: list[Decision] = list(_cancellations(event, rules, view))
     triggered = rules.triggered_by(event.name)
     for rule in triggered:
-        decisions.extend(_decide_rule(rule, event, view, now))
+        decided = _decide_rule(rule, event, view, now)
+        if order is not None and rule.cancel_on:
+            decided.extend(_cancelled_already(rule, decided, view, event.user_id, order))
+        decisions.extend(decided)
     if not decisions:
         decisions.append(Skip(None, Reason.NO_RULE, f"no rule is triggered by {event.name!r}"))
     return decisions
@@ -97,6 +109,33 @@ def _cancellations(event: Event, rules: RuleSet, view: LedgerView) -> Iterator[C
         )
         if keys:
             yield Cancel(rule.id, keys, event.id)
+
+
+def _cancelled_already(
+    rule: Rule, decided: list[Decision], view: LedgerView, user_id: str, order: str
+) -> Iterator[Cancel]:
+    """Cancel what this trigger schedules if a ``cancel_on`` event that entered the source
+    after it was decided first (another worker read it sooner): in the order the events
+    happened, the cancel came second, so the trigger ends cancelled."""
+    scheduled = [each for each in decided if isinstance(each, Schedule)]
+    if not scheduled:
+        return
+    marks = view.cancel_marks_after(user_id, order)
+    for send in scheduled:
+        for mark in marks:
+            if any(
+                cancel.event == mark.event
+                and (
+                    cancel.match is None
+                    or _same(
+                        send.cancel_match.get(cancel.match, MISSING),
+                        mark.values.get(cancel.match, MISSING),
+                    )
+                )
+                for cancel in rule.cancel_on
+            ):
+                yield Cancel(rule.id, (send.key,), mark.event_id)
+                break
 
 
 def _same(trigger_value: Any, cancel_value: Any) -> bool:

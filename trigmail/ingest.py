@@ -22,8 +22,8 @@ from trigmail.decisions import (
 )
 from trigmail.engine import decide_new, duplicate_event
 from trigmail.errors import BadEventError
-from trigmail.events import Event, parse_event
-from trigmail.ledger.base import DeadLetter, LedgerTxn, SendRecord
+from trigmail.events import MISSING, Event, parse_event
+from trigmail.ledger.base import CancelMark, DeadLetter, LedgerTxn, SendRecord
 from trigmail.records import record
 from trigmail.rules.model import RuleSet
 
@@ -40,6 +40,9 @@ class Item(Protocol):
     @property
     def position(self) -> str: ...
 
+    @property
+    def order(self) -> str | None: ...
+
 
 @record
 class RawItem:
@@ -48,6 +51,7 @@ class RawItem:
     data: bytes
     ref: str
     position: str = ""
+    order: str | None = None
 
 
 @record
@@ -90,7 +94,9 @@ class BatchWriter:
         # taken. Checked by a read first, neither saw the other's uncommitted row and both
         # decided the event (no email twice, the keys are unique, but two decisions logged).
         if self.txn.mark_seen(event.id, self.now):
-            decisions = decide_new(event, self.rules, self.txn, self.now)
+            decisions = decide_new(event, self.rules, self.txn, self.now, item.order)
+            if item.order is not None:
+                self._mark_cancel(event, item.order)
         else:
             decisions = [duplicate_event(event)]
         for decision in decisions:
@@ -99,6 +105,16 @@ class BatchWriter:
         if set_aside:
             detail = "; ".join(f"{d.rule_id}: {d.detail}" for d in set_aside)
             self._reject(item, set_aside[0].reason.value, detail)
+
+    def _mark_cancel(self, event: Event, order: str) -> None:
+        """Keep a ``cancel_on`` event read out of order, for triggers decided after it."""
+        cancellers = self.rules.cancelled_by(event.name)
+        if not cancellers:
+            return
+        paths = {cancel.match for _, cancel in cancellers if cancel.match is not None}
+        values = {path: value for path in paths if (value := event.lookup(path)) is not MISSING}
+        mark = CancelMark(event.user_id, order, event.name, event.id, values, self.now)
+        self.txn.add_cancel_mark(mark)
 
     def _reject(self, item: Item, reason: str, detail: str) -> None:
         raw = item.data.decode("utf-8", errors="replace")

@@ -28,7 +28,7 @@ from trigmail import faults
 from trigmail.errors import BadEventError
 from trigmail.events import Event, format_ts
 from trigmail.ingest import parse_item
-from trigmail.ledger.base import Ledger, SendRecord, SendState
+from trigmail.ledger.base import WATERMARK_META, Ledger, SendRecord, SendState
 from trigmail.metrics import Metrics
 from trigmail.pipeline import Pipeline, batches
 from trigmail.sources.base import Source, SourceItem
@@ -44,16 +44,16 @@ SLOT_POLL_S = 0.01
 HELD_POLL_S = 0.05
 # How often the ledger's scheduled and in-doubt counts are copied into gauges.
 GAUGE_REFRESH_S = 15.0
-# How often the watermark's lag and the held sends are published (gauges, ``status``).
-WATERMARK_REFRESH_S = 1.0
+# How often the watermark's lag and the held sends are published: gauges, and ``status``
+# (a ledger write, so less often).
+WATERMARK_GAUGE_S = 1.0
+WATERMARK_STATUS_S = 5.0
 # How often claims of dead workers (expired leases of a shared ledger) are looked for.
 LEASE_CHECK_S = 10.0
 # How often rows older than the retention are pruned from the ledger.
 PRUNE_EVERY_S = 3600.0
 # A cutoff before any due time: nothing fires.
 _NEVER = datetime.min.replace(tzinfo=UTC)
-# The ledger meta row ``status`` reads the watermark from, per source.
-WATERMARK_META = "watermark:"
 
 
 @dataclass(frozen=True)
@@ -136,12 +136,13 @@ class Worker:
         if self._started_at is None:
             self._started_at = now
         self._reap()
-        self._run_timers(now)
         self._fire(now)
         if not self._held:
             self._hold(self._read(0.0), now)
         decided = self._decide(now) if self._held else True
         self._fire(now)
+        # Last: a timer that fails (a locked ledger) must not keep events from being read.
+        self._run_timers(now)
         if self._held:
             # The rest of the batch waits for a send due before it: a free slot lets it go.
             return 0.0 if decided or self._free_slots() else SLOT_POLL_S
@@ -255,7 +256,8 @@ class Worker:
         claimed = self.pipeline.fire_due(limit=free * 1000, linger_s=linger_s, until=gate.cutoff)
         if claimed:
             faults.reached(faults.KillPoint.AFTER_CLAIM)
-            self._count_past(claimed, gate)
+            if self._gate_on():
+                self._count_past(claimed, gate)
         elif self._past_burst and (gate.watermark is None or gate.cutoff <= gate.watermark):
             self._end_burst()
         for batch in batches(claimed):
@@ -324,8 +326,8 @@ class Worker:
         return True
 
     def _run_timers(self, now: datetime) -> None:
-        if self._due("watermark", now, WATERMARK_REFRESH_S):
-            self._publish_watermark(now)
+        if self._due("watermark", now, WATERMARK_GAUGE_S):
+            self._publish_watermark(now, self._due("status", now, WATERMARK_STATUS_S))
         if self._due("gauges", now, GAUGE_REFRESH_S):
             self._refresh_gauges()
         if self._due("leases", now, LEASE_CHECK_S):
@@ -334,14 +336,15 @@ class Worker:
             pruned = self.ledger.prune(now - timedelta(seconds=self.retention_s))
             log.info("ledger: pruned %d rows older than the retention", pruned)
 
-    def _publish_watermark(self, now: datetime) -> None:
+    def _publish_watermark(self, now: datetime, to_ledger: bool) -> None:
         gate = self.gate(now)
         held = self.pipeline.count_due(gate.cutoff, now) if self._gate_on() else 0
         lag_s = None if gate.watermark is None else max((now - gate.watermark).total_seconds(), 0)
         self.metrics.source_watermark_lag_seconds.set(lag_s if lag_s is not None else 0.0)
         self.metrics.sends_held.set(held)
-        with self.ledger.transaction() as txn:
-            txn.set_meta(WATERMARK_META + self.source.name, _watermark_json(gate, held, now))
+        if to_ledger:
+            with self.ledger.transaction() as txn:
+                txn.set_meta(WATERMARK_META + self.source.name, _watermark_json(gate, held, now))
 
     def _refresh_gauges(self) -> None:
         counts = self.ledger.status(limit=0).counts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -14,9 +15,9 @@ from rich.text import Text
 from trigmail.cli.app import EXIT_OK, OutputFormat, app
 from trigmail.cli.common import ConfigOption, fail, load, require_ledger
 from trigmail.errors import LedgerError
-from trigmail.events import format_ts
+from trigmail.events import format_ts, parse_ts
 from trigmail.ledger import open_ledger
-from trigmail.ledger.base import LedgerStatus, SendRecord, SendState
+from trigmail.ledger.base import WATERMARK_META, LedgerStatus, SendRecord, SendState
 from trigmail.secrets import redact_url
 
 
@@ -25,8 +26,29 @@ def _since(send: SendRecord) -> str | None:
     return format_ts(moment)
 
 
-def status_json(status: LedgerStatus) -> dict[str, Any]:
-    """The shape DESIGN.md §4 fixes for ``status --format json`` (plus a few lists)."""
+def watermark_json(stored: str | None, source: str, now: datetime) -> dict[str, Any] | None:
+    """The event-order gate as serve last published it (see :mod:`trigmail.worker`)."""
+    if stored is None:
+        return None
+    try:
+        published = json.loads(stored)
+        at = None if published["at"] is None else parse_ts(published["at"])
+        held = int(published["held"])
+        updated = str(published["updated"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    lag_s = None if at is None else round(max((now - at).total_seconds(), 0.0), 3)
+    return {
+        "source": source,
+        "at": published["at"],
+        "lag_s": lag_s,
+        "held": held,
+        "updated": updated,
+    }
+
+
+def status_json(status: LedgerStatus, watermark: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The shape docs/design.md fixes for ``status --format json`` (plus a few lists)."""
 
     def send_json(send: SendRecord) -> dict[str, Any]:
         return {
@@ -55,6 +77,7 @@ def status_json(status: LedgerStatus) -> dict[str, Any]:
         "next_due": [send_json(s) for s in status.next_due],
         "failed": [send_json(s) for s in status.failed],
         "recent": [send_json(s) for s in status.recent],
+        "watermark": watermark,
     }
 
 
@@ -70,7 +93,9 @@ def _sends_table(title: str, sends: Sequence[SendRecord], when: str) -> Table:
     return table
 
 
-def _print_tables(console: Console, status: LedgerStatus, ledger: str) -> None:
+def _print_tables(
+    console: Console, status: LedgerStatus, ledger: str, watermark: dict[str, Any] | None
+) -> None:
     states = list(SendState)
     counts = Table(title=f"ledger {ledger} · rules {status.rules_version or '-'}")
     counts.add_column("rule")
@@ -88,6 +113,14 @@ def _print_tables(console: Console, status: LedgerStatus, ledger: str) -> None:
     if status.failed:
         console.print(_sends_table("failed", status.failed, "since"))
     console.print(f"dead letters: {status.dead_letters}")
+    if watermark is not None:
+        lag = "unknown" if watermark["lag_s"] is None else f"{watermark['lag_s']:.1f} s behind"
+        console.print(
+            Text(
+                f"watermark of {watermark['source']}: {watermark['at'] or 'unknown'} ({lag}), "
+                f"{watermark['held']} due sends held, as of {watermark['updated']}"
+            )
+        )
 
 
 @app.command()
@@ -117,15 +150,17 @@ def status(
         opened = open_ledger(target)
         try:
             current = opened.status(limit=limit)
+            stored = opened.get_meta(WATERMARK_META + config.source.name)
         finally:
             opened.close()
     except LedgerError as exc:
         fail(str(exc))
+    watermark = watermark_json(stored, config.source.name, datetime.now(UTC))
     if output is OutputFormat.JSON:
-        typer.echo(json.dumps(status_json(current), indent=2))
+        typer.echo(json.dumps(status_json(current, watermark), indent=2))
     else:
         out = Console(highlight=False)
         # Piped output is read by people too: do not fold keys at 80 columns.
         console = out if out.is_terminal else Console(highlight=False, width=140)
-        _print_tables(console, current, redact_url(target))
+        _print_tables(console, current, redact_url(target), watermark)
     raise typer.Exit(EXIT_OK)

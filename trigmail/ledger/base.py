@@ -77,6 +77,30 @@ def evolve(record: SendRecord, **changes: Any) -> SendRecord:
     return new
 
 
+# The meta row holding the event-order gate of a source as serve last published it:
+# ``watermark:<source name>`` -> ``{"at", "held", "updated"}`` (``trigmail status`` reads it).
+WATERMARK_META = "watermark:"
+
+
+@record
+class CancelMark:
+    """A ``cancel_on`` event read from a source whose readers may decide events out of the
+    order they entered it (a Redis group): kept so that a trigger decided after it, but which
+    entered the source before it, still ends cancelled.
+
+    Attributes:
+        order: where the event entered the source (text that sorts as the source orders).
+        values: the event's values at the paths ``cancel_on`` rules match on.
+    """
+
+    user_id: str
+    order: str
+    event: str
+    event_id: str
+    values: Mapping[str, Any]
+    at: datetime
+
+
 @record
 class DeadLetter:
     """A bad event set aside with its reason; ``raw`` is the input as it was read."""
@@ -127,6 +151,14 @@ class LedgerTxn(Protocol):
         ...
 
     # -- writes of the event path --------------------------------------------------------
+    def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]:
+        """Return ``user_id``'s cancel marks of events that entered the source after ``order``."""
+        ...
+
+    def add_cancel_mark(self, mark: CancelMark) -> None:
+        """Keep a cancel mark (a second one for the same user and order is ignored)."""
+        ...
+
     def mark_seen(self, event_id: str, at: datetime) -> bool:
         """Record ``event_id`` as decided; ``False`` when it already was."""
         ...

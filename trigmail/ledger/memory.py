@@ -22,6 +22,7 @@ from trigmail.errors import LedgerError
 from trigmail.ledger.base import (
     DELIVERED_STATES,
     FINISHED_STATES,
+    CancelMark,
     DeadLetter,
     LedgerStatus,
     SendRecord,
@@ -92,6 +93,7 @@ class _Store:
         self.meta: dict[str, str] = {}
         self.log: list[LogEntry] = []
         self.dead: list[DeadLetter] = []
+        self.marks: dict[str, dict[str, CancelMark]] = {}  # user id -> order -> mark
 
     def put(self, record: SendRecord) -> SendRecord | None:
         """Store ``record`` and index it; return the record it replaced."""
@@ -214,7 +216,17 @@ class MemoryTxn:
     def lock_users(self, user_ids: Collection[str]) -> None:
         pass  # transactions are serialised whole: no lock per user
 
+    def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]:
+        marks = self._store.marks.get(user_id, {})
+        return [marks[each] for each in sorted(marks) if each > order]
+
     # -- writes of the event path --------------------------------------------------------
+    def add_cancel_mark(self, mark: CancelMark) -> None:
+        marks = self._store.marks.setdefault(mark.user_id, {})
+        if mark.order not in marks:
+            marks[mark.order] = mark
+            self._undo.append((marks.pop, (mark.order,)))
+
     def mark_seen(self, event_id: str, at: datetime) -> bool:
         seen = self._store.seen
         if event_id in seen:
@@ -429,6 +441,18 @@ def status_of(
     )
 
 
+def _prune_marks(store: _Store, before: datetime) -> int:
+    removed = 0
+    for user_id, marks in list(store.marks.items()):
+        old = [order for order, mark in marks.items() if as_utc(mark.at) < before]
+        for order in old:
+            del marks[order]
+        removed += len(old)
+        if not marks:
+            del store.marks[user_id]
+    return removed
+
+
 def _updated(record: SendRecord) -> datetime:
     assert record.updated_at is not None  # every stored send has one
     return record.updated_at
@@ -521,7 +545,7 @@ class MemoryLedger:
             store.log = [entry for entry in store.log if as_utc(entry.at) >= before]
             store.dead = [letter for letter in store.dead if letter.at >= before]
             removed_lines = log_size - len(store.log) + dead_size - len(store.dead)
-            return len(old) + len(seen) + removed_lines
+            return len(old) + len(seen) + removed_lines + _prune_marks(store, before)
 
     def close(self) -> None:
         with self._lock:

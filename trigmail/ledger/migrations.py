@@ -135,9 +135,33 @@ def _v2_state_rule_index(db: Database) -> None:
     db.table("sends").create_index(["state", "rule_id"], "sends_by_state_rule")
 
 
+def _v3_cancel_marks(db: Database) -> None:
+    # Cancel events of a source read out of order (several workers on a Redis group), so a
+    # trigger decided after its cancel still finds it (trigmail.ledger.base.CancelMark).
+    marks = db.create_table(
+        "cancel_marks",
+        {
+            "user_id": str,
+            "ord": str,
+            "event": str,
+            "event_id": str,
+            "vals": str,
+            "at": int,
+        },
+        pk=("user_id", "ord"),
+        not_null={"event", "event_id", "vals", "at"},
+        strict=True,
+    )
+    marks.create_index(["at"], "cancel_marks_by_at")
+
+
 Migration = Callable[[Database], None]
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_initial, _v2_state_rule_index)
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    _v1_initial,
+    _v2_state_rule_index,
+    _v3_cancel_marks,
+)
 LATEST_VERSION: Final = len(MIGRATIONS)
 
 

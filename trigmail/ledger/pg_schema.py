@@ -112,7 +112,24 @@ _V1_INITIAL: Final = (
 # Each migration is a list of statements, run in order inside the upgrade's transaction.
 Migration = Sequence[str]
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_V1_INITIAL,)
+# Cancel events of a source read out of order (several workers on a Redis group), so a trigger
+# decided after its cancel still finds it (trigmail.ledger.base.CancelMark).
+_V2_CANCEL_MARKS: Final = (
+    """
+    CREATE TABLE cancel_marks (
+        user_id text NOT NULL,
+        ord text NOT NULL,
+        event text NOT NULL,
+        event_id text NOT NULL,
+        vals text NOT NULL,
+        at timestamptz NOT NULL,
+        PRIMARY KEY (user_id, ord)
+    )
+    """,
+    "CREATE INDEX cancel_marks_by_at ON cancel_marks (at)",
+)
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_V1_INITIAL, _V2_CANCEL_MARKS)
 LATEST_VERSION: Final = len(MIGRATIONS)
 
 

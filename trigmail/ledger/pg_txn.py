@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -12,7 +13,7 @@ from psycopg.rows import dict_row
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
-from trigmail.ledger.base import DeadLetter, LedgerStatus, SendRecord, SendState
+from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus, SendRecord, SendState
 from trigmail.ledger.memory import (
     RECOVERED_ERROR,
     Clock,
@@ -102,6 +103,7 @@ _PRUNE = (
     "DELETE FROM seen_events WHERE seen_at < %s",
     "DELETE FROM decision_log WHERE at < %s",
     "DELETE FROM dead_letters WHERE at < %s",
+    "DELETE FROM cancel_marks WHERE at < %s",
 )
 
 
@@ -220,6 +222,38 @@ class PostgresTxn:
         return count
 
     # -- writes of the event path --------------------------------------------------------
+    def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]:
+        rows = self._dicts(
+            "SELECT user_id, ord, event, event_id, vals, at FROM cancel_marks"
+            " WHERE user_id = %s AND ord > %s ORDER BY ord",
+            (user_id, order),
+        )
+        return [
+            CancelMark(
+                row["user_id"],
+                row["ord"],
+                row["event"],
+                row["event_id"],
+                json.loads(row["vals"]),
+                row["at"],
+            )
+            for row in rows
+        ]
+
+    def add_cancel_mark(self, mark: CancelMark) -> None:
+        self._run(
+            "INSERT INTO cancel_marks (user_id, ord, event, event_id, vals, at)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, ord) DO NOTHING",
+            (
+                mark.user_id,
+                mark.order,
+                mark.event,
+                mark.event_id,
+                json.dumps(mark.values, separators=(",", ":")),
+                as_utc(mark.at),
+            ),
+        )
+
     def mark_seen(self, event_id: str, at: datetime) -> bool:
         inserted = self._run(
             "INSERT INTO seen_events (event_id, seen_at) VALUES (%s, %s)"

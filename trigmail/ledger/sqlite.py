@@ -24,7 +24,7 @@ from typing import Any
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError, LedgerUnavailableError
-from trigmail.ledger.base import DeadLetter, LedgerStatus, SendRecord, SendState
+from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus, SendRecord, SendState
 from trigmail.ledger.memory import (
     RECOVERED_ERROR,
     Clock,
@@ -117,6 +117,7 @@ _PRUNE = (
     "DELETE FROM seen_events WHERE seen_at < ?",
     "DELETE FROM decision_log WHERE at < ?",
     "DELETE FROM dead_letters WHERE at < ?",
+    "DELETE FROM cancel_marks WHERE at < ?",
 )
 
 
@@ -271,6 +272,31 @@ class SqliteTxn:
         pass  # transactions are serialised whole: no lock per user
 
     # -- writes of the event path --------------------------------------------------------
+    def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]:
+        rows = self._run(
+            "SELECT user_id, ord, event, event_id, vals, at FROM cancel_marks"
+            " WHERE user_id = ? AND ord > ? ORDER BY ord",
+            (user_id, order),
+        ).fetchall()
+        return [
+            CancelMark(row[0], row[1], row[2], row[3], json.loads(row[4]), from_us(row[5]))
+            for row in rows
+        ]
+
+    def add_cancel_mark(self, mark: CancelMark) -> None:
+        self._run(
+            "INSERT INTO cancel_marks (user_id, ord, event, event_id, vals, at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, ord) DO NOTHING",
+            (
+                mark.user_id,
+                mark.order,
+                mark.event,
+                mark.event_id,
+                _json(mark.values),
+                to_us(mark.at),
+            ),
+        )
+
     def mark_seen(self, event_id: str, at: datetime) -> bool:
         cursor = self._run(
             "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?)"

@@ -1,0 +1,126 @@
+"""A trigger decided after a cancel that entered the source after it still ends cancelled.
+
+Several workers on one Redis group decide a user's events in whatever order their reads and
+crashes allow; what counts is the order the events entered the stream. Real parts: the
+pipeline, a MemoryLedger and a SQLite file, the rules loader.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trigmail.decisions import LogEntry, Outcome, Reason
+from trigmail.ingest import RawItem
+from trigmail.ledger.base import Ledger, SendState
+from trigmail.ledger.memory import MemoryLedger
+from trigmail.ledger.sqlite import SqliteLedger
+from trigmail.pipeline import Pipeline
+from trigmail.providers.recording import RecordingProvider
+from trigmail.rules.loader import parse_rules
+from trigmail.simulate import VirtualClock
+
+T0 = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
+RULES = parse_rules(
+    textwrap.dedent(
+        """
+        rules:
+          - id: cart
+            on: cart_abandoned
+            delay: 1h
+            cancel_on: [{event: order_completed, match: properties.cart_id}]
+            send: {template: d-cart}
+          - id: browse
+            on: product_viewed
+            delay: 1h
+            cancel_on: [order_completed]
+            send: {template: d-browse}
+        """
+    )
+).rule_set()
+
+
+def entry(event_id: str, name: str, order: str, **properties: Any) -> RawItem:
+    data = {
+        "id": event_id,
+        "event": name,
+        "user_id": "ana",
+        "email": "ana@example.com",
+        "ts": "2026-11-27T20:00:00Z",
+        "properties": properties,
+    }
+    # The order text of a Redis entry id: it sorts as the stream does.
+    return RawItem(json.dumps(data).encode(), f"stream {order}", order, order=order)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
+    if request.param == "memory":
+        return MemoryLedger(clock=VirtualClock(T0))
+    return SqliteLedger(tmp_path / "ledger.db", clock=VirtualClock(T0))
+
+
+def pipeline(ledger: Ledger, entries: list[LogEntry]) -> Pipeline:
+    return Pipeline(
+        ledger, lambda: RULES, RecordingProvider(), VirtualClock(T0), on_entry=entries.append
+    )
+
+
+# (cart entry's order, order entry's order, order's cart id, the cart reminder's end state)
+CASES = [
+    # the order entered after the cart but was decided first: the reminder is cancelled
+    ("0001", "0002", "c1", SendState.CANCELLED),
+    # the order entered first (an earlier purchase): the new cart's reminder stands
+    ("0003", "0002", "c1", SendState.SCHEDULED),
+    # the later order was for another cart: the reminder stands
+    ("0001", "0002", "c2", SendState.SCHEDULED),
+]
+
+
+@pytest.mark.parametrize(("cart_at", "order_at", "cart_id", "state"), CASES)
+def test_the_order_the_events_entered_decides_not_the_order_they_were_decided(
+    ledger: Ledger, cart_at: str, order_at: str, cart_id: str, state: SendState
+) -> None:
+    entries: list[LogEntry] = []
+    shell = pipeline(ledger, entries)
+    shell.ingest([entry("o1", "order_completed", order_at, cart_id=cart_id)])
+    shell.ingest([entry("k1", "cart_abandoned", cart_at, cart_id="c1")])
+    send = ledger.get_send("cart:k1")
+    assert send is not None and send.state is state
+    if state is SendState.CANCELLED:
+        cancel = [e for e in entries if e.outcome is Outcome.CANCELLED]
+        assert [(e.key, e.reason) for e in cancel] == [("cart:k1", Reason.CANCEL_ON)]
+        # the key is taken: the trigger delivered again does not schedule it anew
+        shell.ingest([entry("k1", "cart_abandoned", cart_at, cart_id="c1")])
+        again = ledger.get_send("cart:k1")
+        assert again is not None and again.state is SendState.CANCELLED
+    ledger.close()
+
+
+def test_a_cancel_without_match_cancels_every_earlier_trigger_of_the_user(
+    ledger: Ledger,
+) -> None:
+    entries: list[LogEntry] = []
+    shell = pipeline(ledger, entries)
+    shell.ingest([entry("o1", "order_completed", "0005")])
+    shell.ingest([entry("v1", "product_viewed", "0001"), entry("v2", "product_viewed", "0009")])
+    states = {key: ledger.get_send(key) for key in ("browse:v1", "browse:v2")}
+    assert {k: s.state if s else None for k, s in states.items()} == {
+        "browse:v1": SendState.CANCELLED,
+        "browse:v2": SendState.SCHEDULED,
+    }
+    ledger.close()
+
+
+def test_one_reader_keeps_no_marks(ledger: Ledger) -> None:
+    shell = pipeline(ledger, [])
+    item = entry("o1", "order_completed", "0002")
+    shell.ingest([RawItem(item.data, item.ref, item.position)])  # a spool line: no order
+    with ledger.transaction() as txn:
+        assert txn.cancel_marks_after("ana", "") == []
+    ledger.close()
