@@ -66,9 +66,31 @@ DRAIN_S = 1800.0
 
 @dataclass
 class Stream:
-    """The events of a run, in feed order: (seconds from the stream's start, document)."""
+    """The events of a run, in feed order: (seconds from the stream's start, the document, or
+    for a redelivery the index of the line it repeats)."""
 
-    timed: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    timed: list[tuple[float, dict[str, Any] | int]] = field(default_factory=list)
+
+
+class Writer:
+    """Turns a stream's items into lines as a producer writes them: a document with its
+    ``ts``, a redelivery as the very text of the line it repeats."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def line(self, item: dict[str, Any] | int, at: float) -> str:
+        if isinstance(item, int):
+            text = self.texts[item]
+        else:
+            text = json.dumps({**item, "ts": format_ts(at)})
+        self.texts.append(text)
+        return text
+
+    def write_all(self, path: Path, stream: Stream, start: float) -> None:
+        with path.open("w", encoding="utf-8") as file:
+            for at, item in stream.timed:
+                file.write(self.line(item, start + at) + "\n")
 
 
 def shop(events: int, step_s: float, seed: int) -> Stream:
@@ -96,7 +118,7 @@ def shop(events: int, step_s: float, seed: int) -> Stream:
     for at, document in ordered:
         stream.timed.append((at, document))
         if rng.random() < REDELIVERED:
-            stream.timed.append((at, {**rng.choice(stream.timed)[1], "redelivered": True}))
+            stream.timed.append((at, rng.randrange(len(stream.timed))))
     return stream
 
 
@@ -110,14 +132,6 @@ def _event(event_id: str, name: str, user: str, **properties: Any) -> dict[str, 
     if properties:
         document["properties"] = properties
     return document
-
-
-def line(document: dict[str, Any], at: float) -> str:
-    """A document as written at ``at`` (a redelivery keeps the ``ts`` of its first copy)."""
-    if document.pop("redelivered", False):
-        return json.dumps(document)
-    document["ts"] = format_ts(at)
-    return json.dumps(document)
 
 
 def wrong_reminders(spool: Path, accepted: set[str]) -> int:
@@ -191,10 +205,7 @@ class Run:
 
 
 def run_backlog(root: Path, stream: Stream, latency_s: float) -> dict[str, Any]:
-    start = time.time() - 3600
-    with (root / "events.jsonl").open("w", encoding="utf-8") as file:
-        for at, document in stream.timed:
-            file.write(line(document, start + at) + "\n")
+    Writer().write_all(root / "events.jsonl", stream, time.time() - 3600)
     with FakeSendGrid(rates=FaultRates(latency_s=latency_s)) as fake:
         run = Run(root, fake)
         started_s = time.monotonic()
@@ -224,10 +235,11 @@ def run_burst(root: Path, stream: Stream, latency_s: float) -> dict[str, Any]:
         with run.serve:
             run.serve.wait_ready(60)
             started_s = time.monotonic()
+            writer = Writer()
             with spool.open("a", encoding="utf-8") as file:
                 for n in range(0, len(stream.timed), 50):
                     now = time.time()
-                    chunk = [line(document, now) for _, document in stream.timed[n : n + 50]]
+                    chunk = [writer.line(item, now) for _, item in stream.timed[n : n + 50]]
                     file.write("".join(text + "\n" for text in chunk))
                     file.flush()
             write_s = time.monotonic() - started_s
@@ -273,10 +285,7 @@ def run_baseline(root: Path, stream: Stream, latency_s: float, sends: int) -> di
     """The backlog through :mod:`bench.baseline`: every line decided, then ``sends`` emails
     sent one by one; the rest of the delivery projected at that rate."""
     spool = root / "events.jsonl"
-    start = time.time() - 3600
-    with spool.open("w", encoding="utf-8") as file:
-        for at, document in stream.timed:
-            file.write(line(document, start + at) + "\n")
+    Writer().write_all(spool, stream, time.time() - 3600)
     rules_dir = root / "rules"
     rules_dir.mkdir(parents=True, exist_ok=True)
     (rules_dir / "rules.yaml").write_text(RULES_YAML, encoding="utf-8")
