@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint format check bench clean
+.PHONY: serve test test-fast lint format check dist bench clean
+
+# Test processes: the suite waits on real servers and subprocesses more than it computes, so
+# more processes than cores still shortens it.
+TEST_WORKERS ?= 4
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +19,11 @@ serve: $(BIN)/.installed
 	$(BIN)/trigmail serve
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+
+# What a developer runs between edits: everything but the end-to-end runs marked slow.
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -28,5 +36,9 @@ format: $(BIN)/.installed
 
 check: lint test
 
+# A wheel to install where there is no checkout (no release is published yet).
+dist: $(BIN)/.installed
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis dist build

@@ -35,11 +35,13 @@ def require_server(name: str, host: str, port: int) -> None:
 
 
 @pytest.fixture
-def redis_url() -> str:
-    """A real Redis database (15). Tests name their keys uniquely instead of flushing it, so
-    suites running side by side on one server do not wipe each other's streams."""
+def redis_url(worker_id: str) -> str:
+    """A real Redis database of this test process's own (15, then 14, … per xdist worker).
+    Tests name their keys uniquely instead of flushing it, so suites running side by side on
+    one server do not wipe each other's streams either."""
     require_server("Redis", REDIS_HOST, REDIS_PORT)
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
+    worker = int(worker_id.removeprefix("gw")) if worker_id.startswith("gw") else 0
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{15 - worker % 8}"
 
 
 @pytest.fixture

@@ -254,3 +254,26 @@ def test_tables_print_bracketed_values_as_text(tmp_path: Path, t0: datetime) -> 
         row = next(line for line in result.stdout.splitlines() if "cart:" in line)
         for cell in ("cart:[bold]1", "[/u]", "timeout [/x]"):
             assert cell in row
+
+
+def test_the_status_table_has_the_recent_section_help_promises(
+    tmp_path: Path, t0: datetime
+) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = SqliteLedger(path)
+    try:
+        put_in_state(ledger, make_send("welcome:ana", t0, user="ana"), SendState.SENT, t0)
+    finally:
+        ledger.close()
+    status = subprocess.run(
+        [sys.executable, "-m", "trigmail", "status", "--ledger", str(path)],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    recent = status.stdout[status.stdout.index("recent") :]
+    assert "welcome:ana" in recent

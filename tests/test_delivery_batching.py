@@ -7,9 +7,10 @@ from datetime import datetime, timedelta
 
 from tests.fake_sendgrid import FakeSendGrid
 from trigmail.decisions import Payload
+from trigmail.delivery import requests
 from trigmail.ledger.base import SendRecord, SendState
 from trigmail.ledger.memory import MemoryLedger
-from trigmail.pipeline import Pipeline, batches
+from trigmail.pipeline import Pipeline
 from trigmail.providers.sendgrid import SendGridProvider
 from trigmail.rules.model import Address, OnDoubt, RuleSet
 from trigmail.secrets import Secret
@@ -50,7 +51,7 @@ def test_sends_due_together_go_in_one_request(sendgrid_fake: FakeSendGrid, t0: d
     pipeline = _pipeline(ledger, sendgrid_fake, t0)
     try:
         claimed = _claimed(ledger, sends, t0)
-        assert len(batches(claimed)) == 1
+        assert len(requests(claimed)) == 1
         pipeline.deliver(claimed)
     finally:
         pipeline.provider.close()

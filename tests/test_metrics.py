@@ -5,11 +5,14 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.serve_harness import Serve, serve_in
 from trigmail.decisions import Reason
 from trigmail.errors import ConfigError
 from trigmail.ledger.base import SendState
@@ -169,8 +172,24 @@ def test_close_releases_the_port(metrics: Metrics) -> None:
 
 
 def test_a_port_in_use_is_a_config_error(metrics: Metrics, server: MetricsServer) -> None:
-    with pytest.raises(ConfigError, match="cannot listen"):
+    with pytest.raises(ConfigError, match="cannot listen") as raised:
         serve_metrics(metrics, f"127.0.0.1:{server.port}")
+    # the operator is told what to type, not only what went wrong
+    for hint in ("--metrics-listen", "TRIGMAIL_METRICS_LISTEN", "metrics: null"):
+        assert hint in str(raised.value)
+
+
+def test_serve_on_a_taken_port_exits_1_saying_what_to_type(
+    tmp_path: Path, server: MetricsServer
+) -> None:
+    serve = serve_in(tmp_path, "http://127.0.0.1:9", "SG.test", {"spool": "events.jsonl"}, "t")
+    taken = ["--metrics-listen", f"127.0.0.1:{server.port}"]
+    # serve's own arguments, its metrics address replaced by the taken one
+    args = serve.command[serve.command.index("serve") + 1 : -2]
+    with Serve(tmp_path, [*args, *taken], serve.env) as started:
+        assert started.wait_exit() == 1
+        assert "--metrics-listen HOST:PORT" in started.stderr
+        assert "TRIGMAIL_METRICS_LISTEN" in started.stderr
 
 
 @pytest.mark.parametrize(
@@ -189,3 +208,15 @@ def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_rejects(listen: str) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         parse_listen(listen)
+
+
+def test_a_started_serve_reports_its_first_rule_load(tmp_path: Path) -> None:
+    before_s = time.time()
+    with serve_in(
+        tmp_path, "http://127.0.0.1:9", "SG.test", {"spool": str(tmp_path / "e.jsonl")}, "t"
+    ) as serve:
+        serve.wait_ready()
+        loaded_s = serve.metric("trigmail_rules_last_reload_success_timestamp_seconds")
+        assert loaded_s is not None and loaded_s >= int(before_s)
+        assert serve.metric("trigmail_rules_last_reload_successful") == 1
+        assert serve.stop() == 0

@@ -265,7 +265,7 @@ def _build(data: Mapping[str, Any], environ: Mapping[str, str], path: Path | Non
         source=_source(data.get("source") or {}),
         rules_dirs=tuple(Path(d) for d in dirs),
         ledger=str(data.get("ledger", DEFAULT_LEDGER)),
-        retention_s=_retention_s(data.get("retention")),
+        retention_s=_duration_s(data.get("retention"), "retention", DEFAULT_RETENTION_S),
         from_=None if sender is None else Address(sender["email"], sender.get("name")),
         provider=provider,
         metrics_listen=None if metrics is None else metrics.get("listen"),
@@ -302,13 +302,13 @@ def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{where}: {shown!r} must start with {' or '.join(schemes)}")
 
 
-def _retention_s(value: object) -> int:
+def _duration_s(value: object, key: str, default: int) -> int:
     if value is None:
-        return DEFAULT_RETENTION_S
+        return default
     try:
         return parse_duration(value)
     except DurationError as exc:
-        raise ConfigError(f"retention: {exc}") from None
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _provider(spec: Mapping[str, Any], environ: Mapping[str, str]) -> SendGridConfig | OutboxConfig:
@@ -350,14 +350,5 @@ def _delivery(spec: Mapping[str, Any]) -> DeliveryConfig:
         retry_base_s=float(spec.get("retry_base", 1.0)),
         retry_cap_s=float(spec.get("retry_cap", 300.0)),
         shutdown_timeout_s=float(spec.get("shutdown_timeout", 20.0)),
-        max_hold_s=_max_hold_s(spec.get("max_hold")),
+        max_hold_s=_duration_s(spec.get("max_hold"), "delivery.max_hold", DEFAULT_MAX_HOLD_S),
     )
-
-
-def _max_hold_s(value: object) -> int:
-    if value is None:
-        return DEFAULT_MAX_HOLD_S
-    try:
-        return parse_duration(value)
-    except DurationError as exc:
-        raise ConfigError(f"delivery.max_hold: {exc}") from None

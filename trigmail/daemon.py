@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from trigmail.decisions import LogEntry, Outcome, Reason
+from trigmail.delivery import RetryPolicy
 from trigmail.errors import LedgerUnavailableError, SourceError
-from trigmail.ledger.base import Ledger, SendState
+from trigmail.ledger.base import Ledger
 from trigmail.metrics import Metrics
-from trigmail.pipeline import Pipeline, RetryPolicy
-from trigmail.providers.base import Accepted, Email, Provider
+from trigmail.observe import DecisionObserver, MeteredProvider
+from trigmail.pipeline import Pipeline
+from trigmail.providers.base import Provider
 from trigmail.rulestore import RuleStore
 from trigmail.scheduler import Scheduler
 from trigmail.sources.base import Source
@@ -31,36 +32,9 @@ log = logging.getLogger(__name__)
 # Back-off after a source or ledger failure, so a broken dependency is not hammered.
 FAILURE_BACKOFF_S = 1.0
 
-_FINAL_STATES = {
-    Reason.DELIVERED: SendState.SENT,
-    Reason.IN_DOUBT: SendState.IN_DOUBT,
-    Reason.FAILED: SendState.FAILED,
-}
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class MeteredProvider:
-    """Wraps a provider to count requests in flight and time each one."""
-
-    def __init__(self, inner: Provider, metrics: Metrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-        self.name = inner.name
-
-    def send(self, emails: Sequence[Email]) -> Accepted:
-        self.metrics.provider_requests_in_flight.inc()
-        started = time.perf_counter()
-        try:
-            return self.inner.send(emails)
-        finally:
-            self.metrics.provider_request_seconds.observe(time.perf_counter() - started)
-            self.metrics.provider_requests_in_flight.dec()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class Daemon:
@@ -116,7 +90,7 @@ class Daemon:
             clock,
             scheduler=Scheduler(),
             retry=retry,
-            on_entry=self._observe,
+            on_entry=DecisionObserver(metrics, clock),
         )
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="trigmail-send")
         self.worker = Worker(
@@ -199,33 +173,3 @@ class Daemon:
         if now_s - self._last_watchdog_s >= self._watchdog_s:
             self._last_watchdog_s = now_s
             self.notifier.watchdog()
-
-    def _observe(self, entry: LogEntry) -> None:
-        """Count and log one decision (called after its commit)."""
-        if entry.outcome is Outcome.SENT:
-            self.metrics.record_send(entry.rule or "", SendState.SENT)
-            if entry.due_at is not None:
-                lateness_s = (self.clock() - entry.due_at).total_seconds()
-                self.metrics.trigger_to_provider_seconds.observe(max(lateness_s, 0.0))
-            log.info("send %s: sent to %s (rule %s)", entry.key, entry.user_id, entry.rule)
-            return
-        final = _FINAL_STATES.get(entry.reason)
-        if entry.outcome is Outcome.DROPPED and final is not None:
-            self.metrics.record_send(entry.rule or "", final)
-            return
-        self.metrics.record_decision(entry.rule, entry.reason)
-        if entry.outcome in (Outcome.CANCELLED, Outcome.DROPPED):
-            self.metrics.record_send(entry.rule or "", SendState.CANCELLED)
-        if entry.outcome is Outcome.DEAD_LETTER:
-            self.metrics.record_dead_letter(entry.reason)
-        if entry.outcome is not Outcome.SKIPPED and entry.event_id is not None:
-            log.info(
-                "event %s: %s %s (rule %s, key %s)",
-                entry.event_id,
-                entry.outcome.value,
-                entry.reason.value,
-                entry.rule,
-                entry.key,
-            )
-        else:
-            log.debug("event %s: skipped %s %s", entry.event_id, entry.reason.value, entry.detail)

@@ -22,6 +22,9 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
     DROPPED = "dropped"
     DEAD_LETTER = "dead_letter"
+    # a send's provider request failed for good, or may have gone out (serve only)
+    FAILED = "failed"
+    IN_DOUBT = "in_doubt"
 
 
 class Reason(StrEnum):

@@ -287,6 +287,11 @@ def serve_metrics(
     try:
         server = _Server((host, port), metrics, health)
     except OSError as exc:
-        raise ConfigError(f"metrics.listen: cannot listen on {listen!r}: {exc}") from exc
+        raise ConfigError(
+            f"metrics.listen: cannot listen on {listen!r}: {exc.strerror or exc}; pick a free "
+            "address with --metrics-listen HOST:PORT (or TRIGMAIL_METRICS_LISTEN, or "
+            "metrics.listen in the config; port 0 takes any free port), or set `metrics: null` "
+            "in the config to serve no metrics"
+        ) from exc
     logger.info("metrics: serving /metrics and /healthz on %s:%d", host, server.server_address[1])
     return MetricsServer(server)

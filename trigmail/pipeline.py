@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
 
@@ -23,41 +23,22 @@ from trigmail.decisions import (
     Outcome,
     Reason,
 )
+from trigmail.delivery import Request, Retry, RetryPolicy, decide_failure, halves, requests
 from trigmail.engine import decide_due
-from trigmail.errors import (
-    BadEventError,
-    DeliveryError,
-    InDoubtDeliveryError,
-    PermanentDeliveryError,
-    RetryableDeliveryError,
-)
+from trigmail.errors import BadEventError, DeliveryError
 from trigmail.events import Event
 from trigmail.ingest import BatchWriter, Ingested, Item, parse_item
 from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
-from trigmail.providers.base import Email, Provider
-from trigmail.providers.bodies import split_batch
-from trigmail.rules.model import OnDoubt, RuleSet
+from trigmail.providers.base import Provider
+from trigmail.rules.model import RuleSet
 from trigmail.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-HTTP_BAD_REQUEST = 400
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Capped exponential backoff with jitter for sends that never reached the provider."""
-
-    base_s: float = 1.0
-    cap_s: float = 300.0
-    max_attempts: int = 20
-
-    def delay_s(self, attempts: int, hint_s: float | None, rng: random.Random) -> float:
-        backoff_s = min(self.cap_s, self.base_s * 2.0 ** max(attempts - 1, 0))
-        # Jitter spreads retries of a batch that failed together; the provider's own hint wins.
-        return max(backoff_s * (0.5 + rng.random() / 2), hint_s or 0.0)
+# The outcome of a send settled after a failed request, by its final state.
+_SETTLED = {SendState.FAILED: Outcome.FAILED, SendState.IN_DOUBT: Outcome.IN_DOUBT}
 
 
 class Pipeline:
@@ -282,33 +263,27 @@ class Pipeline:
         return fresh
 
     def deliver(self, sends: Sequence[SendRecord]) -> None:
-        """Send claimed sends through the provider, batch by batch, and record each outcome."""
-        for batch in batches(sends):
-            self.deliver_batch(batch)
+        """Send claimed sends through the provider, request by request, and record each outcome."""
+        for request in requests(sends):
+            self.deliver_batch(request)
 
-    def deliver_batch(self, batch: Sequence[SendRecord]) -> None:
-        """Send one batch (see :func:`batches`) as one provider request and record the outcome."""
+    def deliver_batch(self, request: Request) -> None:
+        """Send one request (see :func:`~trigmail.delivery.requests`) and record the outcome."""
         try:
-            accepted = self.provider.send([_email(send) for send in batch])
-        except PermanentDeliveryError as exc:
-            if exc.status_code == HTTP_BAD_REQUEST and len(batch) > 1:
-                # The whole request was refused, so nothing went out: halve it until the bad
-                # email is alone, and the others are sent.
-                middle = len(batch) // 2
-                self.deliver_batch(batch[:middle])
-                self.deliver_batch(batch[middle:])
-                return
-            self._record_failure(batch, exc)
-            return
+            accepted = self.provider.send(request.emails)
         except DeliveryError as exc:
-            self._record_failure(batch, exc)
+            parts = halves(request, exc)
+            for part in parts:
+                self.deliver_batch(part)
+            if not parts:
+                self._record_failure(request.sends, exc)
             return
         faults.reached(faults.KillPoint.AFTER_ACCEPT)
         now = self.clock()
-        keys = [send.key for send in batch]
+        keys = [send.key for send in request.sends]
         with self.ledger.transaction() as txn:
             txn.finish(keys, SendState.SENT, now, message_id=accepted.message_id)
-            entries = [_send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in batch]
+            entries = [_send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in request.sends]
             txn.log(entries)
         self._publish(entries)
 
@@ -323,42 +298,33 @@ class Pipeline:
 
     def _record_failure(self, batch: Sequence[SendRecord], exc: DeliveryError) -> None:
         now = self.clock()
+        decisions = [decide_failure(s, exc, self.retry, now, self.rng.random()) for s in batch]
         entries: list[LogEntry] = []
         retried: list[SendRecord] = []
         with self.ledger.transaction() as txn:
-            for send in batch:
-                entry, retry_at = self._settle_failure(txn, send, exc, now)
-                if entry is not None:
-                    entries.append(entry)
-                if retry_at is not None:
-                    retried.append(replace(send, due_at=retry_at, state=SendState.SCHEDULED))
+            for send, decision in zip(batch, decisions, strict=True):
+                if isinstance(decision, Retry):
+                    txn.retry_later([send.key], decision.due_at, decision.detail)
+                    retried.append(replace(send, due_at=decision.due_at, state=SendState.SCHEDULED))
+                else:
+                    txn.finish([send.key], decision.state, now, error=decision.detail)
+                    outcome = _SETTLED[decision.state]
+                    entries.append(
+                        _send_entry(send, outcome, decision.reason, now, decision.detail)
+                    )
             txn.log(entries)
         with self._lock:
             for send in retried:
                 self.scheduler.add(send)
+        for send, decision in zip(batch, decisions, strict=True):
+            if isinstance(decision, Retry):
+                wait_s = (decision.due_at - now).total_seconds()
+                log.info("send %s: retry in %.1fs after %s", send.key, wait_s, decision.detail)
+            elif decision.state is SendState.IN_DOUBT:
+                log.warning("send %s: in doubt after %s", send.key, decision.detail)
+            else:
+                log.warning("send %s: failed: %s", send.key, decision.detail)
         self._publish(entries)
-
-    def _settle_failure(
-        self, txn: LedgerTxn, send: SendRecord, exc: DeliveryError, now: datetime
-    ) -> tuple[LogEntry | None, datetime | None]:
-        error = f"{type(exc).__name__}: {exc.detail}"
-        resend = isinstance(exc, InDoubtDeliveryError) and send.on_doubt is OnDoubt.RESEND
-        if isinstance(exc, RetryableDeliveryError) or resend:
-            if send.attempts < self.retry.max_attempts:
-                hint_s = exc.retry_after_s if isinstance(exc, RetryableDeliveryError) else None
-                delay_s = self.retry.delay_s(send.attempts, hint_s, self.rng)
-                retry_at = now + timedelta(seconds=delay_s)
-                txn.retry_later([send.key], retry_at, error)
-                log.info("send %s: retry in %.1fs after %s", send.key, delay_s, error)
-                return None, retry_at
-            error = f"gave up after {send.attempts} attempts: {error}"
-        if isinstance(exc, InDoubtDeliveryError) and not resend:
-            txn.finish([send.key], SendState.IN_DOUBT, now, error=error)
-            log.warning("send %s: in doubt after %s", send.key, error)
-            return _send_entry(send, Outcome.DROPPED, Reason.IN_DOUBT, now, error), None
-        txn.finish([send.key], SendState.FAILED, now, error=error)
-        log.warning("send %s: failed: %s", send.key, error)
-        return _send_entry(send, Outcome.DROPPED, Reason.FAILED, now, error), None
 
     def expire_leases(self) -> list[SendRecord]:
         """Settle the sends of workers that died while sending (shared ledgers only)."""
@@ -413,21 +379,6 @@ class _RereadOnFailure:
 def _earliest(current: datetime | None, sends: Sequence[SendRecord]) -> datetime:
     due_at = min(send.due_at for send in sends)
     return due_at if current is None else min(current, due_at)
-
-
-def batches(sends: Sequence[SendRecord]) -> list[list[SendRecord]]:
-    """Group sends into provider requests: same message attributes, within SendGrid's limits."""
-    if len(sends) == 1:
-        return [list(sends)]
-    by_key = {send.key: send for send in sends}
-    return [
-        [by_key[email.key] for email in request]
-        for request in split_batch([_email(send) for send in sends])
-    ]
-
-
-def _email(send: SendRecord) -> Email:
-    return Email(key=send.key, rule_id=send.rule_id, to=send.email, payload=send.payload)
 
 
 def _send_entry(

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from types import FrameType
 
 from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig
 from trigmail.daemon import Daemon
+from trigmail.delivery import RetryPolicy
 from trigmail.errors import ConfigError, LedgerError, RulesError
 from trigmail.ledger import Ledger, PostgresLedger, SqliteLedger, open_ledger
 from trigmail.logs import register_secret
 from trigmail.metrics import Metrics, serve_metrics
-from trigmail.pipeline import RetryPolicy
 from trigmail.providers.base import Provider
 from trigmail.providers.outbox import OutboxProvider
 from trigmail.providers.sendgrid import SendGridProvider
@@ -75,7 +76,7 @@ def _rules(config: Config, metrics: Metrics) -> RuleStore:
         log.warning("rules: %s", problem)
     if result.rules is None:
         raise RulesError(list(result.problems))
-    metrics.record_reload(True, 0.0)
+    metrics.record_reload(True, time.time())
     log.info("rules: version %s in force (%d rules)", result.rules.version, len(result.rules.rules))
     return store
 

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from trigmail import faults
+from trigmail.delivery import requests
 from trigmail.errors import BadEventError
 from trigmail.events import Event, format_ts
 from trigmail.ingest import parse_item
 from trigmail.ledger.base import WATERMARK_META, Ledger, SendRecord, SendState
 from trigmail.metrics import Metrics
-from trigmail.pipeline import Pipeline, batches
+from trigmail.pipeline import Pipeline
 from trigmail.sources.base import Source, SourceItem
 
 log = logging.getLogger(__name__)
@@ -260,9 +261,9 @@ class Worker:
                 self._count_past(claimed, gate)
         elif self._past_burst and (gate.watermark is None or gate.cutoff <= gate.watermark):
             self._end_burst()
-        for batch in batches(claimed):
-            future = self.executor.submit(self.pipeline.deliver_batch, batch)
-            self.in_flight[future] = batch
+        for request in requests(claimed):
+            future = self.executor.submit(self.pipeline.deliver_batch, request)
+            self.in_flight[future] = request.sends
 
     def _count_past(self, claimed: Sequence[SendRecord], gate: Gate) -> None:
         if gate.watermark is not None:

@@ -26,7 +26,6 @@ class OutputFormat(StrEnum):
     JSON = "json"
 
 
-# Exit codes fixed by DESIGN.md §4.
+# Exit codes fixed by docs/design.md §4 (typer itself exits 2 on a usage error).
 EXIT_OK = 0
 EXIT_INVALID = 1
-EXIT_USAGE = 2

@@ -30,6 +30,8 @@ _STYLE = {
     Outcome.SKIPPED: "dim",
     Outcome.DROPPED: "magenta",
     Outcome.DEAD_LETTER: "red",
+    Outcome.FAILED: "red",
+    Outcome.IN_DOUBT: "magenta",
 }
 
 
@@ -91,8 +93,12 @@ def _line_writer(console: Console) -> Callable[[LogEntry], None]:
     return coloured
 
 
+# A simulation's provider never fails: these outcomes get a column only when they occur.
+_SERVE_ONLY = (Outcome.FAILED, Outcome.IN_DOUBT)
+
+
 def _summary_table(summary: Summary) -> Table:
-    outcomes = [o.value for o in Outcome]
+    outcomes = [o.value for o in Outcome if o not in _SERVE_ONLY or summary.outcomes.get(o)]
     table = Table(title=f"{summary.events} events", title_justify="left")
     table.add_column("rule", no_wrap=True)
     for outcome in outcomes:

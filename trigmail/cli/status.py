@@ -112,6 +112,7 @@ def _print_tables(
         )
     if status.failed:
         console.print(_sends_table("failed", status.failed, "since"))
+    console.print(_sends_table("recent", status.recent, "since"))
     console.print(f"dead letters: {status.dead_letters}")
     if watermark is not None:
         lag = "unknown" if watermark["lag_s"] is None else f"{watermark['lag_s']:.1f} s behind"
