@@ -127,7 +127,9 @@ class WorkersRun:
                 worker.daemons.kill_if_running()
         expected = oracle.expect(self.workload, self.stamper.fed)
         observed, timed = self._observe(expected)
-        violations = order.check(expected, observed, timed)
+        violations = [
+            self._with_timeline(v, observed) for v in order.check(expected, observed, timed)
+        ]
         for worker, code in zip(self.workers, codes, strict=True):
             if code != 0:
                 violations.append(checks.Violation("unclean_stop", worker.name, f"exit {code}"))
@@ -223,6 +225,28 @@ class WorkersRun:
         observed.in_doubt = {entry["key"] for entry in self._status()["in_doubt"]}
         observed.dead = self.feed.dead()
         return observed, timed
+
+    def _with_timeline(
+        self, violation: checks.Violation, observed: checks.Observed
+    ) -> checks.Violation:
+        """A nudge violation with its user's decisions, in the ledger's order: who decided
+        what, when, is what tells a daemon's bug from the oracle's."""
+        if violation.check not in ("cooldown_broken", "cancelled_trigger_sent"):
+            return violation
+        user = observed.users.get(violation.subject, violation.subject)
+        with psycopg.connect(self.dsn) as conn:
+            rows = conn.execute(
+                "SELECT at, event_id, key, outcome, reason FROM decision_log"
+                " WHERE user_id = %s ORDER BY id",
+                (user,),
+            ).fetchall()
+        lines = [
+            f"{at:%H:%M:%S.%f} {event} {key} {outcome} {reason}"
+            for at, event, key, outcome, reason in rows
+        ]
+        return checks.Violation(
+            violation.check, violation.subject, violation.detail + "\n    " + "\n    ".join(lines)
+        )
 
     @staticmethod
     def _acceptances(worker: Worker, observed: checks.Observed, timed: order.Timed) -> None:
