@@ -210,6 +210,45 @@ def test_parse_listen_rejects(listen: str) -> None:
         parse_listen(listen)
 
 
+def exchange(server: MetricsServer, request: bytes) -> bytes:
+    """Send raw bytes, half-close, and return everything the server answers."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "answer_starts"),
+    [
+        # only GET is served
+        (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 405 "),
+        # not HTTP at all: closed without an answer
+        (b"\x16\x03\x01 a TLS hello\r\n\r\n", b""),
+        # a request head over 8 KiB: closed without an answer
+        (b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", b""),
+        # a request cut short
+        (b"GET /healthz HTTP/1.1\r\n", b""),
+    ],
+)
+def test_bad_requests_get_no_traceback(
+    server: MetricsServer,
+    caplog: pytest.LogCaptureFixture,
+    request_bytes: bytes,
+    answer_starts: bytes,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="trigmail"):
+        answer = exchange(server, request_bytes)
+        # The server is still there, and says so.
+        assert get(server, "/healthz")[:1] == (200,)
+    assert answer.startswith(answer_starts) if answer_starts else answer == b""
+    assert all(record.exc_info is None for record in caplog.records)
+    assert "Traceback" not in caplog.text
+
+
 def test_a_started_serve_reports_its_first_rule_load(tmp_path: Path) -> None:
     before_s = time.time()
     with serve_in(

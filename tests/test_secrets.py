@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from trigmail.secrets import Secret, redact_url
+from trigmail.secrets import Secret, redact_url, url_passwords
 
 VALUE = "SG.very-secret-value"
 
@@ -89,7 +89,33 @@ def test_copies_keep_the_value() -> None:
         ("postgresql://u@db/x", "postgresql://u@db/x"),
         # no credentials at all
         ("https://api.sendgrid.com", "https://api.sendgrid.com"),
+        # a password holding '/', '#' and '?', which end the authority for a URL parser
+        ("redis://:a/b#c?d@h:6379/0", "redis://:<secret>@h:6379/0"),
+        # a space and a '%' that starts no escape
+        ("redis://u:a b%zz@h/0", "redis://u:<secret>@h/0"),
+        # an unparsable userinfo: hidden from '://' to the last '@', the user included
+        ("redis://a/b:c@d@h/0", "redis://<secret>@h/0"),
+        # a quoted libpq value with a space and an escaped quote
+        ("host=db password='a b\\' c' user=u", "host=db password=<secret> user=u"),
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:
     assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # as written and percent-decoded: a library may print either
+        ("redis://u:p%40ss%2Fw@h/0", {"p%40ss%2Fw", "p@ss/w"}),
+        # an unparsable password also in the pieces a URL parser cuts it into
+        ("redis://:s3cr/et#pass@h/0", {"s3cr/et#pass", "s3cr", "et", "pass"}),
+        # a password parameter, and a quoted libpq one
+        ("postgresql://u@db/x?password=hunter22", {"hunter22"}),
+        ("host=db password='a b\\' c'", {"a b' c"}),
+        # no password at all
+        ("postgresql://u@db/x", set()),
+    ],
+)
+def test_url_passwords_lists_every_spelling(url: str, expected: set[str]) -> None:
+    assert url_passwords(url) == expected

@@ -24,12 +24,13 @@ from jsonschema import Draft202012Validator
 
 from trigmail.durations import parse_duration
 from trigmail.errors import ConfigError, DurationError
+from trigmail.logs import register_secret
 from trigmail.providers.credentials import DEFAULT_HOST, load_api_key
 from trigmail.rules.model import Address
 from trigmail.rules.problems import format_path
 from trigmail.rules.schema import check_structure
 from trigmail.rules.yamlsource import load_document
-from trigmail.secrets import Secret, redact_url
+from trigmail.secrets import Secret, redact_url, url_passwords
 
 DEFAULT_SPOOL: Final = Path("events.jsonl")
 DEFAULT_RULES_DIR: Final = Path("rules.d")
@@ -48,6 +49,7 @@ CONFIG_ENV: Final = "TRIGMAIL_CONFIG"
 # Each environment variable overrides one config key (a key path into the file).
 ENV_OVERRIDES: Final[Mapping[str, tuple[str, ...]]] = {
     "TRIGMAIL_SPOOL": ("source", "spool"),
+    "TRIGMAIL_DEAD_LETTERS": ("source", "dead_letters"),
     "TRIGMAIL_REDIS_URL": ("source", "redis", "url"),
     "TRIGMAIL_REDIS_CONSUMER": ("source", "redis", "consumer"),
     "TRIGMAIL_RULES_DIR": ("rules_dir",),
@@ -64,9 +66,20 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[str, ...]]] = {
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    """Events from a JSONL file that producers append to."""
+    """Events from a JSONL file that producers append to.
+
+    ``dead_letters`` is where bad lines are set aside; ``None`` is ``<stem>.dead.jsonl``
+    beside the spool (docs/security.md: keep it in the state directory instead when
+    producers may write the spool's directory).
+    """
 
     path: Path
+    dead_letters: Path | None = None
+
+    @property
+    def dead_letters_text(self) -> str:
+        """Where dead letters go, for the start line."""
+        return "beside the spool" if self.dead_letters is None else str(self.dead_letters)
 
     @property
     def name(self) -> str:
@@ -155,7 +168,7 @@ class Config:
     def describe(self) -> dict[str, Any]:
         """A summary safe to log: passwords in URLs redacted, the API key never included."""
         source = (
-            {"spool": str(self.source.path)}
+            {"spool": str(self.source.path), "dead_letters": self.source.dead_letters_text}
             if isinstance(self.source, SpoolConfig)
             else {"redis": redact_url(self.source.url), "stream": self.source.stream}
         )
@@ -209,9 +222,16 @@ def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
         # The consumer name refines a configured stream; it does not replace the source.
         data.setdefault("source", {}).setdefault("redis", {})["consumer"] = value
         return
+    if path == ("source", "dead_letters"):
+        # Where a spool's dead letters go refines the source, whichever it is; a Redis
+        # stream has its own dead stream and ignores it.
+        data.setdefault("source", {})["dead_letters"] = value
+        return
     if path[0] == "source":
-        # A source is one thing: overriding the spool replaces a configured stream.
-        data["source"] = {}
+        # A source is one thing: overriding the spool replaces a configured stream (but
+        # keeps where dead letters go).
+        kept = (data.get("source") or {}).get("dead_letters")
+        data["source"] = {} if kept is None else {"dead_letters": kept}
     node = data
     for part in path[:-1]:
         child = node.get(part)
@@ -247,7 +267,19 @@ def load_config(
     for key_path, value in (overrides or {}).items():
         if value is not None:
             _set(data, key_path, value)
+    _guard_passwords(data)
     return _build(data, environ, path)
+
+
+def _guard_passwords(data: Mapping[str, Any]) -> None:
+    """Register every password of the Redis URL and the ledger DSN with the log guard, before
+    anything (an error, a library's traceback) can print one."""
+    source = data.get("source") or {}
+    redis = source.get("redis") if isinstance(source, dict) else None
+    urls = [redis.get("url") if isinstance(redis, dict) else None, data.get("ledger")]
+    for url in urls:
+        for password in url_passwords(url) if isinstance(url, str) else ():
+            register_secret(password)
 
 
 def _build(data: Mapping[str, Any], environ: Mapping[str, str], path: Path | None) -> Config:
@@ -279,7 +311,9 @@ def _build(data: Mapping[str, Any], environ: Mapping[str, str], path: Path | Non
 def _source(spec: Mapping[str, Any]) -> SpoolConfig | RedisConfig:
     redis = spec.get("redis")
     if redis is None:
-        return SpoolConfig(Path(spec.get("spool", DEFAULT_SPOOL)))
+        dead = spec.get("dead_letters")
+        spool = Path(spec.get("spool", DEFAULT_SPOOL))
+        return SpoolConfig(spool, None if dead is None else Path(dead))
     _check_url(redis.get("url", ""), "source.redis.url", ("redis://", "rediss://"))
     options: dict[str, Any] = {"url": redis["url"]}
     renames = {"block": "block_s", "min_idle": "min_idle_s"}

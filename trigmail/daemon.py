@@ -155,7 +155,7 @@ class Daemon:
         try:
             wait_s = self.worker.step(self.clock())
             if wait_s > 0 and not self._stop.is_set():
-                self.worker.wait_for_events(wait_s, self.clock())
+                self.worker.wait_for_events(wait_s)
         except LedgerUnavailableError as exc:
             log.warning("ledger: unavailable, pausing: %s", exc)
             self._stop.wait(FAILURE_BACKOFF_S)

@@ -73,6 +73,14 @@ class SourceError(TrigmailError):
     """Raised when an event source cannot be read (missing file, Redis unreachable)."""
 
 
+class UnsafeFileError(TrigmailError):
+    """Raised when a path trigmail reads or writes is a symlink, a FIFO or not a regular file.
+
+    Such a path is refused rather than followed: whoever can write its directory could
+    otherwise make the daemon read or append to a file of their choosing.
+    """
+
+
 class DeliveryError(TrigmailError):
     """Base of the three outcomes of a failed provider call; ``detail`` never holds a secret."""
 

@@ -9,6 +9,12 @@ journald (and any line-based shipper) keeps one entry per event:
 
 Under journald the timestamp is left out (journald stamps each entry itself) and the line
 starts with the syslog priority ``<N>``, which journald strips and records as the level.
+
+Values come from events and rule files, so a line could carry terminal escapes (``ESC``,
+OSC), line separators or bidi overrides that rewrite what an operator sees. Every C0 and C1
+control, U+2028/U+2029 and the bidi controls are written as escapes (``\x1b``, ``\u2028``)
+in both formats. An uncaught exception, once :func:`install_excepthooks` ran, is one
+``critical`` line like any other, its traceback escaped into the ``exc`` field.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import sys
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, Literal, TextIO
 
 from trigmail.errors import ConfigError
@@ -170,12 +179,46 @@ class KeyValueFormatter(_LineFormatter):
         return " ".join(pairs)
 
 
-_LOGFMT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+def _escape_for(code: int) -> str:
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+# C0 and DEL, C1, the line and paragraph separators, and the bidi embeddings, overrides and
+# isolates: each can move the cursor, end a line or reorder what a terminal shows.
+_CONTROL_CODES = [
+    *range(0x20),
+    *range(0x7F, 0xA0),
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+]
+_CONTROL_ESCAPES = {code: _escape_for(code) for code in _CONTROL_CODES} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+_CONTROLS = re.compile("[" + "".join(re.escape(chr(c)) for c in _CONTROL_CODES) + "]")
+
+
+def escape_controls(text: str) -> str:
+    """Return ``text`` with every control character written as an escape (``\\x1b``).
+
+    For anything printed to a terminal that came from an event or a rule file: the rich
+    tables of ``status``, ``simulate`` and ``ledger`` use it too.
+    """
+    return text.translate(_CONTROL_ESCAPES) if _CONTROLS.search(text) else text
+
+
+_LOGFMT_ESCAPES = {ord("\\"): "\\\\", ord('"'): '\\"'} | _CONTROL_ESCAPES
+_LOGFMT_QUOTED = re.compile(r'[\s"=\\]')
+# JSON escapes C0 itself; the rest are valid inside a JSON string as \uXXXX.
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _CONTROL_CODES if code >= 0x7F}
 
 
 def _logfmt_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if text and not any(c in text for c in ' "=\\\n\r\t'):
+    if text and not _LOGFMT_QUOTED.search(text) and not _CONTROLS.search(text):
         return text
     return '"' + text.translate(_LOGFMT_ESCAPES) + '"'
 
@@ -184,7 +227,39 @@ class JsonFormatter(_LineFormatter):
     """One JSON object per line; ``extra=`` fields become keys beside ts, level, logger, msg."""
 
     def render(self, fields: Mapping[str, Any], levelno: int) -> str:
-        return json.dumps(fields, default=str, ensure_ascii=False)
+        return json.dumps(fields, default=str, ensure_ascii=False).translate(_JSON_ESCAPES)
+
+
+def install_excepthooks() -> None:
+    """Log an uncaught exception, in the main thread or another, as one ``critical`` line.
+
+    Python would print a multi-line traceback on stderr instead, which journald splits into
+    one entry per line. The process still exits 1.
+    """
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, traceback: TracebackType | None
+) -> None:
+    logging.getLogger("trigmail").critical(
+        "uncaught %s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, traceback)
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return  # what threading's own hook ignores too
+    exc = args.exc_value if args.exc_value is not None else args.exc_type()
+    thread = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("trigmail").critical(
+        "uncaught %s in thread %s: %s",
+        args.exc_type.__name__,
+        thread,
+        exc,
+        exc_info=(args.exc_type, exc, args.exc_traceback),
+    )
 
 
 def running_under_journald(environ: Mapping[str, str] | None = None, fd: int = 2) -> bool:

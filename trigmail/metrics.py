@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv6Address, ip_address
 from types import TracebackType
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from trigmail.decisions import Reason
 from trigmail.errors import ConfigError
+from trigmail.httpserve import Answer, Answerer, HttpServer
 from trigmail.ledger.base import SendState
 
 logger = logging.getLogger(__name__)
@@ -39,6 +37,8 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 COMMIT_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 RELOAD_RESULTS = ("success", "failure")
+
+_PLAIN = "text/plain; charset=utf-8"
 
 # Healthy is ``True``; anything else is unhealthy, and a string says why.
 HealthCheck = Callable[[], bool | str]
@@ -173,85 +173,53 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-class _Server(ThreadingHTTPServer):
-    """The HTTP server, holding what its handlers serve."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], metrics: Metrics, health: HealthCheck) -> None:
-        self.metrics = metrics
-        self.health = health
-        # Set before the base class creates the socket, which reads it.
-        self.address_family = _address_family(address[0])
-        super().__init__(address, _Handler)
-
-
 def _address_family(host: str) -> socket.AddressFamily:
     try:
         is_v6 = isinstance(ip_address(host), IPv6Address)
     except ValueError:
-        is_v6 = False  # a host name: resolved as IPv4, like the stdlib server does
+        is_v6 = False  # a host name: resolved as IPv4, like the stdlib server did
     return socket.AF_INET6 if is_v6 else socket.AF_INET
 
 
 def _health_answer(health: HealthCheck) -> tuple[HTTPStatus, str]:
     try:
         verdict = health()
-    except Exception:
+    except Exception as exc:
         # A broken check must not take the endpoint down; its message may name internals.
-        logger.exception("healthz: the health check raised")
+        logger.error("healthz: the health check raised %s: %s", type(exc).__name__, exc)
         return HTTPStatus.SERVICE_UNAVAILABLE, "health check failed"
     if verdict is True:
         return HTTPStatus.OK, "ok"
     return HTTPStatus.SERVICE_UNAVAILABLE, verdict or "unhealthy"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+def _answerer(metrics: Metrics, health: HealthCheck) -> Answerer:
+    def answer(path: str, accept: str) -> Answer:
         if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._reply(HTTPStatus.OK, encoder(self.server.metrics.registry), content_type)
-        elif path == "/healthz":
-            status, text = _health_answer(self.server.health)
-            self._reply(status, (text + "\n").encode(), "text/plain; charset=utf-8")
-        else:
-            self._reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+            encoder, content_type = choose_encoder(accept)
+            return HTTPStatus.OK, encoder(metrics.registry), content_type
+        if path == "/healthz":
+            status, text = _health_answer(health)
+            return status, (text + "\n").encode(), _PLAIN
+        return HTTPStatus.NOT_FOUND, b"not found\n", _PLAIN
 
-    def _reply(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The stdlib writes every request to stderr; scrapes are routine, so debug only.
-        logger.debug("metrics http: " + format, *args)
+    return answer
 
 
 class MetricsServer:
     """``/metrics`` and ``/healthz`` served from a daemon thread; see :func:`serve_metrics`."""
 
-    def __init__(self, server: _Server) -> None:
+    def __init__(self, server: HttpServer) -> None:
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="trigmail-metrics", daemon=True
-        )
-        self._thread.start()
 
     @property
     def port(self) -> int:
         """The port listened on (the ephemeral one chosen when asked for port 0)."""
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def close(self) -> None:
-        """Stop serving, wait for the serving thread and release the socket."""
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
+        """Stop serving, wait for the serving threads and release the socket."""
+        self._server.close()
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -271,7 +239,8 @@ def serve_metrics(
     """Serve ``metrics`` at ``/metrics`` and ``health`` at ``/healthz`` on ``listen``.
 
     ``/healthz`` answers 200 ``ok`` when ``health()`` returns ``True``, and 503 with the
-    string it returned otherwise. The server runs in a daemon thread until :meth:`close`.
+    string it returned otherwise. The server runs in a daemon thread until :meth:`close`;
+    slow or idle clients cannot exhaust it (:mod:`trigmail.httpserve`).
 
     Args:
         metrics: what ``/metrics`` exposes, in the Prometheus text format (or OpenMetrics
@@ -285,7 +254,7 @@ def serve_metrics(
     """
     host, port = parse_listen(listen)
     try:
-        server = _Server((host, port), metrics, health)
+        sock = socket.create_server((host, port), family=_address_family(host))
     except OSError as exc:
         raise ConfigError(
             f"metrics.listen: cannot listen on {listen!r}: {exc.strerror or exc}; pick a free "
@@ -293,5 +262,6 @@ def serve_metrics(
             "metrics.listen in the config; port 0 takes any free port), or set `metrics: null` "
             "in the config to serve no metrics"
         ) from exc
-    logger.info("metrics: serving /metrics and /healthz on %s:%d", host, server.server_address[1])
+    server = HttpServer(sock, _answerer(metrics, health), "trigmail-metrics")
+    logger.info("metrics: serving /metrics and /healthz on %s:%d", host, server.port)
     return MetricsServer(server)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import hmac
 import re
 from typing import NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 REDACTED = "<secret>"
-
-# A libpq keyword/value DSN or a URL query string may carry the password as a parameter.
-_PASSWORD_PARAM = re.compile(r"(?i)(\bpassword=)([^&\s]*)")
 
 
 class Secret:
@@ -64,16 +61,68 @@ def redact_url(url: str) -> str:
     """Return ``url`` with its password (userinfo or ``password=`` parameter) as ``<secret>``.
 
     ``redis://:pw@h:6379/0`` becomes ``redis://:<secret>@h:6379/0``; a username is kept so the
-    log still says who connected.
+    log still says who connected. The userinfo is taken to end at the *last* ``@``, so a
+    password holding ``@``, ``/``, ``#``, ``?`` or a space is hidden whole; when the part before
+    its first ``:`` is no plain user name (the URL cannot be parsed), everything from ``://``
+    to the last ``@`` goes. Also applied to error messages that quote a URL.
     """
     redacted = _PASSWORD_PARAM.sub(lambda m: m.group(1) + REDACTED, url)
-    try:
-        parts = urlsplit(redacted)
-    except ValueError:
+    userinfo = _userinfo(redacted)
+    if userinfo is None:
         return redacted
-    userinfo, at, hostinfo = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return redacted
-    user = userinfo.split(":", 1)[0]
-    netloc = f"{user}:{REDACTED}@{hostinfo}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    start, end = userinfo
+    user, colon, _ = redacted[start:end].partition(":")
+    if not _UNPARSABLE.search(user) and not colon:
+        return redacted  # a user name alone
+    shown = f"{user}:{REDACTED}" if not _UNPARSABLE.search(user) else REDACTED
+    return redacted[:start] + shown + redacted[end:]
+
+
+def url_passwords(url: str) -> set[str]:
+    """Return every password ``url`` (a URL or a libpq DSN) holds, in each spelling a library
+    may print it: as written, percent-decoded and, for a URL that cannot be parsed, in the
+    pieces a parser would cut it into. For the log guard (:func:`trigmail.logs.register_secret`).
+    """
+    found: set[str] = set()
+    for match in _PASSWORD_PARAM.finditer(url):
+        found |= _spellings(_unquote_libpq(match.group(2)), pieces=False)
+    userinfo = _userinfo(_PASSWORD_PARAM.sub("", url))
+    if userinfo is not None:
+        text = _PASSWORD_PARAM.sub("", url)[userinfo[0] : userinfo[1]]
+        user, colon, password = text.partition(":")
+        if _UNPARSABLE.search(user):
+            found |= _spellings(text, pieces=True)
+        elif colon:
+            found |= _spellings(password, pieces=bool(_UNPARSABLE.search(password)))
+    return {value for value in found if value}
+
+
+# A libpq keyword/value DSN or a URL query string may carry the password as a parameter; a
+# libpq value may be single-quoted, with backslash escapes, and hold spaces.
+_PASSWORD_PARAM = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^&\s]*)")
+# What a plain user name (or a parsable password) never holds.
+_UNPARSABLE = re.compile(r"[/?#@\s\[\]]")
+
+
+def _userinfo(text: str) -> tuple[int, int] | None:
+    """Return where the userinfo of the first URL in ``text`` starts and ends, if it has one."""
+    scheme_end = text.find("://")
+    if scheme_end < 0:
+        return None
+    start = scheme_end + 3
+    end = text.rfind("@", start)
+    return None if end < 0 else (start, end)
+
+
+def _unquote_libpq(value: str) -> str:
+    if not value.startswith("'"):
+        return value
+    return re.sub(r"\\(.)", r"\1", value[1:].removesuffix("'"))
+
+
+def _spellings(value: str, *, pieces: bool) -> set[str]:
+    spellings = {value, unquote(value)}
+    if pieces:
+        for spelling in list(spellings):
+            spellings.update(re.split(r"[/?#@:]+", spelling))
+    return spellings

@@ -19,7 +19,7 @@ from trigmail.delivery import RetryPolicy
 from trigmail.errors import ConfigError, LedgerError, RulesError
 from trigmail.ledger import Ledger, PostgresLedger, SqliteLedger, open_ledger
 from trigmail.logs import register_secret
-from trigmail.metrics import Metrics, serve_metrics
+from trigmail.metrics import HealthCheck, Metrics, serve_metrics
 from trigmail.providers.base import Provider
 from trigmail.providers.outbox import OutboxProvider
 from trigmail.providers.sendgrid import SendGridProvider
@@ -36,7 +36,7 @@ SQLITE_WORKER_LOCK = "serve"
 
 def _source(config: Config) -> Source:
     if isinstance(config.source, SpoolConfig):
-        return SpoolSource(config.source.path)
+        return SpoolSource(config.source.path, dead_letters=config.source.dead_letters)
     redis: RedisConfig = config.source
     return RedisStreamSource(
         redis.url,
@@ -128,6 +128,16 @@ def _install_signals(daemon: Daemon) -> None:
     signal.signal(signal.SIGHUP, reload)
 
 
+def _health(daemon: Daemon, source: Source) -> HealthCheck:
+    """The daemon's liveness, and why its spool is refused (a symlink, a FIFO), if it is."""
+
+    def check() -> bool | str:
+        problem = source.health() if isinstance(source, SpoolSource) else None
+        return problem or daemon.healthy()
+
+    return check
+
+
 def run(config: Config) -> None:
     """Wire every part from ``config`` and serve until SIGTERM/SIGINT."""
     log.info("serve: starting with %s", config.describe())
@@ -163,7 +173,7 @@ def run(config: Config) -> None:
     server = (
         None
         if config.metrics_listen is None
-        else serve_metrics(metrics, config.metrics_listen, daemon.healthy)
+        else serve_metrics(metrics, config.metrics_listen, _health(daemon, source))
     )
     watcher.start()
     try:

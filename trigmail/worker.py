@@ -115,6 +115,7 @@ class Worker:
         self.retention_s = retention_s
         self.in_flight: dict[Future[None], list[SendRecord]] = {}
         self._held: list[_Held] = []
+        self._arrived: list[SourceItem] = []  # read while waiting, for the next step
         self._mark: datetime | None = None  # the highest producer ts decided (ordered sources)
         self._past_burst = 0  # sends fired past the watermark since the gate last held
         self._next: dict[str, datetime] = {}  # timer name -> when it runs next
@@ -139,7 +140,8 @@ class Worker:
         self._reap()
         self._fire(now)
         if not self._held:
-            self._hold(self._read(0.0), now)
+            arrived, self._arrived = self._arrived, []
+            self._hold(arrived or self._read(0.0), now)
         decided = self._decide(now) if self._held else True
         self._fire(now)
         # Last: a timer that fails (a locked ledger) must not keep events from being read.
@@ -149,10 +151,11 @@ class Worker:
             return 0.0 if decided or self._free_slots() else SLOT_POLL_S
         return self._wait_s(now)
 
-    def wait_for_events(self, timeout_s: float, now: datetime) -> None:
-        """Block up to ``timeout_s`` for events; what comes is decided at the next step."""
-        if not self._held and timeout_s > 0:
-            self._hold(self._read(timeout_s), now)
+    def wait_for_events(self, timeout_s: float) -> None:
+        """Block up to ``timeout_s`` for events; what comes is decided at the next step (and
+        read at its time: an event without ``ts`` happened when the step took it)."""
+        if not self._held and not self._arrived and timeout_s > 0:
+            self._arrived = self._read(timeout_s)
 
     def drain(self, timeout_s: float) -> None:
         """Wait (bounded) for the requests in flight; put back those never started."""

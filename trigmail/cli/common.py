@@ -15,7 +15,8 @@ from rich.markup import escape
 from trigmail.cli.app import EXIT_INVALID
 from trigmail.config import Config, load_config
 from trigmail.errors import ConfigError
-from trigmail.logs import logging_config
+from trigmail.logs import escape_controls, install_excepthooks, logging_config, redact
+from trigmail.secrets import redact_url
 
 ConfigOption = Annotated[
     Path | None,
@@ -33,9 +34,23 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def fail(message: str, code: int = EXIT_INVALID) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, soft_wrap=True)
+    """Print ``error: message`` on stderr and exit with ``code``.
+
+    Printed without the log guard's handler, so passwords are redacted here: registered ones,
+    and any URL's (a config error quoting an invalid URL comes before it is registered).
+    """
+    shown = "\n".join(redact_url(line) for line in redact(message).split("\n"))
+    err_console.print(
+        f"[bold red]error:[/bold red] {escape(escape_controls_keeping_lines(shown))}",
+        markup=True,
+        soft_wrap=True,
+    )
     raise typer.Exit(code)
+
+
+def escape_controls_keeping_lines(text: str) -> str:
+    """:func:`~trigmail.logs.escape_controls` line by line: a list of problems keeps its lines."""
+    return "\n".join(escape_controls(line) for line in text.split("\n"))
 
 
 def load(
@@ -66,3 +81,4 @@ def setup_logging(fmt: str, level: str) -> None:
     except ConfigError as exc:
         fail(str(exc))
     logging.config.dictConfig(config)
+    install_excepthooks()

@@ -24,6 +24,7 @@ from trigmail.errors import LedgerError
 from trigmail.events import format_ts
 from trigmail.ledger import open_ledger
 from trigmail.ledger.base import Ledger, SendRecord, SendState
+from trigmail.logs import escape_controls
 from trigmail.scheduler import Scheduler
 
 T = TypeVar("T")
@@ -112,8 +113,9 @@ def _in_doubt_table(sends: Sequence[SendRecord], total: int) -> Table:
             str(send.attempts),
             send.last_error or "",
         )
-        # Text, not markup: keys, user ids and errors come from events and may hold brackets.
-        table.add_row(*map(Text, cells))
+        # Text, not markup: keys, user ids and errors come from events and may hold brackets;
+        # and escaped: they may hold terminal escapes.
+        table.add_row(*(Text(escape_controls(cell)) for cell in cells))
     return table
 
 

@@ -20,6 +20,7 @@ from rich.text import Text
 from trigmail.cli.app import EXIT_INVALID, EXIT_OK, OutputFormat, app
 from trigmail.decisions import LogEntry, Outcome
 from trigmail.events import format_ts, parse_ts
+from trigmail.logs import escape_controls
 from trigmail.rules.loader import load_rules
 from trigmail.simulate import Simulation, Summary
 
@@ -67,7 +68,8 @@ def _line_parts(entry: LogEntry) -> tuple[str, str, str]:
     )
     detail = f" ({entry.detail})" if entry.detail else ""
     rest = f"{what:<24} {entry.user_id or '-':<12} {entry.reason.value}{due}{detail}"
-    return format_ts(entry.at), f"{entry.outcome.value:<11}", rest
+    # The user id and the detail come from the event: no terminal escape may pass.
+    return format_ts(entry.at), f"{entry.outcome.value:<11}", escape_controls(rest)
 
 
 def _line_writer(console: Console) -> Callable[[LogEntry], None]:

@@ -18,6 +18,7 @@ from trigmail.errors import LedgerError
 from trigmail.events import format_ts, parse_ts
 from trigmail.ledger import open_ledger
 from trigmail.ledger.base import WATERMARK_META, LedgerStatus, SendRecord, SendState
+from trigmail.logs import escape_controls
 from trigmail.secrets import redact_url
 
 
@@ -87,9 +88,10 @@ def _sends_table(title: str, sends: Sequence[SendRecord], when: str) -> Table:
         table.add_column(column, overflow="fold")
     for send in sends:
         moment = format_ts(send.due_at) if when == "due" else (_since(send) or "")
-        # Text, not markup: keys, user ids and errors come from events and may hold brackets.
+        # Text, not markup: keys, user ids and errors come from events and may hold brackets;
+        # and escaped: they may hold terminal escapes.
         cells = (send.key, send.rule_id, send.user_id, moment, send.last_error or "")
-        table.add_row(*map(Text, cells))
+        table.add_row(*(Text(escape_controls(cell)) for cell in cells))
     return table
 
 

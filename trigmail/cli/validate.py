@@ -14,6 +14,7 @@ from rich.text import Text
 from trigmail.cli.app import EXIT_INVALID, EXIT_OK, OutputFormat, app
 from trigmail.durations import parse_duration
 from trigmail.errors import DurationError
+from trigmail.logs import escape_controls
 from trigmail.rules.loader import ParseResult, Problem, Severity, load_rules
 
 DEFAULT_RULES_DIR = Path("rules.d")
@@ -48,9 +49,10 @@ def _print_table(result: ParseResult, problems: list[Problem]) -> None:
     for problem in problems:
         line = Text(f"{problem.file}:{problem.line}:{problem.col}: ")
         line.append(str(problem.severity), style=_STYLES[problem.severity])
-        line.append(f": {problem.message}")
+        # A message may quote the rule file, which may hold terminal escapes.
+        line.append(f": {escape_controls(problem.message)}")
         if problem.path:
-            line.append(f" (at {problem.path})", style="dim")
+            line.append(f" (at {escape_controls(str(problem.path))})", style="dim")
         console.print(line)
     console.print(Text(_summary(result, problems), style="bold"))
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trigmail.errors import LedgerError
+from trigmail.files import make_dirs
 from trigmail.ledger.base import Ledger
 from trigmail.ledger.memory import Clock, MemoryLedger, utc_now
 from trigmail.ledger.sqlite import SqliteLedger
@@ -59,7 +60,7 @@ def open_ledger(
         return PostgresLedger(text, worker_id=worker_id, clock=clock)
     path = Path(target)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)  # 0750 whatever the umask
     except OSError as exc:
         raise LedgerError(f"ledger {path}: cannot create its directory: {exc}") from exc
     return SqliteLedger(path, busy_timeout_s=busy_timeout_s, clock=clock)

@@ -24,6 +24,7 @@ from typing import Any
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError, LedgerUnavailableError
+from trigmail.files import create_file
 from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus, SendRecord, SendState
 from trigmail.ledger.memory import (
     RECOVERED_ERROR,
@@ -162,6 +163,17 @@ def _translated() -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise ledger_error(exc) from exc
+
+
+def _create(path: Path) -> None:
+    """Create the database file 0640 whatever the umask: it holds emails and names.
+
+    SQLite gives the ``-wal`` and ``-shm`` files it creates the database file's mode.
+    """
+    try:
+        create_file(path)
+    except OSError as exc:
+        raise LedgerError(f"ledger {path}: cannot create: {exc.strerror or exc}") from None
 
 
 def _send_params(send: SendRecord, created_at: datetime) -> tuple[Any, ...]:
@@ -512,6 +524,8 @@ class SqliteLedger:
         self._lock = threading.RLock()
         self._busy = False
         self._exclusive: dict[str, int] = {}  # name -> the descriptor holding its flock
+        if str(path) != ":memory:":
+            _create(self.path)
         with _translated():
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False

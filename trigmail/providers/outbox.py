@@ -2,6 +2,11 @@
 
 A file holds the request SendGrid would have received for that one email, so what the daemon
 would send can be read (or replayed by hand) before a key is configured.
+
+Files are created ``0640`` and missing directories ``0750`` whatever the umask, so the
+service's group may read the outbox and nobody else can. A file is written under a fresh
+temporary name (``O_CREAT | O_EXCL``, which never follows a symlink) and renamed over its
+target: a symlink planted at the target is replaced, never written through.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trigmail.errors import RetryableDeliveryError
+from trigmail.files import FILE_MODE, make_dirs
 from trigmail.providers.base import Accepted, Email
 from trigmail.providers.bodies import build_body
 from trigmail.rules.model import Address
@@ -66,7 +72,7 @@ class OutboxProvider:
             RetryableDeliveryError: the directory cannot be written (nothing was delivered).
         """
         try:
-            self._directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(self._directory)
             for email in emails:
                 self._write(email)
             _fsync_directory(self._directory)
@@ -91,6 +97,8 @@ class OutboxProvider:
         fd, temp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self._directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as file:
+                # mkstemp creates 0600; the group reads the outbox too (docs/security.md).
+                os.fchmod(fd, FILE_MODE)
                 json.dump(document, file, indent=2, sort_keys=True)
                 file.write("\n")
                 file.flush()

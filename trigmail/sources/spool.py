@@ -19,7 +19,16 @@ Behaviour a user can rely on:
   be set aside a second time (it carries no position of its own).
 
 Dead letters go to ``<stem>.dead.jsonl`` beside the spool (``events.jsonl`` →
-``events.dead.jsonl``), one JSON object per line, flushed and fsynced.
+``events.dead.jsonl``) unless ``dead_letters`` names another file (config
+``source.dead_letters``), one JSON object per line, flushed and fsynced. The file is created
+``0640``.
+
+Producers may write the spool's directory, so neither file is trusted to stay what it was
+(docs/security.md): both are opened without following a symlink and must be regular files. A
+spool that is a symlink, a FIFO or a directory is refused and reported (a log line, and
+:meth:`SpoolSource.health` for ``/healthz``) while reads return nothing; it is read again once
+a regular file is back at the path. A dead-letter file that is not a regular file is never
+written through: the letters stay in the ledger.
 """
 
 from __future__ import annotations
@@ -36,10 +45,11 @@ from datetime import datetime
 from pathlib import Path
 
 from trigmail import faults
-from trigmail.errors import SourceError
-from trigmail.events import format_ts
+from trigmail.errors import SourceError, UnsafeFileError
+from trigmail.files import open_regular
 from trigmail.ledger.base import DeadLetter
-from trigmail.sources.base import SourceItem, SourceReason, raw_text, utc_now
+from trigmail.sources.base import SourceItem, SourceReason, utc_now
+from trigmail.sources.deadletters import DeadLetterFile
 
 logger = logging.getLogger(__name__)
 
@@ -108,23 +118,6 @@ def _fingerprint(head: bytes) -> tuple[str, int]:
     newline = head.find(b"\n", 0, FINGERPRINT_MAX_BYTES)
     covered = newline + 1 if newline >= 0 else min(len(head), FINGERPRINT_MAX_BYTES)
     return _digest(head[:covered]), covered
-
-
-def _last_lines(path: Path, count: int) -> list[bytes]:
-    """Return the last ``count`` lines of ``path`` (fewer if it is shorter or missing)."""
-    try:
-        file = path.open("rb")
-    except FileNotFoundError:
-        return []
-    with file:
-        end = file.seek(0, os.SEEK_END)
-        start, data = end, b""
-        # Read backwards until the chunk holds more newlines than lines wanted, or the start.
-        while start > 0 and data.count(b"\n") <= count:
-            start = max(0, start - _CHUNK_BYTES)
-            file.seek(start)
-            data = file.read(end - start)
-    return data.splitlines()[-count:]
 
 
 def _digest(data: bytes) -> str:
@@ -251,6 +244,8 @@ class SpoolSource:
         poll_s: how long to sleep between looks at a quiet file.
         max_line_bytes: longer lines are set aside as ``line_too_long``.
         clock: the time dead letters are stamped with.
+        dead_letters: the dead-letter file; ``<stem>.dead.jsonl`` beside the spool when
+            ``None``.
     """
 
     def __init__(
@@ -259,10 +254,14 @@ class SpoolSource:
         poll_s: float = 0.05,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         clock: Callable[[], datetime] = utc_now,
+        dead_letters: Path | None = None,
     ) -> None:
         self.path = path
         self.name = f"spool:{path.absolute()}"
-        self.dead_path = path.with_name(f"{path.stem}.dead.jsonl")
+        self.dead_path = dead_letters or path.with_name(f"{path.stem}.dead.jsonl")
+        self._dead = DeadLetterFile(self.dead_path, self.name, f"spool {path}", clock)
+        # Why the spool is refused, while it is: see health().
+        self._spool_refused: str | None = None
         self.poll_s = poll_s
         self.max_line_bytes = max_line_bytes
         self._clock = clock
@@ -288,6 +287,7 @@ class SpoolSource:
         self.close()
         self._resume_at = SpoolPosition.from_text(position) if position else None
         self._started = True
+        self._dead.warn_if_shared()
         self._open()
 
     def read(self, max_items: int, timeout_s: float) -> list[SourceItem]:
@@ -306,6 +306,14 @@ class SpoolSource:
             if items or remaining_s <= 0:
                 return items
             time.sleep(min(self.poll_s, remaining_s))
+
+    def health(self) -> str | None:
+        """Return why the spool or its dead-letter file is refused right now, else ``None``.
+
+        Thread-safe (it reads two attributes): ``/healthz`` calls it from the metrics server.
+        """
+        problems = [p for p in (self._spool_refused, self._dead.problem) if p is not None]
+        return "; ".join(problems) or None
 
     def ack(self, items: Sequence[SourceItem]) -> None:
         """Note the items decided (their position is committed in the ledger by the daemon)."""
@@ -336,9 +344,11 @@ class SpoolSource:
             self._drained_at = polled_at
 
     def dead_letter(self, item: SourceItem, reason: str, detail: str) -> None:
-        """Append the item to the dead-letter file beside the spool, durably.
+        """Append the item to the dead-letter file, durably.
 
-        Not logged here: the daemon, which chose the reason, logs and counts it.
+        Not logged here: the daemon, which chose the reason, logs and counts it. A refused
+        dead-letter file (a symlink, a FIFO) is not written and not raised: :meth:`health`
+        says so, and the letter is in the ledger.
         """
         self._write_dead_letter(item.ref, reason, detail, item.data)
 
@@ -349,21 +359,7 @@ class SpoolSource:
         crash in between leaves them in the ledger alone. Those present are among the file's
         last ``len(letters)`` lines, as nothing is written after them before the restart.
         """
-        if not letters:
-            return 0
-        present = set()
-        for line in _last_lines(self.dead_path, len(letters)):
-            try:
-                record = json.loads(line)
-                present.add((record["ref"], record["reason"], record["raw"]))
-            except (ValueError, TypeError, KeyError):
-                continue  # a line torn by the crash itself: its letter is written again
-        missing = [d for d in letters if (d.position, d.reason, d.raw) not in present]
-        for letter in missing:
-            self._write_dead_letter(
-                letter.position, letter.reason, letter.detail, letter.raw.encode()
-            )
-        return len(missing)
+        return self._dead.restore(letters)
 
     def close(self) -> None:
         if self._tail is not None:
@@ -405,7 +401,9 @@ class SpoolSource:
 
     def _follow_rename(self, tail: _Tail) -> _Tail | None:
         try:
-            stat = self.path.stat()
+            # lstat: a symlink put at the path is another file (refused by _open), whatever
+            # it points to.
+            stat = self.path.lstat()
         except FileNotFoundError:
             return tail  # renamed away and not yet recreated: keep draining the old file
         except OSError as exc:
@@ -426,15 +424,22 @@ class SpoolSource:
 
     def _open(self) -> _Tail | None:
         try:
-            file = self.path.open("rb", buffering=0)
+            file = os.fdopen(open_regular(self.path, os.O_RDONLY), "rb", buffering=0)
         except FileNotFoundError:
             if not self._waiting_logged:
                 logger.info("spool %s: no such file yet, waiting for it", self.path)
                 self._waiting_logged = True
             return None
+        except UnsafeFileError as exc:
+            self._refuse_spool(str(exc))
+            return None
         except OSError as exc:
             raise SourceError(f"spool {self.path}: cannot open: {exc}") from exc
         self._waiting_logged = False
+        if self._spool_refused is not None:
+            logger.warning("spool %s: a regular file is back at the path: reading it", self.path)
+            self._spool_refused = None
+        assert isinstance(file, io.FileIO)
         tail = _Tail(file, self.max_line_bytes)
         resume_at, self._resume_at = self._resume_at, None
         if resume_at is None:
@@ -445,18 +450,12 @@ class SpoolSource:
         return tail
 
     def _write_dead_letter(self, ref: str, reason: str, detail: str, raw: bytes) -> None:
-        record = {
-            "at": format_ts(self._clock()),
-            "source": self.name,
-            "ref": ref,
-            "reason": str(reason),
-            "detail": detail,
-            "raw": raw_text(raw),
-        }
-        try:
-            with self.dead_path.open("a", encoding="utf-8") as out:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as exc:
-            raise SourceError(f"spool {self.path}: cannot write {self.dead_path}: {exc}") from exc
+        # Not written when the file is refused: health() says so, the ledger keeps the letter.
+        self._dead.write(ref, reason, detail, raw)
+
+    def _refuse_spool(self, reason: str) -> None:
+        # Logged once per reason: _open is retried on every poll while the path stays bad.
+        problem = f"spool not read: {reason}"
+        if problem != self._spool_refused:
+            logger.error("spool %s: not read: %s; waiting for a regular file", self.path, reason)
+        self._spool_refused = problem
