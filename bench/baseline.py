@@ -8,7 +8,8 @@ Same rules, same engine and the same ledger schema as trigmail, driven the obvio
   package's own client (one request per email, a new connection each time), record the outcome
   (another transaction); one email after the other.
 
-Run through ``bench.bench_ingest --baseline`` and ``bench.bench_delivery --baseline``.
+Run through ``bench.bench_ingest --baseline``, ``bench.bench_delivery --baseline`` and, for a
+backlog decided and then delivered, ``bench.bench_backlog --baseline``.
 """
 
 from __future__ import annotations

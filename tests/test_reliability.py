@@ -76,6 +76,25 @@ def test_redis_stream_survives_random_kills(tmp_path: Path, redis_url: str) -> N
     assert result.figures["kills"] >= 6
 
 
+def test_spool_backlog_after_an_outage_is_decided_in_feed_order(tmp_path: Path) -> None:
+    # serve is down for 12 s, longer than the nudge's delay, while the producer goes on: it
+    # starts on a backlog whose nudges fell due while their cancels waited unread behind them.
+    spec = RunSpec(
+        seed=11,
+        events=1500,
+        kills=0,
+        rates=CI_FAULTS,
+        lines_per_s=100,
+        max_chunk=8,
+        outages=1,
+        outage_s=12,
+    )
+    result = run(spec, tmp_path, spool_feed(tmp_path, spec.seed))
+    print(result.figures)
+    assert_green(result)
+    assert result.figures["nudges_that_must_be_cancelled"] > 20
+
+
 # Each kill point, reached deliberately by the first daemon; the count picks a moment with
 # work on both sides of it (the n-th time the point is reached).
 KILL_POINTS = {

@@ -41,3 +41,28 @@ def test_three_workers_survive_random_kills(
     assert_green(result)
     assert result.figures["harness_sigkills"] >= 30
     assert all(kills > 0 for kills in result.figures["kills_by_worker"].values())
+
+
+def test_three_workers_on_a_backlog_decide_in_feed_order(
+    tmp_path: Path, redis_url: str, postgres_dsn: str
+) -> None:
+    # Every worker down for 12 s while the producer goes on, then SIGKILLs: the three start on
+    # one backlog and split each user's entries between them.
+    spec = RunSpec(
+        seed=12,
+        events=1500,
+        kills=6,
+        rates=CI_FAULTS,
+        lines_per_s=100,
+        max_chunk=8,
+        outages=1,
+        outage_s=12,
+    )
+    feed = RedisFeed(redis_url, f"trigmail-reliability:{uuid.uuid4().hex[:12]}")
+    try:
+        result = run(spec, tmp_path, feed, postgres_dsn)
+    finally:
+        feed.close()
+    print(result.figures)
+    assert_green(result)
+    assert result.figures["nudges_that_must_be_cancelled"] > 20

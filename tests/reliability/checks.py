@@ -9,9 +9,19 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any
 
 from tests.fake_sendgrid import FaultKind
-from tests.reliability.oracle import RESEND_RULES, SKIP_RULES, Expected, rule_of
+from tests.reliability.oracle import (
+    CANCELLED,
+    HELD,
+    OUT,
+    RESEND_RULES,
+    SKIP_RULES,
+    Expected,
+    NudgePlan,
+    rule_of,
+)
 
 # Faults after which the fake had accepted a request but the daemon never heard so.
 ACCEPTED_UNANSWERED = frozenset({FaultKind.HANG_AFTER_ACCEPT, FaultKind.RESET_AFTER_ACCEPT})
@@ -51,6 +61,16 @@ class Observed:
     dead: Counter[tuple[str, str]] = field(default_factory=Counter)  # (raw, reason)
     decided: set[str] = field(default_factory=set)  # event identities with a decision
     duplicates: Counter[str] = field(default_factory=Counter)  # identity -> duplicate_event
+    cancel_on: set[str] = field(default_factory=set)  # keys the decision log cancelled so
+    refused: set[str] = field(default_factory=set)  # keys of requests the fake refused
+
+    def note_refused(self, body: Any) -> None:
+        """Remember the keys of a request the fake did not accept (a fault refused it)."""
+        for personalization in body.get("personalizations", []) if isinstance(body, dict) else []:
+            key = personalization.get("custom_args", {}).get("trigmail_key")
+            if isinstance(key, str):
+                self.refused.add(key)
+
     # Whether the source can deliver an entry again after a kill (Redis) or never (spool).
     replays: bool = False
 
@@ -60,6 +80,14 @@ class Observed:
     def went_out(self, key: str) -> bool:
         """Sent or in doubt: the email reached (or may have reached) the provider."""
         return self.states.get(key) in ("sent", "in_doubt")
+
+    def nudge_outcome(self, key: str, accepted: Counter[str]) -> str:
+        """``out``, ``cancelled`` (by its user's cancel, and never accepted) or ``held``."""
+        if self.went_out(key) or accepted[key]:
+            return OUT
+        if self.states.get(key) == "cancelled" and key in self.cancel_on:
+            return CANCELLED
+        return HELD
 
 
 Check = Callable[[Expected, Observed], list[Violation]]
@@ -151,25 +179,34 @@ def idless_event_not_once(expected: Expected, observed: Observed) -> list[Violat
     return found
 
 
-def cancelled_trigger_sent(expected: Expected, observed: Observed) -> list[Violation]:
-    accepted = observed.accepted()
-    return [
-        Violation("cancelled_trigger_sent", key, f"state {observed.states.get(key)}")
-        for key in sorted(expected.cancelled)
-        if observed.states.get(key) != "cancelled" or accepted[key]
+def _nudge_user(plan: NudgePlan, observed: Observed, accepted: Counter[str]) -> list[Violation]:
+    ended = {key: observed.nudge_outcome(key, accepted) for key in plan.keys}
+    ways = plan.ways(frozenset(observed.refused))
+    if any(all(ended[key] in way[key] for key in plan.keys) for way in ways):
+        return []
+    found = [
+        Violation("cancelled_trigger_sent", key, f"ended {ended[key]}, accepted {accepted[key]}")
+        for key in sorted(plan.must_cancel)
+        if ended[key] != CANCELLED
     ]
+    if not found:
+        allowed = [{key: sorted(way[key]) for key in plan.keys} for way in ways]
+        states = [observed.states.get(key) for key in plan.keys]
+        detail = f"ended {ended}, states {states}, accepted {[accepted[k] for k in plan.keys]};"
+        detail += " feed order allows"
+        found.append(Violation("cooldown_broken", plan.user, f"{detail} {allowed}"))
+    return found
 
 
-def cooldown_broken(expected: Expected, observed: Observed) -> list[Violation]:
-    """Of a user's two live browses, exactly one nudge goes out (and at most one is accepted)."""
+def nudge_not_in_feed_order(expected: Expected, observed: Observed) -> list[Violation]:
+    """Each user's nudges end as the feed order allows (:func:`oracle.plan_nudges`): a browse
+    whose cancel entered the source before it fell due ends ``cancelled`` with reason
+    ``cancel_on`` and is never accepted (``cancelled_trigger_sent``); of the rest, the first in
+    feed order goes out and the cooldown holds the others (``cooldown_broken``)."""
     accepted = observed.accepted()
     found = []
-    for user, keys in sorted(expected.nudges.items()):
-        out = sorted(key for key in keys if observed.went_out(key))
-        taken = sum(accepted[key] for key in keys)
-        if len(out) != 1 or taken > 1:
-            detail = f"{len(out)} went out {out}, {taken} accepted"
-            found.append(Violation("cooldown_broken", user, detail))
+    for _, plan in sorted(expected.nudges.items()):
+        found += _nudge_user(plan, observed, accepted)
     return found
 
 
@@ -209,8 +246,7 @@ CHECKS: tuple[Check, ...] = (
     resend_duplicate_unexplained,
     unexpected_send,
     idless_event_not_once,
-    cancelled_trigger_sent,
-    cooldown_broken,
+    nudge_not_in_feed_order,
     dead_letter_mismatch,
     event_lost,
     event_processed_twice,

@@ -11,7 +11,9 @@ import os
 import random
 import shutil
 import sqlite3
+import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -21,6 +23,41 @@ import redis
 HALF_LINE_CHANCE = 0.3
 # The most pending entries a drain failure lists (their count is whole).
 LEFT_SHOWN = 20
+
+
+@dataclass
+class Outages:
+    """Seeded outages: at each moment (lines fed) every daemon is stopped for ``length_s``
+    while the feeding goes on, so the daemons start on a backlog, as after a real outage."""
+
+    at: list[int]
+    length_s: float
+    down_until: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.down_until is not None
+
+    def begins(self, fed: int) -> bool:
+        """Whether an outage begins now (the caller stops the daemons)."""
+        if self.down or not self.at or self.at[0] > fed:
+            return False
+        self.at.pop(0)
+        self.down_until = time.monotonic() + self.length_s
+        return True
+
+    def ends(self, last: bool = False) -> bool:
+        """Whether the outage under way is over (the caller starts the daemons). After the
+        ``last`` write, it lasts out its length first: the backlog is its whole length's."""
+        if self.down_until is None:
+            return False
+        left_s = self.down_until - time.monotonic()
+        if left_s > 0 and not last:
+            return False
+        if left_s > 0:
+            time.sleep(left_s)  # the outage's length, not a synchronisation
+        self.down_until = None
+        return True
 
 
 class Feed(Protocol):

@@ -24,7 +24,7 @@ from typing import Any
 
 from tests.fake_sendgrid import FakeSendGrid, FaultKind, FaultRates
 from tests.reliability import checks, oracle, workload
-from tests.reliability.feeds import LEFT_SHOWN, Feed, SpoolFeed
+from tests.reliability.feeds import LEFT_SHOWN, Feed, Outages, SpoolFeed
 from tests.serve_harness import Serve, clean_env, status_json, wait_for, write_config
 from trigmail.faults import KILL_AT_ENV, KillPoint
 
@@ -57,6 +57,8 @@ _KILL_POINT_LINE = re.compile(r"kill point (\w+) reached")
 LOG_WARNINGS_SHOWN = 12
 LOG_TAIL_SHOWN = 4
 _WARNING_LINE = re.compile(r"level=(warning|error|critical)")
+# The sends the decision log says a cancel event cancelled.
+CANCEL_ON_KEYS = "SELECT key FROM decision_log WHERE reason = 'cancel_on' AND key IS NOT NULL"
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,27 @@ class RunSpec:
     lines_per_s: float = 2000.0
     drain_timeout_s: float = 180.0
     first_kill_at: str | None = None  # TRIGMAIL_KILL_AT for the first daemon: a deliberate kill
+    outages: int = 0  # times every daemon is stopped while the feeding goes on (a backlog)
+    outage_s: float = 1.5 * oracle.NUDGE_DELAY_S  # long enough for nudges to fall due meanwhile
+
+
+def nudge_figures(expected: oracle.Expected) -> dict[str, int]:
+    """How many nudge users were judged in feed order, and how many of their cancels came
+    before the nudge was due (must cancel) or after (either way, a late fire or a late cancel)."""
+    plans = expected.nudges.values()
+    return {
+        "nudge_users_judged_in_feed_order": len(plans),
+        "nudges_that_must_be_cancelled": sum(len(plan.must_cancel) for plan in plans),
+        "nudge_users_with_a_cancel_after_due": sum(
+            any(b.cancel == "may" for b in plan.browses) for plan in plans
+        ),
+    }
+
+
+def outages(spec: RunSpec, rng: random.Random, lines: int) -> Outages:
+    """The run's outages, each beginning in the first half of the feeding (so that lines are
+    written all through it)."""
+    return Outages(sorted(rng.sample(range(1, max(lines // 2, 2)), spec.outages)), spec.outage_s)
 
 
 @dataclass
@@ -256,6 +279,7 @@ class Run:
         self.fake = fake
         self.rng = random.Random(spec.seed)
         self.workload = workload.build(spec.events, spec.seed)
+        self.stamper = workload.Stamper()
         self.ledger = root / "ledger.db"
         rules = root / "rules"
         rules.mkdir(parents=True, exist_ok=True)
@@ -285,7 +309,7 @@ class Run:
             code = self.daemons.stop()
         finally:
             self.daemons.kill_if_running()
-        expected = oracle.expect(self.workload)
+        expected = oracle.expect(self.workload, self.stamper.fed)
         observed = self._observe()
         violations = checks.check(expected, observed)
         if code != 0:
@@ -294,28 +318,37 @@ class Run:
             # First: what a drain left undone explains the violations that follow from it.
             violations.insert(0, not_drained)
         figures = self._figures(expected, observed, time.monotonic() - started_s)
+        figures.update(nudge_figures(expected))
         return RunResult(violations, figures)
 
     # -- feeding ------------------------------------------------------------------------------
     def _feed_all(self) -> None:
         kill_at = sorted(self.rng.sample(range(1, len(self.workload.lines)), self.spec.kills))
+        outage = outages(self.spec, self.rng, len(self.workload.lines))
         next_rotation = self.spec.rotate_every or None
         pace_start_s = time.monotonic()
         for chunk in workload.chunks(self.workload, self.rng, self.spec.max_chunk):
-            self.feed.write([line.text for line in chunk])
+            self.feed.write(self.stamper.stamp(chunk, time.time()))
             self.fed += len(chunk)
-            self._restart_if_died()
-            while kill_at and kill_at[0] <= self.fed:
+            if outage.ends():
+                self.daemons.start(self.arm)
+            if not outage.down:
+                self._restart_if_died()
+            while kill_at and kill_at[0] <= self.fed and not outage.down:
                 kill_at.pop(0)
                 self.daemons.kill()
                 self.daemons.start(self.arm)
-            if next_rotation is not None and self.fed >= next_rotation:
+            if outage.begins(self.fed):
+                self.daemons.kill()
+            if next_rotation is not None and self.fed >= next_rotation and not outage.down:
                 self._rotate()
                 next_rotation = self.fed + self.spec.rotate_every
             # Pacing, not synchronisation: producers write in real time, not all at once.
             ahead_s = pace_start_s + self.fed / self.spec.lines_per_s - time.monotonic()
             if ahead_s > 0:
                 time.sleep(ahead_s)
+        if outage.ends(last=True):
+            self.daemons.start(self.arm)
 
     def _restart_if_died(self) -> None:
         if self.daemons.died():
@@ -360,6 +393,7 @@ class Run:
         observed = checks.Observed(replays=self.feed.replays)
         for request in self.fake.requests:
             if not request.accepted:
+                observed.note_refused(request.body)
                 continue
             instance = self.daemons.instance_at(request.received_at or 0.0)
             for personalization in request.body["personalizations"]:
@@ -376,9 +410,10 @@ class Run:
             log = conn.execute(
                 "SELECT event_id, user_id, reason FROM decision_log WHERE event_id IS NOT NULL"
             ).fetchall()
+            observed.cancel_on = {key for (key,) in conn.execute(CANCEL_ON_KEYS)}
         finally:
             conn.close()
-        copies = oracle.expect(self.workload).copies
+        copies = oracle.expect(self.workload, self.stamper.fed).copies
         for event_id, user, reason in log:
             identity = event_id if event_id in copies else f"user:{user}"
             observed.decided.add(identity)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,14 @@ from tests.fake_sendgrid import FakeSendGrid
 from tests.reliability import checks, oracle, order, workload
 from tests.reliability.feeds import RedisFeed
 from tests.reliability.harness import (
+    CANCEL_ON_KEYS,
     STATUS_LIMIT,
     STEADY_POINTS,
     Daemons,
     RunResult,
     RunSpec,
+    nudge_figures,
+    outages,
     sends_left,
     wait_drained,
 )
@@ -56,10 +60,23 @@ class Worker:
         return self.number * INSTANCE_BLOCK + local
 
 
-def _worker_config(path: Path, fake: FakeSendGrid, feed: RedisFeed, rules: Path, dsn: str) -> Path:
+def worker_config(
+    path: Path,
+    fake: FakeSendGrid,
+    feed: RedisFeed,
+    rules: Path,
+    dsn: str,
+    *,
+    redis: Mapping[str, Any] | None = None,
+    delivery: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the config of worker ``path.stem`` (its consumer name) on ``feed`` and the
+    ledger ``dsn``; ``redis`` overrides the source's settings, ``delivery`` adds to its own."""
     source = feed.source()
-    source["redis"]["consumer"] = path.stem
-    write_config(path, fake_url=fake.url, source=source, rules_dir=rules, ledger=path)
+    source["redis"].update({"consumer": path.stem, **(redis or {})})
+    write_config(
+        path, fake_url=fake.url, source=source, rules_dir=rules, ledger=path, delivery=delivery
+    )
     # write_config takes a file path; a DSN through Path would lose a slash of "//".
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
     document["ledger"] = dsn
@@ -80,6 +97,7 @@ class WorkersRun:
         self.root = root
         self.rng = random.Random(spec.seed)
         self.workload = workload.build(spec.events, spec.seed)
+        self.stamper = workload.Stamper()
         rules = root / "rules"
         rules.mkdir(parents=True, exist_ok=True)
         (rules / "rules.yaml").write_text(oracle.RULES_YAML)
@@ -88,7 +106,7 @@ class WorkersRun:
                 n,
                 root,
                 fake,
-                _worker_config(root / f"worker-{n}.yaml", fake, feed, rules, dsn),
+                worker_config(root / f"worker-{n}.yaml", fake, feed, rules, dsn),
                 spec.seed,
             )
             for n, fake in enumerate(fakes, start=1)
@@ -107,37 +125,52 @@ class WorkersRun:
         finally:
             for worker in self.workers:
                 worker.daemons.kill_if_running()
-        expected = oracle.expect(self.workload)
+        expected = oracle.expect(self.workload, self.stamper.fed)
         observed, timed = self._observe(expected)
-        users = order.nudge_users(self.workload)
-        violations = order.check(expected, observed, timed, users)
+        violations = [
+            self._with_timeline(v, observed) for v in order.check(expected, observed, timed)
+        ]
         for worker, code in zip(self.workers, codes, strict=True):
             if code != 0:
                 violations.append(checks.Violation("unclean_stop", worker.name, f"exit {code}"))
         if not_drained is not None:
             # First: what a drain left undone explains the violations that follow from it.
             violations.insert(0, not_drained)
-        figures = self._figures(observed, timed, len(users), time.monotonic() - started_s)
+        figures = self._figures(observed, time.monotonic() - started_s)
+        figures.update(nudge_figures(expected))
         return RunResult(violations, figures)
 
     # -- feeding and killing ------------------------------------------------------------------
     def _feed_all(self) -> None:
         kill_at = sorted(self.rng.sample(range(1, len(self.workload.lines)), self.spec.kills))
+        outage = outages(self.spec, self.rng, len(self.workload.lines))
         fed = 0
         pace_start_s = time.monotonic()
         for chunk in workload.chunks(self.workload, self.rng, self.spec.max_chunk):
-            self.feed.write([line.text for line in chunk])
+            self.feed.write(self.stamper.stamp(chunk, time.time()))
             fed += len(chunk)
-            self._restart_died()
-            while kill_at and kill_at[0] <= fed:
+            if outage.ends():
+                self._start_all()
+            if not outage.down:
+                self._restart_died()
+            while kill_at and kill_at[0] <= fed and not outage.down:
                 kill_at.pop(0)
                 victim = self.rng.choice(self.workers).daemons
                 victim.kill()
                 victim.start(self.arm)
+            if outage.begins(fed):
+                for worker in self.workers:
+                    worker.daemons.kill()
             # Pacing, not synchronisation: producers write in real time, not all at once.
             ahead_s = pace_start_s + fed / self.spec.lines_per_s - time.monotonic()
             if ahead_s > 0:
                 time.sleep(ahead_s)
+        if outage.ends(last=True):
+            self._start_all()
+
+    def _start_all(self) -> None:
+        for worker in self.workers:
+            worker.daemons.start(self.arm)
 
     def _restart_died(self) -> None:
         for worker in self.workers:
@@ -181,11 +214,10 @@ class WorkersRun:
                 observed.states[key] = state
                 observed.users[key] = user
             log = conn.execute(
-                "SELECT id, at, event_id, user_id, reason FROM decision_log"
-                " WHERE event_id IS NOT NULL ORDER BY id"
+                "SELECT event_id, user_id, reason FROM decision_log WHERE event_id IS NOT NULL"
             ).fetchall()
-        for log_id, at, event_id, user, reason in log:
-            timed.decided.setdefault(event_id, order.Decided(log_id, at))
+            observed.cancel_on = {key for (key,) in conn.execute(CANCEL_ON_KEYS)}
+        for event_id, user, reason in log:
             identity = event_id if event_id in expected.copies else f"user:{user}"
             observed.decided.add(identity)
             if reason == "duplicate_event":
@@ -194,10 +226,33 @@ class WorkersRun:
         observed.dead = self.feed.dead()
         return observed, timed
 
+    def _with_timeline(
+        self, violation: checks.Violation, observed: checks.Observed
+    ) -> checks.Violation:
+        """A nudge violation with its user's decisions, in the ledger's order: who decided
+        what, when, is what tells a daemon's bug from the oracle's."""
+        if violation.check not in ("cooldown_broken", "cancelled_trigger_sent"):
+            return violation
+        user = observed.users.get(violation.subject, violation.subject)
+        with psycopg.connect(self.dsn) as conn:
+            rows = conn.execute(
+                "SELECT at, event_id, key, outcome, reason FROM decision_log"
+                " WHERE user_id = %s ORDER BY id",
+                (user,),
+            ).fetchall()
+        lines = [
+            f"{at:%H:%M:%S.%f} {event} {key} {outcome} {reason}"
+            for at, event, key, outcome, reason in rows
+        ]
+        return checks.Violation(
+            violation.check, violation.subject, violation.detail + "\n    " + "\n    ".join(lines)
+        )
+
     @staticmethod
     def _acceptances(worker: Worker, observed: checks.Observed, timed: order.Timed) -> None:
         for request in worker.fake.requests:
             if not request.accepted:
+                observed.note_refused(request.body)
                 continue
             at = request.received_at or 0.0
             instance = worker.instance(worker.daemons.instance_at(at))
@@ -210,9 +265,7 @@ class WorkersRun:
         self.status = status_json(self.root, self.dsn, limit=STATUS_LIMIT, timeout_s=120)
         return self.status
 
-    def _figures(
-        self, observed: checks.Observed, timed: order.Timed, users: int, elapsed_s: float
-    ) -> dict[str, Any]:
+    def _figures(self, observed: checks.Observed, elapsed_s: float) -> dict[str, Any]:
         instances = [i for worker in self.workers for i in worker.daemons.instances]
         ends = Counter(i.end.split(":")[0] for i in instances)
         points = Counter(i.end.split(":")[1] for i in instances if i.end.startswith("kill_point"))
@@ -243,9 +296,6 @@ class WorkersRun:
             ),
             "resend_keys_accepted_more_than_once": len(resent),
             "dead_letters": sum(observed.dead.values()),
-            "nudge_users": users,
-            "nudge_users_order_dependent_not_judged": len(timed.not_judged),
-            "not_judged_reasons": order.not_judged_reasons(timed),
             "elapsed_s": round(elapsed_s, 1),
         }
 

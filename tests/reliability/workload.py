@@ -1,9 +1,13 @@
 """A seeded stream of event lines for the reliability runs, each line tagged with what it is.
 
-The stream is built for one purpose: every outcome the oracle predicts must not depend on how
-fast the daemon reads or when it is killed. So a ``cancel`` always travels in the same write as
-the ``browse`` it cancels (the nudge's delay is far longer than a restart), redeliveries copy
-lines fed earlier, and each malformed line carries a nonce so its dead letter can be matched.
+The outcomes the oracle predicts depend on the order the lines were written and on when, never
+on how fast the daemon reads or when it is killed. A ``cancel`` travels in the same write as the
+``browse`` it cancels, or in a later write (still well inside the nudge's delay, unless the
+feeding stalls): either way it entered the source before the nudge fell due, so the nudge must
+be cancelled (docs/design.md §3, event order). Lines are stamped with the producer's ``ts``
+when they are written (:class:`Stamper`); a share of the pings carry none. Redeliveries copy
+lines fed earlier, byte for byte, and each malformed line carries a nonce so its dead letter
+can be matched.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -44,7 +49,8 @@ class Line:
     user_id: str | None = None
     key: str | None = None  # the idempotency key this line's first delivery schedules
     reason: str | None = None  # the dead-letter reason of a malformed line
-    cancelled: bool = False  # a browse whose cancel travels with it
+    cancelled: bool = False  # a browse followed by its cancel
+    ts: bool = False  # stamped with the producer's ``ts`` when written
 
 
 @dataclass
@@ -69,6 +75,9 @@ class Mix:
     nudge_user: float = 0.06  # a new nudge user: browse+cancel now, two browses later
     malformed: float = 0.04
     redelivery: float = 0.08
+    cancel_later: float = 0.5  # chance that a cancel comes in a later write than its browse
+    cancel_gap_lines: int = 150  # the most lines between a browse and a later cancel
+    ping_ts: float = 0.5  # chance that a ping carries a ``ts`` (id-less pings never do)
 
 
 def _event(event_id: str | None, name: str, user: str, **properties: Any) -> str:
@@ -144,7 +153,8 @@ class _Builder:
     def _ping(self) -> None:
         event_id, user = f"p{self.n}", f"u{self.n}"
         text = _event(event_id, "ping", user, note=f"note {self.n}")
-        self._emit(Line(text, Kind.PING, event_id, user, f"notify:{event_id}"))
+        ts = self.rng.random() < self.mix.ping_ts
+        self._emit(Line(text, Kind.PING, event_id, user, f"notify:{event_id}", ts=ts))
 
     def _ping_no_id(self) -> None:
         user = f"x{self.n}"
@@ -161,13 +171,13 @@ class _Builder:
                 f"o{order}",
                 user,
                 key,
+                ts=True,
             )
         )
         if self.rng.random() < self.mix.order_again:
             again = _event(f"o{order}-again", "order", user, order_id=order)
-            self._defer(
-                self.rng.randint(1, 300), Line(again, Kind.ORDER_AGAIN, f"o{order}-again", user)
-            )
+            line = Line(again, Kind.ORDER_AGAIN, f"o{order}-again", user, ts=True)
+            self._defer(self.rng.randint(1, 300), line)
 
     def _nudge_user(self) -> None:
         user = f"n{self.n}"
@@ -179,17 +189,26 @@ class _Builder:
             user,
             f"nudge:{first}",
             cancelled=True,
+            ts=True,
         )
-        cancel = Line(_event(f"k{self.n}", "cancel", user), Kind.CANCEL, f"k{self.n}", user)
-        self._emit(browse, cancel)
-        # Two more triggers later: the cooldown lets exactly one of them out.
-        gap = self.rng.randint(20, 400)
+        cancel = Line(
+            _event(f"k{self.n}", "cancel", user), Kind.CANCEL, f"k{self.n}", user, ts=True
+        )
+        # The cancel comes with its browse or a little later: before the nudge falls due
+        # either way, unless the daemon (or the feeding) is behind, which is the point.
+        cancel_gap = 0
+        if self.rng.random() < self.mix.cancel_later:
+            cancel_gap = self.rng.randint(1, self.mix.cancel_gap_lines)
+            self._emit(browse)
+            self._defer(cancel_gap, cancel)
+        else:
+            self._emit(browse, cancel)
+        # Two more triggers later, after the cancel: the cooldown lets the first of them out.
+        gap = cancel_gap + self.rng.randint(20, 400)
         for suffix in ("b", "c"):
             event_id = f"b{self.n}{suffix}"
-            line = Line(
-                _event(event_id, "browse", user), Kind.BROWSE, event_id, user, f"nudge:{event_id}"
-            )
-            self._defer(gap, line)
+            text = _event(event_id, "browse", user)
+            self._defer(gap, Line(text, Kind.BROWSE, event_id, user, f"nudge:{event_id}", ts=True))
             gap += self.rng.randint(1, 400)
 
     def _malformed(self) -> None:
@@ -200,7 +219,8 @@ class _Builder:
             self._ping()
             return
         original = self.rng.choice(self.valid)
-        self._emit(Line(original.text, Kind.REDELIVERY, original.identity, original.user_id))
+        copy = Line(original.text, Kind.REDELIVERY, original.identity, original.user_id)
+        self._emit(copy)
 
 
 def build(events: int, seed: int, mix: Mix | None = None) -> Workload:
@@ -220,3 +240,43 @@ def chunks(workload: Workload, rng: random.Random, max_lines: int) -> Iterator[l
             target = rng.randint(1, max_lines)
     if chunk:
         yield chunk
+
+
+@dataclass(frozen=True)
+class Fed:
+    """One line as it was written: the line, its text (with its ``ts``, if stamped) and when
+    (epoch seconds; the ``ts`` itself, for a stamped line)."""
+
+    line: Line
+    text: str
+    at: float
+
+
+def format_ts(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Stamper:
+    """Writes lines as a producer would at the moment of the write, and remembers each one.
+
+    A stamped line gets ``ts``: now. A redelivery is the very text of the line it copies, its
+    ``ts`` included: a producer that delivers again sends the same event.
+    """
+
+    def __init__(self) -> None:
+        self.fed: list[Fed] = []
+        self._texts: dict[str, str] = {}
+
+    def stamp(self, lines: list[Line], at: float) -> list[str]:
+        texts = []
+        for line in lines:
+            text = line.text
+            if line.kind is Kind.REDELIVERY and line.identity in self._texts:
+                text = self._texts[line.identity]
+            elif line.ts:
+                text = text[:-1] + f',"ts":"{format_ts(at)}"}}'
+            if line.identity is not None and line.kind is not Kind.REDELIVERY:
+                self._texts.setdefault(line.identity, text)
+            self.fed.append(Fed(line, text, at))
+            texts.append(text)
+        return texts
