@@ -124,3 +124,18 @@ def test_one_reader_keeps_no_marks(ledger: Ledger) -> None:
     with ledger.transaction() as txn:
         assert txn.cancel_marks_after("ana", "") == []
     ledger.close()
+
+
+def test_a_cancel_decided_late_leaves_alone_the_triggers_that_entered_after_it(
+    ledger: Ledger,
+) -> None:
+    shell = pipeline(ledger, [])
+    # Both browses are decided before the order that entered between them.
+    shell.ingest([entry("v1", "product_viewed", "0001"), entry("v2", "product_viewed", "0009")])
+    shell.ingest([entry("o1", "order_completed", "0005")])
+    states = {key: ledger.get_send(key) for key in ("browse:v1", "browse:v2")}
+    assert {k: s.state if s else None for k, s in states.items()} == {
+        "browse:v1": SendState.CANCELLED,
+        "browse:v2": SendState.SCHEDULED,
+    }
+    ledger.close()

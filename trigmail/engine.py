@@ -7,6 +7,7 @@ values that carry their reason. The daemon and ``simulate`` apply them; nothing 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -49,6 +50,11 @@ class LedgerView(Protocol):
     def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]: ...
 
 
+# Where a send's trigger entered a source read by several workers, kept among its trigger
+# values (not an event path: those never start with "@").
+ORDER_KEY = "@order"
+
+
 def step_key(base_key: str, step: Step) -> str:
     """Return a step's idempotency key: the rule's key, plus ``#n`` for a sequence's step n."""
     return base_key if step.number == 0 else f"{base_key}#{step.number}"
@@ -82,11 +88,12 @@ def decide_new(
         order: where the event entered a source whose readers may decide events out of that
             order (see :class:`~trigmail.ledger.base.CancelMark`); ``None`` for one reader.
     """
-    decisions: list[Decision] = list(_cancellations(event, rules, view))
+    decisions: list[Decision] = list(_cancellations(event, rules, view, order))
     triggered = rules.triggered_by(event.name)
     for rule in triggered:
         decided = _decide_rule(rule, event, view, now)
         if order is not None and rule.cancel_on:
+            decided = [_with_order(each, order) for each in decided]
             decided.extend(_cancelled_already(rule, decided, view, event.user_id, order))
         decisions.extend(decided)
     if not decisions:
@@ -94,11 +101,24 @@ def decide_new(
     return decisions
 
 
-def _cancellations(event: Event, rules: RuleSet, view: LedgerView) -> Iterator[Cancel]:
+def _with_order(decision: Decision, order: str) -> Decision:
+    """Keep where the trigger entered the source on its send, for cancels decided later."""
+    if not isinstance(decision, Schedule):
+        return decision
+    return replace(decision, cancel_match={**decision.cancel_match, ORDER_KEY: order})
+
+
+def _cancellations(
+    event: Event, rules: RuleSet, view: LedgerView, order: str | None
+) -> Iterator[Cancel]:
     cancellers = rules.cancelled_by(event.name)
     if not cancellers:
         return
     pending = view.pending_for_user(event.user_id, {rule.id for rule, _ in cancellers})
+    if order is not None:
+        # A cancel decided late (another worker read it later) leaves alone the triggers that
+        # entered the source after it: in the order events happened, they came second.
+        pending = [s for s in pending if s.cancel_match.get(ORDER_KEY, "") < order]
     for rule, cancel in cancellers:
         value = None if cancel.match is None else event.lookup(cancel.match)
         keys = tuple(
