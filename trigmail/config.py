@@ -1,6 +1,6 @@
 """Configuration: embedded defaults < config file < ``TRIGMAIL_*`` environment < CLI flags.
 
-With no config at all, ``serve`` runs on the defaults of DESIGN.md §4: spool
+With no config at all, ``serve`` runs on the defaults of docs/design.md §4: spool
 ``./events.jsonl``, rules ``./rules.d``, ledger ``./trigmail.db`` and, without a SendGrid API
 key, the outbox ``./outbox/``. Secrets (the API key, passwords in URLs) never appear in a
 ``repr``, a log line or an error.

@@ -14,7 +14,7 @@ from trigmail.rules.model import Address, OnDoubt
 
 
 class Outcome(StrEnum):
-    """The fixed ``outcome`` words of ``simulate --format json`` (DESIGN.md §4)."""
+    """The fixed ``outcome`` words of ``simulate --format json`` (docs/design.md §4)."""
 
     SCHEDULED = "scheduled"
     SENT = "sent"
@@ -189,7 +189,7 @@ DueDecision = Fire | Drop | Defer
 
 @record
 class LogEntry:
-    """One line of the decision log: the shape of ``simulate --format json`` (DESIGN.md §4)."""
+    """One line of the decision log: the shape of ``simulate --format json`` (docs/design.md §4)."""
 
     at: datetime
     event_id: str | None

@@ -1,4 +1,4 @@
-"""Events: parsing one JSON object into a validated :class:`Event` (DESIGN.md §1)."""
+"""Events: parsing one JSON object into a validated :class:`Event` (docs/design.md §1)."""
 
 from __future__ import annotations
 

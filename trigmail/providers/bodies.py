@@ -17,7 +17,7 @@ from typing import Any
 from trigmail.providers.base import BatchKey, Email, batch_key
 from trigmail.rules.model import Address
 
-# SendGrid's documented per-request limits (DESIGN.md §3).
+# SendGrid's documented per-request limits (docs/design.md §3).
 MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000
 MAX_CATEGORIES = 10

@@ -1,4 +1,4 @@
-"""What happened to a request to SendGrid, as one of the delivery outcomes (DESIGN.md §3).
+"""What happened to a request to SendGrid, as one of the delivery outcomes (docs/design.md §3).
 
 One pure function, :func:`classify`, decides; the provider only raises what it returns. The line
 it draws is whether the request can have been processed: only a failure that proves it was not

@@ -1,4 +1,4 @@
-"""Compiled ``when`` conditions (DESIGN.md §2).
+"""Compiled ``when`` conditions (docs/design.md §2).
 
 A spec is the mapping under ``when:``. Its keys are dotted paths into the event
 (``properties.cart_value``, ``user.country``, ``event``) or the combinators ``all`` and ``any``

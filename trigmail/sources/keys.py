@@ -20,7 +20,7 @@ producer that sends only garbage must not fill Redis's memory."""
 
 DATA_FIELD: Final = b"data"
 """The entry field holding the whole event as JSON; without it the entry's fields are the
-event (DESIGN.md §1)."""
+event (docs/design.md §1)."""
 
 GROUP_START_ID: Final = "0"
 """Where a newly created group starts: at the stream's first entry, like a spool file never
