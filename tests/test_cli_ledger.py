@@ -226,6 +226,19 @@ def test_usage_errors_exit_2_and_change_nothing(
     assert _states(ledger_path) == BEFORE
 
 
+def _status_table(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`trigmail status` as a table, wide and uncoloured, as a pipe reads it."""
+    return subprocess.run(
+        [sys.executable, "-m", "trigmail", "status", "--ledger", str(path)],
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
 def test_tables_print_bracketed_values_as_text(tmp_path: Path, t0: datetime) -> None:
     # Keys, user ids and errors come from events: read as rich markup, "[/u]" failed the
     # whole command and "[bold]" vanished into a style.
@@ -240,15 +253,7 @@ def test_tables_print_bracketed_values_as_text(tmp_path: Path, t0: datetime) -> 
     finally:
         ledger.close()
     in_doubt = _run("in-doubt", "--ledger", path, cwd=tmp_path)
-    status = subprocess.run(
-        [sys.executable, "-m", "trigmail", "status", "--ledger", str(path)],
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "COLUMNS": "250"},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    status = _status_table(path, tmp_path)
     for result in (in_doubt, status):
         assert result.returncode == 0, result.stderr
         row = next(line for line in result.stdout.splitlines() if "cart:" in line)
@@ -265,15 +270,7 @@ def test_the_status_table_has_the_recent_section_help_promises(
         put_in_state(ledger, make_send("welcome:ana", t0, user="ana"), SendState.SENT, t0)
     finally:
         ledger.close()
-    status = subprocess.run(
-        [sys.executable, "-m", "trigmail", "status", "--ledger", str(path)],
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "COLUMNS": "250"},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    status = _status_table(path, tmp_path)
     assert status.returncode == 0, status.stderr
     recent = status.stdout[status.stdout.index("recent") :]
     assert "welcome:ana" in recent
