@@ -402,6 +402,41 @@ def test_a_stale_cache_entry_of_another_worker_is_not_decided(clock: VirtualCloc
     ledger.close()
 
 
+NUDGE = """
+rules:
+  - id: nudge
+    on: browse
+    delay: 1m
+    cooldown: 1d
+    send: {template: d-nudge}
+"""
+
+
+def test_a_users_earlier_nudge_fires_first_whichever_worker_holds_it(
+    clock: VirtualClock,
+) -> None:
+    # Each worker caches the sends it scheduled. The second worker read the user's second
+    # browse, so its cache holds only the later nudge; firing it first let the cooldown drop
+    # the earlier one, out of the order the browses came in. It decides the earlier one first.
+    ledger = MemoryLedger(clock=clock, shared=True)
+    first, second = Harness(ledger, clock), Harness(ledger, clock)
+    for worker in (first, second):
+        worker.rules.current = parse_rules(NUDGE).rule_set()
+        worker.pipeline.start()  # loads the next five minutes: the nudges fall due inside
+    first.pipeline.ingest([item(line("browse", "b1"), 1)])
+    clock.advance(T0 + timedelta(seconds=30))
+    second.pipeline.ingest([item(line("browse", "b2", ts="2026-11-27T20:00:30Z"), 2)])
+
+    second.run(T0 + timedelta(minutes=2))
+    first.run()
+    assert [e.key for e in second.provider.sent] == ["nudge:b1"]
+    assert first.provider.calls == []
+    assert ledger.get_send("nudge:b2") is not None
+    assert second.state("nudge:b2") is SendState.CANCELLED
+    assert ("dropped", "cooldown", "nudge:b2") in second.outcomes()
+    ledger.close()
+
+
 def test_the_scheduler_given_is_kept_even_while_empty(clock: VirtualClock) -> None:
     # An empty scheduler is falsy (it has a length): `scheduler or Scheduler()` dropped the
     # one simulate passes, with its long horizon, for a default one.

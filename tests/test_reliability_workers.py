@@ -19,17 +19,6 @@ from tests.test_reliability import CI_FAULTS, assert_green
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-# Open (the event-order issue): with several workers, two nudges of one user due within
-# milliseconds of each other can be fired by two workers in the opposite of feed order, and the
-# cooldown then drops the earlier one. The feed-order judge reports it; until the due-time
-# decision orders a user's sends across workers, these runs are expected to fail sometimes.
-_SEVERAL_WORKERS_OPEN = pytest.mark.xfail(
-    reason="several workers may fire one user's near-simultaneous nudges out of feed order",
-    strict=False,
-)
-
-
-@_SEVERAL_WORKERS_OPEN
 def test_three_workers_survive_random_kills(
     tmp_path: Path, redis_url: str, postgres_dsn: str
 ) -> None:
@@ -54,7 +43,6 @@ def test_three_workers_survive_random_kills(
     assert all(kills > 0 for kills in result.figures["kills_by_worker"].values())
 
 
-@_SEVERAL_WORKERS_OPEN
 def test_three_workers_on_a_backlog_decide_in_feed_order(
     tmp_path: Path, redis_url: str, postgres_dsn: str
 ) -> None:

@@ -205,15 +205,14 @@ class Pipeline:
             if self.ledger.shared:
                 txn.lock_users({send.user_id for send in due})
             for popped in due:
-                if popped.user_id in firing:
-                    claimed.extend(txn.claim(list(firing.values()), now))
-                    firing.clear()
                 # One process's cache cannot go stale: only a shared ledger needs the re-read.
-                send = self._still_due(txn, popped, now) if self.ledger.shared else popped
-                if send is not None and self._decide_due(
-                    txn, send, rules, now, entries=entries, deferred=deferred
-                ):
-                    firing[send.user_id] = send.key
+                sends = self._due_in_order(txn, popped, cutoff) if self.ledger.shared else [popped]
+                for send in sends:
+                    if send.user_id in firing:
+                        claimed.extend(txn.claim(list(firing.values()), now))
+                        firing.clear()
+                    if self._decide_due(txn, send, rules, now, entries=entries, deferred=deferred):
+                        firing[send.user_id] = send.key
             claimed.extend(txn.claim(list(firing.values()), now))
             txn.log(entries)
             for send in deferred:
@@ -247,20 +246,26 @@ class Pipeline:
         return False
 
     @staticmethod
-    def _still_due(txn: LedgerTxn, send: SendRecord, now: datetime) -> SendRecord | None:
-        """The send as the ledger holds it now, if it is still scheduled and due; else ``None``.
+    def _due_in_order(txn: LedgerTxn, send: SendRecord, cutoff: datetime) -> list[SendRecord]:
+        """The send as the ledger holds it now, after the same rule's sends of its user that
+        fell due before it and are still scheduled; empty when it is no longer scheduled and due.
 
         A cache entry can be stale: with a shared ledger another worker may have claimed the
         send since. Deciding from the stale entry, the cooldown counted the send's own claim and
         dropped it; the drop (``state = 'scheduled'``) then hit it once its sender had put it
         back after a 503, and no email went out. Read under the user's lock (which every
         decision about the user holds), a scheduled send stays scheduled to the commit.
+
+        The earlier sends come first because each worker's cache holds the sends it scheduled:
+        the worker that scheduled a user's second nudge could fire it while the first waited in
+        another worker's cache, and the cooldown then dropped the first, out of event order.
         """
         current = txn.pending_for_user(send.user_id, {send.rule_id})
-        fresh = next((each for each in current if each.key == send.key), None)
-        if fresh is None or fresh.due_at > now:
-            return None  # claimed, settled or rescheduled elsewhere: its holder fires it
-        return fresh
+        keys = [each.key for each in current]
+        if send.key not in keys:
+            return []  # claimed, settled or rescheduled elsewhere: its holder fires it
+        upto = current[: keys.index(send.key) + 1]
+        return [] if upto[-1].due_at > cutoff else upto
 
     def deliver(self, sends: Sequence[SendRecord]) -> None:
         """Send claimed sends through the provider, request by request, and record each outcome."""
