@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.fake_sendgrid import TEST_API_KEY, FakeSendGrid, sendgrid_fake
+from tests.ledger_helpers import make_send, put_in_state
 from tests.serve_harness import (
     REPO_ROOT,
     SERVE_RULES,
@@ -38,7 +39,6 @@ from tests.serve_harness import (
     wait_for,
     write_config,
 )
-from tests.test_ledger_contract import make_send, put_in_state
 from trigmail import logs
 from trigmail.config import RedisConfig, SpoolConfig, load_config
 from trigmail.errors import ConfigError, UnsafeFileError
