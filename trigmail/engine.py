@@ -92,7 +92,7 @@ def decide_new(
     triggered = rules.triggered_by(event.name)
     for rule in triggered:
         decided = _decide_rule(rule, event, view, now)
-        if order is not None and rule.cancel_on:
+        if order is not None and rule.cancels:
             decided = [_with_order(each, order) for each in decided]
             decided.extend(_cancelled_already(rule, decided, view, event.user_id, order))
         decisions.extend(decided)
@@ -119,16 +119,26 @@ def _cancellations(
         # A cancel decided late (another worker read it later) leaves alone the triggers that
         # entered the source after it: in the order events happened, they came second.
         pending = [s for s in pending if s.cancel_match.get(ORDER_KEY, "") < order]
+    # One cancel per rule: its own cancel_on and a step's may both name the event.
+    keys_by_rule: dict[str, dict[str, None]] = {}
     for rule, cancel in cancellers:
         value = None if cancel.match is None else event.lookup(cancel.match)
-        keys = tuple(
-            send.key
-            for send in pending
-            if send.rule_id == rule.id
-            and (cancel.match is None or _same(send.cancel_match.get(cancel.match, MISSING), value))
+        keys = keys_by_rule.setdefault(rule.id, {})
+        keys.update(
+            dict.fromkeys(
+                send.key
+                for send in pending
+                if send.rule_id == rule.id
+                and cancel.applies_to(send.step)
+                and (
+                    cancel.match is None
+                    or _same(send.cancel_match.get(cancel.match, MISSING), value)
+                )
+            )
         )
-        if keys:
-            yield Cancel(rule.id, keys, event.id)
+    for rule_id, found in keys_by_rule.items():
+        if found:
+            yield Cancel(rule_id, tuple(found), event.id)
 
 
 def _cancelled_already(
@@ -145,6 +155,7 @@ def _cancelled_already(
         for mark in marks:
             if any(
                 cancel.event == mark.event
+                and cancel.applies_to(send.step)
                 and (
                     cancel.match is None
                     or _same(
@@ -152,7 +163,7 @@ def _cancelled_already(
                         mark.values.get(cancel.match, MISSING),
                     )
                 )
-                for cancel in rule.cancel_on
+                for cancel in rule.cancels
             ):
                 yield Cancel(rule.id, (send.key,), mark.event_id)
                 break

@@ -187,8 +187,9 @@ def _steps(check: _Checker, spec: Mapping[str, Any]) -> tuple[Step, ...]:
         send = check.send(step_spec["send"], (*path, "send"))
         delay_s = check.duration(spec, (*path, "delay")) or 0
         when = check.condition(step_spec.get("when"), (*path, "when"))
+        cancel_on = _cancel_on(step_spec, step=index + 1)
         if send is not None:
-            steps.append(Step(index + 1, delay_s, send, when))
+            steps.append(Step(index + 1, delay_s, send, when, cancel_on))
     return tuple(steps)
 
 
@@ -209,9 +210,11 @@ def _check_shape(check: _Checker, spec: Mapping[str, Any]) -> None:
         )
 
 
-def _cancel_on(spec: Mapping[str, Any]) -> tuple[CancelOn, ...]:
+def _cancel_on(spec: Mapping[str, Any], step: int | None = None) -> tuple[CancelOn, ...]:
     return tuple(
-        CancelOn(item) if isinstance(item, str) else CancelOn(item["event"], item.get("match"))
+        CancelOn(item, step=step)
+        if isinstance(item, str)
+        else CancelOn(item["event"], item.get("match"), step)
         for item in spec.get("cancel_on", ())
     )
 
