@@ -21,7 +21,8 @@ def parse_duration(value: object) -> int:
     """Return the number of seconds ``value`` stands for.
 
     Args:
-        value: ``0`` (int or string) or a string of ``w``/``d``/``h``/``m``/``s`` parts, largest first.
+        value: ``0`` (int or string) or a string of ``w``/``d``/``h``/``m``/``s`` parts, largest
+            first.
 
     Raises:
         DurationError: for anything else, with the accepted forms in the message.
