@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, Protocol
 
+from trigmail.assign import choose_variant, in_holdout
 from trigmail.decisions import (
     Cancel,
     Decision,
@@ -27,9 +28,9 @@ from trigmail.decisions import (
 from trigmail.errors import TemplateRenderError
 from trigmail.events import MISSING, Event
 from trigmail.ledger.base import CancelMark, SendRecord
-from trigmail.rules.model import Rule, RuleSet, SendSpec, Step
+from trigmail.rules.model import Outside, Rule, RuleSet, SendSpec, SendWindow, Step
 from trigmail.rules.templating import default_data
-from trigmail.windows import next_opening, window_zone
+from trigmail.windows import describe, next_opening, resolve_zone
 
 
 class LedgerView(Protocol):
@@ -188,6 +189,9 @@ def _decide_rule(rule: Rule, event: Event, view: LedgerView, now: datetime) -> l
         base_key = rule.dedupe.render(rule.id, event)
     except TemplateRenderError as exc:
         return [SetAside(rule.id, Reason.TEMPLATE_ERROR, f"dedupe: {exc}")]
+    if in_holdout(rule.id, event.user_id, rule.holdout):
+        detail = f"{event.user_id} is in the rule's {rule.holdout:.0%} holdout (control group)"
+        return [Skip(rule.id, Reason.HOLDOUT, detail, key=base_key)]
     return [_decide_step(rule, step, base_key, event, view=view, now=now) for step in rule.steps]
 
 
@@ -200,16 +204,14 @@ def _decide_step(
     if view.send_exists(key):
         return Skip(rule.id, Reason.DUPLICATE_KEY, f"key {key} exists", step=step.number, key=key)
     trigger_values = _trigger_values(rule, event)
-    due_at, reason = _due_at(rule, step, event, trigger_values)
-    late = _too_late(rule, due_at, now)
-    if late is not None:
-        return Skip(rule.id, Reason.MAX_LATE, late, step=step.number, key=key)
-    until = _cooldown_until(rule, step, event.user_id, view)
-    if until is not None and until > due_at:
-        detail = f"last email of this rule to {event.user_id} holds the next back"
-        return Skip(rule.id, Reason.COOLDOWN, detail, step=step.number, key=key, until=until)
+    due_at, reason, note = _due_at(rule, step, event, trigger_values)
+    held = _held_at_schedule(
+        rule, step, key, event.user_id, due=(due_at, reason, note), view=view, now=now
+    )
+    if held is not None:
+        return held
     try:
-        payload = _payload(step.send, event)
+        payload = _payload(rule.id, step.send, event)
     except TemplateRenderError as exc:
         return SetAside(rule.id, Reason.TEMPLATE_ERROR, str(exc), step=step.number)
     assert event.email is not None  # checked by _decide_rule
@@ -225,7 +227,32 @@ def _decide_step(
         on_doubt=rule.on_doubt,
         reason=reason,
         cancel_match=trigger_values,
+        detail=note,
     )
+
+
+def _held_at_schedule(
+    rule: Rule,
+    step: Step,
+    key: str,
+    user_id: str,
+    *,
+    due: tuple[datetime, Reason, str],
+    view: LedgerView,
+    now: datetime,
+) -> Skip | None:
+    """Why a step is not scheduled although its conditions hold: window, lateness, cooldown."""
+    due_at, reason, note = due
+    if reason is Reason.OUTSIDE_WINDOW:
+        return Skip(rule.id, reason, note, step=step.number, key=key)
+    late = _too_late(rule, due_at, now)
+    if late is not None:
+        return Skip(rule.id, Reason.MAX_LATE, late, step=step.number, key=key)
+    until = _cooldown_until(rule, step, user_id, view)
+    if until is not None and until > due_at:
+        detail = f"last email of this rule to {user_id} holds the next back"
+        return Skip(rule.id, Reason.COOLDOWN, detail, step=step.number, key=key, until=until)
+    return None
 
 
 def _trigger_values(rule: Rule, event: Event) -> dict[str, Any]:
@@ -238,15 +265,26 @@ def _trigger_values(rule: Rule, event: Event) -> dict[str, Any]:
 
 def _due_at(
     rule: Rule, step: Step, event: Event, trigger_values: Mapping[str, Any]
-) -> tuple[datetime, Reason]:
+) -> tuple[datetime, Reason, str]:
+    """When the step is due, why, and a note for the log (``outside_window``: why not)."""
     due_at = event.ts + timedelta(seconds=step.delay_s)
     reason = Reason.DELAY if step.delay_s else Reason.IMMEDIATE
     window = rule.send_window
-    if window is not None:
-        opening = next_opening(window, due_at, window_zone(window, trigger_values))
-        if opening != due_at:
-            return opening, Reason.SEND_WINDOW
-    return due_at, reason
+    if window is None:
+        return due_at, reason, ""
+    zone, note = resolve_zone(window, trigger_values)
+    opening = next_opening(window, due_at, zone)
+    if opening == due_at:
+        return due_at, reason, note
+    if window.outside is Outside.SKIP:
+        return due_at, Reason.OUTSIDE_WINDOW, _outside(window, due_at, zone, note)
+    return opening, Reason.SEND_WINDOW, note
+
+
+def _outside(window: SendWindow, at: datetime, zone: tzinfo, note: str) -> str:
+    local = at.astimezone(zone).strftime("%H:%M")
+    detail = f"due at {local} {zone}, outside send_window {describe(window)} (outside: skip)"
+    return f"{detail}; {note}" if note else detail
 
 
 def _too_late(rule: Rule, due_at: datetime, now: datetime) -> str | None:
@@ -266,15 +304,21 @@ def _cooldown_until(rule: Rule, step: Step, user_id: str, view: LedgerView) -> d
     return None if last is None else last + timedelta(seconds=rule.cooldown_s)
 
 
-def _payload(spec: SendSpec, event: Event) -> Payload:
-    data = default_data(event) if spec.data is None else spec.data.render(event)
+def _payload(rule_id: str, spec: SendSpec, event: Event) -> Payload:
+    template, data_template, variant = spec.template, spec.data, None
+    if spec.variants:
+        chosen = choose_variant(rule_id, event.user_id, spec.variants)
+        template, variant = chosen.template, chosen.id
+        data_template = chosen.data or spec.data
+    data = default_data(event) if data_template is None else data_template.render(event)
     return Payload(
-        template=spec.template,
+        template=template,
         data=data,
         categories=spec.categories,
         asm_group=spec.asm_group,
         from_=spec.from_,
         reply_to=spec.reply_to,
+        variant=variant,
     )
 
 
@@ -297,8 +341,11 @@ def decide_due(send: SendRecord, rules: RuleSet, view: LedgerView, now: datetime
         return Drop(send.key, Reason.MAX_LATE, late)
     window = rule.send_window
     if window is not None:
-        opening = next_opening(window, now, window_zone(window, send.cancel_match))
+        zone, note = resolve_zone(window, send.cancel_match)
+        opening = next_opening(window, now, zone)
         if opening > now:
+            if window.outside is Outside.SKIP:
+                return Drop(send.key, Reason.OUTSIDE_WINDOW, _outside(window, now, zone, note))
             return Defer(send.key, opening)
     return _held_back(send, rule, rules, view, now) or Fire(send.key)
 

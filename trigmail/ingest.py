@@ -376,5 +376,6 @@ def _entry(
         outcome=outcome,
         reason=reason,
         due_at=decision.due_at if isinstance(decision, Schedule) else None,
-        detail="" if isinstance(decision, Schedule) else decision.detail,
+        detail=decision.detail,
+        variant=decision.payload.variant if isinstance(decision, Schedule) else None,
     )

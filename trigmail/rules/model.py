@@ -66,11 +66,22 @@ class Address:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One arm of an A/B split: its template, and its own data (else the send's)."""
+
+    id: str
+    weight: float
+    template: str
+    data: DataTemplate | None = None
+
+
+@dataclass(frozen=True)
 class SendSpec:
     """What to send: a SendGrid dynamic template and how to fill it.
 
     ``data`` is ``None`` when the rule gives none: then the event's ``user`` and
-    ``properties`` merged are the template data.
+    ``properties`` merged are the template data. With ``variants`` (an A/B split),
+    ``template`` is empty and each user gets one variant's template (``trigmail.assign``).
     """
 
     template: str
@@ -79,6 +90,7 @@ class SendSpec:
     asm_group: int | None = None
     from_: Address | None = None
     reply_to: Address | None = None
+    variants: tuple[Variant, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,17 +124,27 @@ class Step:
     cancel_on: tuple[CancelOn, ...] = ()
 
 
+class Outside(StrEnum):
+    """What a send that falls outside its send window does."""
+
+    WAIT = "wait"  # it goes out when the window next opens
+    SKIP = "skip"  # it is dropped, reason ``outside_window``
+
+
 @dataclass(frozen=True)
 class SendWindow:
     """Local hours in which a send may go out; ``end_min`` < ``start_min`` spans midnight.
 
-    ``timezone`` is an IANA name, or a dotted path into the event when ``timezone_is_path``.
+    ``timezone`` is an IANA name, or a dotted path into the event when ``timezone_is_path``;
+    ``fallback_timezone`` (an IANA name) stands in for a path that holds no valid name.
     """
 
     start_min: int
     end_min: int
     timezone: str = "UTC"
     timezone_is_path: bool = False
+    outside: Outside = Outside.WAIT
+    fallback_timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -142,6 +164,8 @@ class Rule:
     on_doubt: OnDoubt = OnDoubt.SKIP
     enabled: bool = True
     location: Location | None = None
+    #: The share of users (0 to 1) held out as a control group: they get no email.
+    holdout: float = 0.0
     #: The rule's ``cancel_on`` followed by its steps' own.
     cancels: tuple[CancelOn, ...] = field(init=False, repr=False, compare=False)
     #: The trigger event's paths a send must keep once the event is gone: the ``match`` paths
