@@ -265,7 +265,7 @@ def run_test(test: RuleTest, rules: RuleSet) -> TestResult:
         _Actual(
             entry,
             sent[entry.key].payload.data if entry.key in sent else None,
-            getattr(sent[entry.key].payload, "variant", None) if entry.key in sent else None,
+            entry.variant,
         )
         for entry in result.entries
     ]
@@ -365,6 +365,8 @@ def _describe(test: RuleTest, actual: _Actual) -> str:
         words += f" step {entry.step}"
     words += f" {entry.outcome.value} for {entry.user_id} at {_offset(test, entry.at)}"
     words += f" because of {entry.reason.value}"
+    if actual.variant is not None:
+        words += f", variant {actual.variant}"
     if actual.data is not None:
         words += f", with data {json.dumps(dict(actual.data), sort_keys=True, default=str)}"
     return words
