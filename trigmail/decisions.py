@@ -144,6 +144,8 @@ class Cancel:
     keys: tuple[str, ...]
     event_id: str
     reason: Reason = Reason.CANCEL_ON
+    #: The A/B variant of each cancelled key that has one, for the log and the metrics.
+    variants: Mapping[str, str] = field(default_factory=dict)
 
 
 @record

@@ -6,7 +6,7 @@ values that carry their reason. The daemon and ``simulate`` apply them; nothing 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Protocol
@@ -121,25 +121,24 @@ def _cancellations(
         # entered the source after it: in the order events happened, they came second.
         pending = [s for s in pending if s.cancel_match.get(ORDER_KEY, "") < order]
     # One cancel per rule: its own cancel_on and a step's may both name the event.
-    keys_by_rule: dict[str, dict[str, None]] = {}
+    sends_by_rule: dict[str, dict[str, SendRecord]] = {}
     for rule, cancel in cancellers:
         value = None if cancel.match is None else event.lookup(cancel.match)
-        keys = keys_by_rule.setdefault(rule.id, {})
-        keys.update(
-            dict.fromkeys(
-                send.key
-                for send in pending
-                if send.rule_id == rule.id
-                and cancel.applies_to(send.step)
-                and (
-                    cancel.match is None
-                    or _same(send.cancel_match.get(cancel.match, MISSING), value)
-                )
-            )
+        found = sends_by_rule.setdefault(rule.id, {})
+        found.update(
+            (send.key, send)
+            for send in pending
+            if send.rule_id == rule.id
+            and cancel.applies_to(send.step)
+            and (cancel.match is None or _same(send.cancel_match.get(cancel.match, MISSING), value))
         )
-    for rule_id, found in keys_by_rule.items():
-        if found:
-            yield Cancel(rule_id, tuple(found), event.id)
+    for rule_id, sends in sends_by_rule.items():
+        if sends:
+            yield Cancel(rule_id, tuple(sends), event.id, variants=_variants(sends.values()))
+
+
+def _variants(sends: Iterable[SendRecord | Schedule]) -> dict[str, str]:
+    return {s.key: s.payload.variant for s in sends if s.payload.variant is not None}
 
 
 def _cancelled_already(
@@ -166,7 +165,7 @@ def _cancelled_already(
                 )
                 for cancel in rule.cancels
             ):
-                yield Cancel(rule.id, (send.key,), mark.event_id)
+                yield Cancel(rule.id, (send.key,), mark.event_id, variants=_variants([send]))
                 break
 
 

@@ -337,6 +337,7 @@ def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> Lo
         key=key,
         outcome=Outcome.CANCELLED,
         reason=decision.reason,
+        variant=decision.variants.get(key),
     )
 
 

@@ -44,7 +44,7 @@ class DecisionObserver:
     def __call__(self, entry: LogEntry) -> None:
         final = _FINAL_STATES.get(entry.outcome)
         if final is not None:
-            self.metrics.record_send(entry.rule or "", final)
+            self.metrics.record_send(entry.rule or "", final, entry.variant)
         if entry.outcome is Outcome.SENT:
             if entry.due_at is not None:
                 lateness_s = (self.clock() - entry.due_at).total_seconds()
