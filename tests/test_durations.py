@@ -34,7 +34,7 @@ def test_parse_duration_reads_each_unit(text: str, seconds: int) -> None:
     ],
 )
 def test_parse_duration_refuses_other_forms(text: str) -> None:
-    with pytest.raises(DurationError, match="is not a duration|longer than"):
+    with pytest.raises(DurationError, match=r"is not a duration|longer than"):
         parse_duration(text)
 
 
