@@ -23,6 +23,7 @@ from trigmail.ledger.base import (
     DeadLetter,
     Ledger,
     LedgerTxn,
+    SendRecord,
     SendState,
 )
 from trigmail.rules.model import OnDoubt
