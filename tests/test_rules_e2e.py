@@ -103,9 +103,18 @@ def test_variants_reach_sendgrid_with_their_template_and_custom_args(
     with serve_on(tmp_path, sendgrid_fake, {"spool": str(spool)}) as serve:
         serve.wait_ready()
         wait_for(lambda: settled(tmp_path / "ledger.db", keys), "the price drops to be sent")
-        assert serve.metric(
-            'trigmail_variant_sends_total{rule="promo",state="sent",variant="plain"}'
+        small_decided = wait_for(
+            lambda: [d for d in decisions(tmp_path / "ledger.db") if d.event_id == "drop-small"],
+            "the small drop to be decided",
         )
+        # the metrics count a send once its decision is committed: a moment after the ledger
+        plain = 'trigmail_variant_sends_total{rule="promo",state="sent",variant="plain"}'
+        urgent = plain.replace('"plain"', '"urgent"')
+        counted = wait_for(
+            lambda: (serve.metric(plain) or 0) + (serve.metric(urgent) or 0) == len(keys),
+            "every send to be counted per variant",
+        )
+        assert counted
         assert serve.stop() == 0
 
     received = personalizations(sendgrid_fake)
@@ -121,7 +130,7 @@ def test_variants_reach_sendgrid_with_their_template_and_custom_args(
     for _, p in received:
         record = stored[p["custom_args"]["trigmail_key"]]
         assert record.payload.variant == p["custom_args"]["trigmail_variant"]
-    [small] = [d for d in decisions(tmp_path / "ledger.db") if d.event_id == "drop-small"]
+    [small] = small_decided
     assert (small.reason.value, small.detail) == (
         "condition_false",
         "properties.discount gte 10 (was '5')",
