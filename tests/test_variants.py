@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import pytest
@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trigmail.assign import choose_variant, in_holdout
-from trigmail.decisions import Reason, Schedule, Skip
+from trigmail.cli.simulate import _line_parts
+from trigmail.decisions import LogEntry, Outcome, Reason, Schedule, Skip
 from trigmail.engine import decide
 from trigmail.events import event_from_object, format_ts
 from trigmail.ledger.memory import MemoryLedger
@@ -218,3 +219,9 @@ def test_validate_checks_the_holdout(holdout: str) -> None:
     text = f"rules:\n  - id: r\n    on: e\n    holdout: '{holdout}'\n    send: {{template: d}}\n"
     problems = [str(p) for p in parse_rules(text).problems]
     assert any("holdout" in p for p in problems), problems
+
+
+def test_simulate_table_lines_name_the_variant() -> None:
+    entry = LogEntry(T0, "e1", "ana", "promo", 0, "promo:e1", Outcome.SENT, Reason.DELIVERED)
+    assert "promo [b]" in _line_parts(replace(entry, variant="b"))[2]
+    assert "[" not in _line_parts(entry)[2]
