@@ -160,7 +160,7 @@ class _Checker:
         if not is_path and not _is_timezone(timezone):
             self.error(("send_window", "timezone"), _timezone_message(timezone))
         fallback = spec.get("fallback_timezone", "UTC")
-        if not _is_timezone(fallback):
+        if "fallback_timezone" in spec and not _is_timezone(fallback):
             message = _timezone_message(fallback, path_allowed=False)
             self.error(("send_window", "fallback_timezone"), message)
         if start is None or end is None:
