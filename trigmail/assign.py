@@ -8,8 +8,9 @@ place, with no state to share. Two choices, both by hashing:
   wins with probability ``weight / sum(weights)``, and when one weight changes, only users
   moving into or out of *that* variant move: raising ``b`` from 50 to 60 moves 4.5% of
   users (60/110 - 50/100) from ``a`` to ``b`` and nobody else, and adding a variant ``c``
-  only takes users into ``c``. A hash mapped over cumulative weights in id order moves as few users for two variants
-  but, with three or more, a change to the first weight shifts every boundary after it.
+  only takes users into ``c``. A hash mapped over cumulative weights in id order moves as
+  few users for two variants but, with three or more, a change to the first weight shifts
+  every boundary after it.
   Scores do not depend on the order the variants are written in, nor on the step: a user in
   ``a`` on day 0 of a sequence is in ``a`` on day 3 if that step has the same variants.
 * **Holdout: a threshold.** A user is held out when a hash of (rule, user) is below the
