@@ -4,6 +4,7 @@ the rule tests and the SendGrid body make of them."""
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -19,6 +20,8 @@ from trigmail.decisions import LogEntry, Outcome, Reason, Schedule, Skip
 from trigmail.engine import decide
 from trigmail.events import event_from_object, format_ts
 from trigmail.ledger.memory import MemoryLedger
+from trigmail.metrics import Metrics
+from trigmail.observe import DecisionObserver
 from trigmail.providers.base import Email
 from trigmail.providers.bodies import build_body
 from trigmail.rules.loader import parse_rules
@@ -225,3 +228,14 @@ def test_simulate_table_lines_name_the_variant() -> None:
     entry = LogEntry(T0, "e1", "ana", "promo", 0, "promo:e1", Outcome.SENT, Reason.DELIVERED)
     assert "promo [b]" in _line_parts(replace(entry, variant="b"))[2]
     assert "[" not in _line_parts(entry)[2]
+
+
+def test_serve_counts_and_logs_a_sent_variant(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics(process=False)
+    observe = DecisionObserver(metrics, lambda: T0)
+    entry = LogEntry(T0, "e1", "ana", "promo", 0, "promo:e1", Outcome.SENT, Reason.DELIVERED)
+    with caplog.at_level(logging.INFO, logger="trigmail.daemon"):
+        observe(replace(entry, variant="b", due_at=T0))
+    assert "send promo:e1: sent to ana (rule promo, variant b)" in caplog.messages
+    labels = {"rule": "promo", "variant": "b", "state": "sent"}
+    assert metrics.registry.get_sample_value("trigmail_variant_sends_total", labels) == 1
