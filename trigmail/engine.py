@@ -189,7 +189,8 @@ def _decide_rule(rule: Rule, event: Event, view: LedgerView, now: datetime) -> l
     except TemplateRenderError as exc:
         return [SetAside(rule.id, Reason.TEMPLATE_ERROR, f"dedupe: {exc}")]
     if in_holdout(rule.id, event.user_id, rule.holdout):
-        detail = f"{event.user_id} is in the rule's {rule.holdout:.0%} holdout (control group)"
+        share = f"{rule.holdout * 100:g}%"
+        detail = f"{event.user_id} is in the rule's {share} holdout (control group)"
         return [Skip(rule.id, Reason.HOLDOUT, detail, key=base_key)]
     return [_decide_step(rule, step, base_key, event, view=view, now=now) for step in rule.steps]
 
@@ -276,13 +277,20 @@ def _due_at(
     if opening == due_at:
         return due_at, reason, note
     if window.outside is Outside.SKIP:
-        return due_at, Reason.OUTSIDE_WINDOW, _outside(window, due_at, zone, note)
+        return (
+            due_at,
+            Reason.OUTSIDE_WINDOW,
+            _outside(window, f"due at {_local(due_at, zone)}", note),
+        )
     return opening, Reason.SEND_WINDOW, note
 
 
-def _outside(window: SendWindow, at: datetime, zone: tzinfo, note: str) -> str:
-    local = at.astimezone(zone).strftime("%H:%M")
-    detail = f"due at {local} {zone}, outside send_window {describe(window)} (outside: skip)"
+def _local(at: datetime, zone: tzinfo) -> str:
+    return f"{at.astimezone(zone).strftime('%H:%M')} {zone}"
+
+
+def _outside(window: SendWindow, when: str, note: str) -> str:
+    detail = f"{when}, outside send_window {describe(window)} (outside: skip)"
     return f"{detail}; {note}" if note else detail
 
 
@@ -308,7 +316,7 @@ def _payload(rule_id: str, spec: SendSpec, event: Event) -> Payload:
     if spec.variants:
         chosen = choose_variant(rule_id, event.user_id, spec.variants)
         template, variant = chosen.template, chosen.id
-        data_template = chosen.data or spec.data
+        data_template = spec.data if chosen.data is None else chosen.data
     data = default_data(event) if data_template is None else data_template.render(event)
     return Payload(
         template=template,
@@ -344,7 +352,8 @@ def decide_due(send: SendRecord, rules: RuleSet, view: LedgerView, now: datetime
         opening = next_opening(window, now, zone)
         if opening > now:
             if window.outside is Outside.SKIP:
-                return Drop(send.key, Reason.OUTSIDE_WINDOW, _outside(window, now, zone, note))
+                when = f"the window had shut when it fell due ({_local(now, zone)})"
+                return Drop(send.key, Reason.OUTSIDE_WINDOW, _outside(window, when, note))
             return Defer(send.key, opening)
     return _held_back(send, rule, rules, view, now) or Fire(send.key)
 
