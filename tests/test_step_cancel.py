@@ -178,3 +178,12 @@ def test_a_step_cancel_decided_first_still_cancels_a_trigger_that_entered_before
     assert {s for s, state in states.items() if state is SendState.CANCELLED} == cancelled
     assert all(state is SendState.SCHEDULED for s, state in states.items() if s not in cancelled)
     ledger.close()
+
+
+def test_the_cancel_line_names_the_step_it_cancelled() -> None:
+    entries: list[LogEntry] = []
+    sim = Simulation(RULES, entries.append)
+    events = [event("t1", "trial_started", T0, plan="pro"), event("a1", "activated", T0 + DAY)]
+    sim.run(json.dumps(e).encode() for e in events)
+    cancelled = [(e.step, e.key) for e in entries if e.outcome is Outcome.CANCELLED]
+    assert cancelled == [(2, "onboarding:t1#2")]

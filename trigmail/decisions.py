@@ -146,6 +146,8 @@ class Cancel:
     reason: Reason = Reason.CANCEL_ON
     #: The A/B variant of each cancelled key that has one, for the log and the metrics.
     variants: Mapping[str, str] = field(default_factory=dict)
+    #: The step of each cancelled key (a sequence step's own ``cancel_on`` cancels one step).
+    steps: Mapping[str, int] = field(default_factory=dict)
 
 
 @record

@@ -134,11 +134,19 @@ def _cancellations(
         )
     for rule_id, sends in sends_by_rule.items():
         if sends:
-            yield Cancel(rule_id, tuple(sends), event.id, variants=_variants(sends.values()))
+            yield _cancel(rule_id, sends.values(), event.id)
 
 
-def _variants(sends: Iterable[SendRecord | Schedule]) -> dict[str, str]:
-    return {s.key: s.payload.variant for s in sends if s.payload.variant is not None}
+def _cancel(rule_id: str, sends: Iterable[SendRecord | Schedule], event_id: str) -> Cancel:
+    """A cancel of ``sends``, naming each one's step and A/B variant for the log."""
+    listed = list(sends)
+    return Cancel(
+        rule_id,
+        tuple(s.key for s in listed),
+        event_id,
+        variants={s.key: s.payload.variant for s in listed if s.payload.variant is not None},
+        steps={s.key: s.step for s in listed},
+    )
 
 
 def _cancelled_already(
@@ -165,7 +173,7 @@ def _cancelled_already(
                 )
                 for cancel in rule.cancels
             ):
-                yield Cancel(rule.id, (send.key,), mark.event_id, variants=_variants([send]))
+                yield _cancel(rule.id, [send], mark.event_id)
                 break
 
 

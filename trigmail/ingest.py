@@ -356,7 +356,7 @@ def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> Lo
         event_id=event.id,
         user_id=event.user_id,
         rule=decision.rule_id,
-        step=None,
+        step=decision.steps.get(key),
         key=key,
         outcome=Outcome.CANCELLED,
         reason=decision.reason,

@@ -308,7 +308,7 @@ def _matches(expected: Expectation, actual: _Actual) -> bool:
         expected.outcome,
     ):
         return False
-    # A cancellation covers every pending step of the rule: it names no step.
+    # A line without a step (a decision about the whole rule) matches any expected step.
     if expected.step is not None and entry.step is not None and entry.step != expected.step:
         return False
     if expected.reason is not None and entry.reason.value != expected.reason:
