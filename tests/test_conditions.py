@@ -68,6 +68,22 @@ HOLDS = [
     ({"properties.v": {"not_in": ["FR"]}}, {}),
     # not_in holds for true against a list holding 1
     ({"properties.v": {"not_in": [1]}}, {"v": True}),
+    # a string that spells the number equals it (Redis flat fields carry strings)
+    ({"properties.v": 20}, {"v": "20"}),
+    # ... whatever its spelling
+    ({"properties.v": {"eq": 20}}, {"v": "20.0"}),
+    # gte reads a numeric string as its number
+    ({"properties.v": {"gte": 20}}, {"v": "30"}),
+    # lt with a negative decimal and blanks around it
+    ({"properties.v": {"lt": 0}}, {"v": " -0.5 "}),
+    # in a list of numbers
+    ({"properties.v": {"in": [1, 2]}}, {"v": "2"}),
+    # not_in a list of numbers, by value
+    ({"properties.v": {"not_in": [1, 2]}}, {"v": "3e0"}),
+    # ne against a number holds for a different numeric string
+    ({"properties.v": {"ne": 5}}, {"v": "6"}),
+    # in a mixed list: the string as itself
+    ({"properties.v": {"in": ["x", 1]}}, {"v": "x"}),
     # exists true for a present value
     ({"properties.v": {"exists": True}}, {"v": 0}),
     # exists true for JSON null: null is a value
@@ -103,8 +119,22 @@ FAILS = [
     ({"properties.v": {"eq": 1}}, {"v": True}, "properties.v eq 1 (was True)"),
     # numbers are not booleans
     ({"properties.v": True}, {"v": 1}, "properties.v eq True (was 1)"),
-    # a string is not the number it spells
-    ({"properties.v": 20}, {"v": "20"}, "properties.v eq 20 (was '20')"),
+    # a string that is not a number fails a number comparison, and says so
+    ({"properties.v": 20}, {"v": "twenty"}, "properties.v eq 20 (was 'twenty', not a number)"),
+    # ne against a number: text that is no number never matches
+    ({"properties.v": {"ne": 5}}, {"v": "abc"}, "properties.v ne 5 (was 'abc', not a number)"),
+    # not_in a list of numbers: text that is no number never matches
+    (
+        {"properties.v": {"not_in": [1]}},
+        {"v": "x"},
+        "properties.v not_in [1] (was 'x', not a number)",
+    ),
+    # a numeric string is compared as its number
+    ({"properties.v": {"gte": 20}}, {"v": "12.5"}, "properties.v gte 20 (was '12.5')"),
+    # a string number is not a string operand's number
+    ({"properties.v": {"eq": "20"}}, {"v": 20}, "properties.v eq '20' (was 20)"),
+    # not a decimal number: float() would take these, the rule does not
+    ({"properties.v": {"gt": 0}}, {"v": "inf"}, "properties.v gt 0 (was 'inf', not a number)"),
     # nested booleans are not numbers either
     ({"properties.v": [1]}, {"v": [True]}, "properties.v eq [1] (was [True])"),
     # eq fails on a missing path
@@ -119,8 +149,8 @@ FAILS = [
     ({"properties.v": {"lt": 1}}, {"v": 1}, "properties.v lt 1 (was 1)"),
     # lte fails above
     ({"properties.v": {"lte": 1}}, {"v": 1.5}, "properties.v lte 1 (was 1.5)"),
-    # a string against a number fails instead of raising
-    ({"properties.v": {"gte": 20}}, {"v": "30"}, "properties.v gte 20 (was '30')"),
+    # an empty string is not a number
+    ({"properties.v": {"gte": 20}}, {"v": ""}, "properties.v gte 20 (was '', not a number)"),
     # a number against a string fails instead of raising
     ({"properties.v": {"lt": "b"}}, {"v": 1}, "properties.v lt 'b' (was 1)"),
     # true is not >= 1
@@ -323,3 +353,35 @@ def test_check_never_raises(
     )
     result = condition.check(make_event(properties))
     assert result is None or isinstance(result, str)
+
+
+NUMBER_SPECS = st.one_of(
+    st.tuples(st.sampled_from(["eq", "ne", "gt", "gte", "lt", "lte"]), st.integers(-50, 50)),
+    st.tuples(
+        st.sampled_from(["in", "not_in"]), st.lists(st.integers(-5, 5), min_size=1, max_size=4)
+    ),
+)
+NUMBERS = st.integers(-60, 60) | st.floats(-60, 60, allow_nan=False).map(lambda f: round(f, 3))
+
+
+@given(operator=NUMBER_SPECS, number=NUMBERS)
+def test_numeric_strings_and_numbers_decide_alike(operator: tuple[str, Any], number: float) -> None:
+    # Events from Redis flat fields carry "50" where the spool carries 50.
+    op, expected = operator
+    condition = compile_condition({"properties.v": {op: expected}})
+    as_number = condition.check(make_event({"v": number})) is None
+    assert (condition.check(make_event({"v": repr(number)})) is None) == as_number
+    assert (condition.check(make_event({"v": f" {number} "})) is None) == as_number
+
+
+@given(
+    operator=NUMBER_SPECS,
+    text=st.text(max_size=6).filter(lambda t: not any(c.isdigit() for c in t)),
+)
+def test_text_that_is_no_number_never_matches_a_number(
+    operator: tuple[str, Any], text: str
+) -> None:
+    op, expected = operator
+    failed = compile_condition({"properties.v": {op: expected}}).check(make_event({"v": text}))
+    assert failed is not None
+    assert failed.endswith("not a number)")

@@ -23,6 +23,7 @@ from trigmail.ledger.base import (
     DeadLetter,
     Ledger,
     LedgerTxn,
+    SendRecord,
     SendState,
 )
 from trigmail.rules.model import OnDoubt
@@ -539,6 +540,30 @@ def test_status(ledger: Ledger, t0: datetime, clock: FakeClock) -> None:
     assert [s.key for s in status.failed] == ["failed"]
     assert [s.key for s in status.recent] == ["failed", "in_doubt"]
     assert (status.dead_letters, status.rules_version) == (1, "abc")
+
+
+def test_status_counts_the_variants_of_an_ab_split(ledger: Ledger, t0: datetime) -> None:
+    def variant_send(key: str, variant: str | None) -> SendRecord:
+        send = make_send(key, t0, rule="promo" if variant else "cart")
+        return replace(send, payload=replace(send.payload, variant=variant))
+
+    insert(ledger, variant_send("a1", "a"), variant_send("a2", "a"), variant_send("b1", "b"))
+    put_in_state(ledger, variant_send("b2", "b"), SendState.SENT, t0)
+    insert(ledger, variant_send("plain", None))
+    # the variant round-trips in the payload
+    stored = ledger.get_send("b2")
+    assert stored is not None and stored.payload.variant == "b"
+    status = ledger.status()
+    by_variant = {
+        rule: {variant: {s: n for s, n in counts.items() if n} for variant, counts in v.items()}
+        for rule, v in status.by_variant.items()
+    }
+    assert by_variant == {
+        "promo": {
+            "a": {SendState.SCHEDULED: 2},
+            "b": {SendState.SCHEDULED: 1, SendState.SENT: 1},
+        }
+    }
 
 
 def test_status_of_an_empty_ledger(ledger: Ledger) -> None:

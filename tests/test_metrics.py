@@ -75,6 +75,29 @@ def test_scrape_shows_what_was_recorded(metrics: Metrics, server: MetricsServer)
     assert got[("trigmail_provider_requests_in_flight", ())] == 1
 
 
+def test_sends_of_an_ab_split_are_counted_per_variant(
+    metrics: Metrics, server: MetricsServer
+) -> None:
+    metrics.record_send("promo", SendState.SENT, "a")
+    metrics.record_send("promo", SendState.SENT, "a")
+    metrics.record_send("promo", SendState.CANCELLED, "b")
+    metrics.record_send("cart-recovery", SendState.SENT)  # no split: no variant line
+
+    got = samples(get(server, "/metrics")[2])
+    variant_lines = {k: v for k, v in got.items() if k[0] == "trigmail_variant_sends_total"}
+    assert variant_lines == {
+        (
+            "trigmail_variant_sends_total",
+            (("rule", "promo"), ("state", "sent"), ("variant", "a")),
+        ): 2,
+        (
+            "trigmail_variant_sends_total",
+            (("rule", "promo"), ("state", "cancelled"), ("variant", "b")),
+        ): 1,
+    }
+    assert got[("trigmail_sends_total", (("rule", "promo"), ("state", "sent")))] == 2
+
+
 def test_latency_histograms_have_buckets_from_1ms_to_10s(
     metrics: Metrics, server: MetricsServer
 ) -> None:

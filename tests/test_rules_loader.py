@@ -52,7 +52,7 @@ def _parse(relative: str) -> list[str]:
         # a bad duration
         (
             "bad/bad_duration.yaml",
-            "4:12: error: '1 hour' is not a duration (use 0, 30s, 45m, 1h30m or 2d) "
+            "4:12: error: '1 hour' is not a duration (use 0, 30s, 45m, 1h30m, 2d or 1w) "
             "(at rules[0].delay)",
         ),
         # a bad operator, at the operator itself

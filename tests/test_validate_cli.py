@@ -31,13 +31,13 @@ def _run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str
 def test_sample_rules_validate_clean() -> None:
     result = _run("rules.d", "--strict")
     assert result.returncode == 0, result.stdout
-    assert result.stdout == "5 files, 4 rules: 0 errors, 0 warnings\n"
+    assert result.stdout == "6 files, 5 rules: 0 errors, 0 warnings\n"
 
 
 def test_default_directory_is_rules_d(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "rules.d", tmp_path / "rules.d")
     result = _run(cwd=tmp_path)
-    assert (result.returncode, result.stdout) == (0, "5 files, 4 rules: 0 errors, 0 warnings\n")
+    assert (result.returncode, result.stdout) == (0, "6 files, 5 rules: 0 errors, 0 warnings\n")
 
 
 @pytest.mark.parametrize(

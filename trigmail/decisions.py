@@ -41,6 +41,9 @@ class Reason(StrEnum):
     DUPLICATE_EVENT = "duplicate_event"
     DUPLICATE_KEY = "duplicate_key"
     RULE_DISABLED = "rule_disabled"
+    HOLDOUT = "holdout"
+    # skipped or dropped
+    OUTSIDE_WINDOW = "outside_window"
     # cancelled or dropped
     CANCEL_ON = "cancel_on"
     RULE_DELETED = "rule_deleted"
@@ -76,9 +79,11 @@ class Payload:
     asm_group: int | None = None
     from_: Address | None = None
     reply_to: Address | None = None
+    #: The A/B variant chosen for this user, when the rule splits.
+    variant: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        obj = {
             "template": self.template,
             "data": dict(self.data),
             "categories": list(self.categories),
@@ -86,6 +91,10 @@ class Payload:
             "from": _address_json(self.from_),
             "reply_to": _address_json(self.reply_to),
         }
+        # Kept in the payload, which the ledger stores as JSON: no column, no migration.
+        if self.variant is not None:
+            obj["variant"] = self.variant
+        return obj
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Payload:
@@ -96,6 +105,7 @@ class Payload:
             asm_group=obj.get("asm_group"),
             from_=_address_from(obj.get("from")),
             reply_to=_address_from(obj.get("reply_to")),
+            variant=obj.get("variant"),
         )
 
 
@@ -122,6 +132,8 @@ class Schedule:
     on_doubt: OnDoubt
     reason: Reason
     cancel_match: Mapping[str, Any] = field(default_factory=dict)
+    #: A note for the decision log, such as a send window's fallback time zone.
+    detail: str = ""
 
 
 @record
@@ -132,6 +144,10 @@ class Cancel:
     keys: tuple[str, ...]
     event_id: str
     reason: Reason = Reason.CANCEL_ON
+    #: The A/B variant of each cancelled key that has one, for the log and the metrics.
+    variants: Mapping[str, str] = field(default_factory=dict)
+    #: The step of each cancelled key (a sequence step's own ``cancel_on`` cancels one step).
+    steps: Mapping[str, int] = field(default_factory=dict)
 
 
 @record
@@ -201,9 +217,12 @@ class LogEntry:
     reason: Reason
     due_at: datetime | None = None
     detail: str = ""
+    #: The A/B variant of the send this line is about (not kept in the ledger's decision log:
+    #: the send's payload holds it).
+    variant: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        obj = {
             "at": format_ts(self.at),
             "event_id": self.event_id,
             "user_id": self.user_id,
@@ -215,3 +234,6 @@ class LogEntry:
             "due_at": None if self.due_at is None else format_ts(self.due_at),
             "detail": self.detail,
         }
+        if self.variant is not None:
+            obj["variant"] = self.variant
+        return obj

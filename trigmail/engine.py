@@ -6,11 +6,12 @@ values that carry their reason. The daemon and ``simulate`` apply them; nothing 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, Protocol
 
+from trigmail.assign import choose_variant, in_holdout
 from trigmail.decisions import (
     Cancel,
     Decision,
@@ -27,9 +28,9 @@ from trigmail.decisions import (
 from trigmail.errors import TemplateRenderError
 from trigmail.events import MISSING, Event
 from trigmail.ledger.base import CancelMark, SendRecord
-from trigmail.rules.model import Rule, RuleSet, SendSpec, Step
+from trigmail.rules.model import Outside, Rule, RuleSet, SendSpec, SendWindow, Step
 from trigmail.rules.templating import default_data
-from trigmail.windows import next_opening, window_zone
+from trigmail.windows import describe, next_opening, resolve_zone
 
 
 class LedgerView(Protocol):
@@ -92,7 +93,7 @@ def decide_new(
     triggered = rules.triggered_by(event.name)
     for rule in triggered:
         decided = _decide_rule(rule, event, view, now)
-        if order is not None and rule.cancel_on:
+        if order is not None and rule.cancels:
             decided = [_with_order(each, order) for each in decided]
             decided.extend(_cancelled_already(rule, decided, view, event.user_id, order))
         decisions.extend(decided)
@@ -119,16 +120,33 @@ def _cancellations(
         # A cancel decided late (another worker read it later) leaves alone the triggers that
         # entered the source after it: in the order events happened, they came second.
         pending = [s for s in pending if s.cancel_match.get(ORDER_KEY, "") < order]
+    # One cancel per rule: its own cancel_on and a step's may both name the event.
+    sends_by_rule: dict[str, dict[str, SendRecord]] = {}
     for rule, cancel in cancellers:
         value = None if cancel.match is None else event.lookup(cancel.match)
-        keys = tuple(
-            send.key
+        found = sends_by_rule.setdefault(rule.id, {})
+        found.update(
+            (send.key, send)
             for send in pending
             if send.rule_id == rule.id
+            and cancel.applies_to(send.step)
             and (cancel.match is None or _same(send.cancel_match.get(cancel.match, MISSING), value))
         )
-        if keys:
-            yield Cancel(rule.id, keys, event.id)
+    for rule_id, sends in sends_by_rule.items():
+        if sends:
+            yield _cancel(rule_id, sends.values(), event.id)
+
+
+def _cancel(rule_id: str, sends: Iterable[SendRecord | Schedule], event_id: str) -> Cancel:
+    """A cancel of ``sends``, naming each one's step and A/B variant for the log."""
+    listed = list(sends)
+    return Cancel(
+        rule_id,
+        tuple(s.key for s in listed),
+        event_id,
+        variants={s.key: s.payload.variant for s in listed if s.payload.variant is not None},
+        steps={s.key: s.step for s in listed},
+    )
 
 
 def _cancelled_already(
@@ -145,6 +163,7 @@ def _cancelled_already(
         for mark in marks:
             if any(
                 cancel.event == mark.event
+                and cancel.applies_to(send.step)
                 and (
                     cancel.match is None
                     or _same(
@@ -152,9 +171,9 @@ def _cancelled_already(
                         mark.values.get(cancel.match, MISSING),
                     )
                 )
-                for cancel in rule.cancel_on
+                for cancel in rule.cancels
             ):
-                yield Cancel(rule.id, (send.key,), mark.event_id)
+                yield _cancel(rule.id, [send], mark.event_id)
                 break
 
 
@@ -177,6 +196,10 @@ def _decide_rule(rule: Rule, event: Event, view: LedgerView, now: datetime) -> l
         base_key = rule.dedupe.render(rule.id, event)
     except TemplateRenderError as exc:
         return [SetAside(rule.id, Reason.TEMPLATE_ERROR, f"dedupe: {exc}")]
+    if in_holdout(rule.id, event.user_id, rule.holdout):
+        share = f"{rule.holdout * 100:g}%"
+        detail = f"{event.user_id} is in the rule's {share} holdout (control group)"
+        return [Skip(rule.id, Reason.HOLDOUT, detail, key=base_key)]
     return [_decide_step(rule, step, base_key, event, view=view, now=now) for step in rule.steps]
 
 
@@ -189,16 +212,14 @@ def _decide_step(
     if view.send_exists(key):
         return Skip(rule.id, Reason.DUPLICATE_KEY, f"key {key} exists", step=step.number, key=key)
     trigger_values = _trigger_values(rule, event)
-    due_at, reason = _due_at(rule, step, event, trigger_values)
-    late = _too_late(rule, due_at, now)
-    if late is not None:
-        return Skip(rule.id, Reason.MAX_LATE, late, step=step.number, key=key)
-    until = _cooldown_until(rule, step, event.user_id, view)
-    if until is not None and until > due_at:
-        detail = f"last email of this rule to {event.user_id} holds the next back"
-        return Skip(rule.id, Reason.COOLDOWN, detail, step=step.number, key=key, until=until)
+    due_at, reason, note = _due_at(rule, step, event, trigger_values)
+    held = _held_at_schedule(
+        rule, step, key, event.user_id, due=(due_at, reason, note), view=view, now=now
+    )
+    if held is not None:
+        return held
     try:
-        payload = _payload(step.send, event)
+        payload = _payload(rule.id, step.send, event)
     except TemplateRenderError as exc:
         return SetAside(rule.id, Reason.TEMPLATE_ERROR, str(exc), step=step.number)
     assert event.email is not None  # checked by _decide_rule
@@ -214,7 +235,32 @@ def _decide_step(
         on_doubt=rule.on_doubt,
         reason=reason,
         cancel_match=trigger_values,
+        detail=note,
     )
+
+
+def _held_at_schedule(
+    rule: Rule,
+    step: Step,
+    key: str,
+    user_id: str,
+    *,
+    due: tuple[datetime, Reason, str],
+    view: LedgerView,
+    now: datetime,
+) -> Skip | None:
+    """Why a step is not scheduled although its conditions hold: window, lateness, cooldown."""
+    due_at, reason, note = due
+    if reason is Reason.OUTSIDE_WINDOW:
+        return Skip(rule.id, reason, note, step=step.number, key=key)
+    late = _too_late(rule, due_at, now)
+    if late is not None:
+        return Skip(rule.id, Reason.MAX_LATE, late, step=step.number, key=key)
+    until = _cooldown_until(rule, step, user_id, view)
+    if until is not None and until > due_at:
+        detail = f"last email of this rule to {user_id} holds the next back"
+        return Skip(rule.id, Reason.COOLDOWN, detail, step=step.number, key=key, until=until)
+    return None
 
 
 def _trigger_values(rule: Rule, event: Event) -> dict[str, Any]:
@@ -227,15 +273,33 @@ def _trigger_values(rule: Rule, event: Event) -> dict[str, Any]:
 
 def _due_at(
     rule: Rule, step: Step, event: Event, trigger_values: Mapping[str, Any]
-) -> tuple[datetime, Reason]:
+) -> tuple[datetime, Reason, str]:
+    """When the step is due, why, and a note for the log (``outside_window``: why not)."""
     due_at = event.ts + timedelta(seconds=step.delay_s)
     reason = Reason.DELAY if step.delay_s else Reason.IMMEDIATE
     window = rule.send_window
-    if window is not None:
-        opening = next_opening(window, due_at, window_zone(window, trigger_values))
-        if opening != due_at:
-            return opening, Reason.SEND_WINDOW
-    return due_at, reason
+    if window is None:
+        return due_at, reason, ""
+    zone, note = resolve_zone(window, trigger_values)
+    opening = next_opening(window, due_at, zone)
+    if opening == due_at:
+        return due_at, reason, note
+    if window.outside is Outside.SKIP:
+        return (
+            due_at,
+            Reason.OUTSIDE_WINDOW,
+            _outside(window, f"due at {_local(due_at, zone)}", note),
+        )
+    return opening, Reason.SEND_WINDOW, note
+
+
+def _local(at: datetime, zone: tzinfo) -> str:
+    return f"{at.astimezone(zone).strftime('%H:%M')} {zone}"
+
+
+def _outside(window: SendWindow, when: str, note: str) -> str:
+    detail = f"{when}, outside send_window {describe(window)} (outside: skip)"
+    return f"{detail}; {note}" if note else detail
 
 
 def _too_late(rule: Rule, due_at: datetime, now: datetime) -> str | None:
@@ -255,15 +319,21 @@ def _cooldown_until(rule: Rule, step: Step, user_id: str, view: LedgerView) -> d
     return None if last is None else last + timedelta(seconds=rule.cooldown_s)
 
 
-def _payload(spec: SendSpec, event: Event) -> Payload:
-    data = default_data(event) if spec.data is None else spec.data.render(event)
+def _payload(rule_id: str, spec: SendSpec, event: Event) -> Payload:
+    template, data_template, variant = spec.template, spec.data, None
+    if spec.variants:
+        chosen = choose_variant(rule_id, event.user_id, spec.variants)
+        template, variant = chosen.template, chosen.id
+        data_template = spec.data if chosen.data is None else chosen.data
+    data = default_data(event) if data_template is None else data_template.render(event)
     return Payload(
-        template=spec.template,
+        template=template,
         data=data,
         categories=spec.categories,
         asm_group=spec.asm_group,
         from_=spec.from_,
         reply_to=spec.reply_to,
+        variant=variant,
     )
 
 
@@ -286,8 +356,12 @@ def decide_due(send: SendRecord, rules: RuleSet, view: LedgerView, now: datetime
         return Drop(send.key, Reason.MAX_LATE, late)
     window = rule.send_window
     if window is not None:
-        opening = next_opening(window, now, window_zone(window, send.cancel_match))
+        zone, note = resolve_zone(window, send.cancel_match)
+        opening = next_opening(window, now, zone)
         if opening > now:
+            if window.outside is Outside.SKIP:
+                when = f"the window had shut when it fell due ({_local(now, zone)})"
+                return Drop(send.key, Reason.OUTSIDE_WINDOW, _outside(window, when, note))
             return Defer(send.key, opening)
     return _held_back(send, rule, rules, view, now) or Fire(send.key)
 

@@ -356,10 +356,11 @@ def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> Lo
         event_id=event.id,
         user_id=event.user_id,
         rule=decision.rule_id,
-        step=None,
+        step=decision.steps.get(key),
         key=key,
         outcome=Outcome.CANCELLED,
         reason=decision.reason,
+        variant=decision.variants.get(key),
     )
 
 
@@ -399,5 +400,6 @@ def _entry(
         outcome=outcome,
         reason=reason,
         due_at=decision.due_at if isinstance(decision, Schedule) else None,
-        detail="" if isinstance(decision, Schedule) else decision.detail,
+        detail=decision.detail,
+        variant=decision.payload.variant if isinstance(decision, Schedule) else None,
     )

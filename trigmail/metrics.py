@@ -75,6 +75,13 @@ class Metrics:
             ["rule", "state"],
             registry=r,
         )
+        self.variant_sends = Counter(
+            "trigmail_variant_sends_total",
+            "Sends of an A/B split (send.variants) that reached a final state, by rule, variant "
+            'and state; held-out users are trigmail_decisions_total{reason="holdout"}.',
+            ["rule", "variant", "state"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "trigmail_dead_letters_total", "Events set aside, by reason.", ["reason"], registry=r
         )
@@ -144,9 +151,12 @@ class Metrics:
         """Count one decision; ``rule_id`` is ``None`` when the event matched no rule."""
         self.decisions.labels(rule=NO_RULE if rule_id is None else rule_id, reason=reason).inc()
 
-    def record_send(self, rule_id: str, state: SendState) -> None:
-        """Count one send reaching ``state`` (``sent``, ``failed``, ``cancelled``, ``in_doubt``)."""
+    def record_send(self, rule_id: str, state: SendState, variant: str | None = None) -> None:
+        """Count one send reaching ``state`` (``sent``, ``failed``, ``cancelled``, ``in_doubt``),
+        and its A/B ``variant`` when it has one."""
         self.sends.labels(rule=rule_id, state=state).inc()
+        if variant is not None:
+            self.variant_sends.labels(rule=rule_id, variant=variant, state=state).inc()
 
     def record_dead_letter(self, reason: Reason | str) -> None:
         """Count one event set aside."""

@@ -44,12 +44,21 @@ class DecisionObserver:
     def __call__(self, entry: LogEntry) -> None:
         final = _FINAL_STATES.get(entry.outcome)
         if final is not None:
-            self.metrics.record_send(entry.rule or "", final)
+            self.metrics.record_send(entry.rule or "", final, entry.variant)
         if entry.outcome is Outcome.SENT:
             if entry.due_at is not None:
                 lateness_s = (self.clock() - entry.due_at).total_seconds()
                 self.metrics.trigger_to_provider_seconds.observe(max(lateness_s, 0.0))
-            log.info("send %s: sent to %s (rule %s)", entry.key, entry.user_id, entry.rule)
+            if entry.variant is None:
+                log.info("send %s: sent to %s (rule %s)", entry.key, entry.user_id, entry.rule)
+            else:
+                log.info(
+                    "send %s: sent to %s (rule %s, variant %s)",
+                    entry.key,
+                    entry.user_id,
+                    entry.rule,
+                    entry.variant,
+                )
             return
         if entry.outcome in (Outcome.FAILED, Outcome.IN_DOUBT):
             return  # the pipeline logs these with their error as it settles them

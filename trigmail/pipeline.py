@@ -416,4 +416,5 @@ def _send_entry(
         reason=reason,
         due_at=send.due_at,
         detail=detail,
+        variant=send.payload.variant,
     )

@@ -265,7 +265,7 @@ def run_test(test: RuleTest, rules: RuleSet) -> TestResult:
         _Actual(
             entry,
             sent[entry.key].payload.data if entry.key in sent else None,
-            getattr(sent[entry.key].payload, "variant", None) if entry.key in sent else None,
+            entry.variant,
         )
         for entry in result.entries
     ]
@@ -308,7 +308,7 @@ def _matches(expected: Expectation, actual: _Actual) -> bool:
         expected.outcome,
     ):
         return False
-    # A cancellation covers every pending step of the rule: it names no step.
+    # A line without a step (a decision about the whole rule) matches any expected step.
     if expected.step is not None and entry.step is not None and entry.step != expected.step:
         return False
     if expected.reason is not None and entry.reason.value != expected.reason:
@@ -365,6 +365,8 @@ def _describe(test: RuleTest, actual: _Actual) -> str:
         words += f" step {entry.step}"
     words += f" {entry.outcome.value} for {entry.user_id} at {_offset(test, entry.at)}"
     words += f" because of {entry.reason.value}"
+    if actual.variant is not None:
+        words += f", variant {actual.variant}"
     if actual.data is not None:
         words += f", with data {json.dumps(dict(actual.data), sort_keys=True, default=str)}"
     return words

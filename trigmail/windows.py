@@ -26,18 +26,46 @@ def _zone(name: str) -> ZoneInfo | None:
 
 
 def window_zone(window: SendWindow, values: Mapping[str, Any]) -> tzinfo:
-    """Return the window's time zone for one user.
+    """Return the window's time zone for one user (see :func:`resolve_zone`)."""
+    return resolve_zone(window, values)[0]
+
+
+def resolve_zone(window: SendWindow, values: Mapping[str, Any]) -> tuple[tzinfo, str]:
+    """Return the window's time zone for one user, and a note when it fell back.
 
     Args:
         window: the rule's send window.
         values: the trigger event's values by dotted path; used when the zone is a path.
 
-    A path that is missing or holds no valid IANA name falls back to UTC, so a user with a
-    bad profile still gets the email inside the window's UTC hours rather than never.
+    A path that is missing or holds no valid IANA name falls back to the window's
+    ``fallback_timezone`` (UTC unless set), so a user with a bad profile still gets the email
+    inside the window's hours rather than never. For a value that is not a valid name the note
+    says so (``Europe/Lisboa`` is a typo somebody should fix); a missing one needs no note.
     """
-    name = values.get(window.timezone) if window.timezone_is_path else window.timezone
+    if not window.timezone_is_path:
+        return _zone(window.timezone) or _UTC_ZONE, ""
+    name = values.get(window.timezone)
     zone = _zone(name) if isinstance(name, str) and name else None
-    return zone or _UTC_ZONE
+    if zone is not None:
+        return zone, ""
+    fallback = _fallback(window.fallback_timezone)
+    if name is None:
+        return fallback, ""
+    return fallback, (
+        f"{window.timezone} {name!r} is not an IANA time zone: the send window used "
+        f"fallback_timezone {window.fallback_timezone}"
+    )
+
+
+def _fallback(name: str) -> tzinfo:
+    # The loader checked the name; "UTC" is datetime's own, the fast one.
+    return _UTC_ZONE if name == "UTC" else (_zone(name) or _UTC_ZONE)
+
+
+def describe(window: SendWindow) -> str:
+    """Return the window as written, ``09:00-20:00``."""
+    start, end = window.start_min, window.end_min
+    return f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
 
 
 def is_open(window: SendWindow, at: datetime, zone: tzinfo) -> bool:

@@ -192,6 +192,8 @@ def _line_parts(entry: LogEntry) -> tuple[str, str, str]:
     what = entry.rule or "-"
     if entry.step:
         what += f" step {entry.step}"
+    if entry.variant is not None:
+        what += f" [{entry.variant}]"
     due = (
         f" due {format_ts(entry.due_at)}"
         if entry.due_at and entry.outcome is Outcome.SCHEDULED

@@ -69,6 +69,13 @@ def status_json(status: LedgerStatus, watermark: dict[str, Any] | None = None) -
             rule: {state.value: counts.get(state, 0) for state in SendState}
             for rule, counts in sorted(status.by_rule.items())
         },
+        "by_variant": {
+            rule: {
+                variant: {state.value: counts.get(state, 0) for state in SendState}
+                for variant, counts in sorted(variants.items())
+            }
+            for rule, variants in sorted(status.by_variant.items())
+        },
         "in_doubt": [
             {"key": s.key, "rule": s.rule_id, "user_id": s.user_id, "since": _since(s)}
             for s in status.in_doubt
@@ -105,6 +112,9 @@ def _print_tables(
         counts.add_column(state.value, justify="right")
     for rule, by_state in sorted(status.by_rule.items()):
         counts.add_row(rule, *(str(by_state.get(s, 0)) for s in states))
+        # An A/B split's variants, under their rule.
+        for variant, in_variant in sorted(status.by_variant.get(rule, {}).items()):
+            counts.add_row(f"  {rule}/{variant}", *(str(in_variant.get(s, 0)) for s in states))
     counts.add_row("total", *(str(status.counts.get(s, 0)) for s in states), style="bold")
     console.print(counts)
     console.print(_sends_table("next due", status.next_due, "due"))

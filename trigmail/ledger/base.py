@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -233,6 +233,8 @@ class LedgerStatus:
     recent: Sequence[SendRecord]
     dead_letters: int
     rules_version: str | None
+    #: Sends of A/B splits: rule id, then variant id, then counts by state.
+    by_variant: Mapping[str, Mapping[str, Mapping[SendState, int]]] = field(default_factory=dict)
 
 
 class Ledger(Protocol):

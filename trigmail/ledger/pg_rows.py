@@ -121,4 +121,5 @@ POSTGRES = Dialect(
     drop_lease=", lease_owner = NULL, lease_until = NULL",
     # The settled value is computed from the row read: nobody may change it in between.
     for_update=" FOR UPDATE",
+    payload_variant="payload->>'variant'",
 )

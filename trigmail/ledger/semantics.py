@@ -133,6 +133,18 @@ def count_states(
     return counts, by_rule
 
 
+def count_variants(
+    groups: Iterable[tuple[str, str, SendState, int]],
+) -> dict[str, dict[str, dict[SendState, int]]]:
+    """Return the counts of ``status`` by rule and A/B variant, from ``(rule, variant, state,
+    count)``."""
+    by_variant: dict[str, dict[str, dict[SendState, int]]] = {}
+    for rule_id, variant, state, count in groups:
+        counts = by_variant.setdefault(rule_id, {}).setdefault(variant, dict.fromkeys(SendState, 0))
+        counts[state] += count
+    return by_variant
+
+
 def status_of(
     sends: Collection[SendRecord], dead_letters: int, rules_version: str | None, limit: int
 ) -> LedgerStatus:
@@ -143,6 +155,9 @@ def status_of(
     return LedgerStatus(
         counts=counts,
         by_rule=by_rule,
+        by_variant=count_variants(
+            (r.rule_id, r.payload.variant, r.state, 1) for r in sends if r.payload.variant
+        ),
         next_due=sorted(scheduled, key=due_order)[:limit],
         in_doubt=[r for r in newest if r.state == SendState.IN_DOUBT][:limit],
         failed=[r for r in newest if r.state == SendState.FAILED][:limit],

@@ -32,7 +32,10 @@ COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 def custom_args(email: Email) -> dict[str, str]:
     """Return the ``custom_args`` that match SendGrid's records and webhooks to the ledger."""
-    return {"trigmail_key": email.key, "trigmail_rule": email.rule_id}
+    args = {"trigmail_key": email.key, "trigmail_rule": email.rule_id}
+    if email.payload.variant is not None:
+        args["trigmail_variant"] = email.payload.variant
+    return args
 
 
 def custom_args_bytes(email: Email) -> int:
@@ -42,8 +45,9 @@ def custom_args_bytes(email: Email) -> int:
 
 def _may_break_args_limit(email: Email) -> bool:
     # A character encodes to at most 12 bytes (a surrogate pair as two \uXXXX escapes), and the
-    # JSON around the two values is under 50: below this, encoding them is not worth its cost.
-    return 12 * (len(email.key) + len(email.rule_id)) + 50 >= MAX_CUSTOM_ARGS_BYTES
+    # JSON around the values is under 80: below this, encoding them is not worth its cost.
+    variant = email.payload.variant or ""
+    return 12 * (len(email.key) + len(email.rule_id) + len(variant)) + 80 >= MAX_CUSTOM_ARGS_BYTES
 
 
 def build_body(emails: Sequence[Email], default_from: Address) -> dict[str, Any]:

@@ -25,13 +25,16 @@ from trigmail.rules.model import (
     CancelOn,
     Cap,
     Condition,
+    DataTemplate,
     KeyTemplate,
     Location,
     OnDoubt,
+    Outside,
     Rule,
     SendSpec,
     SendWindow,
     Step,
+    Variant,
 )
 from trigmail.rules.problems import Finding, Severity
 from trigmail.rules.quoting import quote
@@ -86,18 +89,49 @@ class _Checker:
             self.error(("dedupe",), exc.message)
             return None
 
+    def data(self, spec: Mapping[str, Any], path: Path) -> DataTemplate | None:
+        if "data" not in spec:
+            return None
+        try:
+            data = compile_data(spec["data"])
+        except SpecError as exc:
+            self.error((*path, "data", *exc.path), exc.message)
+            return None
+        self.risks((*path, "data"), data.risks)
+        return data
+
+    def variants(self, spec: Mapping[str, Any], path: Path) -> tuple[Variant, ...]:
+        if "template" in spec and "variants" in spec:
+            self.error(
+                (*path, "variants"),
+                "a send has either 'template' (one email) or 'variants' (an A/B split), not both",
+                at_key=True,
+            )
+        elif "template" not in spec and "variants" not in spec:
+            self.error(path, "missing required key 'template' (or 'variants' for an A/B split)")
+        variants: list[Variant] = []
+        seen: set[str] = set()
+        for index, item in enumerate(spec.get("variants", ())):
+            where: Path = (*path, "variants", index)
+            if item["id"] in seen:
+                self.error((*where, "id"), f"variant id {quote(item['id'])} is used twice")
+            seen.add(item["id"])
+            if item["weight"] <= 0:
+                self.error(
+                    (*where, "weight"),
+                    "a variant's weight must be more than 0 (remove the variant to stop it)",
+                )
+            data = self.data(item, where)
+            variants.append(Variant(item["id"], item["weight"], item["template"], data))
+        return tuple(variants)
+
     def send(self, spec: Mapping[str, Any], path: Path) -> SendSpec | None:
-        data = None
-        if "data" in spec:
-            try:
-                data = compile_data(spec["data"])
-            except SpecError as exc:
-                self.error((*path, "data", *exc.path), exc.message)
-            else:
-                self.risks((*path, "data"), data.risks)
+        data = self.data(spec, path)
+        variants = self.variants(spec, path)
         category = spec.get("category", ())
         return SendSpec(
-            template=spec["template"],
+            template=spec.get("template", ""),
+            variants=variants,
             data=data,
             categories=(category,) if isinstance(category, str) else tuple(category),
             asm_group=spec.get("asm_group"),
@@ -125,6 +159,10 @@ class _Checker:
         is_path = timezone.startswith(TIMEZONE_PATH_PREFIXES)
         if not is_path and not _is_timezone(timezone):
             self.error(("send_window", "timezone"), _timezone_message(timezone))
+        fallback = spec.get("fallback_timezone", "UTC")
+        if "fallback_timezone" in spec and not _is_timezone(fallback):
+            message = _timezone_message(fallback, path_allowed=False)
+            self.error(("send_window", "fallback_timezone"), message)
         if start is None or end is None:
             return None
         if start == end:
@@ -133,7 +171,8 @@ class _Checker:
                 f"the window opens and closes at {spec['to']}: give two different times "
                 "(or remove send_window to send at any hour)",
             )
-        return SendWindow(start, end, timezone, is_path)
+        outside = Outside(spec.get("outside", Outside.WAIT))
+        return SendWindow(start, end, timezone, is_path, outside, fallback)
 
     def time(self, text: str, key: str) -> int | None:
         match = _TIME.match(text.strip())
@@ -167,9 +206,11 @@ def _timezone_names() -> tuple[str, ...]:
     return tuple(sorted(zoneinfo.available_timezones()))
 
 
-def _timezone_message(name: str) -> str:
+def _timezone_message(name: str, *, path_allowed: bool = True) -> str:
     close = difflib.get_close_matches(name, _timezone_names(), n=1, cutoff=0.7)
     hint = f"did you mean {close[0]!r}?" if close else "use a name such as 'Europe/Lisbon'"
+    if not path_allowed:
+        return f"unknown timezone {quote(name)} ({hint})"
     return (
         f"unknown timezone {quote(name)} ({hint}; or a path into the event starting with "
         f"{' or '.join(TIMEZONE_PATH_PREFIXES)})"
@@ -187,8 +228,9 @@ def _steps(check: _Checker, spec: Mapping[str, Any]) -> tuple[Step, ...]:
         send = check.send(step_spec["send"], (*path, "send"))
         delay_s = check.duration(spec, (*path, "delay")) or 0
         when = check.condition(step_spec.get("when"), (*path, "when"))
+        cancel_on = _cancel_on(step_spec, step=index + 1)
         if send is not None:
-            steps.append(Step(index + 1, delay_s, send, when))
+            steps.append(Step(index + 1, delay_s, send, when, cancel_on))
     return tuple(steps)
 
 
@@ -209,9 +251,29 @@ def _check_shape(check: _Checker, spec: Mapping[str, Any]) -> None:
         )
 
 
-def _cancel_on(spec: Mapping[str, Any]) -> tuple[CancelOn, ...]:
+_SHARE: Final = re.compile(r"^\s*(\d{1,3}(?:\.\d+)?)\s*%\s*$")
+
+
+def _holdout(check: _Checker, text: str | None) -> float:
+    """``holdout: 10%`` as a share from 0 to 1."""
+    if text is None:
+        return 0.0
+    match = _SHARE.match(text)
+    percent = float(match.group(1)) if match else None
+    if percent is None or percent >= 100:
+        check.error(
+            ("holdout",),
+            f"{quote(text)} is not a holdout share: write a percentage under 100%, such as 10%",
+        )
+        return 0.0
+    return percent / 100
+
+
+def _cancel_on(spec: Mapping[str, Any], step: int | None = None) -> tuple[CancelOn, ...]:
     return tuple(
-        CancelOn(item) if isinstance(item, str) else CancelOn(item["event"], item.get("match"))
+        CancelOn(item, step=step)
+        if isinstance(item, str)
+        else CancelOn(item["event"], item.get("match"), step)
         for item in spec.get("cancel_on", ())
     )
 
@@ -237,6 +299,7 @@ def build_rule(
     cooldown_s = check.duration(spec, ("cooldown",))
     max_late_s = check.duration(spec, ("max_late",))
     window = check.window(spec.get("send_window"))
+    holdout = _holdout(check, spec.get("holdout"))
     # Warnings (a costly template) leave the rule in force; any error takes it out.
     if any(f.severity is Severity.ERROR for f in check.findings) or dedupe is None:
         return None, check.findings
@@ -255,6 +318,7 @@ def build_rule(
         on_doubt=OnDoubt(spec.get("on_doubt", OnDoubt.SKIP)),
         enabled=spec.get("enabled", True),
         location=location,
+        holdout=holdout,
     )
     return rule, check.findings
 

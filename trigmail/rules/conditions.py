@@ -12,8 +12,13 @@ chosen so that checking a condition never raises, whatever the event holds:
   hold: a value that is not there is not equal to, nor in, anything. JSON ``null`` is a value,
   not a missing one: ``exists: true`` holds for it.
 * Booleans are not numbers: ``true`` is neither ``eq: 1`` nor ``gte: 1``; ``1`` equals ``1.0``.
+* Numbers are numbers whatever the source: a comparison with a number operand (``eq ne gt gte
+  lt lte``, or ``in``/``not_in`` a list of numbers only) reads a string that spells a decimal
+  number (``"50"``, ``"-3.5"``, ``"1e3"``) as that number, because events from Redis flat fields
+  carry every value as a string. A string that is not a number never satisfies such a
+  comparison, not even ``ne`` or ``not_in``, and the failure says ``not a number``.
 * ``gt gte lt lte`` compare numbers with numbers and strings with strings; any other pair (a
-  string against a number, a list, ``null``) fails instead of raising.
+  list, ``null``, a boolean against a number) fails instead of raising.
 * ``contains`` holds for a substring of a string value or an element of a list value.
 * ``matches`` searches string values with RE2 (``google-re2``), the pattern compiled once,
   here. RE2 takes time linear in the value whatever the pattern, so a pattern such as
@@ -28,6 +33,7 @@ A failing check returns a short description of the first failing test, such as
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 import reprlib
 import warnings
@@ -72,6 +78,8 @@ class Leaf:
     text: str
     test: Predicate
     holds_if_missing: bool
+    #: Whether the operand is a number, so that a string that is not one says why it failed.
+    numeric: bool = False
 
     def check(self, event: Event) -> str | None:
         value = event.lookup(self.path)
@@ -79,6 +87,8 @@ class Leaf:
             return None if self.holds_if_missing else f"{self.text} (missing)"
         if self.test(value):
             return None
+        if self.numeric and isinstance(value, str) and as_number(value) is None:
+            return f"{self.text} (was {_REPR.repr(value)}, not a number)"
         return f"{self.text} (was {_REPR.repr(value)})"
 
 
@@ -194,7 +204,18 @@ def _compile_leaf(key: str, op: object, expected: object, path: Path) -> Leaf:
     if build is None:
         raise SpecError(path, _unknown_operator(op))
     test, holds_if_missing = build(expected, path)
-    return Leaf(key, f"{key} {op} {_REPR.repr(expected)}", test, holds_if_missing)
+    numeric = op in _NUMERIC_OPS and _is_number_operand(expected)
+    return Leaf(key, f"{key} {op} {_REPR.repr(expected)}", test, holds_if_missing, numeric)
+
+
+_NUMERIC_OPS: Final = frozenset({"eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in"})
+
+
+def _is_number_operand(expected: object) -> bool:
+    """A number, or a non-empty list of numbers only (for ``in``/``not_in``)."""
+    if isinstance(expected, list):
+        return bool(expected) and all(map(_is_number, expected))
+    return _is_number(expected)
 
 
 def _unknown_operator(op: object) -> str:
@@ -218,6 +239,8 @@ def _build_eq(expected: object, path: Path) -> Built:
 def _build_ne(expected: object, path: Path) -> Built:
     _check_json(expected, path)
     equals = _equals(expected)
+    if _is_number(expected):
+        return (lambda value: not equals(value) and not _is_non_number_text(value)), True
     return (lambda value: not equals(value)), True
 
 
@@ -227,6 +250,8 @@ def _build_in(expected: object, path: Path) -> Built:
 
 def _build_not_in(expected: object, path: Path) -> Built:
     is_member = _member_test(_checked_list(expected, path, "not_in"))
+    if _is_number_operand(expected):
+        return (lambda value: not is_member(value) and not _is_non_number_text(value)), True
     return (lambda value: not is_member(value)), True
 
 
@@ -305,7 +330,7 @@ def _build_matches(expected: object, path: Path) -> Built:
 def _order(compare: Callable[[Any, Any], bool], op: str) -> Callable[[object, Path], Built]:
     def build(expected: object, path: Path) -> Built:
         if _is_number(expected):
-            return (lambda value: _is_number(value) and compare(value, expected)), False
+            return (lambda value: _holds_as_number(value, expected, compare)), False
         if isinstance(expected, str):
             return (lambda value: isinstance(value, str) and compare(value, expected)), False
         raise SpecError(
@@ -335,10 +360,40 @@ def _equals(expected: object) -> Predicate:
     if expected is None or isinstance(expected, bool):
         return lambda value: value is expected
     if _is_number(expected):
-        return lambda value: _is_number(value) and value == expected
+        return lambda value: _holds_as_number(value, expected, operator.eq)
     if isinstance(expected, str):
         return lambda value: isinstance(value, str) and value == expected
     return lambda value: _json_equal(value, expected)
+
+
+def _holds_as_number(value: Any, expected: object, compare: Callable[[Any, Any], bool]) -> bool:
+    if _is_number(value):
+        return compare(value, expected)
+    if isinstance(value, str):
+        number = as_number(value)
+        return number is not None and compare(number, expected)
+    return False
+
+
+# A decimal number as text: what a JSON number allows, plus a leading "+", leading zeros and a
+# bare fraction (".5"); never "nan", "inf" or "1_000", which float() would take.
+_NUMBER_TEXT: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# Longer text is no measurement anyone compares; int() also refuses over 4,300 digits.
+_MAX_NUMBER_TEXT: Final = 64
+
+
+def as_number(text: str) -> int | float | None:
+    """Return the number a string spells (surrounding blanks allowed), or ``None``."""
+    text = text.strip()
+    if len(text) > _MAX_NUMBER_TEXT or _NUMBER_TEXT.fullmatch(text) is None:
+        return None
+    if text.lstrip("+-").isdigit():
+        return int(text)
+    return float(text)
+
+
+def _is_non_number_text(value: object) -> bool:
+    return isinstance(value, str) and as_number(value) is None
 
 
 def _json_equal(left: object, right: object) -> bool:
@@ -367,11 +422,16 @@ def _scalar_key(value: object) -> tuple[str, object] | None:
 def _member_test(items: list[Any]) -> Predicate:
     keys = frozenset(key for key in map(_scalar_key, items) if key is not None)
     composites = tuple(item for item in items if _scalar_key(item) is None)
+    has_numbers = any(map(_is_number, items))
 
     def is_member(value: Any) -> bool:
         key = _scalar_key(value)
         if key is not None:
-            return key in keys
+            if key in keys:
+                return True
+            # A string that spells a number is also that number, against the list's numbers.
+            number = as_number(value) if has_numbers and isinstance(value, str) else None
+            return number is not None and ("number", number) in keys
         return any(_json_equal(value, item) for item in composites)
 
     return is_member

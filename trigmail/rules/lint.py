@@ -37,6 +37,8 @@ def _same_template(rules: Sequence[Rule]) -> Iterator[Lint]:
         warned: set[str] = set()
         for event in rule.on:
             for step in rule.steps:
+                if step.send.variants:
+                    continue  # an A/B split: each user gets only one of its templates
                 other = first.setdefault((event, step.send.template), rule)
                 if other.id == rule.id or other.id in warned:
                     continue

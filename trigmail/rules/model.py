@@ -66,11 +66,22 @@ class Address:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One arm of an A/B split: its template, and its own data (else the send's)."""
+
+    id: str
+    weight: float
+    template: str
+    data: DataTemplate | None = None
+
+
+@dataclass(frozen=True)
 class SendSpec:
     """What to send: a SendGrid dynamic template and how to fill it.
 
     ``data`` is ``None`` when the rule gives none: then the event's ``user`` and
-    ``properties`` merged are the template data.
+    ``properties`` merged are the template data. With ``variants`` (an A/B split),
+    ``template`` is empty and each user gets one variant's template (``trigmail.assign``).
     """
 
     template: str
@@ -79,43 +90,61 @@ class SendSpec:
     asm_group: int | None = None
     from_: Address | None = None
     reply_to: Address | None = None
-
-
-@dataclass(frozen=True)
-class Step:
-    """One email of a rule. A plain rule has one step numbered 0; a sequence's are 1, 2, …
-
-    ``delay_s`` counts from the trigger event's time, for every step.
-    """
-
-    number: int
-    delay_s: int
-    send: SendSpec
-    when: Condition | None = None
+    variants: tuple[Variant, ...] = ()
 
 
 @dataclass(frozen=True)
 class CancelOn:
     """An event that cancels the rule's pending sends for the same user.
 
-    With ``match`` (a dotted path), only sends whose trigger had the same value there.
+    With ``match`` (a dotted path), only sends whose trigger had the same value there. With
+    ``step`` (a sequence step's ``cancel_on``), only that step's sends: the others still go.
     """
 
     event: str
     match: str | None = None
+    step: int | None = None
+
+    def applies_to(self, step: int) -> bool:
+        return self.step is None or self.step == step
+
+
+@dataclass(frozen=True)
+class Step:
+    """One email of a rule. A plain rule has one step numbered 0; a sequence's are 1, 2, …
+
+    ``delay_s`` counts from the trigger event's time, for every step. ``cancel_on`` is the
+    step's own (each with ``step`` set to ``number``).
+    """
+
+    number: int
+    delay_s: int
+    send: SendSpec
+    when: Condition | None = None
+    cancel_on: tuple[CancelOn, ...] = ()
+
+
+class Outside(StrEnum):
+    """What a send that falls outside its send window does."""
+
+    WAIT = "wait"  # it goes out when the window next opens
+    SKIP = "skip"  # it is dropped, reason ``outside_window``
 
 
 @dataclass(frozen=True)
 class SendWindow:
     """Local hours in which a send may go out; ``end_min`` < ``start_min`` spans midnight.
 
-    ``timezone`` is an IANA name, or a dotted path into the event when ``timezone_is_path``.
+    ``timezone`` is an IANA name, or a dotted path into the event when ``timezone_is_path``;
+    ``fallback_timezone`` (an IANA name) stands in for a path that holds no valid name.
     """
 
     start_min: int
     end_min: int
     timezone: str = "UTC"
     timezone_is_path: bool = False
+    outside: Outside = Outside.WAIT
+    fallback_timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -135,14 +164,20 @@ class Rule:
     on_doubt: OnDoubt = OnDoubt.SKIP
     enabled: bool = True
     location: Location | None = None
+    #: The share of users (0 to 1) held out as a control group: they get no email.
+    holdout: float = 0.0
+    #: The rule's ``cancel_on`` followed by its steps' own.
+    cancels: tuple[CancelOn, ...] = field(init=False, repr=False, compare=False)
     #: The trigger event's paths a send must keep once the event is gone: the ``match`` paths
-    #: of ``cancel_on`` and a send window's time zone path.
+    #: of every ``cancel_on`` and a send window's time zone path.
     kept_paths: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _steps: Mapping[int, Step] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Derived once: both are read for every event or due send of the rule.
-        paths = [cancel.match for cancel in self.cancel_on if cancel.match is not None]
+        # Derived once: all are read for every event or due send of the rule.
+        cancels = self.cancel_on + tuple(c for step in self.steps for c in step.cancel_on)
+        object.__setattr__(self, "cancels", cancels)
+        paths = [cancel.match for cancel in cancels if cancel.match is not None]
         window = self.send_window
         if window is not None and window.timezone_is_path:
             paths.append(window.timezone)
@@ -181,7 +216,7 @@ def _index_cancellers(
 ) -> Mapping[str, tuple[tuple[Rule, CancelOn], ...]]:
     index: dict[str, list[tuple[Rule, CancelOn]]] = {}
     for rule in rules:
-        for cancel in rule.cancel_on:
+        for cancel in rule.cancels:
             index.setdefault(cancel.event, []).append((rule, cancel))
     return {name: tuple(found) for name, found in index.items()}
 

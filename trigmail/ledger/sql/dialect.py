@@ -55,6 +55,7 @@ class Dialect:
             ``{finished}`` stands for the finished states.
         inserted: what makes an insert of a send say whether it inserted (a returned row);
             empty where the driver's row count says it, cheaper.
+        payload_variant: the A/B variant kept in a send's payload (``NULL`` without one).
     """
 
     time: Callable[[datetime], Any]
@@ -75,6 +76,7 @@ class Dialect:
     for_update: str = ""
     prune_first: tuple[str, ...] = ()
     inserted: str = " RETURNING key"
+    payload_variant: str = "json_extract(payload, '$.variant')"
 
 
 _SEND_COLUMNS = (
@@ -190,6 +192,11 @@ class Statements:
             "SELECT * FROM decision_log WHERE event_id = ? ORDER BY id DESC LIMIT ?"
         )
         self.counts = "SELECT rule_id, state, COUNT(*) AS n FROM sends GROUP BY rule_id, state"
+        variant = d.payload_variant
+        self.variant_counts = (
+            f"SELECT rule_id, {variant} AS variant, state, COUNT(*) AS n FROM sends"
+            f" WHERE {variant} IS NOT NULL GROUP BY rule_id, {variant}, state"
+        )
         self.latest = sql("SELECT * FROM sends ORDER BY updated_at DESC, key LIMIT ?")
         self.latest_in = sql(
             "SELECT * FROM sends WHERE state = ? ORDER BY updated_at DESC, key LIMIT ?"

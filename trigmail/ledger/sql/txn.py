@@ -23,6 +23,7 @@ from trigmail.ledger.semantics import (
     Clock,
     as_utc,
     count_states,
+    count_variants,
     recovered,
     resolved,
 )
@@ -337,9 +338,13 @@ class SqlTxn:
         counts, by_rule = count_states(
             (g["rule_id"], SendState(g["state"]), g["n"]) for g in groups
         )
+        variant_groups = self._rows(self.sql.variant_counts)
         return LedgerStatus(
             counts=counts,
             by_rule=by_rule,
+            by_variant=count_variants(
+                (g["rule_id"], g["variant"], SendState(g["state"]), g["n"]) for g in variant_groups
+            ),
             next_due=self._sends(self.sql.next_due, (max(limit, 0),)),
             in_doubt=self._latest(SendState.IN_DOUBT, limit),
             failed=self._latest(SendState.FAILED, limit),
