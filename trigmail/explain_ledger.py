@@ -59,7 +59,8 @@ def read_history(
 # Newest first, so the limit keeps the latest; (user_id, at) is decision_log_by_user_at.
 # Written with SQLite's marks; PostgreSQL's are swapped in.
 _LOG = (
-    "SELECT * FROM decision_log WHERE user_id = ? AND (CAST(? AS TEXT) IS NULL OR rule = ?) AND at >= ?"
+    "SELECT * FROM decision_log"
+    " WHERE user_id = ? AND (CAST(? AS TEXT) IS NULL OR rule = ?) AND at >= ?"
     " ORDER BY at DESC, id DESC LIMIT ?"
 )
 _SENDS = "SELECT * FROM sends WHERE user_id = ?"
