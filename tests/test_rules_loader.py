@@ -29,8 +29,8 @@ def _parse(relative: str) -> list[str]:
         # YAML syntax: where the parser stopped, and where the open brace was
         (
             "bad/yaml_syntax.yaml",
-            "5:7: error: YAML syntax error: did not find expected ',' or '}' "
-            "(while parsing a flow mapping at line 4)",
+            "4:11: error: this '{' is not closed by '}' on its line (or a ',' is missing between "
+            "two items)",
         ),
         # a duplicate key, at the second one, naming the first
         (

@@ -51,8 +51,8 @@ def test_default_directory_is_rules_d(tmp_path: Path) -> None:
         # a YAML syntax error with its position
         (
             "bad/yaml_syntax.yaml",
-            "5:7: error: YAML syntax error: did not find expected ',' or '}' "
-            "(while parsing a flow mapping at line 4)",
+            "4:11: error: this '{' is not closed by '}' on its line (or a ',' is missing between "
+            "two items)",
             "1 file, 0 rules: 1 error, 0 warnings",  # nothing could be read
         ),
         # a bad operator

@@ -8,11 +8,12 @@ and the sends agree.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,8 @@ def _known(kind: type[Outcome], value: str, default: Outcome) -> Outcome:
 
 
 def _read_sqlite(path: Path, wanted: _Wanted, busy_timeout_s: float) -> History:
-    from trigmail.ledger.sqlite import SQLITE, ledger_error, to_us
+    # Not trigmail.ledger.sqlite: it loads the migrations and sqlite-utils (a fifth of a
+    # second), and explain never migrates.
 
     if not path.is_file():
         raise LedgerError(
@@ -142,7 +144,7 @@ def _read_sqlite(path: Path, wanted: _Wanted, busy_timeout_s: float) -> History:
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None)
     except sqlite3.Error as exc:
-        raise ledger_error(exc) from exc
+        raise LedgerError(f"ledger {path}: {exc}") from exc
     with closing(conn):
         conn.row_factory = sqlite3.Row
 
@@ -154,11 +156,24 @@ def _read_sqlite(path: Path, wanted: _Wanted, busy_timeout_s: float) -> History:
             _check_sqlite(conn, path)
             conn.execute("BEGIN")
             try:
-                return _read(query, SQLITE.rows, to_us, wanted)
+                return _read(query, _SQLITE_ROWS, _to_us, wanted)
             finally:
                 conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
-            raise ledger_error(exc) from exc
+            raise LedgerError(f"ledger {path}: {exc}") from exc
+
+
+# How the SQLite ledger stores times and JSON (trigmail.ledger.sqlite: epoch microseconds, text).
+def _to_us(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+_MICROSECOND = timedelta(microseconds=1)
+_SQLITE_ROWS = RowReader(time=_from_us, json=json.loads)
 
 
 def _check_sqlite(conn: sqlite3.Connection, path: Path) -> None:
