@@ -110,7 +110,6 @@ def test_duplicate_key_names_both_places_and_keeps_the_first() -> None:
             Mark(3, 5),
             "this line has no ':' after its key: write it as 'key: value'",
         ),
-
         # two documents in one file
         (
             "a: 1\n---\nb: 2\n",

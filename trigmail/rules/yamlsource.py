@@ -346,6 +346,112 @@ def _previous_content(lines: list[str], number: int) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class _Complaint:
+    """What the parser said, and the text it said it about."""
+
+    problem: str
+    context: str
+    where: Mark
+    opened: Mark | None
+    lines: list[str]
+
+    @property
+    def line(self) -> str:
+        return _line(self.lines, self.where.line)
+
+    @property
+    def above(self) -> str:
+        return _previous_content(self.lines, self.where.line)
+
+
+def _tab(c: _Complaint) -> YamlIssue | None:
+    line = c.line
+    if "tab" not in c.problem and line[c.where.col - 1 : c.where.col] != "\t":
+        return None
+    tab = line.find("\t")
+    at = Mark(c.where.line, tab + 1) if tab >= 0 else c.where
+    return YamlIssue(at, (), "a tab character: indent with spaces only, never tabs")
+
+
+def _unclosed_quote(c: _Complaint) -> YamlIssue | None:
+    if "quoted scalar" not in c.context or c.opened is None:
+        return None
+    char = _line(c.lines, c.opened.line)[c.opened.col - 1 : c.opened.col] or "quote"
+    message = f"this {char} is never closed: add the closing {char} at the end of the value"
+    return YamlIssue(c.opened, (), message)
+
+
+def _unclosed_flow(c: _Complaint) -> YamlIssue | None:
+    for name, (left, right) in (("flow mapping", ("{", "}")), ("flow sequence", ("[", "]"))):
+        if name in c.context and c.opened is not None:
+            return YamlIssue(
+                c.opened,
+                (),
+                f"this {left!r} is not closed by {right!r} on its line (or a ',' is missing "
+                "between two items)",
+            )
+    return None
+
+
+def _colon(c: _Complaint) -> YamlIssue | None:
+    if not c.problem.startswith("mapping values are not allowed"):
+        return None
+    line, above = c.line, c.above
+    if above and _indent(line) > _indent(above) and not above.rstrip().endswith(":"):
+        return YamlIssue(
+            Mark(c.where.line, _indent(line) + 1),
+            (),
+            f"this line starts further right (column {_indent(line) + 1}) than the key "
+            f"above it (column {_indent(above) + 1}): keys of one mapping must line up",
+        )
+    message = (
+        "a second ': ' on one line: put the value in quotes, e.g. "
+        'description: "Reminder: your cart"'
+    )
+    return YamlIssue(c.where, (), message)
+
+
+def _second_document(c: _Complaint) -> YamlIssue | None:
+    if "another document" not in c.problem:
+        return None
+    message = "a second document ('---'): a file holds one; remove the '---' or split the file"
+    return YamlIssue(c.where, (), message)
+
+
+def _no_colon(c: _Complaint) -> YamlIssue | None:
+    if not c.problem.startswith("could not find expected ':'") or c.opened is None:
+        return None
+    return YamlIssue(c.opened, (), "this line has no ':' after its key: write it as 'key: value'")
+
+
+def _misaligned(c: _Complaint) -> YamlIssue | None:
+    if "expected '-' indicator" not in c.problem and "expected <block end>" not in c.problem:
+        return None
+    line = c.line
+    stripped = line.lstrip(" ")
+    if stripped.startswith("-") and not stripped.startswith(("- ", "--")):
+        return YamlIssue(c.where, (), "a list item needs a space after its '-': write '- '")
+    return YamlIssue(
+        Mark(c.where.line, _indent(line) + 1),
+        (),
+        f"this line starts at column {_indent(line) + 1}, which does not line up with the "
+        f"line above it (column {_indent(c.above) + 1}): keys of one mapping, and the '-' "
+        "of one list, must start in the same column",
+    )
+
+
+_PLAIN_WORDS: Final = (
+    _tab,
+    _unclosed_quote,
+    _unclosed_flow,
+    _colon,
+    _second_document,
+    _no_colon,
+    _misaligned,
+)
+
+
 def plain_syntax_issue(
     problem: str, context: str, where: Mark, opened: Mark | None, lines: list[str]
 ) -> YamlIssue | None:
@@ -354,63 +460,11 @@ def plain_syntax_issue(
     PyYAML says "mapping values are not allowed in this context" for a value holding ": " and
     for a line indented too far alike; marketing needs to hear which, and where to look.
     """
-    line = _line(lines, where.line)
-    if "tab" in problem or (where.col <= len(line) and line[where.col - 1 : where.col] == "\t"):
-        tab = line.find("\t")
-        at = Mark(where.line, tab + 1) if tab >= 0 else where
-        return YamlIssue(at, (), "a tab character: indent with spaces only, never tabs")
-    if "quoted scalar" in context and opened is not None:
-        quote_char = _line(lines, opened.line)[opened.col - 1 : opened.col] or "quote"
-        return YamlIssue(
-            opened,
-            (),
-            f"this {quote_char} is never closed: add the closing {quote_char} at the end of "
-            "the value",
-        )
-    flow = {"flow mapping": ("{", "}"), "flow sequence": ("[", "]")}
-    for name, (left, right) in flow.items():
-        if name in context and opened is not None:
-            return YamlIssue(
-                opened,
-                (),
-                f"this {left!r} is not closed by {right!r} on its line (or a ',' is missing "
-                "between two items)",
-            )
-    if problem.startswith("mapping values are not allowed"):
-        above = _previous_content(lines, where.line)
-        if above and _indent(line) > _indent(above) and not above.rstrip().endswith(":"):
-            return YamlIssue(
-                Mark(where.line, _indent(line) + 1),
-                (),
-                f"this line starts further right (column {_indent(line) + 1}) than the key "
-                f"above it (column {_indent(above) + 1}): keys of one mapping must line up",
-            )
-        return YamlIssue(
-            where,
-            (),
-            "a second ': ' on one line: put the value in quotes, e.g. "
-            'description: "Reminder: your cart"',
-        )
-    if "another document" in problem:
-        return YamlIssue(
-            where,
-            (),
-            "a second document ('---'): a file holds one; remove the '---' or split the file",
-        )
-    if problem.startswith("could not find expected ':'") and opened is not None:
-        return YamlIssue(opened, (), "this line has no ':' after its key: write it as 'key: value'")
-    if "expected '-' indicator" in problem or "expected <block end>" in problem:
-        stripped = line.lstrip(" ")
-        if stripped.startswith("-") and not stripped.startswith(("- ", "--")):
-            return YamlIssue(where, (), "a list item needs a space after its '-': write '- '")
-        above = _previous_content(lines, where.line)
-        return YamlIssue(
-            Mark(where.line, _indent(line) + 1),
-            (),
-            f"this line starts at column {_indent(line) + 1}, which does not line up with the "
-            f"line above it (column {_indent(above) + 1}): keys of one mapping, and the '-' "
-            "of one list, must start in the same column",
-        )
+    complaint = _Complaint(problem, context, where, opened, lines)
+    for words in _PLAIN_WORDS:
+        issue = words(complaint)
+        if issue is not None:
+            return issue
     return None
 
 
