@@ -8,6 +8,7 @@ together (rule and cap ids unique across files) and linted. ``validate`` and the
 
 from __future__ import annotations
 
+import difflib
 import gc
 import hashlib
 import logging
@@ -19,8 +20,9 @@ from typing import Any, Final
 
 from trigmail.errors import RulesError, UnreadableFileError
 from trigmail.rules.build import build_cap, build_rule
+from trigmail.rules.everyproblem import every_problem, misindented
 from trigmail.rules.files import outside, read_text
-from trigmail.rules.lint import lint
+from trigmail.rules.lint import Code, lint
 from trigmail.rules.model import Cap, Location, Rule, RuleSet
 from trigmail.rules.problems import Finding, Problem, Severity, format_path
 from trigmail.rules.quoting import quote
@@ -134,7 +136,7 @@ def _compile_file(source: _File) -> None:
     if isinstance(data.get("rules"), list):
         source.rules_written = len(data["rules"])
     structural = check_structure(data)
-    source.add(structural)
+    source.add(misindented(data, structural) if structural else structural)
     # A rule or cap the schema rejected would only repeat its problems in other words.
     rejected = {finding.path[:2] for finding in structural}
     for section, build in (("rules", build_rule), ("caps", build_cap)):
@@ -146,7 +148,7 @@ def _compile_file(source: _File) -> None:
             if base in rejected:
                 continue
             built, findings = build(spec, base, source.location((*base, "id")))
-            source.add(findings)
+            source.add(every_problem(spec, base, findings) if findings else findings)
             if isinstance(built, Rule):
                 source.rules.append((index, built))
             elif isinstance(built, Cap):
@@ -180,9 +182,41 @@ def _lint(sources: Sequence[_File], retention_s: int) -> list[Problem]:
     problems = []
     for found in lint(rules, caps, retention_s):
         source, index = owners[id(found.rule)]
-        finding = Finding(("rules", index, *found.path), found.message, Severity.WARNING)
+        if found.code in _acknowledged(source, index):
+            continue
+        message = f"{found.message} (if intended, add acknowledge: [{found.code}] to the rule)"
+        finding = Finding(("rules", index, *found.path), message, Severity.WARNING)
         problems.append(source.place(finding))
+    for source in sources:
+        for index, _ in source.rules:
+            problems.extend(source.place(f) for f in _unknown_acknowledged(source, index))
     return problems
+
+
+def _acknowledge_list(source: _File, index: int) -> list[Any]:
+    data = None if source.document is None else source.document.data
+    rules = data.get("rules") if isinstance(data, dict) else None
+    spec = rules[index] if isinstance(rules, list) and index < len(rules) else None
+    listed = spec.get("acknowledge") if isinstance(spec, dict) else None
+    return listed if isinstance(listed, list) else []
+
+
+def _acknowledged(source: _File, index: int) -> frozenset[str]:
+    """The warnings a rule accepts on purpose (``acknowledge: [self_cancel]``)."""
+    return frozenset(name for name in _acknowledge_list(source, index) if isinstance(name, str))
+
+
+def _unknown_acknowledged(source: _File, index: int) -> list[Finding]:
+    known = [code.value for code in Code]
+    findings = []
+    for position, name in enumerate(_acknowledge_list(source, index)):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+        message = f"no warning is called {quote(name)} ({hint})"
+        findings.append(Finding(("rules", index, "acknowledge", position), message))
+    return findings
 
 
 def _version(sources: Sequence[_File]) -> str:
