@@ -161,7 +161,7 @@ def test_a_win_back_rule_passes_strict_and_all_mistakes_show_at_once(tmp_path: P
         "    when: {properties.cart_value: {gtee: 20}, user.plan: {eqq: free}}\n"
         "    send:\n"
         "      template: d-cart\n"
-        "      data: {a: \"{{ x | defualt('y') }}\", b: \"{{ y }\"}\n"
+        '      data: {a: "{{ x | defualt(\'y\') }}", b: "{{ y }"}\n'
     )
     done = _run(tmp_path)
     assert done.returncode == 1
