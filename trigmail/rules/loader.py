@@ -20,6 +20,8 @@ from typing import Any, Final
 
 from trigmail.errors import RulesError, UnreadableFileError
 from trigmail.rules.build import build_cap, build_rule
+from trigmail.rules.catalog import CATALOGUE_FILE, Catalog, EventType, parse_catalog
+from trigmail.rules.eventcheck import check_rule, likely_typos
 from trigmail.rules.everyproblem import every_problem, misindented
 from trigmail.rules.files import outside, read_text
 from trigmail.rules.lint import Code, lint
@@ -248,17 +250,23 @@ def _cyclic_gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _assemble(sources: Sequence[_File], retention_s: int, extra: list[Problem]) -> ParseResult:
+def _assemble(
+    sources: Sequence[_File],
+    retention_s: int,
+    extra: list[Problem],
+    catalog: Catalog | None = None,
+) -> ParseResult:
     with _cyclic_gc_paused():
-        return _assemble_paused(sources, retention_s, extra)
+        return _assemble_paused(sources, retention_s, extra, catalog)
 
 
 def _assemble_paused(
-    sources: Sequence[_File], retention_s: int, extra: list[Problem]
+    sources: Sequence[_File], retention_s: int, extra: list[Problem], catalog: Catalog | None
 ) -> ParseResult:
     for source in sources:
         _compile_file(source)
     problems = [*extra, *(p for source in sources for p in source.problems)]
+    problems += _event_problems(sources, catalog)
     problems += _duplicates(sources, "rules") + _duplicates(sources, "caps")
     problems += _lint(sources, retention_s)
     problems.sort(key=lambda p: (p.file, p.line, p.col))
@@ -271,6 +279,56 @@ def _assemble_paused(
         )
     written = sum(source.rules_written for source in sources)
     return ParseResult(rule_set, problems, len(sources), written)
+
+
+def _catalogue(dirs: Sequence[FsPath], problems: list[Problem]) -> Catalog | None:
+    """The event catalogue of the rule directories (``events.yaml``), if any has one."""
+    events: dict[str, EventType] = {}
+    found = False
+    for directory in dirs:
+        path = directory / CATALOGUE_FILE
+        if not (directory.is_dir() and path.is_file()):
+            continue
+        found = True
+        try:
+            text = read_text(path.resolve(), follow=False)
+        except (UnreadableFileError, OSError, RuntimeError) as exc:
+            problems.append(_error(path, str(exc)))
+            continue
+        catalog, document, findings = parse_catalog(text)
+        problems.extend(_File(str(path), text, document).place(f) for f in findings)
+        events.update(catalog.events)
+    return Catalog(events) if found else None
+
+
+def _event_problems(sources: Sequence[_File], catalog: Catalog | None) -> list[Problem]:
+    """The rules, checked against the events they read (trigmail.rules.eventcheck)."""
+    specs: list[tuple[_File, int, Any]] = []
+    for source in sources:
+        data = None if source.document is None else source.document.data
+        written = data.get("rules") if isinstance(data, dict) else None
+        if isinstance(written, list):
+            # Rules that did not build too: every problem of a file in one run.
+            specs.extend((source, index, spec) for index, spec in enumerate(written))
+    typos = likely_typos([spec for _, _, spec in specs])
+    built = {(id(source), index): rule for source in sources for index, rule in source.rules}
+    problems: list[Problem] = []
+    for source, index, spec in specs:
+        rule = built.get((id(source), index))
+        fields = {} if rule is None else _fields_read(rule)
+        findings = check_rule(spec, ("rules", index), catalog, typos, fields)
+        problems.extend(source.place(finding) for finding in findings)
+    return problems
+
+
+def _fields_read(rule: Rule) -> dict[Path, tuple[str, ...]]:
+    """The event paths each ``send`` of a rule reads, by where the ``send`` is written."""
+    found: dict[Path, tuple[str, ...]] = {}
+    for step in rule.steps:
+        where: Path = ("send",) if step.number == 0 else ("steps", step.number - 1, "send")
+        # Compiled data (trigmail.rules.templating.CompiledData) says which fields it reads.
+        found[where] = tuple(getattr(step.send.data, "fields", ()))
+    return found
 
 
 def parse_rules(
@@ -305,6 +363,8 @@ def _scan(directory: FsPath, problems: list[Problem]) -> list[FsPath]:
     for path in entries:
         if path.suffix not in RULE_FILE_SUFFIXES or path.name.startswith("."):
             continue
+        if path.name == CATALOGUE_FILE:
+            continue  # the event catalogue, read by _catalogue
         refused = outside(path, directory)
         if refused is not None:
             # The link is named, never where it leads nor what is there.
@@ -349,7 +409,8 @@ def load_rules(*dirs: FsPath, retention_s: int = DEFAULT_RETENTION_S) -> ParseRe
             _read(directory, sources, problems, inside=False)
         else:
             problems.append(_error(directory, "no such directory"))
-    result = _assemble(sources, retention_s, problems)
+    catalog = _catalogue(dirs, problems)
+    result = _assemble(sources, retention_s, problems, catalog)
     logger.debug(
         "rules: %d files, %d rules, %d problems",
         result.files,
