@@ -51,12 +51,12 @@ def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
 
 
 def test_a_new_file_gets_the_latest_schema(ledger: SqliteLedger, db_path: Path) -> None:
-    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "3"
+    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "4"
     names = {name for (name,) in query(db_path, "SELECT name FROM sqlite_master")}
     tables = {"meta", "sends", "send_categories", "seen_events", "positions", "decision_log"}
     assert tables | {"dead_letters", "cancel_marks"} <= names
     indexes = {"sends_by_state_due", "sends_by_user_state", "sends_by_rule_user_claimed"}
-    assert indexes | {"send_categories_by_category"} <= names
+    assert indexes | {"send_categories_by_category", "decision_log_by_user_at"} <= names
 
 
 def test_reopening_keeps_data_and_schema(db_path: Path, t0: datetime) -> None:

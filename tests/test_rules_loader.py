@@ -29,8 +29,8 @@ def _parse(relative: str) -> list[str]:
         # YAML syntax: where the parser stopped, and where the open brace was
         (
             "bad/yaml_syntax.yaml",
-            "5:7: error: YAML syntax error: did not find expected ',' or '}' "
-            "(while parsing a flow mapping at line 4)",
+            "4:11: error: this '{' is not closed by '}' on its line (or a ',' is missing between "
+            "two items)",
         ),
         # a duplicate key, at the second one, naming the first
         (
@@ -70,7 +70,7 @@ def _parse(relative: str) -> list[str]:
         # a Jinja syntax error in data
         (
             "bad/jinja_syntax.yaml",
-            "7:14: error: Jinja syntax error: unexpected '}' (line 1) (at rules[0].send.data.url)",
+            "7:14: error: a '{{' is closed by a single '}': write '}}' (at rules[0].send.data.url)",
         ),
         # an unknown placeholder in dedupe
         (
@@ -127,26 +127,38 @@ def test_bad_fixture_reports_exact_position_and_message(fixture: str, expected: 
         (
             "warn/same_template.yaml",
             "7:22: warning: rule 'welcome' (at warn/same_template.yaml:2:9) also sends template "
-            "'d-welcome' on 'user_signup': a user would get it twice (at rules[1].send.template)",
+            "'d-welcome' on 'user_signup': a user would get it twice (if intended, add "
+            "acknowledge: [same_template] to the rule) (at rules[1].send.template)",
         ),
-        # cancelled by its own trigger
+        # cancelled by its own trigger, and sent at once: the cancel never does anything
         (
             "warn/cancel_own_trigger.yaml",
-            "4:17: warning: 'cart_abandoned' both triggers and cancels this rule: each new "
-            "'cart_abandoned' cancels the email the previous one scheduled "
-            "(at rules[0].cancel_on[0])",
+            "4:17: warning: 'cart_abandoned' both triggers and cancels this rule, but every "
+            "email goes at once: nothing is ever pending to cancel (if intended, add "
+            "acknowledge: [self_cancel] to the rule) (at rules[0].cancel_on[0])",
+        ),
+        # cancelled by its own trigger with one key per user: nobody ever gets it
+        (
+            "warn/cancel_own_trigger_per_user.yaml",
+            "5:17: warning: 'order_completed' both triggers and cancels this rule, and its "
+            "dedupe key is one per user: a second 'order_completed' cancels the first email and "
+            "its own is a duplicate of the cancelled key, so the user never gets it; put "
+            "{event_id} in the key, or drop the cancel (if intended, add acknowledge: "
+            "[self_cancel] to the rule) (at rules[0].cancel_on[0])",
         ),
         # a cooldown the ledger cannot remember
         (
             "warn/long_cooldown.yaml",
             "4:15: warning: cooldown 120d is longer than the ledger keeps sends (90d): it will "
-            "act as 90d (at rules[0].cooldown)",
+            "act as 90d (if intended, add acknowledge: [long_cooldown] to the rule) "
+            "(at rules[0].cooldown)",
         ),
         # a category no cap mentions, while caps exist
         (
             "warn/uncapped.yaml",
-            "4:41: warning: note: no cap mentions 'promo', so caps never hold this email back "
-            "(right for receipts, not for marketing) (at rules[0].send.category)",
+            "4:41: warning: no cap mentions 'promo', so caps never hold this email back "
+            "(right for receipts, not for marketing) (if intended, add acknowledge: [uncapped] "
+            "to the rule) (at rules[0].send.category)",
         ),
     ],
 )
@@ -154,6 +166,109 @@ def test_warnings_keep_the_rules(fixture: str, expected: str) -> None:
     result = parse_rules((FIXTURES / fixture).read_text(), fixture)
     assert [str(p) for p in result.problems] == [f"{fixture}:{expected}"]
     assert result.rules is not None
+
+
+def test_restart_the_timer_is_not_warned_about() -> None:
+    # A win-back 30 days after the last order: each order cancels the pending one and
+    # schedules its own. That is what the combination is for.
+    text = """
+rules:
+  - id: win-back
+    on: order_completed
+    cancel_on: [order_completed]
+    delay: 30d
+    send: {template: d-win-back}
+"""
+    result = parse_rules(text, "win-back.yaml")
+    assert result.problems == []
+    assert result.rules is not None
+
+
+def test_a_rule_acknowledges_a_warning_by_name() -> None:
+    text = (FIXTURES / "warn/uncapped.yaml").read_text()
+    acknowledged = text.replace("    send:", "    acknowledge: [uncapped]\n    send:", 1)
+    assert "acknowledge" in acknowledged
+    assert parse_rules(acknowledged, "u.yaml").problems == []
+    # only that one: another warning's name leaves it shown
+    other = text.replace("    send:", "    acknowledge: [self_cancel]\n    send:", 1)
+    assert [p.message.split(",")[0] for p in parse_rules(other, "u.yaml").problems] == [
+        "no cap mentions 'promo'"
+    ]
+
+
+def test_an_unknown_warning_name_is_an_error_with_a_suggestion() -> None:
+    text = (FIXTURES / "warn/uncapped.yaml").read_text()
+    typo = text.replace("    send:", "    acknowledge: [uncaped]\n    send:", 1)
+    result = parse_rules(typo, "u.yaml")
+    assert [(p.severity, p.message) for p in result.problems if p.severity == "error"] == [
+        (Severity.ERROR, "no warning is called 'uncaped' (did you mean 'uncapped'?)")
+    ]
+    assert result.rules is None
+
+
+def test_every_bad_operator_and_template_in_one_run() -> None:
+    text = """
+rules:
+  - id: cart
+    on: cart_abandoned
+    when:
+      properties.cart_value: {gtee: 20, lte: 100, ltt: 500}
+      user.plan: {eqq: free}
+      any:
+        - {user.country: {inn: [PT]}}
+        - {user.vip: true}
+    send:
+      template: d-x
+      data:
+        a: "{{ user.first_name | defualt('x') }}"
+        b: "{{ user.last_name }"
+        c: "{{ user.city"
+        d: {e: "{{ x | upperr }}", f: "ok"}
+"""
+    result = parse_rules(text, "cart.yaml")
+    found = [(p.line, p.path, p.message) for p in result.problems]
+    assert found == [
+        (
+            6,
+            "rules[0].when.properties.cart_value.gtee",
+            "unknown operator 'gtee', did you mean 'gte'?",
+        ),
+        (
+            6,
+            "rules[0].when.properties.cart_value.ltt",
+            "unknown operator 'ltt', did you mean 'lt'?",
+        ),
+        (7, "rules[0].when.user.plan.eqq", "unknown operator 'eqq', did you mean 'eq'?"),
+        (9, "rules[0].when.any[0].user.country.inn", "unknown operator 'inn', did you mean 'in'?"),
+        (
+            14,
+            "rules[0].send.data.a",
+            "unknown filter 'defualt' in this template (did you mean 'default'?)",
+        ),
+        (15, "rules[0].send.data.b", "a '{{' is closed by a single '}': write '}}'"),
+        (16, "rules[0].send.data.c", "a '{{' or '{%' is never closed: end it with '}}' or '%}'"),
+        (
+            17,
+            "rules[0].send.data.d.e",
+            "unknown filter 'upperr' in this template (did you mean 'upper'?)",
+        ),
+    ]
+
+
+def test_an_email_key_beside_send_is_one_problem() -> None:
+    text = """
+rules:
+  - id: welcome
+    on: user_signup
+    send:
+    template: d-welcome
+    data: {a: "b"}
+"""
+    result = parse_rules(text, "w.yaml")
+    assert [str(p) for p in result.problems] == [
+        "w.yaml:6:5: error: 'template' and 'data' are not indented under 'send:', so 'send' is "
+        "empty: indent them two spaces further than 'send' (at rules[0].template)"
+    ]
 
 
 def test_retention_is_a_parameter() -> None:

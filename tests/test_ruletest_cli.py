@@ -34,7 +34,7 @@ def test_the_sample_suite_passes() -> None:
     assert done.returncode == 0, done.stdout
     assert "  PASS an order within the hour cancels the reminder" in done.stdout
     assert "FAIL" not in done.stdout
-    assert done.stdout.splitlines()[-1].startswith("18 passed in ")
+    assert done.stdout.splitlines()[-1].startswith("20 passed in ")
 
 
 def test_a_broken_rule_fails_its_test_in_plain_words(tmp_path: Path) -> None:
@@ -48,24 +48,27 @@ def test_a_broken_rule_fails_its_test_in_plain_words(tmp_path: Path) -> None:
     assert "  FAIL an order within the hour cancels the reminder" in out
     assert "expected cart-recovery cancelled for ana at +35m because of cancel_on" in out
     assert "cart-recovery sent for ana at +1h5m because of delivered" in out
-    assert out.splitlines()[-1].startswith("1 failed, 17 passed in ")
+    assert out.splitlines()[-1].startswith("1 failed, 19 passed in ")
 
 
 def test_json_and_junit_reports(tmp_path: Path) -> None:
     rules = copy_rules(tmp_path)
     text = (rules / "welcome.yaml").read_text()
-    (rules / "welcome.yaml").write_text(text.replace('"{{ user.first_name }}"', '"Hi"'))
+    # the first name read from the wrong field: only the fallback ever shows
+    wrong = text.replace("{{ user.first_name |", "{{ user.last_name |")
+    assert wrong != text
+    (rules / "welcome.yaml").write_text(wrong)
     junit = tmp_path / "report.xml"
     done = run_tests("--format", "json", "--junit", junit, cwd=tmp_path)
     assert done.returncode == 1
     report = json.loads(done.stdout)
-    assert (report["passed"], report["failed"]) == (17, 1)
+    assert (report["passed"], report["failed"]) == (19, 1)
     [failed] = [t for t in report["tests"] if not t["passed"]]
     assert failed["name"] == "a new user is welcomed at once, by first name"
     assert failed["file"] == "rules.d/tests/welcome.yaml"
-    assert '"first_name": "Hi"' in failed["failures"][0]
+    assert '"first_name": "there"' in failed["failures"][0]
     suites = ET.parse(junit).getroot().findall("testsuite")
-    assert sum(int(s.get("tests", "0")) for s in suites) == 18
+    assert sum(int(s.get("tests", "0")) for s in suites) == 20
     [case] = [c for s in suites for c in s.iter("testcase") if c.find("failure") is not None]
     assert case.get("name") == failed["name"]
 

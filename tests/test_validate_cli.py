@@ -52,8 +52,8 @@ def test_default_directory_is_rules_d(tmp_path: Path) -> None:
         # a YAML syntax error with its position
         (
             "bad/yaml_syntax.yaml",
-            "5:7: error: YAML syntax error: did not find expected ',' or '}' "
-            "(while parsing a flow mapping at line 4)",
+            "4:11: error: this '{' is not closed by '}' on its line (or a ',' is missing between "
+            "two items)",
             "1 file, 0 rules: 1 error, 0 warnings",  # nothing could be read
         ),
         # a bad operator
@@ -141,3 +141,35 @@ def test_the_cli_starts_without_what_only_serve_needs() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_a_win_back_rule_passes_strict_and_all_mistakes_show_at_once(tmp_path: Path) -> None:
+    # "Restart the timer": triggered and cancelled by order_completed, on purpose.
+    (tmp_path / "win-back.yaml").write_text(
+        "rules:\n"
+        "  - id: win-back\n"
+        "    on: order_completed\n"
+        "    cancel_on: [order_completed]\n"
+        "    delay: 30d\n"
+        "    send: {template: d-win-back}\n"
+    )
+    done = _run("--strict", tmp_path)
+    assert done.returncode == 0, done.stdout
+    (tmp_path / "cart.yaml").write_text(
+        "rules:\n"
+        "  - id: cart\n"
+        "    on: cart_abandoned\n"
+        "    when: {properties.cart_value: {gtee: 20}, user.plan: {eqq: free}}\n"
+        "    send:\n"
+        "      template: d-cart\n"
+        '      data: {a: "{{ x | defualt(\'y\') }}", b: "{{ y }"}\n'
+    )
+    done = _run(tmp_path)
+    assert done.returncode == 1
+    lines = [line for line in done.stdout.splitlines() if ": error: " in line]
+    assert [line.split(": error: ")[1].split(" (")[0] for line in lines] == [
+        "unknown operator 'gtee', did you mean 'gte'?",
+        "unknown operator 'eqq', did you mean 'eq'?",
+        "unknown filter 'defualt' in this template",
+        "a '{{' is closed by a single '}': write '}}'",
+    ]

@@ -57,16 +57,64 @@ def test_duplicate_key_names_both_places_and_keeps_the_first() -> None:
         # an unclosed flow mapping: where the parser gave up, and where it began
         (
             "a: {b: 1\nc: 2\n",
-            Mark(2, 2),
-            "YAML syntax error: did not find expected ',' or '}' "
-            "(while parsing a flow mapping at line 1)",
+            Mark(1, 4),
+            "this '{' is not closed by '}' on its line (or a ',' is missing between two items)",
+        ),
+        # the mistakes marketing makes, in plain words, where to look
+        (
+            "rules:\n  - id: a\n\ton: x\n",
+            Mark(3, 1),
+            "a tab character: indent with spaces only, never tabs",
+        ),
+        (
+            "rules:\n  - id: a\n    send:\n    \ttemplate: d\n",
+            Mark(4, 5),
+            "a tab character: indent with spaces only, never tabs",
+        ),
+        (
+            'rules:\n  - id: q\n    on: "user_signup\n    send: {template: d-q}\n',
+            Mark(3, 9),
+            'this " is never closed: add the closing " at the end of the value',
+        ),
+        (
+            "rules:\n  - id: q\n    description: Nudge: shoppers\n",
+            Mark(3, 23),
+            "a second ': ' on one line: put the value in quotes, e.g. "
+            'description: "Reminder: your cart"',
+        ),
+        (
+            "rules:\n  - id: q\n     on: x\n",
+            Mark(3, 6),
+            "this line starts further right (column 6) than the key above it (column 5): "
+            "keys of one mapping must line up",
+        ),
+        (
+            "rules:\n  - id: q\n    on: x\n   send: y\n",
+            Mark(4, 4),
+            "this line starts at column 4, which does not line up with the line above it "
+            "(column 5): keys of one mapping, and the '-' of one list, must start in the same "
+            "column",
+        ),
+        (
+            "rules:\n  - id: q\n    cancel_on: [a, b\n    on: x\n",
+            Mark(3, 16),
+            "this '[' is not closed by ']' on its line (or a ',' is missing between two items)",
+        ),
+        (
+            "rules:\n  - id: q\n  -id: r\n",
+            Mark(3, 3),
+            "a list item needs a space after its '-': write '- '",
+        ),
+        (
+            "rules:\n  - id: q\n    on x\n    send: y\n",
+            Mark(3, 5),
+            "this line has no ':' after its key: write it as 'key: value'",
         ),
         # two documents in one file
         (
             "a: 1\n---\nb: 2\n",
             Mark(2, 1),
-            "YAML syntax error: but found another document (expected a single document in "
-            "the stream at line 1)",
+            "a second document ('---'): a file holds one; remove the '---' or split the file",
         ),
     ],
 )
@@ -94,3 +142,14 @@ def test_odd_yaml_is_an_issue(text: str, message: str) -> None:
 def test_empty_document_has_no_data_and_no_issue() -> None:
     document = load_document("# only a comment\n")
     assert (document.data, document.issues) == (None, ())
+
+
+def test_an_unquoted_placeholder_is_named() -> None:
+    # `{{ user.x }}` unquoted is a mapping inside a mapping: YAML's reading, not a template.
+    document = load_document("data:\n  a: {{ user.x }}\n")
+    [issue] = document.issues
+    assert issue.mark == Mark(2, 7)
+    assert issue.message == (
+        "'{{' here starts a YAML mapping, not a placeholder: put the whole value in "
+        'quotes, e.g. first_name: "{{ user.first_name }}"'
+    )

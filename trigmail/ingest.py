@@ -32,7 +32,14 @@ from trigmail.decisions import (
 )
 from trigmail.engine import decide_new, duplicate_event
 from trigmail.errors import BadEventError, LedgerError
-from trigmail.events import MAX_EVENT_DEPTH, MISSING, Event, json_depth_exceeds, parse_event
+from trigmail.events import (
+    MAX_EVENT_DEPTH,
+    MISSING,
+    Event,
+    format_ts,
+    json_depth_exceeds,
+    parse_event,
+)
 from trigmail.ledger.base import CancelMark, DeadLetter, LedgerTxn, SendRecord
 from trigmail.records import record
 from trigmail.rules.model import RuleSet
@@ -361,6 +368,8 @@ def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> Lo
         outcome=Outcome.CANCELLED,
         reason=decision.reason,
         variant=decision.variants.get(key),
+        # The event's name: the log keeps only its id, and `explain` says "by order_completed".
+        detail=f"by {event.name}",
     )
 
 
@@ -400,6 +409,13 @@ def _entry(
         outcome=outcome,
         reason=reason,
         due_at=decision.due_at if isinstance(decision, Schedule) else None,
-        detail=decision.detail,
+        detail=_detail(decision),
         variant=decision.payload.variant if isinstance(decision, Schedule) else None,
     )
+
+
+def _detail(decision: Schedule | Skip | SetAside) -> str:
+    if isinstance(decision, Skip) and decision.until is not None:
+        # Ends with the time, as a cooldown drop's detail does: `explain` reads it back.
+        return f"{decision.detail}: until {format_ts(decision.until)}"
+    return decision.detail

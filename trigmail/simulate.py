@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 from trigmail.decisions import LogEntry
 from trigmail.events import Event
 from trigmail.ingest import RawItem, parse_item
+from trigmail.ledger.base import Ledger
 from trigmail.ledger.memory import MemoryLedger
+from trigmail.ledger.semantics import Clock
 from trigmail.pipeline import Pipeline
 from trigmail.providers.recording import RecordingProvider
 from trigmail.rules.model import RuleSet
@@ -74,11 +76,21 @@ class Simulation:
     Args:
         rules: the rule set to simulate.
         on_entry: called with every decision, in virtual-time order.
+        ledger: makes the ledger from the virtual clock (default: an in-memory one).
     """
 
-    def __init__(self, rules: RuleSet, on_entry: Callable[[LogEntry], None]) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        on_entry: Callable[[LogEntry], None],
+        ledger: Callable[[Clock], Ledger] | None = None,
+    ) -> None:
         self.clock = VirtualClock()
-        self.ledger = MemoryLedger(clock=self.clock)
+        # Another ledger (a SQLite file, PostgreSQL) makes a real ledger of a virtual-time
+        # history: what `explain` and its tests read.
+        self.ledger: Ledger = (
+            MemoryLedger(clock=self.clock) if ledger is None else ledger(self.clock)
+        )
         self.provider = RecordingProvider()
         self.summary = Summary()
 

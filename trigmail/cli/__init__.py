@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from trigmail.cli import (  # noqa: F401  (each registers itself)
+    catalog,
+    explain,
     preview,
     ruletest,
     serve,

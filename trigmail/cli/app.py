@@ -10,9 +10,9 @@ app = typer.Typer(
     name="trigmail",
     help=(
         "Send the right email at the right moment, and never twice.\n\n"
-        "Marketing checks rules with `validate`, proves them with `test` and looks at one "
-        "email with `preview`; engineers dry-run them with `simulate`, ops run `serve` and "
-        "look at `status`."
+        "Marketing checks rules with `validate`, proves them with `test`, looks at one "
+        "email with `preview` and asks `explain` why someone got an email or not; engineers "
+        "dry-run them with `simulate`, ops run `serve` and look at `status`."
     ),
     no_args_is_help=True,
     add_completion=False,

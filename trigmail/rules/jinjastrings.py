@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final
 
-from jinja2 import StrictUndefined, Template, nodes
+from jinja2 import ChainableUndefined, StrictUndefined, Template, nodes
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import TemplateSyntaxError
 
@@ -33,7 +33,17 @@ _CACHE_SIZE: Final = 8192
 _TEMPLATE_NAMES: Final = frozenset({"loop", "self", "caller", "varargs", "kwargs"})
 
 # Autoescape is off: the output is JSON template data, which SendGrid escapes itself.
-ENV: Final = BoundedSandbox(undefined=StrictUndefined, autoescape=False)
+
+
+class ChainedUndefined(ChainableUndefined, StrictUndefined):
+    """A missing field: an error wherever it is used as a value (never an email with a blank
+    in it), but a path through it stays undefined, so a ``default`` at its end works whatever
+    part is missing: ``user.first_name | default('there')`` with no ``user`` at all."""
+
+    __slots__ = ()
+
+
+ENV: Final = BoundedSandbox(undefined=ChainedUndefined, autoescape=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ together (rule and cap ids unique across files) and linted. ``validate`` and the
 
 from __future__ import annotations
 
+import difflib
 import gc
 import hashlib
 import logging
@@ -19,8 +20,11 @@ from typing import Any, Final
 
 from trigmail.errors import RulesError, UnreadableFileError
 from trigmail.rules.build import build_cap, build_rule
+from trigmail.rules.catalog import CATALOGUE_FILE, Catalog, EventType, parse_catalog
+from trigmail.rules.eventcheck import check_rule, likely_typos
+from trigmail.rules.everyproblem import every_problem, misindented
 from trigmail.rules.files import outside, read_text
-from trigmail.rules.lint import lint
+from trigmail.rules.lint import Code, lint
 from trigmail.rules.model import Cap, Location, Rule, RuleSet
 from trigmail.rules.problems import Finding, Problem, Severity, format_path
 from trigmail.rules.quoting import quote
@@ -134,7 +138,7 @@ def _compile_file(source: _File) -> None:
     if isinstance(data.get("rules"), list):
         source.rules_written = len(data["rules"])
     structural = check_structure(data)
-    source.add(structural)
+    source.add(misindented(data, structural) if structural else structural)
     # A rule or cap the schema rejected would only repeat its problems in other words.
     rejected = {finding.path[:2] for finding in structural}
     for section, build in (("rules", build_rule), ("caps", build_cap)):
@@ -146,7 +150,7 @@ def _compile_file(source: _File) -> None:
             if base in rejected:
                 continue
             built, findings = build(spec, base, source.location((*base, "id")))
-            source.add(findings)
+            source.add(every_problem(spec, base, findings) if findings else findings)
             if isinstance(built, Rule):
                 source.rules.append((index, built))
             elif isinstance(built, Cap):
@@ -180,9 +184,41 @@ def _lint(sources: Sequence[_File], retention_s: int) -> list[Problem]:
     problems = []
     for found in lint(rules, caps, retention_s):
         source, index = owners[id(found.rule)]
-        finding = Finding(("rules", index, *found.path), found.message, Severity.WARNING)
+        if found.code in _acknowledged(source, index):
+            continue
+        message = f"{found.message} (if intended, add acknowledge: [{found.code}] to the rule)"
+        finding = Finding(("rules", index, *found.path), message, Severity.WARNING)
         problems.append(source.place(finding))
+    for source in sources:
+        for index, _ in source.rules:
+            problems.extend(source.place(f) for f in _unknown_acknowledged(source, index))
     return problems
+
+
+def _acknowledge_list(source: _File, index: int) -> list[Any]:
+    data = None if source.document is None else source.document.data
+    rules = data.get("rules") if isinstance(data, dict) else None
+    spec = rules[index] if isinstance(rules, list) and index < len(rules) else None
+    listed = spec.get("acknowledge") if isinstance(spec, dict) else None
+    return listed if isinstance(listed, list) else []
+
+
+def _acknowledged(source: _File, index: int) -> frozenset[str]:
+    """The warnings a rule accepts on purpose (``acknowledge: [self_cancel]``)."""
+    return frozenset(name for name in _acknowledge_list(source, index) if isinstance(name, str))
+
+
+def _unknown_acknowledged(source: _File, index: int) -> list[Finding]:
+    known = [code.value for code in Code]
+    findings = []
+    for position, name in enumerate(_acknowledge_list(source, index)):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+        message = f"no warning is called {quote(name)} ({hint})"
+        findings.append(Finding(("rules", index, "acknowledge", position), message))
+    return findings
 
 
 def _version(sources: Sequence[_File]) -> str:
@@ -214,17 +250,23 @@ def _cyclic_gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _assemble(sources: Sequence[_File], retention_s: int, extra: list[Problem]) -> ParseResult:
+def _assemble(
+    sources: Sequence[_File],
+    retention_s: int,
+    extra: list[Problem],
+    catalog: Catalog | None = None,
+) -> ParseResult:
     with _cyclic_gc_paused():
-        return _assemble_paused(sources, retention_s, extra)
+        return _assemble_paused(sources, retention_s, extra, catalog)
 
 
 def _assemble_paused(
-    sources: Sequence[_File], retention_s: int, extra: list[Problem]
+    sources: Sequence[_File], retention_s: int, extra: list[Problem], catalog: Catalog | None
 ) -> ParseResult:
     for source in sources:
         _compile_file(source)
     problems = [*extra, *(p for source in sources for p in source.problems)]
+    problems += _event_problems(sources, catalog)
     problems += _duplicates(sources, "rules") + _duplicates(sources, "caps")
     problems += _lint(sources, retention_s)
     problems.sort(key=lambda p: (p.file, p.line, p.col))
@@ -237,6 +279,56 @@ def _assemble_paused(
         )
     written = sum(source.rules_written for source in sources)
     return ParseResult(rule_set, problems, len(sources), written)
+
+
+def _catalogue(dirs: Sequence[FsPath], problems: list[Problem]) -> Catalog | None:
+    """The event catalogue of the rule directories (``events.yaml``), if any has one."""
+    events: dict[str, EventType] = {}
+    found = False
+    for directory in dirs:
+        path = directory / CATALOGUE_FILE
+        if not (directory.is_dir() and path.is_file()):
+            continue
+        found = True
+        try:
+            text = read_text(path.resolve(), follow=False)
+        except (UnreadableFileError, OSError, RuntimeError) as exc:
+            problems.append(_error(path, str(exc)))
+            continue
+        catalog, document, findings = parse_catalog(text)
+        problems.extend(_File(str(path), text, document).place(f) for f in findings)
+        events.update(catalog.events)
+    return Catalog(events) if found else None
+
+
+def _event_problems(sources: Sequence[_File], catalog: Catalog | None) -> list[Problem]:
+    """The rules, checked against the events they read (trigmail.rules.eventcheck)."""
+    specs: list[tuple[_File, int, Any]] = []
+    for source in sources:
+        data = None if source.document is None else source.document.data
+        written = data.get("rules") if isinstance(data, dict) else None
+        if isinstance(written, list):
+            # Rules that did not build too: every problem of a file in one run.
+            specs.extend((source, index, spec) for index, spec in enumerate(written))
+    typos = likely_typos([spec for _, _, spec in specs])
+    built = {(id(source), index): rule for source in sources for index, rule in source.rules}
+    problems: list[Problem] = []
+    for source, index, spec in specs:
+        rule = built.get((id(source), index))
+        fields = {} if rule is None else _fields_read(rule)
+        findings = check_rule(spec, ("rules", index), catalog, typos, fields)
+        problems.extend(source.place(finding) for finding in findings)
+    return problems
+
+
+def _fields_read(rule: Rule) -> dict[Path, tuple[str, ...]]:
+    """The event paths each ``send`` of a rule reads, by where the ``send`` is written."""
+    found: dict[Path, tuple[str, ...]] = {}
+    for step in rule.steps:
+        where: Path = ("send",) if step.number == 0 else ("steps", step.number - 1, "send")
+        # Compiled data (trigmail.rules.templating.CompiledData) says which fields it reads.
+        found[where] = tuple(getattr(step.send.data, "fields", ()))
+    return found
 
 
 def parse_rules(
@@ -271,6 +363,8 @@ def _scan(directory: FsPath, problems: list[Problem]) -> list[FsPath]:
     for path in entries:
         if path.suffix not in RULE_FILE_SUFFIXES or path.name.startswith("."):
             continue
+        if path.name == CATALOGUE_FILE:
+            continue  # the event catalogue, read by _catalogue
         refused = outside(path, directory)
         if refused is not None:
             # The link is named, never where it leads nor what is there.
@@ -315,7 +409,8 @@ def load_rules(*dirs: FsPath, retention_s: int = DEFAULT_RETENTION_S) -> ParseRe
             _read(directory, sources, problems, inside=False)
         else:
             problems.append(_error(directory, "no such directory"))
-    result = _assemble(sources, retention_s, problems)
+    catalog = _catalogue(dirs, problems)
+    result = _assemble(sources, retention_s, problems, catalog)
     logger.debug(
         "rules: %d files, %d rules, %d problems",
         result.files,

@@ -244,7 +244,7 @@ class _Builder:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode):
-                self._issue(key_node, path, "a key must be plain text, not a list or mapping")
+                self._issue(key_node, path, _key_message(key_node))
                 continue
             # Keys stay exactly as written: `on:` is the text "on", never the boolean true.
             key = str(key_node.value)
@@ -280,6 +280,16 @@ class _Builder:
         return text
 
 
+def _key_message(node: Node) -> str:
+    if isinstance(node, MappingNode) and node.flow_style:
+        # `first_name: {{ user.first_name }}`: YAML reads the braces as a mapping.
+        return (
+            "'{{' here starts a YAML mapping, not a placeholder: put the whole value in "
+            'quotes, e.g. first_name: "{{ user.first_name }}"'
+        )
+    return "a key must be plain text, not a list or mapping"
+
+
 def _construct(tag: str, text: str) -> Any:
     """Build a scalar for one of the supported tags (explicit ones such as ``!!int`` too)."""
     if tag == _STR:
@@ -300,16 +310,162 @@ def _construct(tag: str, text: str) -> Any:
     raise KeyError(tag)
 
 
-def _syntax_issue(exc: yaml.YAMLError) -> YamlIssue:
+def _syntax_issue(exc: yaml.YAMLError, text: str) -> YamlIssue:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = Mark(mark.line + 1, mark.column + 1) if mark is not None else Mark(1, 1)
-    problem = getattr(exc, "problem", None) or str(exc)
+    problem = str(getattr(exc, "problem", None) or exc)
     context = getattr(exc, "context", None)
     context_mark = getattr(exc, "context_mark", None)
-    if context and context_mark is not None and context_mark.line + 1 != where.line:
-        context = f"{context} at line {context_mark.line + 1}"
-    detail = f"{problem} ({context})" if context else str(problem)
+    opened = None if context_mark is None else Mark(context_mark.line + 1, context_mark.column + 1)
+    plain = plain_syntax_issue(problem, str(context or ""), where, opened, text.splitlines())
+    if plain is not None:
+        return plain
+    if context and opened is not None and opened.line != where.line:
+        context = f"{context} at line {opened.line}"
+    detail = f"{problem} ({context})" if context else problem
     return YamlIssue(where, (), f"YAML syntax error: {detail}")
+
+
+def _indent(line: str) -> int:
+    """Where the line's first key starts: after its indentation and any ``- `` marks."""
+    column = len(line) - len(line.lstrip(" "))
+    while line[column : column + 2] == "- ":
+        column += 2
+        column += len(line[column:]) - len(line[column:].lstrip(" "))
+    return column
+
+
+def _line(lines: list[str], number: int) -> str:
+    return lines[number - 1] if 0 < number <= len(lines) else ""
+
+
+def _previous_content(lines: list[str], number: int) -> str:
+    for index in range(number - 2, -1, -1):
+        if lines[index].strip() and not lines[index].lstrip().startswith("#"):
+            return lines[index]
+    return ""
+
+
+@dataclass(frozen=True)
+class _Complaint:
+    """What the parser said, and the text it said it about."""
+
+    problem: str
+    context: str
+    where: Mark
+    opened: Mark | None
+    lines: list[str]
+
+    @property
+    def line(self) -> str:
+        return _line(self.lines, self.where.line)
+
+    @property
+    def above(self) -> str:
+        return _previous_content(self.lines, self.where.line)
+
+
+def _tab(c: _Complaint) -> YamlIssue | None:
+    line = c.line
+    if "tab" not in c.problem and line[c.where.col - 1 : c.where.col] != "\t":
+        return None
+    tab = line.find("\t")
+    at = Mark(c.where.line, tab + 1) if tab >= 0 else c.where
+    return YamlIssue(at, (), "a tab character: indent with spaces only, never tabs")
+
+
+def _unclosed_quote(c: _Complaint) -> YamlIssue | None:
+    if "quoted scalar" not in c.context or c.opened is None:
+        return None
+    char = _line(c.lines, c.opened.line)[c.opened.col - 1 : c.opened.col] or "quote"
+    message = f"this {char} is never closed: add the closing {char} at the end of the value"
+    return YamlIssue(c.opened, (), message)
+
+
+def _unclosed_flow(c: _Complaint) -> YamlIssue | None:
+    for name, (left, right) in (("flow mapping", ("{", "}")), ("flow sequence", ("[", "]"))):
+        if name in c.context and c.opened is not None:
+            return YamlIssue(
+                c.opened,
+                (),
+                f"this {left!r} is not closed by {right!r} on its line (or a ',' is missing "
+                "between two items)",
+            )
+    return None
+
+
+def _colon(c: _Complaint) -> YamlIssue | None:
+    if not c.problem.startswith("mapping values are not allowed"):
+        return None
+    line, above = c.line, c.above
+    if above and _indent(line) > _indent(above) and not above.rstrip().endswith(":"):
+        return YamlIssue(
+            Mark(c.where.line, _indent(line) + 1),
+            (),
+            f"this line starts further right (column {_indent(line) + 1}) than the key "
+            f"above it (column {_indent(above) + 1}): keys of one mapping must line up",
+        )
+    message = (
+        "a second ': ' on one line: put the value in quotes, e.g. "
+        'description: "Reminder: your cart"'
+    )
+    return YamlIssue(c.where, (), message)
+
+
+def _second_document(c: _Complaint) -> YamlIssue | None:
+    if "another document" not in c.problem:
+        return None
+    message = "a second document ('---'): a file holds one; remove the '---' or split the file"
+    return YamlIssue(c.where, (), message)
+
+
+def _no_colon(c: _Complaint) -> YamlIssue | None:
+    if not c.problem.startswith("could not find expected ':'") or c.opened is None:
+        return None
+    return YamlIssue(c.opened, (), "this line has no ':' after its key: write it as 'key: value'")
+
+
+def _misaligned(c: _Complaint) -> YamlIssue | None:
+    if "expected '-' indicator" not in c.problem and "expected <block end>" not in c.problem:
+        return None
+    line = c.line
+    stripped = line.lstrip(" ")
+    if stripped.startswith("-") and not stripped.startswith(("- ", "--")):
+        return YamlIssue(c.where, (), "a list item needs a space after its '-': write '- '")
+    return YamlIssue(
+        Mark(c.where.line, _indent(line) + 1),
+        (),
+        f"this line starts at column {_indent(line) + 1}, which does not line up with the "
+        f"line above it (column {_indent(c.above) + 1}): keys of one mapping, and the '-' "
+        "of one list, must start in the same column",
+    )
+
+
+_PLAIN_WORDS: Final = (
+    _tab,
+    _unclosed_quote,
+    _unclosed_flow,
+    _colon,
+    _second_document,
+    _no_colon,
+    _misaligned,
+)
+
+
+def plain_syntax_issue(
+    problem: str, context: str, where: Mark, opened: Mark | None, lines: list[str]
+) -> YamlIssue | None:
+    """The parser's complaint in the words of the mistake that usually causes it, or ``None``.
+
+    PyYAML says "mapping values are not allowed in this context" for a value holding ": " and
+    for a line indented too far alike; marketing needs to hear which, and where to look.
+    """
+    complaint = _Complaint(problem, context, where, opened, lines)
+    for words in _PLAIN_WORDS:
+        issue = words(complaint)
+        if issue is not None:
+            return issue
+    return None
 
 
 def load_document(text: str) -> YamlDocument:
@@ -325,7 +481,7 @@ def load_document(text: str) -> YamlDocument:
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
-        return YamlDocument(None, {}, {}, (_syntax_issue(exc),))
+        return YamlDocument(None, {}, {}, (_syntax_issue(exc, text),))
     except RecursionError:
         # Only the pure-Python composer recurses (libyaml stops at 1,000 levels by itself).
         message = f"the document is too large: nested deeper than {MAX_DEPTH} levels"
