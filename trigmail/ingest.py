@@ -99,6 +99,9 @@ class Ingested:
     entries: list[LogEntry] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     scheduled: list[SendRecord] = field(default_factory=list)
+    # Sends fired between the batch's events (claimed `sending` in its transaction), for the
+    # provider once the batch is committed.
+    claimed: list[SendRecord] = field(default_factory=list)
     consumed: int = 0  # how many of the batch's items were decided (the rest wait)
 
 

@@ -99,40 +99,110 @@ class Pipeline:
             parsed: the items, in source order, each with its event or why it is bad.
             source_name: the source whose position the batch commits; ``None``: no position.
             gates: for each item, the watermark once every item before it is decided (see
-                :class:`trigmail.worker.Worker`). The batch stops before the first item whose
-                gate has reached a send's due time, so that the send is fired before that item
-                is decided, as ``simulate`` does; ``Ingested.consumed`` says how far it got.
+                :class:`trigmail.worker.Worker`). A send due by an item's gate is fired before
+                that item is decided, as ``simulate`` does. With a ledger of one process the
+                send is claimed in the batch's own transaction (``Ingested.claimed``, committed
+                with the batch, handed to the provider after the commit); with a shared ledger
+                the batch stops before that item (its users' locks are taken once, at the
+                start), and ``Ingested.consumed`` says how far it got.
         """
         now = self.clock()
-        if gates is not None and gates and self._fire_first(gates[0], None, now):
+        inline = gates is not None and not self.ledger.shared
+        if gates and not inline and self._fire_first(gates[0], None, now):
             return Ingested()
         rules = self.rules()
         result = Ingested()
-        with self.ledger.transaction() as txn:
-            if self.ledger.shared:
-                txn.lock_users({event.user_id for _, event in parsed if isinstance(event, Event)})
-            batch = BatchWriter(txn, rules, now, source_name or "", result)
-            batch_due: datetime | None = None
-            for index, (item, event) in enumerate(parsed):
-                if gates is not None and self._fire_first(gates[index], batch_due, now):
-                    break
-                scheduled = len(result.scheduled)
-                batch.ingest(item, event)
-                if gates is not None and len(result.scheduled) > scheduled:
-                    batch_due = _earliest(batch_due, result.scheduled[scheduled:])
-                result.consumed += 1
-            if source_name is not None and result.consumed:
-                txn.set_position(source_name, parsed[result.consumed - 1][0].position)
-            txn.log(result.entries)
-            if rules.version != self._version_recorded:
-                txn.set_meta("rules_version", rules.version)
+        try:
+            with self.ledger.transaction() as txn:
+                self._ingest_in(
+                    txn,
+                    parsed,
+                    source=source_name or "",
+                    rules=rules,
+                    now=now,
+                    result=result,
+                    gates=gates,
+                    inline=inline,
+                )
+                if source_name is not None and result.consumed:
+                    txn.set_position(source_name, parsed[result.consumed - 1][0].position)
+                txn.log(result.entries)
+                if rules.version != self._version_recorded:
+                    txn.set_meta("rules_version", rules.version)
+        except BaseException:
+            if inline:
+                # The cache took the batch's sends as they were scheduled, and gave up those it
+                # claimed: read it again from what the ledger holds after the rollback.
+                with self._lock:
+                    self.scheduler.invalidate()
+            raise
         self._version_recorded = rules.version
-        if result.scheduled:
+        if result.scheduled and not inline:
             with self._lock:
                 for send in result.scheduled:
                     self.scheduler.add(send)
         self._publish(result.entries)
         return result
+
+    def _ingest_in(
+        self,
+        txn: LedgerTxn,
+        parsed: Sequence[tuple[Item, Event | BadEventError]],
+        *,
+        source: str,
+        rules: RuleSet,
+        now: datetime,
+        result: Ingested,
+        gates: Sequence[datetime | None] | None,
+        inline: bool,
+    ) -> None:
+        if self.ledger.shared:
+            txn.lock_users({event.user_id for _, event in parsed if isinstance(event, Event)})
+        batch = BatchWriter(txn, rules, now, source, result)
+        batch_due: datetime | None = None
+        for index, (item, event) in enumerate(parsed):
+            gate = None if gates is None else gates[index]
+            if gate is not None:
+                if inline:
+                    self._fire_in_batch(txn, rules, now, min(gate, now), result)
+                elif self._fire_first(gate, batch_due, now):
+                    break
+            scheduled = len(result.scheduled)
+            batch.ingest(item, event)
+            if gates is not None and len(result.scheduled) > scheduled:
+                if inline:
+                    with self._lock:
+                        for send in result.scheduled[scheduled:]:
+                            self.scheduler.add(send)
+                else:
+                    batch_due = _earliest(batch_due, result.scheduled[scheduled:])
+            result.consumed += 1
+
+    def _fire_in_batch(
+        self, txn: LedgerTxn, rules: RuleSet, now: datetime, cutoff: datetime, result: Ingested
+    ) -> None:
+        """Claim, in the batch's transaction, every cached send due by ``cutoff``."""
+        with self._lock:
+            if self.scheduler.needs_refill(now):
+                self.scheduler.refill(txn, now)
+            earliest = self.scheduler.next_due_at()
+            if earliest is None or earliest > cutoff:
+                return
+            deferred: list[SendRecord] = []
+            due = self.scheduler.pop_due(cutoff, len(self.scheduler))
+            result.claimed.extend(
+                self._claim_due(
+                    txn,
+                    due,
+                    rules=rules,
+                    now=now,
+                    cutoff=cutoff,
+                    entries=result.entries,
+                    deferred=deferred,
+                )
+            )
+            for send in deferred:
+                self.scheduler.add(send)
 
     def _fire_first(self, gate: datetime | None, batch_due: datetime | None, now: datetime) -> bool:
         """Whether a send falls due before the next item (whose ``gate`` is the watermark once
@@ -188,7 +258,6 @@ class Pipeline:
         now = self.clock()
         rules = self.rules()
         entries: list[LogEntry] = []
-        claimed: list[SendRecord] = []
         deferred: list[SendRecord] = []
         cutoff = now if until is None else min(until, now)
         with self._lock, self._reread_on_failure, self.ledger.transaction() as txn:
@@ -197,27 +266,45 @@ class Pipeline:
             earliest = self.scheduler.next_due_at()
             if earliest is None or earliest > min(now - timedelta(seconds=linger_s), cutoff):
                 return []
-            # Cooldowns and caps are per user: a send is claimed before the next send of the
-            # same user is decided (so that one sees it), and sends of distinct users are
-            # claimed together, in one statement.
-            firing: dict[str, str] = {}  # user id -> key, waiting to be claimed
             due = self.scheduler.pop_due(cutoff, limit)
-            if self.ledger.shared:
-                txn.lock_users({send.user_id for send in due})
-            for popped in due:
-                # One process's cache cannot go stale: only a shared ledger needs the re-read.
-                sends = self._due_in_order(txn, popped, cutoff) if self.ledger.shared else [popped]
-                for send in sends:
-                    if send.user_id in firing:
-                        claimed.extend(txn.claim(list(firing.values()), now))
-                        firing.clear()
-                    if self._decide_due(txn, send, rules, now, entries=entries, deferred=deferred):
-                        firing[send.user_id] = send.key
-            claimed.extend(txn.claim(list(firing.values()), now))
+            claimed = self._claim_due(
+                txn, due, rules=rules, now=now, cutoff=cutoff, entries=entries, deferred=deferred
+            )
             txn.log(entries)
             for send in deferred:
                 self.scheduler.add(send)
         self._publish(entries)
+        return claimed
+
+    def _claim_due(
+        self,
+        txn: LedgerTxn,
+        due: Sequence[SendRecord],
+        *,
+        rules: RuleSet,
+        now: datetime,
+        cutoff: datetime,
+        entries: list[LogEntry],
+        deferred: list[SendRecord],
+    ) -> list[SendRecord]:
+        """Decide the sends popped from the cache and claim those that fire."""
+        # Cooldowns and caps are per user: a send is claimed before the next send of the
+        # same user is decided (so that one sees it), and sends of distinct users are
+        # claimed together, in one statement.
+        claimed: list[SendRecord] = []
+        firing: dict[str, str] = {}  # user id -> key, waiting to be claimed
+        if self.ledger.shared:
+            txn.lock_users({send.user_id for send in due})
+        for popped in due:
+            # One process's cache cannot go stale: only a shared ledger needs the re-read.
+            sends = self._due_in_order(txn, popped, cutoff) if self.ledger.shared else [popped]
+            for send in sends:
+                if send.user_id in firing:
+                    claimed.extend(txn.claim(list(firing.values()), now))
+                    firing.clear()
+                if self._decide_due(txn, send, rules, now, entries=entries, deferred=deferred):
+                    firing[send.user_id] = send.key
+        claimed.extend(txn.claim(list(firing.values()), now))
         return claimed
 
     @staticmethod

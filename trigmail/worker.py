@@ -43,6 +43,8 @@ SLOT_POLL_S = 0.01
 # While due sends are held by the watermark, how often it is asked again: other workers
 # acknowledge entries without waking this one.
 HELD_POLL_S = 0.05
+# Reading stops while this many requests per slot are in flight or queued.
+BACKLOG_FACTOR = 2
 # Sends claimed at most per provider request slot (SendGrid's personalizations per request).
 MAX_REQUEST_SENDS = 1000
 # How often the ledger's scheduled and in-doubt counts are copied into gauges.
@@ -142,7 +144,7 @@ class Worker:
             self._started_at = now
         self._reap()
         self._fire(now)
-        if not self._held:
+        if not self._held and not self._backlogged():
             arrived, self._arrived = self._arrived, []
             self._hold(arrived or self._read(0.0), now)
         decided = self._decide(now) if self._held else True
@@ -157,7 +159,10 @@ class Worker:
     def wait_for_events(self, timeout_s: float) -> None:
         """Block up to ``timeout_s`` for events; what comes is decided at the next step (and
         read at its time: an event without ``ts`` happened when the step took it)."""
-        if not self._held and not self._arrived and timeout_s > 0:
+        if self._backlogged():
+            # Reading waits for the provider: every slot busy and requests queued behind them.
+            time.sleep(min(timeout_s, SLOT_POLL_S))
+        elif not self._held and not self._arrived and timeout_s > 0:
             self._arrived = self._read(timeout_s)
 
     def drain(self, timeout_s: float) -> None:
@@ -210,6 +215,10 @@ class Worker:
         self.metrics.ledger_commit_seconds.observe(time.perf_counter() - started_s)
         done, self._held = held[: ingested.consumed], held[ingested.consumed :]
         faults.reached(faults.KillPoint.AFTER_COMMIT)
+        if ingested.claimed:
+            # Sends fired between the batch's events, committed `sending` with it.
+            faults.reached(faults.KillPoint.AFTER_CLAIM)
+            self._claimed.extend(ingested.claimed)
         self._mark = _latest(self._mark, (each.ts for each in done))
         for rejected in ingested.rejected:
             assert isinstance(rejected.item, SourceItem)
@@ -254,6 +263,11 @@ class Worker:
         return Gate(watermark, cutoff if floor is None else max(cutoff, floor))
 
     def _fire(self, now: datetime) -> None:
+        self._claim_due(now)
+        if self._claimed and (not self._held or len(self._claimed) >= MAX_REQUEST_SENDS):
+            self._dispatch()
+
+    def _claim_due(self, now: datetime) -> None:
         free = self._free_slots()
         # A batch cut behind a due send needs the send claimed (committed `sending`) before it
         # goes on, not delivered: while events are held, claims go ahead of the free slots and
@@ -275,8 +289,6 @@ class Worker:
         elif self._past_burst and (gate.watermark is None or gate.cutoff <= gate.watermark):
             self._end_burst()
         self._claimed.extend(claimed)
-        if not self._held or len(self._claimed) >= MAX_REQUEST_SENDS:
-            self._dispatch()
 
     def _dispatch(self) -> None:
         claimed, self._claimed = self._claimed, []
@@ -313,6 +325,12 @@ class Worker:
 
     def _free_slots(self) -> int:
         return self.concurrency - len(self.in_flight)
+
+    def _backlogged(self) -> bool:
+        """Whether claimed requests wait behind the busy slots: sends fired between a
+        batch's events go to the provider whatever the free slots, so reading more events
+        waits until the queue is short again (a crash leaves fewer sends claimed, unsent)."""
+        return len(self.in_flight) >= BACKLOG_FACTOR * self.concurrency
 
     def _reap(self) -> None:
         for future in [f for f in self.in_flight if f.done()]:
