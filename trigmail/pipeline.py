@@ -156,8 +156,10 @@ class Pipeline:
         gates: Sequence[datetime | None] | None,
         inline: bool,
     ) -> None:
+        events = [event for _, event in parsed if isinstance(event, Event)]
         if self.ledger.shared:
-            txn.lock_users({event.user_id for _, event in parsed if isinstance(event, Event)})
+            txn.lock_users({event.user_id for event in events})
+        txn.expect_seen([event.id for event in events])
         batch = BatchWriter(txn, rules, now, source, result)
         batch_due: datetime | None = None
         for index, (item, event) in enumerate(parsed):

@@ -120,6 +120,11 @@ class LedgerTxn(Protocol):
         """Record ``event_id`` as decided; ``False`` when it already was."""
         ...
 
+    def expect_seen(self, event_ids: Collection[str]) -> None:
+        """A hint: the ids this transaction is about to :meth:`mark_seen`, so that a backend
+        may read which were decided in one statement and write the new ones together."""
+        ...
+
     def insert_send(self, send: SendRecord) -> bool:
         """Insert a ``scheduled`` send; ``False`` (and no change) when its key exists."""
         ...
