@@ -162,13 +162,18 @@ class Pipeline:
         txn.expect_seen([event.id for event in events])
         batch = BatchWriter(txn, rules, now, source, result)
         batch_due: datetime | None = None
+        # Sends fired between the events wait here to be claimed together: a user's are claimed
+        # before anything else about the user is decided (an event, or another due send).
+        firing: dict[str, str] = {}  # user id -> key
         for index, (item, event) in enumerate(parsed):
             gate = None if gates is None else gates[index]
             if gate is not None:
                 if inline:
-                    self._fire_in_batch(txn, rules, now, min(gate, now), result)
+                    self._fire_in_batch(txn, rules, now, min(gate, now), result, firing=firing)
                 elif self._fire_first(gate, batch_due, now):
                     break
+            if firing and isinstance(event, Event) and event.user_id in firing:
+                result.claimed.extend(_claim(txn, firing, now))
             scheduled = len(result.scheduled)
             batch.ingest(item, event)
             if gates is not None and len(result.scheduled) > scheduled:
@@ -179,13 +184,24 @@ class Pipeline:
                 else:
                     batch_due = _earliest(batch_due, result.scheduled[scheduled:])
             result.consumed += 1
+        result.claimed.extend(_claim(txn, firing, now))
 
     def _fire_in_batch(
-        self, txn: LedgerTxn, rules: RuleSet, now: datetime, cutoff: datetime, result: Ingested
+        self,
+        txn: LedgerTxn,
+        rules: RuleSet,
+        now: datetime,
+        cutoff: datetime,
+        result: Ingested,
+        *,
+        firing: dict[str, str],
     ) -> None:
-        """Claim, in the batch's transaction, every cached send due by ``cutoff``."""
+        """Decide, in the batch's transaction, every cached send due by ``cutoff``; those that
+        fire join ``firing``."""
         with self._lock:
             if self.scheduler.needs_refill(now):
+                # The refill reads the scheduled sends: those waiting in `firing` still are.
+                result.claimed.extend(_claim(txn, firing, now))
                 self.scheduler.refill(txn, now)
             earliest = self.scheduler.next_due_at()
             if earliest is None or earliest > cutoff:
@@ -201,6 +217,7 @@ class Pipeline:
                     cutoff=cutoff,
                     entries=result.entries,
                     deferred=deferred,
+                    firing=firing,
                 )
             )
             for send in deferred:
@@ -288,25 +305,27 @@ class Pipeline:
         cutoff: datetime,
         entries: list[LogEntry],
         deferred: list[SendRecord],
+        firing: dict[str, str] | None = None,
     ) -> list[SendRecord]:
-        """Decide the sends popped from the cache and claim those that fire."""
+        """Decide the sends popped from the cache and claim those that fire; with ``firing``
+        (user id -> key) given, the last of them are left there for the caller to claim."""
         # Cooldowns and caps are per user: a send is claimed before the next send of the
         # same user is decided (so that one sees it), and sends of distinct users are
         # claimed together, in one statement.
         claimed: list[SendRecord] = []
-        firing: dict[str, str] = {}  # user id -> key, waiting to be claimed
+        waiting: dict[str, str] = {} if firing is None else firing
         if self.ledger.shared:
             txn.lock_users({send.user_id for send in due})
         for popped in due:
             # One process's cache cannot go stale: only a shared ledger needs the re-read.
             sends = self._due_in_order(txn, popped, cutoff) if self.ledger.shared else [popped]
             for send in sends:
-                if send.user_id in firing:
-                    claimed.extend(txn.claim(list(firing.values()), now))
-                    firing.clear()
+                if send.user_id in waiting:
+                    claimed.extend(_claim(txn, waiting, now))
                 if self._decide_due(txn, send, rules, now, entries=entries, deferred=deferred):
-                    firing[send.user_id] = send.key
-        claimed.extend(txn.claim(list(firing.values()), now))
+                    waiting[send.user_id] = send.key
+        if firing is None:
+            claimed.extend(_claim(txn, waiting, now))
         return claimed
 
     @staticmethod
@@ -379,6 +398,11 @@ class Pipeline:
             txn.finish(keys, SendState.SENT, now, message_id=accepted.message_id)
             entries = [_send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in request.sends]
             txn.log(entries)
+        log.info(
+            "provider: %d emails accepted in one request (message id %s)",
+            len(keys),
+            accepted.message_id,
+        )
         self._publish(entries)
 
     def release(self, sends: Sequence[SendRecord], why: str) -> None:
@@ -468,6 +492,15 @@ class _RereadOnFailure:
     ) -> None:
         if exc_type is not None:
             self._pipeline.scheduler.invalidate()
+
+
+def _claim(txn: LedgerTxn, firing: dict[str, str], now: datetime) -> list[SendRecord]:
+    """Claim the sends waiting in ``firing`` (user id -> key) in one statement; empty it."""
+    if not firing:
+        return []
+    claimed = txn.claim(list(firing.values()), now)
+    firing.clear()
+    return claimed
 
 
 def _earliest(current: datetime | None, sends: Sequence[SendRecord]) -> datetime:
