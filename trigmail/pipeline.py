@@ -159,7 +159,7 @@ class Pipeline:
         events = [event for _, event in parsed if isinstance(event, Event)]
         if self.ledger.shared:
             txn.lock_users({event.user_id for event in events})
-        txn.expect_seen([event.id for event in events])
+        txn.expect_seen([event.id for event in events], now)
         batch = BatchWriter(txn, rules, now, source, result)
         batch_due: datetime | None = None
         # Sends fired between the events wait here to be claimed together: a user's are claimed

@@ -178,7 +178,7 @@ class SqliteTxn(SqlTxn):
         self._new_seen: list[tuple[str, int]] = []
         self._new_categories: list[tuple[str, str]] = []
 
-    def expect_seen(self, event_ids: Collection[str]) -> None:
+    def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
         wanted = [event_id for event_id in event_ids if event_id not in self._known_seen]
         if wanted:
             rows = self._rows(_SEEN_AMONG, (json_text(wanted),))
