@@ -99,140 +99,52 @@ class Pipeline:
             parsed: the items, in source order, each with its event or why it is bad.
             source_name: the source whose position the batch commits; ``None``: no position.
             gates: for each item, the watermark once every item before it is decided (see
-                :class:`trigmail.worker.Worker`). A send due by an item's gate is fired before
-                that item is decided, as ``simulate`` does. With a ledger of one process the
-                send is claimed in the batch's own transaction (``Ingested.claimed``, committed
-                with the batch, handed to the provider after the commit); with a shared ledger
-                the batch stops before that item (its users' locks are taken once, at the
-                start), and ``Ingested.consumed`` says how far it got.
+                :class:`trigmail.worker.Worker`). Before the first item whose gate has reached
+                a send's due time, the sends due by then are claimed, in the same transaction,
+                as ``simulate`` fires them before it decides that item; ``Ingested.claimed``
+                holds them for delivery.
         """
         now = self.clock()
-        inline = gates is not None and not self.ledger.shared
-        if gates and not inline and self._fire_first(gates[0], None, now):
-            return Ingested()
         rules = self.rules()
         result = Ingested()
-        try:
-            with self.ledger.transaction() as txn:
-                self._ingest_in(
-                    txn,
-                    parsed,
-                    source=source_name or "",
-                    rules=rules,
-                    now=now,
-                    result=result,
-                    gates=gates,
-                    inline=inline,
-                )
-                if source_name is not None and result.consumed:
-                    txn.set_position(source_name, parsed[result.consumed - 1][0].position)
-                txn.log(result.entries)
-                if rules.version != self._version_recorded:
-                    txn.set_meta("rules_version", rules.version)
-        except BaseException:
-            if inline:
-                # The cache took the batch's sends as they were scheduled, and gave up those it
-                # claimed: read it again from what the ledger holds after the rollback.
-                with self._lock:
-                    self.scheduler.invalidate()
-            raise
-        self._version_recorded = rules.version
-        if result.scheduled and not inline:
-            with self._lock:
-                for send in result.scheduled:
+        with self._lock, self._reread_on_failure, self.ledger.transaction() as txn:
+            events = [event for _, event in parsed if isinstance(event, Event)]
+            if self.ledger.shared:
+                txn.lock_users({event.user_id for event in events})
+            txn.expect_seen([event.id for event in events], now)
+            batch = BatchWriter(txn, rules, now, source_name or "", result)
+            batch_due: datetime | None = None
+            for index, (item, event) in enumerate(parsed):
+                gate = None if gates is None else gates[index]
+                if gate is not None and self._due_by(min(gate, now), batch_due):
+                    # Claimed, not delivered: a claimed send is past any cancel, which is all
+                    # the items after it must see. One transaction keeps a live spool of
+                    # immediate sends from committing once per line.
+                    fired = self._claim_due(txn, rules, now, min(gate, now), result.entries)
+                    result.claimed.extend(fired)
+                    batch_due = None
+                scheduled = len(result.scheduled)
+                batch.ingest(item, event)
+                for send in result.scheduled[scheduled:]:
                     self.scheduler.add(send)
+                if gates is not None and len(result.scheduled) > scheduled:
+                    batch_due = _earliest(batch_due, result.scheduled[scheduled:])
+                result.consumed += 1
+            if source_name is not None and result.consumed:
+                txn.set_position(source_name, parsed[result.consumed - 1][0].position)
+            txn.log(result.entries)
+            if rules.version != self._version_recorded:
+                txn.set_meta("rules_version", rules.version)
+        self._version_recorded = rules.version
         self._publish(result.entries)
         return result
 
-    def _ingest_in(
-        self,
-        txn: LedgerTxn,
-        parsed: Sequence[tuple[Item, Event | BadEventError]],
-        *,
-        source: str,
-        rules: RuleSet,
-        now: datetime,
-        result: Ingested,
-        gates: Sequence[datetime | None] | None,
-        inline: bool,
-    ) -> None:
-        events = [event for _, event in parsed if isinstance(event, Event)]
-        if self.ledger.shared:
-            txn.lock_users({event.user_id for event in events})
-        txn.expect_seen([event.id for event in events], now)
-        batch = BatchWriter(txn, rules, now, source, result)
-        batch_due: datetime | None = None
-        # Sends fired between the events wait here to be claimed together: a user's are claimed
-        # before anything else about the user is decided (an event, or another due send).
-        firing: dict[str, str] = {}  # user id -> key
-        for index, (item, event) in enumerate(parsed):
-            gate = None if gates is None else gates[index]
-            if gate is not None:
-                if inline:
-                    self._fire_in_batch(txn, rules, now, min(gate, now), result, firing=firing)
-                elif self._fire_first(gate, batch_due, now):
-                    break
-            if firing and isinstance(event, Event) and event.user_id in firing:
-                result.claimed.extend(_claim(txn, firing, now))
-            scheduled = len(result.scheduled)
-            batch.ingest(item, event)
-            if gates is not None and len(result.scheduled) > scheduled:
-                if inline:
-                    with self._lock:
-                        for send in result.scheduled[scheduled:]:
-                            self.scheduler.add(send)
-                else:
-                    batch_due = _earliest(batch_due, result.scheduled[scheduled:])
-            result.consumed += 1
-        result.claimed.extend(_claim(txn, firing, now))
-
-    def _fire_in_batch(
-        self,
-        txn: LedgerTxn,
-        rules: RuleSet,
-        now: datetime,
-        cutoff: datetime,
-        result: Ingested,
-        *,
-        firing: dict[str, str],
-    ) -> None:
-        """Decide, in the batch's transaction, every cached send due by ``cutoff``; those that
-        fire join ``firing``."""
-        with self._lock:
-            if self.scheduler.needs_refill(now):
-                # The refill reads the scheduled sends: those waiting in `firing` still are.
-                result.claimed.extend(_claim(txn, firing, now))
-                self.scheduler.refill(txn, now)
-            earliest = self.scheduler.next_due_at()
-            if earliest is None or earliest > cutoff:
-                return
-            deferred: list[SendRecord] = []
-            due = self.scheduler.pop_due(cutoff, len(self.scheduler))
-            result.claimed.extend(
-                self._claim_due(
-                    txn,
-                    due,
-                    rules=rules,
-                    now=now,
-                    cutoff=cutoff,
-                    entries=result.entries,
-                    deferred=deferred,
-                    firing=firing,
-                )
-            )
-            for send in deferred:
-                self.scheduler.add(send)
-
-    def _fire_first(self, gate: datetime | None, batch_due: datetime | None, now: datetime) -> bool:
-        """Whether a send falls due before the next item (whose ``gate`` is the watermark once
-        the items before it are decided), so it must be fired before that item is decided."""
-        if gate is None:
-            return False
-        cutoff = min(gate, now)
+    def _due_by(self, cutoff: datetime, batch_due: datetime | None) -> bool:
+        """Whether a send falls due by ``cutoff`` (the caller holds the lock): one scheduled
+        earlier in this batch, or one the cache holds."""
         if batch_due is not None and batch_due <= cutoff:
             return True
-        with self._lock:
-            cached = self.scheduler.next_due_at()
+        cached = self.scheduler.next_due_at()
         return cached is not None and cached <= cutoff
 
     # -- sends -------------------------------------------------------------------------------
@@ -277,7 +189,6 @@ class Pipeline:
         now = self.clock()
         rules = self.rules()
         entries: list[LogEntry] = []
-        deferred: list[SendRecord] = []
         cutoff = now if until is None else min(until, now)
         with self._lock, self._reread_on_failure, self.ledger.transaction() as txn:
             if self.scheduler.needs_refill(now):
@@ -285,47 +196,46 @@ class Pipeline:
             earliest = self.scheduler.next_due_at()
             if earliest is None or earliest > min(now - timedelta(seconds=linger_s), cutoff):
                 return []
-            due = self.scheduler.pop_due(cutoff, limit)
-            claimed = self._claim_due(
-                txn, due, rules=rules, now=now, cutoff=cutoff, entries=entries, deferred=deferred
-            )
+            claimed = self._claim_due(txn, rules, now, cutoff, entries, limit=limit)
             txn.log(entries)
-            for send in deferred:
-                self.scheduler.add(send)
         self._publish(entries)
         return claimed
 
     def _claim_due(
         self,
         txn: LedgerTxn,
-        due: Sequence[SendRecord],
-        *,
         rules: RuleSet,
         now: datetime,
         cutoff: datetime,
         entries: list[LogEntry],
-        deferred: list[SendRecord],
-        firing: dict[str, str] | None = None,
+        *,
+        limit: int = 1000,
     ) -> list[SendRecord]:
-        """Decide the sends popped from the cache and claim those that fire; with ``firing``
-        (user id -> key) given, the last of them are left there for the caller to claim."""
+        """In ``txn``, under the lock: claim the cached sends due by ``cutoff`` that fire, and
+        drop or defer the others (noted in ``entries``)."""
+        if self.scheduler.needs_refill(now):
+            self.scheduler.refill(txn, now)
+        claimed: list[SendRecord] = []
+        deferred: list[SendRecord] = []
         # Cooldowns and caps are per user: a send is claimed before the next send of the
         # same user is decided (so that one sees it), and sends of distinct users are
         # claimed together, in one statement.
-        claimed: list[SendRecord] = []
-        waiting: dict[str, str] = {} if firing is None else firing
+        firing: dict[str, str] = {}  # user id -> key, waiting to be claimed
+        due = self.scheduler.pop_due(cutoff, limit)
         if self.ledger.shared:
             txn.lock_users({send.user_id for send in due})
         for popped in due:
             # One process's cache cannot go stale: only a shared ledger needs the re-read.
             sends = self._due_in_order(txn, popped, cutoff) if self.ledger.shared else [popped]
             for send in sends:
-                if send.user_id in waiting:
-                    claimed.extend(_claim(txn, waiting, now))
+                if send.user_id in firing:
+                    claimed.extend(txn.claim(list(firing.values()), now))
+                    firing.clear()
                 if self._decide_due(txn, send, rules, now, entries=entries, deferred=deferred):
-                    waiting[send.user_id] = send.key
-        if firing is None:
-            claimed.extend(_claim(txn, waiting, now))
+                    firing[send.user_id] = send.key
+        claimed.extend(txn.claim(list(firing.values()), now))
+        for send in deferred:
+            self.scheduler.add(send)
         return claimed
 
     @staticmethod
@@ -492,15 +402,6 @@ class _RereadOnFailure:
     ) -> None:
         if exc_type is not None:
             self._pipeline.scheduler.invalidate()
-
-
-def _claim(txn: LedgerTxn, firing: dict[str, str], now: datetime) -> list[SendRecord]:
-    """Claim the sends waiting in ``firing`` (user id -> key) in one statement; empty it."""
-    if not firing:
-        return []
-    claimed = txn.claim(list(firing.values()), now)
-    firing.clear()
-    return claimed
 
 
 def _earliest(current: datetime | None, sends: Sequence[SendRecord]) -> datetime:

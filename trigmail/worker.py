@@ -216,7 +216,6 @@ class Worker:
         done, self._held = held[: ingested.consumed], held[ingested.consumed :]
         faults.reached(faults.KillPoint.AFTER_COMMIT)
         if ingested.claimed:
-            # Sends fired between the batch's events, committed `sending` with it.
             faults.reached(faults.KillPoint.AFTER_CLAIM)
             self._claimed.extend(ingested.claimed)
         self._mark = _latest(self._mark, (each.ts for each in done))
@@ -225,6 +224,8 @@ class Worker:
             self.source.dead_letter(rejected.item, rejected.reason, rejected.detail)
         self.source.ack([each.item for each in done])
         self.metrics.events_read.labels(source=self.source.name).inc(len(done))
+        if self._claimed and (not self._held or len(self._claimed) >= MAX_REQUEST_SENDS):
+            self._dispatch()
         return True
 
     def _gates(self, held: Sequence[_Held]) -> list[datetime | None]:
@@ -263,11 +264,6 @@ class Worker:
         return Gate(watermark, cutoff if floor is None else max(cutoff, floor))
 
     def _fire(self, now: datetime) -> None:
-        self._claim_due(now)
-        if self._claimed and (not self._held or len(self._claimed) >= MAX_REQUEST_SENDS):
-            self._dispatch()
-
-    def _claim_due(self, now: datetime) -> None:
         free = self._free_slots()
         # A batch cut behind a due send needs the send claimed (committed `sending`) before it
         # goes on, not delivered: while events are held, claims go ahead of the free slots and
@@ -289,6 +285,8 @@ class Worker:
         elif self._past_burst and (gate.watermark is None or gate.cutoff <= gate.watermark):
             self._end_burst()
         self._claimed.extend(claimed)
+        if not self._held or len(self._claimed) >= MAX_REQUEST_SENDS:
+            self._dispatch()
 
     def _dispatch(self) -> None:
         claimed, self._claimed = self._claimed, []
