@@ -7,6 +7,7 @@ so no send falls due during the run: this measures ingest alone (delivery has it
 Run: .venv/bin/python -m bench.bench_ingest [--events 100000] [--batch-size 500]
      .venv/bin/python -m bench.bench_ingest --events 3000 --batch-size 1   (group commit off)
      .venv/bin/python -m bench.bench_ingest --events 3000 --baseline
+     .venv/bin/python -m bench.bench_ingest --events 20000 --postgres postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import argparse
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
+
 from bench import baseline
+from bench.bench_scaling import fresh_database
 from bench.common import (
     DEFAULT_DEADLINE_S,
     header,
@@ -31,6 +36,8 @@ from bench.common import (
     write_spool,
 )
 from bench.events import event_lines
+from trigmail.daemon import Daemon
+from trigmail.ledger.postgres import PostgresLedger
 from trigmail.providers.recording import RecordingProvider
 
 
@@ -45,12 +52,33 @@ def run_trigmail(directory: Path, spool: Path, events: int, batch_size: int) -> 
     """Serve the spool until every event is decided; return the seconds it took."""
     ledger = directory / "ledger.db"
     daemon = make_daemon(spool, ledger, RecordingProvider(), batch_size=batch_size)
+    return _timed(daemon, lambda: _seen(ledger), events)
+
+
+def run_postgres(admin_dsn: str, spool: Path, events: int, batch_size: int) -> float:
+    """As :func:`run_trigmail`, on a fresh PostgreSQL database (one worker)."""
+    with fresh_database(admin_dsn) as url:
+        ledger = PostgresLedger(url)
+        try:
+            daemon = make_daemon(spool, ledger, RecordingProvider(), batch_size=batch_size)
+            with psycopg.connect(url, autocommit=True) as conn:
+
+                def seen() -> int:
+                    row = conn.execute("SELECT count(*) FROM seen_events").fetchone()
+                    return 0 if row is None else int(row[0])
+
+                return _timed(daemon, seen, events)
+        finally:
+            ledger.close()
+
+
+def _timed(daemon: Daemon, seen: Callable[[], int], events: int) -> float:
     started = time.perf_counter()
     with running(daemon):
-        done = wait_until(lambda: _seen(ledger) >= events, DEFAULT_DEADLINE_S, poll_s=0.02)
+        done = wait_until(lambda: seen() >= events, DEFAULT_DEADLINE_S, poll_s=0.02)
         elapsed_s = time.perf_counter() - started
     if not done:
-        raise SystemExit(f"ingest: only {_seen(ledger)} of {events} events decided in time")
+        raise SystemExit(f"ingest: only {seen()} of {events} events decided in time")
     return elapsed_s
 
 
@@ -66,6 +94,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=500, help="events per transaction")
     parser.add_argument("--baseline", action="store_true", help="run the straightforward design")
+    parser.add_argument("--postgres", metavar="DSN", help="a PostgreSQL ledger (a fresh database)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     header("ingest: spool -> committed decisions, synchronous=FULL")
@@ -81,6 +110,9 @@ def main() -> None:
         if args.baseline:
             design = "baseline: one transaction per event"
             elapsed_s = run_baseline(directory, spool)
+        elif args.postgres:
+            design = f"trigmail on PostgreSQL, one worker: batch_size={args.batch_size}"
+            elapsed_s = run_postgres(args.postgres, spool, args.events, args.batch_size)
         else:
             design = f"trigmail: batch_size={args.batch_size}"
             elapsed_s = run_trigmail(directory, spool, args.events, args.batch_size)

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from trigmail.daemon import Daemon
+from trigmail.ledger.base import Ledger
 from trigmail.ledger.sqlite import SqliteLedger, to_us
 from trigmail.metrics import Metrics
 from trigmail.providers.base import Provider
@@ -291,17 +292,18 @@ def running(daemon: Daemon, deadline_s: float = DEFAULT_DEADLINE_S) -> Iterator[
 
 def make_daemon(
     spool: Path,
-    ledger: Path,
+    ledger: Path | Ledger,
     provider: Provider,
     *,
     concurrency: int = 8,
     batch_size: int = 500,
     batch_window_s: float = 0.025,
 ) -> Daemon:
-    """A daemon wired as ``trigmail serve`` wires it, on ``rules.d`` and a SQLite ledger."""
+    """A daemon wired as ``trigmail serve`` wires it, on ``rules.d`` and a ledger (a path: a
+    SQLite ledger there)."""
     return Daemon(
         SpoolSource(spool),
-        SqliteLedger(ledger),
+        SqliteLedger(ledger) if isinstance(ledger, Path) else ledger,
         provider,
         rule_store(),
         Metrics(process=False),

@@ -82,6 +82,37 @@ def test_duplicate_event_is_a_no_op(ledger: Ledger, t0: datetime) -> None:
         assert not txn.mark_seen("e1", t0)
 
 
+def test_expected_ids_are_marked_as_one_by_one(ledger: Ledger, t0: datetime) -> None:
+    with ledger.transaction() as txn:
+        assert txn.mark_seen("old", t0)
+    with ledger.transaction() as txn:
+        txn.expect_seen(["old", "new", "twice", "twice", "never"], t0)
+        assert not txn.seen_event("new")
+        assert not txn.mark_seen("old", t0)
+        assert txn.mark_seen("new", t0)
+        assert txn.seen_event("new")
+        assert txn.mark_seen("twice", t0)
+        assert not txn.mark_seen("twice", t0)
+        assert txn.mark_seen("unexpected", t0)
+        assert not txn.seen_event("never")
+    with ledger.transaction() as txn:
+        assert [txn.seen_event(e) for e in ("old", "new", "twice", "unexpected")] == [True] * 4
+        # Expected but never marked (the batch stopped before its event): not decided.
+        assert not txn.seen_event("never")
+        assert txn.mark_seen("never", t0)
+
+
+def test_expected_ids_are_rolled_back_with_the_transaction(ledger: Ledger, t0: datetime) -> None:
+    with pytest.raises(RuntimeError), ledger.transaction() as txn:
+        txn.expect_seen(["e1", "e2"], t0)
+        assert txn.mark_seen("e1", t0)
+        raise RuntimeError("the batch failed")
+    with ledger.transaction() as txn:
+        assert not txn.seen_event("e1")
+        txn.expect_seen(["e1"], t0)
+        assert txn.mark_seen("e1", t0)
+
+
 # -- transactions ------------------------------------------------------------------------------
 
 

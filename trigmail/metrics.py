@@ -143,18 +143,33 @@ class Metrics:
             buckets=COMMIT_BUCKETS_S,
             registry=r,
         )
+        self._decision_children: dict[tuple[str | None, Reason], Counter] = {}
+        self._send_children: dict[tuple[str, SendState], Counter] = {}
         # Both results exist from the start, so rate() and alerts see a zero, not a gap.
         for result in RELOAD_RESULTS:
             self.rule_reloads.labels(result=result)
 
     def record_decision(self, rule_id: str | None, reason: Reason) -> None:
         """Count one decision; ``rule_id`` is ``None`` when the event matched no rule."""
-        self.decisions.labels(rule=NO_RULE if rule_id is None else rule_id, reason=reason).inc()
+        # A decision or two per event: the labelled child is looked up once per label pair
+        # (``labels()`` checks and joins its arguments on every call).
+        child = self._decision_children.get((rule_id, reason))
+        if child is None:
+            rule = NO_RULE if rule_id is None else rule_id
+            child = self._decision_children[(rule_id, reason)] = self.decisions.labels(
+                rule=rule, reason=reason
+            )
+        child.inc()
 
     def record_send(self, rule_id: str, state: SendState, variant: str | None = None) -> None:
         """Count one send reaching ``state`` (``sent``, ``failed``, ``cancelled``, ``in_doubt``),
         and its A/B ``variant`` when it has one."""
-        self.sends.labels(rule=rule_id, state=state).inc()
+        child = self._send_children.get((rule_id, state))
+        if child is None:
+            child = self._send_children[(rule_id, state)] = self.sends.labels(
+                rule=rule_id, state=state
+            )
+        child.inc()
         if variant is not None:
             self.variant_sends.labels(rule=rule_id, variant=variant, state=state).inc()
 

@@ -32,9 +32,9 @@ _ROUTINE = (Outcome.SKIPPED, Outcome.SCHEDULED)
 class DecisionObserver:
     """Counts and logs each decision once it is committed (the pipeline's ``on_entry``).
 
-    What an operator acts on (sends, failures, doubt, cancels, dead letters) is logged at info
-    or warning; a scheduled send or a skip at debug, so that a busy serve does not write a line
-    per event.
+    What an operator acts on (failures, doubt, cancels, dead letters) is logged at info or
+    warning; a scheduled send, a skip or an email sent at debug (each accepted provider request
+    is one info line), so that a busy serve does not write a line per event.
     """
 
     def __init__(self, metrics: Metrics, clock: Callable[[], datetime]) -> None:
@@ -49,15 +49,15 @@ class DecisionObserver:
             if entry.due_at is not None:
                 lateness_s = (self.clock() - entry.due_at).total_seconds()
                 self.metrics.trigger_to_provider_seconds.observe(max(lateness_s, 0.0))
-            if entry.variant is None:
-                log.info("send %s: sent to %s (rule %s)", entry.key, entry.user_id, entry.rule)
-            else:
-                log.info(
-                    "send %s: sent to %s (rule %s, variant %s)",
+            # One line per email would be a line per event on a busy serve: the pipeline logs
+            # each accepted request at info; each email is at debug, and no work when off.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "send %s: sent to %s (rule %s%s)",
                     entry.key,
                     entry.user_id,
                     entry.rule,
-                    entry.variant,
+                    "" if entry.variant is None else f", variant {entry.variant}",
                 )
             return
         if entry.outcome in (Outcome.FAILED, Outcome.IN_DOUBT):

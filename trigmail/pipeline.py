@@ -108,8 +108,10 @@ class Pipeline:
         rules = self.rules()
         result = Ingested()
         with self._lock, self._reread_on_failure, self.ledger.transaction() as txn:
+            events = [event for _, event in parsed if isinstance(event, Event)]
             if self.ledger.shared:
-                txn.lock_users({event.user_id for _, event in parsed if isinstance(event, Event)})
+                txn.lock_users({event.user_id for event in events})
+            txn.expect_seen([event.id for event in events], now)
             batch = BatchWriter(txn, rules, now, source_name or "", result)
             batch_due: datetime | None = None
             for index, (item, event) in enumerate(parsed):
@@ -306,6 +308,11 @@ class Pipeline:
             txn.finish(keys, SendState.SENT, now, message_id=accepted.message_id)
             entries = [_send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in request.sends]
             txn.log(entries)
+        log.info(
+            "provider: %d emails accepted in one request (message id %s)",
+            len(keys),
+            accepted.message_id,
+        )
         self._publish(entries)
 
     def release(self, sends: Sequence[SendRecord], why: str) -> None:

@@ -43,6 +43,8 @@ SLOT_POLL_S = 0.01
 # While due sends are held by the watermark, how often it is asked again: other workers
 # acknowledge entries without waking this one.
 HELD_POLL_S = 0.05
+# Reading stops while this many requests per slot are in flight or queued.
+BACKLOG_FACTOR = 2
 # Sends claimed at most per provider request slot (SendGrid's personalizations per request).
 MAX_REQUEST_SENDS = 1000
 # How often the ledger's scheduled and in-doubt counts are copied into gauges.
@@ -142,7 +144,7 @@ class Worker:
             self._started_at = now
         self._reap()
         self._fire(now)
-        if not self._held:
+        if not self._held and not self._backlogged():
             arrived, self._arrived = self._arrived, []
             self._hold(arrived or self._read(0.0), now)
         decided = self._decide(now) if self._held else True
@@ -157,7 +159,10 @@ class Worker:
     def wait_for_events(self, timeout_s: float) -> None:
         """Block up to ``timeout_s`` for events; what comes is decided at the next step (and
         read at its time: an event without ``ts`` happened when the step took it)."""
-        if not self._held and not self._arrived and timeout_s > 0:
+        if self._backlogged():
+            # Reading waits for the provider: every slot busy and requests queued behind them.
+            time.sleep(min(timeout_s, SLOT_POLL_S))
+        elif not self._held and not self._arrived and timeout_s > 0:
             self._arrived = self._read(timeout_s)
 
     def drain(self, timeout_s: float) -> None:
@@ -318,6 +323,12 @@ class Worker:
 
     def _free_slots(self) -> int:
         return self.concurrency - len(self.in_flight)
+
+    def _backlogged(self) -> bool:
+        """Whether claimed requests wait behind the busy slots: sends fired between a
+        batch's events go to the provider whatever the free slots, so reading more events
+        waits until the queue is short again (a crash leaves fewer sends claimed, unsent)."""
+        return len(self.in_flight) >= BACKLOG_FACTOR * self.concurrency
 
     def _reap(self) -> None:
         for future in [f for f in self.in_flight if f.done()]:

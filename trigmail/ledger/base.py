@@ -120,6 +120,11 @@ class LedgerTxn(Protocol):
         """Record ``event_id`` as decided; ``False`` when it already was."""
         ...
 
+    def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
+        """A hint: the ids this transaction is about to :meth:`mark_seen` (at ``at``), so that
+        a backend may read which were decided, or record the new ones, in one statement."""
+        ...
+
     def insert_send(self, send: SendRecord) -> bool:
         """Insert a ``scheduled`` send; ``False`` (and no change) when its key exists."""
         ...

@@ -233,6 +233,9 @@ class MemoryTxn:
         self._undo.append((seen.pop, (event_id,)))
         return True
 
+    def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
+        pass  # a dict lookup per id already
+
     def insert_send(self, send: SendRecord) -> bool:
         check_new(send)
         if send.key in self._store.sends:

@@ -39,6 +39,15 @@ WHERE state = 'sending'
     AND (lease_owner = %(owner)s OR lease_until IS NULL OR lease_until <= %(at)s)
 FOR UPDATE
 """
+# A batch's new event ids in one statement, in one order every worker follows (two batches
+# sharing ids wait for each other rather than deadlock); the ids it inserted come back.
+_MARK_SEEN_MANY = """
+INSERT INTO seen_events (event_id, seen_at)
+SELECT event_id, %s FROM (SELECT DISTINCT unnest(%s::text[]) AS event_id ORDER BY 1) AS ids
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
+_UNMARK_SEEN = "DELETE FROM seen_events WHERE event_id = ANY(%s)"
 _EXPIRED = "SELECT * FROM sends WHERE state = 'sending' AND lease_until <= %s FOR UPDATE"
 _LOCK_ONE = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
 # The subquery's order is the order the outer select takes the locks in: by lock key, the same
@@ -73,6 +82,9 @@ class PostgresTxn(SqlTxn):
         self._worker_id = worker_id
         self._lease = lease
         self._locked_users: set[str] = set()
+        # expect_seen's ids: those it inserted and no mark_seen has taken yet, and the rest.
+        self._fresh_seen: set[str] = set()
+        self._expected_seen: set[str] = set()
 
     def _run(self, sql: str, params: Params = ()) -> int:
         self._check_open()
@@ -122,6 +134,36 @@ class PostgresTxn(SqlTxn):
         with self._errors.guard():
             self._locks.execute(_LOCK_MANY, (LOCK_USER, wanted))
         self._locked_users.update(wanted)
+
+    # -- seen ids ------------------------------------------------------------------------------
+    def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
+        """Insert the batch's ids at once, before any of its events is decided: a worker
+        deciding another copy of one waits on its row until this batch commits, as with one
+        statement per id. Ids no :meth:`mark_seen` took are deleted before the commit."""
+        wanted = sorted(set(event_ids) - self._expected_seen)
+        if not wanted:
+            return
+        rows = self._rows(_MARK_SEEN_MANY, (as_utc(at), wanted))
+        self._fresh_seen.update(row["event_id"] for row in rows)
+        self._expected_seen.update(wanted)
+
+    def seen_event(self, event_id: str) -> bool:
+        return event_id not in self._fresh_seen and super().seen_event(event_id)
+
+    def mark_seen(self, event_id: str, at: datetime) -> bool:
+        if event_id not in self._expected_seen:
+            return super().mark_seen(event_id, at)
+        if event_id in self._fresh_seen:
+            self._fresh_seen.discard(event_id)
+            return True
+        return False
+
+    def flush(self) -> None:
+        """Before the commit: forget the ids expected but never marked (the batch stopped
+        before their events)."""
+        if self._fresh_seen:
+            self._run(_UNMARK_SEEN, (sorted(self._fresh_seen),))
+            self._fresh_seen.clear()
 
     # -- the leases of claims ----------------------------------------------------------------
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:

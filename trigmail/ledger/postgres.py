@@ -146,7 +146,7 @@ class PostgresLedger(SqlLedger):
             with self._errors.guard(), self._pool.connection() as conn:
                 conn.execute(begin)
                 txn = PostgresTxn(conn, self._clock, self._errors, self.worker_id, self.lease)
-                commit = partial(conn.execute, "COMMIT")
+                commit = partial(_commit, txn, conn)
                 with committed(txn, commit, partial(self._rollback, conn)):
                     yield txn
         finally:
@@ -217,3 +217,8 @@ class PostgresLedger(SqlLedger):
             logger.warning("ledger: releasing exclusive locks failed: %s", type(exc).__name__)
         finally:
             conn.close()
+
+
+def _commit(txn: PostgresTxn, conn: psycopg.Connection[Any]) -> None:
+    txn.flush()
+    conn.execute("COMMIT")

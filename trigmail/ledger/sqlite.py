@@ -19,7 +19,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -142,8 +142,13 @@ SQLITE = Dialect(
 )
 
 
-def _commit(conn: sqlite3.Connection) -> None:
+_SEEN_AMONG = "SELECT event_id FROM seen_events WHERE event_id IN (SELECT value FROM json_each(?))"
+_INSERT_CATEGORY = "INSERT INTO send_categories (key, category) VALUES (?, ?)"
+
+
+def _commit(txn: SqliteTxn, conn: sqlite3.Connection) -> None:
     with _translated():
+        txn.flush()
         conn.execute("COMMIT")
 
 
@@ -165,6 +170,48 @@ class SqliteTxn(SqlTxn):
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         super().__init__(clock)
         self._conn = conn
+        # Writes no statement of this transaction reads back before its commit, made together
+        # at the commit (or before the read that needs them): a statement each cost more than
+        # the row. Transactions are serialised whole, so no other writer waits on these rows.
+        self._expected: set[str] = set()  # ids given to expect_seen
+        self._known_seen: set[str] = set()  # of those: decided before, or marked since
+        self._new_seen: list[tuple[str, int]] = []
+        self._new_categories: list[tuple[str, str]] = []
+
+    def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
+        wanted = [event_id for event_id in event_ids if event_id not in self._known_seen]
+        if wanted:
+            rows = self._rows(_SEEN_AMONG, (json_text(wanted),))
+            self._known_seen.update(row["event_id"] for row in rows)
+            self._expected.update(wanted)
+
+    def mark_seen(self, event_id: str, at: datetime) -> bool:
+        if event_id not in self._expected:
+            return super().mark_seen(event_id, at)
+        if event_id in self._known_seen:
+            return False
+        self._check_open()
+        self._known_seen.add(event_id)
+        self._new_seen.append((event_id, to_us(at)))
+        return True
+
+    def seen_event(self, event_id: str) -> bool:
+        return event_id in self._known_seen or super().seen_event(event_id)
+
+    def delivered_count_since(
+        self, user_id: str, categories: Collection[str], since: datetime
+    ) -> int:
+        self.flush()  # the categories of the sends inserted so far
+        return super().delivered_count_since(user_id, categories, since)
+
+    def flush(self) -> None:
+        """Write the rows kept for the commit."""
+        if self._new_seen:
+            self._conn.executemany(self.sql.mark_seen, self._new_seen)
+            self._new_seen = []
+        if self._new_categories:
+            self._conn.executemany(_INSERT_CATEGORY, self._new_categories)
+            self._new_categories = []
 
     def _run(self, sql: str, params: Params = ()) -> int:
         return self._cursor(sql, params).rowcount
@@ -190,9 +237,8 @@ class SqliteTxn(SqlTxn):
         return self._run(sql, params) == 1
 
     def _inserted(self, send: SendRecord) -> None:
-        categories = [(send.key, name) for name in dict.fromkeys(send.payload.categories)]
-        self._conn.executemany(
-            "INSERT INTO send_categories (key, category) VALUES (?, ?)", categories
+        self._new_categories.extend(
+            (send.key, name) for name in dict.fromkeys(send.payload.categories)
         )
 
 
@@ -256,7 +302,7 @@ class SqliteLedger(SqlLedger):
             txn = SqliteTxn(conn, self._clock)
             try:
                 with (
-                    committed(txn, partial(_commit, conn), partial(_rollback, conn)),
+                    committed(txn, partial(_commit, txn, conn), partial(_rollback, conn)),
                     _translated(),
                 ):
                     yield txn

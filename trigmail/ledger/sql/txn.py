@@ -140,6 +140,9 @@ class SqlTxn:
     def mark_seen(self, event_id: str, at: datetime) -> bool:
         return self._run(self.sql.mark_seen, (event_id, self.dialect.time(at))) == 1
 
+    def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
+        pass  # one statement per id, each inserted before its event is decided
+
     def insert_send(self, send: SendRecord) -> bool:
         check_new(send)
         created_at = self._clock() if send.created_at is None else send.created_at
