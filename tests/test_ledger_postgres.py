@@ -97,7 +97,7 @@ def _lock_waiters(conn: psycopg.Connection[Any]) -> int:
 
 
 def test_a_new_database_gets_the_latest_schema(ledger: PostgresLedger, postgres_dsn: str) -> None:
-    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "2"
+    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "3"
     tables = {name for (name,) in query(postgres_dsn, "SELECT tablename FROM pg_tables")}
     expected = {"meta", "sends", "seen_events", "positions", "decision_log", "dead_letters"}
     expected.add("cancel_marks")
@@ -121,7 +121,7 @@ def test_reopening_keeps_data_and_schema(postgres_dsn: str, t0: datetime) -> Non
     with closing(PostgresLedger(postgres_dsn)) as second, second.transaction() as txn:
         assert txn.send_exists("k1")
         assert txn.get_position("spool") == "9"
-    assert query(postgres_dsn, "SELECT value FROM meta WHERE name = 'schema_version'") == [("2",)]
+    assert query(postgres_dsn, "SELECT value FROM meta WHERE name = 'schema_version'") == [("3",)]
 
 
 def test_a_later_migration_is_applied_once_and_in_order(postgres_dsn: str) -> None:

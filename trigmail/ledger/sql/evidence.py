@@ -1,0 +1,189 @@
+"""The SQL ledgers' delivery evidence: webhook events and what they settle (docs/webhook.md).
+
+Kept apart from :mod:`trigmail.ledger.sql.txn` so that the send path's statements stay in one
+place; :class:`EvidenceTxn` is mixed into :class:`~trigmail.ledger.sql.txn.SqlTxn` and uses its
+ways to run a statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from functools import cache
+from typing import Any, ClassVar
+
+from trigmail.evidence import (
+    DeliveryEvent,
+    DeliveryEventType,
+    first_evidence,
+    resent_for_verify,
+    settled_by_evidence,
+)
+from trigmail.ledger.rows import Row
+from trigmail.ledger.semantics import as_utc
+from trigmail.ledger.sql.dialect import Dialect
+from trigmail.sends import SendRecord, SendState
+
+# The same as trigmail.ledger.sql.txn.Params (which imports this module).
+Params = Sequence[Any] | Mapping[str, Any]
+
+_EVENT_COLUMNS = "sg_event_id, key, rule_id, event, at, message_id, detail, received_at"
+
+
+class EvidenceStatements:
+    """The statements of :class:`EvidenceTxn`, in one dialect."""
+
+    def __init__(self, d: Dialect) -> None:
+        def sql(text: str) -> str:
+            return text.replace("?", d.placeholder)
+
+        keys = d.in_list.format(column="key")
+        self.add_event = sql(
+            f"INSERT INTO delivery_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (sg_event_id) DO NOTHING RETURNING sg_event_id"
+        )
+        evidenced = "key IN (SELECT key FROM delivery_events)"
+        self.in_doubt_evidenced = sql(
+            f"SELECT * FROM sends WHERE state = 'in_doubt' AND {evidenced}"
+            f" ORDER BY key LIMIT ?{d.for_update}"
+        )
+        self.in_doubt_evidenced_of = sql(
+            f"SELECT * FROM sends WHERE state = 'in_doubt' AND {keys} AND {evidenced}"
+            f" ORDER BY key{d.for_update}"
+        )
+        self.events_of = sql("SELECT * FROM delivery_events WHERE key = ? ORDER BY at, sg_event_id")
+        self.settle_sent = sql(
+            "UPDATE sends SET state = 'sent', message_id = ?, reason = ?, updated_at = ?"
+            f"{d.end_lease} WHERE key = ? AND state = 'in_doubt'"
+        )
+        self.unverified = sql(
+            "SELECT * FROM sends WHERE state = 'in_doubt' AND on_doubt = 'verify'"
+            f" AND updated_at <= ? AND NOT {evidenced}"
+            " AND key NOT IN (SELECT key FROM doubt_resends)"
+            f" ORDER BY updated_at, key LIMIT ?{d.for_update}"
+        )
+        self.mark_resent = sql(
+            "INSERT INTO doubt_resends (key, at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+        )
+        self.resent = sql(f"SELECT key FROM doubt_resends WHERE {keys}")
+        self.counts = (
+            "SELECT rule_id, event, COUNT(*) AS n FROM delivery_events GROUP BY rule_id, event"
+        )
+        self.prune = tuple(
+            sql(text)
+            for text in (
+                "DELETE FROM delivery_events WHERE received_at < ?",
+                "DELETE FROM doubt_resends WHERE at < ?",
+            )
+        )
+
+
+@cache
+def statements(dialect: Dialect) -> EvidenceStatements:
+    """Return the evidence statements of ``dialect``, built once."""
+    return EvidenceStatements(dialect)
+
+
+class EvidenceTxn:
+    """Evidence reads and writes of one SQL transaction (see ``LedgerTxn``)."""
+
+    dialect: ClassVar[Dialect]
+
+    # Provided by SqlTxn.
+    def _run(self, sql: str, params: Params = ()) -> int:
+        raise NotImplementedError
+
+    def _rows(self, sql: str, params: Params = ()) -> list[Row]:
+        raise NotImplementedError
+
+    def _sends(self, sql: str, params: Params = ()) -> list[SendRecord]:
+        raise NotImplementedError
+
+    def _settle(self, records: Sequence[SendRecord], was: SendState) -> None:
+        raise NotImplementedError
+
+    @property
+    def _esql(self) -> EvidenceStatements:
+        return statements(self.dialect)
+
+    def add_delivery_events(self, events: Sequence[DeliveryEvent]) -> list[DeliveryEvent]:
+        d = self.dialect
+        added = []
+        for event in events:
+            params = (
+                event.sg_event_id,
+                event.key,
+                event.rule_id,
+                event.event.value,
+                d.time(event.at),
+                event.message_id,
+                d.text(event.detail),
+                d.time(event.received_at),
+            )
+            if self._rows(self._esql.add_event, params):
+                added.append(event)
+        return added
+
+    def settle_by_evidence(
+        self, at: datetime, keys: Collection[str] | None = None, limit: int = 1000
+    ) -> list[SendRecord]:
+        if keys is None:
+            found = self._sends(self._esql.in_doubt_evidenced, (max(limit, 0),))
+        else:
+            wanted = sorted(set(keys))
+            if not wanted:
+                return []
+            found = self._sends(self._esql.in_doubt_evidenced_of, (self.dialect.keys(wanted),))
+        at = as_utc(at)
+        settled = []
+        for send in found:
+            evidence = first_evidence(self.delivery_events(send.key))
+            done = settled_by_evidence(send, evidence, at)
+            params = (done.message_id, done.reason, self.dialect.time(at), send.key)
+            if self._run(self._esql.settle_sent, params) == 1:
+                settled.append(done)
+        return settled
+
+    def resend_unverified(
+        self, in_doubt_before: datetime, at: datetime, limit: int = 1000
+    ) -> list[SendRecord]:
+        d = self.dialect
+        found = self._sends(self._esql.unverified, (d.time(in_doubt_before), max(limit, 0)))
+        at = as_utc(at)
+        again = [resent_for_verify(send, at) for send in found]
+        self._settle(again, SendState.IN_DOUBT)
+        for send in again:
+            self._run(self._esql.mark_resent, (send.key, d.time(at)))
+        return again
+
+    def delivery_events(self, key: str) -> list[DeliveryEvent]:
+        return [self._event(row) for row in self._rows(self._esql.events_of, (key,))]
+
+    def doubt_resent(self, keys: Collection[str]) -> set[str]:
+        wanted = sorted(set(keys))
+        if not wanted:
+            return set()
+        return {row["key"] for row in self._rows(self._esql.resent, (self.dialect.keys(wanted),))}
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for row in self._rows(self._esql.counts):
+            counts.setdefault(row["rule_id"], {})[row["event"]] = int(row["n"])
+        return counts
+
+    def prune_evidence(self, before: datetime) -> int:
+        cutoff = (self.dialect.time(before),)
+        return sum(self._run(sql, cutoff) for sql in self._esql.prune)
+
+    def _event(self, row: Row) -> DeliveryEvent:
+        time = self.dialect.rows.time
+        return DeliveryEvent(
+            sg_event_id=row["sg_event_id"],
+            key=row["key"],
+            rule_id=row["rule_id"],
+            event=DeliveryEventType(row["event"]),
+            at=time(row["at"]),
+            message_id=row["message_id"],
+            detail=row["detail"],
+            received_at=time(row["received_at"]),
+        )
