@@ -123,9 +123,7 @@ def test_evidence_settles_an_in_doubt_send_as_sent(ledger: Ledger, t0: datetime)
     # evidence moves only in_doubt sends: never one that is pending, in flight or finished
     [SendState.SCHEDULED, SendState.SENDING, SendState.SENT, SendState.FAILED],
 )
-def test_evidence_moves_only_in_doubt_sends(
-    ledger: Ledger, t0: datetime, state: SendState
-) -> None:
+def test_evidence_moves_only_in_doubt_sends(ledger: Ledger, t0: datetime, state: SendState) -> None:
     put(ledger, make_send("k1", t0), state, t0)
     with ledger.transaction() as txn:
         txn.add_delivery_events([event("e1", "k1", t0)])
