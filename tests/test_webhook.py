@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from trigmail.config import load_config
 from trigmail.decisions import Payload
 from trigmail.errors import ConfigError
+from trigmail.evidence import DeliveryEvent, DeliveryEventType
 from trigmail.ledger import MemoryLedger, SqliteLedger
 from trigmail.ledger.base import Ledger, SendRecord, SendState
 from trigmail.providers.base import Email
@@ -265,3 +266,59 @@ def test_verify_waits_then_the_window_is_the_config(tmp_path: Path) -> None:
     path = tmp_path / "trigmail.yaml"
     path.write_text("delivery: {verify_after: 30m}\n", encoding="utf-8")
     assert load_config(path, environ={}).delivery.verify_after_s == 1800
+
+
+# -- status and ledger in-doubt ---------------------------------------------------------------
+
+
+def test_status_and_in_doubt_show_evidence_states_and_delivery_per_rule(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.serve_harness import clean_env
+
+    path = tmp_path / "ledger.db"
+    ledger = SqliteLedger(path)
+    try:
+        in_doubt(ledger, "welcome:skip", OnDoubt.SKIP)
+        in_doubt(ledger, "welcome:verify", OnDoubt.VERIFY)
+        in_doubt(ledger, "welcome:resent", OnDoubt.VERIFY)
+        now = datetime.now(UTC)
+        with ledger.transaction() as txn:
+            assert txn.resend_unverified(now, now)  # both verify sends, sent again
+            txn.claim(["welcome:resent"], now)
+            txn.finish(["welcome:resent"], SendState.IN_DOUBT, now)
+        in_doubt(ledger, "welcome:waiting", OnDoubt.VERIFY)  # in doubt since now: waits
+        with ledger.transaction() as txn:
+            # the other one's evidence came; the rule's sends had a click too
+            txn.add_delivery_events(
+                [_stored("s1", "welcome:verify", "processed"), _stored("s2", "welcome:x", "click")]
+            )
+    finally:
+        ledger.close()
+
+    def run(*args: str) -> object:
+        done = subprocess.run(
+            [sys.executable, "-m", "trigmail", *args, "--ledger", str(path), "--format", "json"],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            check=True,
+        )
+        return json.loads(done.stdout)
+
+    status = run("status")
+    assert status["delivery"] == {"welcome": {"click": 1, "processed": 1}}  # type: ignore[index]
+    by_key = {s["key"]: s["evidence"] for s in status["in_doubt"]}  # type: ignore[index]
+    assert by_key == {
+        "welcome:skip": "awaiting_evidence",
+        "welcome:resent": "resent_no_evidence",
+        "welcome:waiting": "awaiting_verify",
+    }
+    listed = run("ledger", "in-doubt")
+    assert {s["key"]: s["evidence"] for s in listed} == by_key  # type: ignore[attr-defined]
+
+
+def _stored(sg_event_id: str, key: str, kind: str) -> DeliveryEvent:
+    at = datetime.now(UTC)
+    return DeliveryEvent(sg_event_id, key, "welcome", DeliveryEventType(kind), at, None, "", at)
