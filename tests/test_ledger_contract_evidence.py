@@ -208,3 +208,15 @@ def test_verify_is_stored_as_the_on_doubt_of_a_send(ledger: Ledger, t0: datetime
     send = ledger.get_send("k1")
     assert send is not None
     assert send.on_doubt == OnDoubt.VERIFY
+
+
+def test_a_large_batch_is_stored_whole_and_once(ledger: Ledger, t0: datetime) -> None:
+    # SendGrid posts up to about a thousand events at once; some redelivered in the same batch
+    batch = [event(f"e{i}", f"k{i % 300}", t0) for i in range(1100)]
+    batch += [event("e7", "k7", t0), event("e1099", "k1", t0)]
+    with ledger.transaction() as txn:
+        added = txn.add_delivery_events(batch)
+    assert [e.sg_event_id for e in added] == [f"e{i}" for i in range(1100)]
+    assert ledger.delivery_counts() == {"cart": {"processed": 1100}}
+    with ledger.transaction() as txn:
+        assert txn.add_delivery_events(batch) == []

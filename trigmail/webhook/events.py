@@ -24,8 +24,11 @@ RULE_ARG: Final = "trigmail_rule"
 MAX_ID_CHARS: Final = 512
 MAX_DETAIL_CHARS: Final = 300
 _TYPES: Final = {t.value: t for t in DeliveryEventType if t is not DeliveryEventType.OTHER}
-# What tells an outcome apart, per type, in the order shown.
+# What tells an outcome apart, in the order shown; only the types with such fields are read.
 _DETAIL_FIELDS: Final = ("type", "reason", "bounce_classification", "status", "url", "response")
+_PLAIN_TYPES: Final = frozenset(
+    {DeliveryEventType.PROCESSED, DeliveryEventType.DELIVERED, DeliveryEventType.OPEN}
+)
 
 
 class MalformedBodyError(ValueError):
@@ -76,14 +79,15 @@ def parse_event(item: dict[str, Any], received_at: datetime) -> DeliveryEvent | 
     at = _time(item.get("timestamp"))
     if key is None or sg_event_id is None or not isinstance(kind, str) or at is None:
         return None
+    event_type = _TYPES.get(kind, DeliveryEventType.OTHER)
     return DeliveryEvent(
         sg_event_id=sg_event_id,
         key=key,
         rule_id=_text(item.get(RULE_ARG)) or "",
-        event=_TYPES.get(kind, DeliveryEventType.OTHER),
+        event=event_type,
         at=at,
         message_id=_text(item.get("sg_message_id")),
-        detail=_detail(item),
+        detail="" if event_type in _PLAIN_TYPES else _detail(item),
         received_at=received_at,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import re
 from collections.abc import Iterable
 from typing import Final
@@ -79,8 +80,11 @@ class WebhookMetrics:
         self.requests.labels(outcome=outcome).inc()
 
     def record_events(self, stored: Iterable[DeliveryEvent], duplicates: int) -> None:
-        for event in stored:
-            self.events.labels(rule=rule_label(event.rule_id), event=event.event.value).inc()
+        # Counted first: a label lookup per event cost more than the rest of the counting.
+        for (rule_id, kind), count in collections.Counter(
+            (e.rule_id, e.event) for e in stored
+        ).items():
+            self.events.labels(rule=rule_label(rule_id), event=kind.value).inc(count)
         if duplicates:
             self.duplicates.inc(duplicates)
 
@@ -91,8 +95,8 @@ class WebhookMetrics:
             self.skipped.labels(why="invalid").inc(invalid)
 
     def record_settled(self, sends: Iterable[SendRecord]) -> None:
-        for send in sends:
-            self.settled.labels(rule=send.rule_id).inc()
+        for rule_id, count in collections.Counter(send.rule_id for send in sends).items():
+            self.settled.labels(rule=rule_id).inc(count)
 
     def record_resent(self, sends: Iterable[SendRecord]) -> None:
         for send in sends:

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 from trigmail.evidence import (
     DeliveryEvent,
     DeliveryEventType,
-    first_evidence,
     resent_for_verify,
     settled_by_evidence,
 )
@@ -26,6 +25,9 @@ from trigmail.sends import SendRecord, SendState
 
 # The same as trigmail.ledger.sql.txn.Params (which imports this module).
 Params = Sequence[Any] | Mapping[str, Any]
+
+# Events inserted by one statement at most (8 parameters each: far below SQLite's limit).
+INSERT_CHUNK = 250
 
 _EVENT_COLUMNS = "sg_event_id, key, rule_id, event, at, message_id, detail, received_at"
 
@@ -38,11 +40,18 @@ class EvidenceStatements:
             return text.replace("?", d.placeholder)
 
         keys = d.in_list.format(column="key")
-        self.add_event = sql(
-            f"INSERT INTO delivery_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (sg_event_id) DO NOTHING RETURNING sg_event_id"
+        row = "(?, ?, ?, ?, ?, ?, ?, ?)"
+        # One statement per chunk of events: a statement per event cost a round trip each.
+        self.add_events = tuple(
+            sql(
+                f"INSERT INTO delivery_events ({_EVENT_COLUMNS}) VALUES "
+                + ", ".join([row] * size)
+                + " ON CONFLICT (sg_event_id) DO NOTHING RETURNING sg_event_id"
+            )
+            for size in range(INSERT_CHUNK + 1)
         )
-        evidenced = "key IN (SELECT key FROM delivery_events)"
+        # EXISTS finds a send's events by the key index; IN (SELECT key ...) read them all.
+        evidenced = "EXISTS (SELECT 1 FROM delivery_events AS e WHERE e.key = sends.key)"
         self.in_doubt_evidenced = sql(
             f"SELECT * FROM sends WHERE state = 'in_doubt' AND {evidenced}"
             f" ORDER BY key LIMIT ?{d.for_update}"
@@ -52,6 +61,9 @@ class EvidenceStatements:
             f" ORDER BY key{d.for_update}"
         )
         self.events_of = sql("SELECT * FROM delivery_events WHERE key = ? ORDER BY at, sg_event_id")
+        self.events_of_keys = sql(
+            f"SELECT * FROM delivery_events WHERE {keys} ORDER BY key, at, sg_event_id"
+        )
         self.settle_sent = sql(
             "UPDATE sends SET state = 'sent', message_id = ?, reason = ?, updated_at = ?"
             f"{d.end_lease} WHERE key = ? AND state = 'in_doubt'"
@@ -59,7 +71,7 @@ class EvidenceStatements:
         self.unverified = sql(
             "SELECT * FROM sends WHERE state = 'in_doubt' AND on_doubt = 'verify'"
             f" AND updated_at <= ? AND NOT {evidenced}"
-            " AND key NOT IN (SELECT key FROM doubt_resends)"
+            " AND NOT EXISTS (SELECT 1 FROM doubt_resends AS r WHERE r.key = sends.key)"
             f" ORDER BY updated_at, key LIMIT ?{d.for_update}"
         )
         self.mark_resent = sql(
@@ -99,6 +111,9 @@ class EvidenceTxn:
     def _sends(self, sql: str, params: Params = ()) -> list[SendRecord]:
         raise NotImplementedError
 
+    def _many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
     def _settle(self, records: Sequence[SendRecord], was: SendState) -> None:
         raise NotImplementedError
 
@@ -108,21 +123,31 @@ class EvidenceTxn:
 
     def add_delivery_events(self, events: Sequence[DeliveryEvent]) -> list[DeliveryEvent]:
         d = self.dialect
-        added = []
+        # The first of each sg_event_id: a statement cannot insert one row twice.
+        firsts: dict[str, DeliveryEvent] = {}
         for event in events:
-            params = (
-                event.sg_event_id,
-                event.key,
-                event.rule_id,
-                event.event.value,
-                d.time(event.at),
-                event.message_id,
-                d.text(event.detail),
-                d.time(event.received_at),
-            )
-            if self._rows(self._esql.add_event, params):
-                added.append(event)
-        return added
+            firsts.setdefault(event.sg_event_id, event)
+        unique = list(firsts.values())
+        inserted: set[str] = set()
+        for first in range(0, len(unique), INSERT_CHUNK):
+            chunk = unique[first : first + INSERT_CHUNK]
+            params = [
+                value
+                for event in chunk
+                for value in (
+                    event.sg_event_id,
+                    event.key,
+                    event.rule_id,
+                    event.event.value,
+                    d.time(event.at),
+                    event.message_id,
+                    d.text(event.detail),
+                    d.time(event.received_at),
+                )
+            ]
+            rows = self._rows(self._esql.add_events[len(chunk)], params)
+            inserted.update(row["sg_event_id"] for row in rows)
+        return [event for event in unique if event.sg_event_id in inserted]
 
     def settle_by_evidence(
         self, at: datetime, keys: Collection[str] | None = None, limit: int = 1000
@@ -134,14 +159,19 @@ class EvidenceTxn:
             if not wanted:
                 return []
             found = self._sends(self._esql.in_doubt_evidenced_of, (self.dialect.keys(wanted),))
+        if not found:
+            return []
         at = as_utc(at)
-        settled = []
-        for send in found:
-            evidence = first_evidence(self.delivery_events(send.key))
-            done = settled_by_evidence(send, evidence, at)
-            params = (done.message_id, done.reason, self.dialect.time(at), send.key)
-            if self._run(self._esql.settle_sent, params) == 1:
-                settled.append(done)
+        rows = self._rows(self._esql.events_of_keys, (self.dialect.keys([s.key for s in found]),))
+        firsts: dict[str, DeliveryEvent] = {}
+        for row in rows:
+            firsts.setdefault(row["key"], self._event(row))  # ordered: the first is the earliest
+        settled = [settled_by_evidence(send, firsts[send.key], at) for send in found]
+        time = self.dialect.time(at)
+        self._many(
+            self._esql.settle_sent,
+            [(done.message_id, done.reason, time, done.key) for done in settled],
+        )
         return settled
 
     def resend_unverified(
