@@ -26,9 +26,6 @@ from trigmail.sends import SendRecord, SendState
 # The same as trigmail.ledger.sql.txn.Params (which imports this module).
 Params = Sequence[Any] | Mapping[str, Any]
 
-# Events inserted by one statement at most (8 parameters each: far below SQLite's limit).
-INSERT_CHUNK = 250
-
 _EVENT_COLUMNS = "sg_event_id, key, rule_id, event, at, message_id, detail, received_at"
 
 
@@ -40,15 +37,11 @@ class EvidenceStatements:
             return text.replace("?", d.placeholder)
 
         keys = d.in_list.format(column="key")
-        row = "(?, ?, ?, ?, ?, ?, ?, ?)"
-        # One statement per chunk of events: a statement per event cost a round trip each.
-        self.add_events = tuple(
-            sql(
-                f"INSERT INTO delivery_events ({_EVENT_COLUMNS}) VALUES "
-                + ", ".join([row] * size)
-                + " ON CONFLICT (sg_event_id) DO NOTHING RETURNING sg_event_id"
-            )
-            for size in range(INSERT_CHUNK + 1)
+        ids = d.in_list.format(column="sg_event_id")
+        self.stored_ids = sql(f"SELECT sg_event_id FROM delivery_events WHERE {ids}")
+        self.add_event = sql(
+            f"INSERT INTO delivery_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (sg_event_id) DO NOTHING"
         )
         # EXISTS finds a send's events by the key index; IN (SELECT key ...) read them all.
         evidenced = "EXISTS (SELECT 1 FROM delivery_events AS e WHERE e.key = sends.key)"
@@ -128,26 +121,29 @@ class EvidenceTxn:
         for event in events:
             firsts.setdefault(event.sg_event_id, event)
         unique = list(firsts.values())
-        inserted: set[str] = set()
-        for first in range(0, len(unique), INSERT_CHUNK):
-            chunk = unique[first : first + INSERT_CHUNK]
-            params = [
-                value
-                for event in chunk
-                for value in (
-                    event.sg_event_id,
-                    event.key,
-                    event.rule_id,
-                    event.event.value,
-                    d.time(event.at),
-                    event.message_id,
-                    d.text(event.detail),
-                    d.time(event.received_at),
-                )
-            ]
-            rows = self._rows(self._esql.add_events[len(chunk)], params)
-            inserted.update(row["sg_event_id"] for row in rows)
-        return [event for event in unique if event.sg_event_id in inserted]
+        # Which are new is read first, then all are inserted in one executemany (pipelined on
+        # PostgreSQL): a statement with a row per event, or one RETURNING statement per event,
+        # cost more. Two workers storing one event at once may both count it as new; it is
+        # stored once either way.
+        ids = d.keys([event.sg_event_id for event in unique])
+        stored = {row["sg_event_id"] for row in self._rows(self._esql.stored_ids, (ids,))}
+        new = [event for event in unique if event.sg_event_id not in stored]
+        params = [
+            (
+                event.sg_event_id,
+                event.key,
+                event.rule_id,
+                event.event.value,
+                d.time(event.at),
+                event.message_id,
+                d.text(event.detail),
+                d.time(event.received_at),
+            )
+            for event in new
+        ]
+        if params:
+            self._many(self._esql.add_event, params)
+        return new
 
     def settle_by_evidence(
         self, at: datetime, keys: Collection[str] | None = None, limit: int = 1000
