@@ -163,3 +163,30 @@ def test_verify_with_the_webhook_sends_each_email_once_and_leaves_none_in_doubt(
         assert opened.status().counts[SendState.IN_DOUBT] == 0
     finally:
         opened.close()
+
+
+def test_a_lost_webhook_under_verify_means_one_second_email_never_a_third(
+    tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    # The residual risk of verify, measured: SendGrid accepted the request, the answer was lost,
+    # and so were its events. After the window the email goes out again, once.
+    fake.rates = FaultRates()
+    fake.inject(Fault(FaultKind.RESET_AFTER_ACCEPT))
+    private, public = make_key()
+    ledger = tmp_path / "ledger.db"
+    with _serve(tmp_path, fake, public) as serve:
+        match = serve.wait_line(_WEBHOOK_LINE)
+        serve.wait_ready()
+        url = f"http://{match.group(2)}:{match.group(3)}{match.group(1)}"
+        poster = WebhookPoster(url, private, WebhookFaults(loss_rate=1.0), seed=1)
+        fake.on_accept = poster.accepted
+        try:
+            append_events(tmp_path / "events.jsonl", [_event(0)])
+            wait_for(lambda: len(fake.accepted_keys()) == 2, "the send to go out again", 30)
+            final = wait_for(lambda: _settled(ledger, 1), "the second attempt to settle", 30)
+        finally:
+            poster.stop()
+        assert serve.stop() == 0
+    assert final == {"sent": 1}
+    assert fake.accepted_keys() == ["verified:e0", "verified:e0"]
+    assert len(poster.lost) == 4  # processed and delivered, of both requests
