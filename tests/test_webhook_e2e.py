@@ -129,6 +129,13 @@ def test_verify_with_the_webhook_sends_each_email_once_and_leaves_none_in_doubt(
 
             wait_for(done, "every send to be sent once the window has passed", 60)
             assert poster.wait_idle(30)
+            metrics = serve.get("/metrics")[1]
+            for counter in ("settled_by_evidence", "resent_unverified"):
+                line = f'trigmail_sends_{counter}_total{{rule="verified"}} '
+                assert any(
+                    s.startswith(line) and float(s.split()[-1]) > 0 for s in metrics.splitlines()
+                )
+            assert 'trigmail_webhook_events_total{event="delivered",rule="verified"}' in metrics
         except AssertionError:
             print(serve.stderr[-6000:])  # what serve did, beside pytest's report
             raise
