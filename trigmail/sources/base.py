@@ -38,6 +38,8 @@ class SourceItem:
         deliveries: how many times the item was delivered (always 1 for the spool).
         order: text that sorts items as they entered the source, where several readers may
             decide them out of that order (a Redis entry id); ``None`` for one reader.
+        entered_at: when the item entered the source, by the source's clock, where ``order``
+            follows it (a Redis entry id's time); ``None`` otherwise.
     """
 
     data: bytes
@@ -45,6 +47,7 @@ class SourceItem:
     ref: str
     deliveries: int = 1
     order: str | None = None
+    entered_at: datetime | None = None
 
 
 class SourceReason(StrEnum):
