@@ -1,35 +1,17 @@
 """The ledger contract for delivery evidence (SendGrid's Event Webhook): every ledger passes
-these same tests."""
+these same tests (the ``ledger`` fixture of tests/ledger_helpers.py runs each on all of them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from trigmail.decisions import Payload
 from trigmail.errors import LedgerError
 from trigmail.evidence import VERIFY_RESENT, DeliveryEvent, DeliveryEventType
-from trigmail.ledger import MemoryLedger, PostgresLedger, SqliteLedger
 from trigmail.ledger.base import Ledger, SendRecord, SendState
 from trigmail.rules.model import Address, OnDoubt
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path, t0: datetime) -> Iterator[Ledger]:
-    opened: Ledger
-    if request.param == "memory":
-        opened = MemoryLedger(clock=lambda: t0)
-    elif request.param == "sqlite":
-        opened = SqliteLedger(tmp_path / "ledger.db", clock=lambda: t0)
-    else:
-        opened = PostgresLedger(request.getfixturevalue("postgres_dsn"), clock=lambda: t0)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def make_send(key: str, at: datetime, on_doubt: OnDoubt = OnDoubt.SKIP) -> SendRecord:
