@@ -6,7 +6,7 @@ import json
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -322,3 +322,31 @@ def test_status_and_in_doubt_show_evidence_states_and_delivery_per_rule(tmp_path
 def _stored(sg_event_id: str, key: str, kind: str) -> DeliveryEvent:
     at = datetime.now(UTC)
     return DeliveryEvent(sg_event_id, key, "welcome", DeliveryEventType(kind), at, None, "", at)
+
+
+# -- the serve loop's sweep ---------------------------------------------------------------------
+
+
+def test_the_sweep_settles_evidence_that_came_first_and_resends_unverified_once() -> None:
+    from trigmail.webhook.reconcile import Reconciler
+
+    ledger = MemoryLedger()
+    registry = CollectorRegistry()
+    ticks = [0.0]
+    sweep = Reconciler(ledger, WebhookMetrics(registry), 60, monotonic=lambda: ticks[0])
+    in_doubt(ledger, "welcome:hung", OnDoubt.SKIP)
+    in_doubt(ledger, "welcome:lost", OnDoubt.VERIFY)
+    with ledger.transaction() as txn:  # stored while the send was still in flight
+        txn.add_delivery_events([_stored("s1", "welcome:hung", "processed")])
+    now = datetime.now(UTC)
+    assert sweep.step(now) is False  # evidence settles; the verify window is not over
+    assert ledger.get_send("welcome:hung").state == SendState.SENT  # type: ignore[union-attr]
+    assert ledger.get_send("welcome:lost").state == SendState.IN_DOUBT  # type: ignore[union-attr]
+    later = now + timedelta(seconds=61)
+    assert sweep.step(later) is False  # within its period (15 s for a 60 s window): no sweep
+    ticks[0] = sweep.interval_s
+    assert sweep.step(later) is True  # sent again, once
+    assert ledger.get_send("welcome:lost").state == SendState.SCHEDULED  # type: ignore[union-attr]
+    labels = {"rule": "welcome"}
+    assert registry.get_sample_value("trigmail_sends_settled_by_evidence_total", labels) == 1
+    assert registry.get_sample_value("trigmail_sends_resent_unverified_total", labels) == 1
