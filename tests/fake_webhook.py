@@ -53,7 +53,8 @@ class WebhookPoster:
     """Posts signed events for accepted requests to ``url`` from a thread, until :meth:`stop`.
 
     Args:
-        url: trigmail's webhook endpoint.
+        url: trigmail's webhook endpoint, or several (each post goes to the next, in turn, as
+            SendGrid's posts reach any of several workers behind a balancer).
         private_key: signs each post, as SendGrid's key does.
         faults: delay, duplicates, reordering and loss.
         seed: seeds every random choice.
@@ -61,12 +62,14 @@ class WebhookPoster:
 
     def __init__(
         self,
-        url: str,
+        url: str | list[str],
         private_key: ec.EllipticCurvePrivateKey,
         faults: WebhookFaults | None = None,
         seed: int = 0,
     ) -> None:
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.posts_by_url: dict[str, int] = dict.fromkeys(self.urls, 0)
+        self._turn = 0
         self._key = private_key
         self.faults = faults or WebhookFaults()
         self._rng = random.Random(seed)
@@ -141,14 +144,17 @@ class WebhookPoster:
 
     def _post(self, batch: list[dict[str, Any]]) -> None:
         body = json.dumps(batch).encode()
+        url = self.urls[self._turn % len(self.urls)]
+        self._turn += 1
         try:
-            status = post(self.url, body, signed_headers(self._key, body))
+            status = post(url, body, signed_headers(self._key, body))
         except OSError as exc:
             status = 0
             logger.debug("fake webhook: post failed: %s", exc)
         if 200 <= status < 300:
             with self._lock:
                 self.posted += batch
+                self.posts_by_url[url] += 1
             return
         self.failures += 1
         with self._lock:  # SendGrid tries again later

@@ -55,18 +55,30 @@ def fake() -> Iterator[FakeSendGrid]:
         yield running
 
 
-def _serve(tmp_path: Path, fake: FakeSendGrid, public_key: str) -> Serve:
-    (tmp_path / "rules").mkdir()
+def _serve(
+    tmp_path: Path,
+    fake: FakeSendGrid,
+    public_key: str,
+    *,
+    name: str = "trigmail",
+    ledger: str | None = None,
+) -> Serve:
+    """A serve of config ``<name>.yaml`` reading spool ``<name>.jsonl`` (``events.jsonl`` for
+    the default name), on ``ledger`` (default ``ledger.db``), with the webhook on."""
+    (tmp_path / "rules").mkdir(exist_ok=True)
     (tmp_path / "rules" / "verified.yaml").write_text(RULES, encoding="utf-8")
+    spool = tmp_path / ("events.jsonl" if name == "trigmail" else f"{name}.jsonl")
     config = write_config(
-        tmp_path / "trigmail.yaml",
+        tmp_path / f"{name}.yaml",
         fake_url=fake.url,
-        source={"spool": str(tmp_path / "events.jsonl")},
+        source={"spool": str(spool)},
         rules_dir=tmp_path / "rules",
         ledger=tmp_path / "ledger.db",
         delivery={"verify_after": f"{VERIFY_AFTER_S}s", "max_attempts": 50},
     )
     document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    if ledger is not None:
+        document["ledger"] = ledger
     document["webhook"] = {"listen": "127.0.0.1:0", "public_key": public_key, "max_age": "5m"}
     config.write_text(yaml.safe_dump(document), encoding="utf-8")
     args = ["--config", str(config), "--metrics-listen", "127.0.0.1:0"]
@@ -197,3 +209,50 @@ def test_a_lost_webhook_under_verify_means_one_second_email_never_a_third(
     assert final == {"sent": 1}
     assert fake.accepted_keys() == ["verified:e0", "verified:e0"]
     assert len(poster.lost) == 4  # processed and delivered, of both requests
+
+
+def _webhook_url(serve: Serve) -> str:
+    match = serve.wait_line(_WEBHOOK_LINE)
+    return f"http://{match.group(2)}:{match.group(3)}{match.group(1)}"
+
+
+@pytest.mark.postgres
+def test_any_of_several_workers_may_receive_any_event(
+    tmp_path: Path, fake: FakeSendGrid, postgres_dsn: str
+) -> None:
+    # Two workers share a PostgreSQL ledger, each with a spool and a webhook listener of its
+    # own; SendGrid posts each batch to either. Sends in doubt at one worker are settled by
+    # events the other received.
+    private, public = make_key()
+    fake.rates = FaultRates()
+    kinds = (FaultKind.HANG_AFTER_ACCEPT, FaultKind.RESET_AFTER_ACCEPT, FaultKind.SERVER_ERROR)
+    fake.inject(*(Fault(kind) for kind in kinds * 2))
+    workers = [_serve(tmp_path, fake, public, name=n, ledger=postgres_dsn) for n in ("a", "b")]
+    with workers[0] as first, workers[1] as second:
+        urls = [_webhook_url(first), _webhook_url(second)]
+        first.wait_ready()
+        second.wait_ready()
+        poster = WebhookPoster(urls, private, WebhookFaults(delay_s=0.3, reorder=True), seed=2)
+        fake.on_accept = poster.accepted
+        opened = open_ledger(postgres_dsn)
+        try:
+            for index, spool in enumerate(("a.jsonl", "b.jsonl")):
+                events = [_event(i) for i in range(index * 10, index * 10 + 10)]
+                append_events(tmp_path / spool, events)
+
+            def done() -> bool:
+                counts = opened.status().counts
+                return counts[SendState.SENT] == 20 and counts[SendState.IN_DOUBT] == 0
+
+            wait_for(done, "every send to be sent, none left in doubt", 60)
+            settled = [s for s in opened.status(limit=100).recent if s.reason]
+        finally:
+            opened.close()
+            poster.stop()
+        assert first.stop() == 0
+        assert second.stop() == 0
+    keys = Counter(fake.accepted_keys())
+    assert len(keys) == 20
+    assert [key for key, n in keys.items() if n > 1] == []
+    assert any((s.reason or "").startswith("evidence:") for s in settled)
+    assert poster.posts_by_url[urls[0]] and poster.posts_by_url[urls[1]]
