@@ -69,6 +69,11 @@ class EvidenceStatements:
             "UPDATE sends SET state = 'sent', message_id = ?, reason = ?, updated_at = ?"
             f"{d.end_lease} WHERE key = ? AND state = 'in_doubt'"
         )
+        self.settle_sent_arrays = sql(
+            "UPDATE sends SET state = 'sent', message_id = u.message_id, reason = u.reason,"
+            f" updated_at = ?{d.end_lease} FROM unnest(?::text[], ?::text[], ?::text[])"
+            " AS u(key, message_id, reason) WHERE sends.key = u.key AND sends.state = 'in_doubt'"
+        )
         self.unverified = sql(
             "SELECT * FROM sends WHERE state = 'in_doubt' AND on_doubt = 'verify'"
             f" AND updated_at <= ? AND NOT {evidenced}"
@@ -192,10 +197,16 @@ class EvidenceTxn:
             firsts.setdefault(row["key"], self._event(row))  # ordered: the first is the earliest
         settled = [settled_by_evidence(send, firsts[send.key], at) for send in found]
         time = self.dialect.time(at)
-        self._many(
-            self._esql.settle_sent,
-            [(done.message_id, done.reason, time, done.key) for done in settled],
-        )
+        if self._esql.arrays:
+            keys = [done.key for done in settled]
+            message_ids = [done.message_id for done in settled]
+            reasons = [done.reason for done in settled]
+            self._run(self._esql.settle_sent_arrays, (time, keys, message_ids, reasons))
+        else:
+            self._many(
+                self._esql.settle_sent,
+                [(done.message_id, done.reason, time, done.key) for done in settled],
+            )
         return settled
 
     def resend_unverified(
