@@ -202,3 +202,13 @@ def test_a_large_batch_is_stored_whole_and_once(ledger: Ledger, t0: datetime) ->
     assert ledger.delivery_counts() == {"cart": {"processed": 1100}}
     with ledger.transaction() as txn:
         assert txn.add_delivery_events(batch) == []
+
+
+def test_an_event_without_a_message_id_settles_too(ledger: Ledger, t0: datetime) -> None:
+    put(ledger, make_send("k1", t0), SendState.IN_DOUBT, t0)
+    with ledger.transaction() as txn:
+        txn.add_delivery_events([event("e1", "k1", t0, DeliveryEventType.DROPPED, None)])
+        assert [s.key for s in txn.settle_by_evidence(t0)] == ["k1"]
+    send = ledger.get_send("k1")
+    assert send is not None
+    assert (send.state, send.message_id, send.reason) == (SendState.SENT, None, "evidence:dropped")
