@@ -9,7 +9,7 @@ import pytest
 
 from trigmail.decisions import Payload
 from trigmail.errors import LedgerError
-from trigmail.evidence import VERIFY_RESENT, DeliveryEvent, DeliveryEventType
+from trigmail.evidence import VERIFY_RESENT, DeliveryEvent, DeliveryEventType, EvidenceState
 from trigmail.ledger.base import Ledger, SendRecord, SendState
 from trigmail.rules.model import Address, OnDoubt
 
@@ -212,3 +212,23 @@ def test_an_event_without_a_message_id_settles_too(ledger: Ledger, t0: datetime)
     send = ledger.get_send("k1")
     assert send is not None
     assert (send.state, send.message_id, send.reason) == (SendState.SENT, None, "evidence:dropped")
+
+
+def test_in_doubt_sends_are_counted_by_evidence_state(ledger: Ledger, t0: datetime) -> None:
+    assert set(ledger.in_doubt_by_evidence().values()) == {0}
+    put(ledger, make_send("skip", t0), SendState.IN_DOUBT, t0)
+    put(ledger, make_send("seen", t0), SendState.IN_DOUBT, t0)
+    put(ledger, make_send("waits", t0, OnDoubt.VERIFY), SendState.IN_DOUBT, t0)
+    put(ledger, make_send("again", t0, OnDoubt.VERIFY), SendState.IN_DOUBT, t0 - timedelta(hours=2))
+    put(ledger, make_send("done", t0), SendState.SENT, t0)
+    with ledger.transaction() as txn:
+        txn.add_delivery_events([event("e1", "seen", t0), event("e2", "done", t0)])
+        assert [s.key for s in txn.resend_unverified(t0 - timedelta(hours=1), t0)] == ["again"]
+        assert txn.claim(["again"], t0)
+        txn.finish(["again"], SendState.IN_DOUBT, t0)
+    assert ledger.in_doubt_by_evidence() == {
+        EvidenceState.AWAITING_EVIDENCE: 1,
+        EvidenceState.EVIDENCE_RECEIVED: 1,
+        EvidenceState.AWAITING_VERIFY: 1,
+        EvidenceState.RESENT_NO_EVIDENCE: 1,
+    }

@@ -342,6 +342,8 @@ def test_the_sweep_settles_evidence_that_came_first_and_resends_unverified_once(
     assert sweep.step(now) is False  # evidence settles; the verify window is not over
     assert ledger.get_send("welcome:hung").state == SendState.SENT  # type: ignore[union-attr]
     assert ledger.get_send("welcome:lost").state == SendState.IN_DOUBT  # type: ignore[union-attr]
+    waiting = {"evidence": "awaiting_verify"}
+    assert registry.get_sample_value("trigmail_sends_in_doubt_by_evidence", waiting) == 1
     later = now + timedelta(seconds=61)
     assert sweep.step(later) is False  # within its period (15 s for a 60 s window): no sweep
     ticks[0] = sweep.interval_s
@@ -350,3 +352,5 @@ def test_the_sweep_settles_evidence_that_came_first_and_resends_unverified_once(
     labels = {"rule": "welcome"}
     assert registry.get_sample_value("trigmail_sends_settled_by_evidence_total", labels) == 1
     assert registry.get_sample_value("trigmail_sends_resent_unverified_total", labels) == 1
+    gauge = "trigmail_sends_in_doubt_by_evidence"
+    assert registry.get_sample_value(gauge, {"evidence": "awaiting_verify"}) == 0

@@ -33,6 +33,15 @@ class DeliveryEventType(StrEnum):
     OTHER = "other"
 
 
+class EvidenceState(StrEnum):
+    """What is known of an ``in_doubt`` send's fate (docs/webhook.md, "What each state means")."""
+
+    AWAITING_EVIDENCE = "awaiting_evidence"  # not verify: evidence settles it, nothing resends it
+    AWAITING_VERIFY = "awaiting_verify"  # verify: evidence settles it, or it is sent again once
+    RESENT_NO_EVIDENCE = "resent_no_evidence"  # verify, sent again once, in doubt again
+    EVIDENCE_RECEIVED = "evidence_received"  # an event came: the next sweep settles it
+
+
 # Engagement, counted per rule; every other type is a delivery outcome of the send.
 ENGAGEMENT: Final = frozenset({DeliveryEventType.OPEN, DeliveryEventType.CLICK})
 

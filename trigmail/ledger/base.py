@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from trigmail.decisions import LogEntry
-from trigmail.evidence import DeliveryEvent
+from trigmail.evidence import DeliveryEvent, EvidenceState
 from trigmail.records import record
 from trigmail.sends import DELIVERED_STATES, FINISHED_STATES, SendRecord, SendState, evolve
 
@@ -317,6 +317,10 @@ class Ledger(Protocol):
 
     def doubt_resent(self, keys: Collection[str]) -> set[str]:
         """Return which of ``keys`` were sent again under ``on_doubt: verify``."""
+        ...
+
+    def in_doubt_by_evidence(self) -> dict[EvidenceState, int]:
+        """Count the ``in_doubt`` sends by evidence state (every state, zeros included)."""
         ...
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
 from trigmail.evidence import (
     DeliveryEvent,
+    EvidenceState,
     first_evidence,
     resent_for_verify,
     settled_by_evidence,
@@ -546,6 +547,23 @@ class MemoryLedger:
     def doubt_resent(self, keys: Collection[str]) -> set[str]:
         with self._reading() as store:
             return {key for key in keys if key in store.resent}
+
+    def in_doubt_by_evidence(self) -> dict[EvidenceState, int]:
+        counts = dict.fromkeys(EvidenceState, 0)
+        with self._reading() as store:
+            for record in store.sends.values():
+                if record.state != SendState.IN_DOUBT:
+                    continue
+                if record.key in store.events_by_key:
+                    state = EvidenceState.EVIDENCE_RECEIVED
+                elif record.on_doubt != OnDoubt.VERIFY:
+                    state = EvidenceState.AWAITING_EVIDENCE
+                elif record.key in store.resent:
+                    state = EvidenceState.RESENT_NO_EVIDENCE
+                else:
+                    state = EvidenceState.AWAITING_VERIFY
+                counts[state] += 1
+        return counts
 
     def close(self) -> None:
         with self._lock:

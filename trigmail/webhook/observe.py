@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import collections
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from trigmail.evidence import DeliveryEvent, DeliveryEventType
+from trigmail.evidence import DeliveryEvent, DeliveryEventType, EvidenceState
 from trigmail.sends import SendRecord
 from trigmail.webhook.signature import Rejection
 
@@ -70,6 +70,13 @@ class WebhookMetrics:
             ["rule"],
             registry=registry,
         )
+        self.in_doubt = Gauge(
+            "trigmail_sends_in_doubt_by_evidence",
+            "Sends in doubt, by evidence state (awaiting_evidence, awaiting_verify, "
+            "resent_no_evidence, evidence_received); updated by serve's sweep.",
+            ["evidence"],
+            registry=registry,
+        )
         # Every outcome exists from the start, so rate() and alerts see a zero, not a gap.
         for outcome in (ACCEPTED, LEDGER_ERROR, *Rejection):
             self.requests.labels(outcome=outcome)
@@ -97,6 +104,10 @@ class WebhookMetrics:
     def record_settled(self, sends: Iterable[SendRecord]) -> None:
         for rule_id, count in collections.Counter(send.rule_id for send in sends).items():
             self.settled.labels(rule=rule_id).inc(count)
+
+    def record_in_doubt(self, counts: Mapping[EvidenceState, int]) -> None:
+        for state, count in counts.items():
+            self.in_doubt.labels(evidence=state.value).set(count)
 
     def record_resent(self, sends: Iterable[SendRecord]) -> None:
         for send in sends:

@@ -62,6 +62,7 @@ class Reconciler:
             resent = txn.resend_unverified(now - self._verify_after, now, limit=BATCH)
         self._metrics.record_settled(settled)
         self._metrics.record_resent(resent)
+        self._metrics.record_in_doubt(self._ledger.in_doubt_by_evidence())
         for send in settled:
             logger.info(
                 "send %s: in doubt, settled as sent by evidence (%s)", send.key, send.reason

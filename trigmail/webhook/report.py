@@ -15,21 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from enum import StrEnum
 from typing import Any
 
 from trigmail.events import format_ts
+from trigmail.evidence import EvidenceState
 from trigmail.ledger.base import Ledger, SendRecord
 from trigmail.rules.model import OnDoubt
-
-
-class EvidenceState(StrEnum):
-    """The evidence state of an in-doubt send (see the module's docstring)."""
-
-    AWAITING_EVIDENCE = "awaiting_evidence"
-    AWAITING_VERIFY = "awaiting_verify"
-    RESENT_NO_EVIDENCE = "resent_no_evidence"
-    EVIDENCE_RECEIVED = "evidence_received"
 
 
 def evidence_of(

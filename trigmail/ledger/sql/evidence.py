@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from trigmail.evidence import (
     DeliveryEvent,
     DeliveryEventType,
+    EvidenceState,
     resent_for_verify,
     settled_by_evidence,
 )
@@ -84,6 +85,16 @@ class EvidenceStatements:
             "INSERT INTO doubt_resends (key, at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
         )
         self.resent = sql(f"SELECT key FROM doubt_resends WHERE {keys}")
+        # The evidence state of each in-doubt send, as trigmail.webhook.report decides it.
+        self.doubt_states = (
+            "SELECT CASE"
+            f" WHEN {evidenced} THEN '{EvidenceState.EVIDENCE_RECEIVED.value}'"
+            f" WHEN on_doubt <> 'verify' THEN '{EvidenceState.AWAITING_EVIDENCE.value}'"
+            " WHEN EXISTS (SELECT 1 FROM doubt_resends AS r WHERE r.key = sends.key)"
+            f" THEN '{EvidenceState.RESENT_NO_EVIDENCE.value}'"
+            f" ELSE '{EvidenceState.AWAITING_VERIFY.value}' END AS evidence, COUNT(*) AS n"
+            " FROM sends WHERE state = 'in_doubt' GROUP BY 1"
+        )
         self.counts = (
             "SELECT rule_id, event, COUNT(*) AS n FROM delivery_events GROUP BY rule_id, event"
         )
@@ -229,6 +240,12 @@ class EvidenceTxn:
         if not wanted:
             return set()
         return {row["key"] for row in self._rows(self._esql.resent, (self.dialect.keys(wanted),))}
+
+    def in_doubt_by_evidence(self) -> dict[EvidenceState, int]:
+        counts = dict.fromkeys(EvidenceState, 0)
+        for row in self._rows(self._esql.doubt_states):
+            counts[EvidenceState(row["evidence"])] = int(row["n"])
+        return counts
 
     def delivery_counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
-from trigmail.evidence import DeliveryEvent
+from trigmail.evidence import DeliveryEvent, EvidenceState
 from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus
 from trigmail.ledger.rows import Row
 from trigmail.ledger.semantics import (
@@ -433,6 +433,10 @@ class SqlLedger(ABC):
     def doubt_resent(self, keys: Collection[str]) -> set[str]:
         with self._begun(self.dialect.begin_read) as txn:
             return txn.doubt_resent(keys)
+
+    def in_doubt_by_evidence(self) -> dict[EvidenceState, int]:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.in_doubt_by_evidence()
 
     def prune(self, before: datetime) -> int:
         with self._begun(self.dialect.begin_write) as txn:
