@@ -149,10 +149,8 @@ class EvidenceTxn:
             return []
         if self._esql.arrays:
             return self._add_as_arrays(unique)
-        # Which are new is read first, then all are inserted in one executemany (pipelined on
-        # PostgreSQL): a statement with a row per event, or one RETURNING statement per event,
-        # cost more. Two workers storing one event at once may both count it as new; it is
-        # stored once either way.
+        # Which are new is read first, then all are inserted in one executemany: SQLite runs
+        # one writing transaction at a time, so what the read found still holds.
         ids = d.keys([event.sg_event_id for event in unique])
         stored = {row["sg_event_id"] for row in self._rows(self._esql.stored_ids, (ids,))}
         new = [event for event in unique if event.sg_event_id not in stored]
