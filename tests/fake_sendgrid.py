@@ -305,6 +305,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         message_id = fake.new_message_id()
         fake.record(self._received(body, None if fault else 202, True, fault, message_id))
+        if fake.on_accept is not None:
+            # SendGrid reports what it accepted, whatever becomes of the answer.
+            fake.on_accept(body, message_id)
         kind = None if fault is None else fault.kind
         # A hang ends with the answer when released, or with a reset when the fake stops.
         answers = kind is None or (kind is FaultKind.HANG_AFTER_ACCEPT and fake.hang())
@@ -398,6 +401,8 @@ class FakeSendGrid:
     ) -> None:
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
+        # Called with each accepted body and its message id (tests.fake_webhook.WebhookPoster).
+        self.on_accept: Callable[[Any, str], None] | None = None
         self.rates = rates or FaultRates()
         self.clock = clock
         self.release = threading.Event()

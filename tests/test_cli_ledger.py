@@ -101,6 +101,9 @@ def test_in_doubt_json_lists_every_send_in_doubt(tmp_path: Path, ledger_path: Pa
         "since": "2026-11-27T20:00:00Z",
         "attempts": 1,
         "last_error": TIMEOUT_ERROR,
+        # on_doubt: skip, no webhook event yet (docs/webhook.md)
+        "evidence": "awaiting_evidence",
+        "resend_at": None,
     }
 
 

@@ -97,7 +97,7 @@ def _lock_waiters(conn: psycopg.Connection[Any]) -> int:
 
 
 def test_a_new_database_gets_the_latest_schema(ledger: PostgresLedger, postgres_dsn: str) -> None:
-    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "3"
+    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "4"
     tables = {name for (name,) in query(postgres_dsn, "SELECT tablename FROM pg_tables")}
     expected = {"meta", "sends", "seen_events", "positions", "decision_log", "dead_letters"}
     expected.add("cancel_marks")

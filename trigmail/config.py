@@ -42,6 +42,12 @@ DEFAULT_METRICS_LISTEN: Final = "127.0.0.1:9464"
 DEFAULT_RETENTION_S: Final = 90 * 86_400
 # How long the event-order gate may hold a due send before firing it anyway (docs/design.md).
 DEFAULT_MAX_HOLD_S: Final = 300
+# How long an in-doubt send under on_doubt: verify waits for webhook evidence (docs/webhook.md).
+DEFAULT_VERIFY_AFTER_S: Final = 3600
+DEFAULT_WEBHOOK_PATH: Final = "/sendgrid/events"
+DEFAULT_WEBHOOK_MAX_BODY_BYTES: Final = 5_000_000
+# The replay window on the signed timestamp of a webhook request.
+DEFAULT_WEBHOOK_MAX_AGE_S: Final = 600
 DEFAULT_API_KEY_ENV: Final = "SENDGRID_API_KEY"
 DEFAULT_API_KEY_CREDENTIAL: Final = "sendgrid-api-key"
 # The outbox needs a sender to write a complete message; SendGrid needs a real one.
@@ -139,6 +145,21 @@ class DeliveryConfig:
     retry_cap_s: float = 300.0
     shutdown_timeout_s: float = 20.0
     max_hold_s: int = DEFAULT_MAX_HOLD_S
+    verify_after_s: int = DEFAULT_VERIFY_AFTER_S
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """SendGrid's signed Event Webhook, served on its own listener (docs/webhook.md).
+
+    ``public_key`` is the key text as configured (base64 DER): public, but checked at load.
+    """
+
+    listen: str
+    public_key: str
+    path: str = DEFAULT_WEBHOOK_PATH
+    max_body_bytes: int = DEFAULT_WEBHOOK_MAX_BODY_BYTES
+    max_age_s: int = DEFAULT_WEBHOOK_MAX_AGE_S
 
 
 @dataclass(frozen=True, repr=False)
@@ -157,6 +178,7 @@ class Config:
     log_format: str = "text"
     log_level: str = "INFO"
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    webhook: WebhookConfig | None = None
     file: Path | None = None
 
     def __repr__(self) -> str:
@@ -187,6 +209,9 @@ class Config:
             "provider": provider,
             "metrics": self.metrics_listen,
             "max_hold_s": self.delivery.max_hold_s,
+            "webhook": None
+            if self.webhook is None
+            else f"{self.webhook.listen}{self.webhook.path}",
         }
 
 
@@ -307,6 +332,7 @@ def _build(data: Mapping[str, Any], environ: Mapping[str, str], path: Path | Non
         log_format=str(log.get("format", "text")),
         log_level=str(log.get("level", "INFO")).upper(),
         delivery=_delivery(data.get("delivery") or {}),
+        webhook=_webhook(data["webhook"], environ) if data.get("webhook") is not None else None,
         file=path,
     )
 
@@ -388,4 +414,26 @@ def _delivery(spec: Mapping[str, Any]) -> DeliveryConfig:
         retry_cap_s=float(spec.get("retry_cap", 300.0)),
         shutdown_timeout_s=float(spec.get("shutdown_timeout", 20.0)),
         max_hold_s=_duration_s(spec.get("max_hold"), "delivery.max_hold", DEFAULT_MAX_HOLD_S),
+        verify_after_s=_duration_s(
+            spec.get("verify_after"), "delivery.verify_after", DEFAULT_VERIFY_AFTER_S
+        ),
+    )
+
+
+def _webhook(spec: Mapping[str, Any], environ: Mapping[str, str]) -> WebhookConfig:
+    # Imported here: only a config with a webhook needs the cryptography package.
+    from trigmail.webhook.signature import load_public_key
+
+    if not spec.get("listen"):
+        raise ConfigError("webhook.listen is required (host:port of the webhook listener)")
+    key_text, _key = load_public_key(spec, environ)
+    max_age_s = _duration_s(spec.get("max_age"), "webhook.max_age", DEFAULT_WEBHOOK_MAX_AGE_S)
+    if max_age_s <= 0:
+        raise ConfigError("webhook.max_age: the replay window must be longer than 0")
+    return WebhookConfig(
+        listen=str(spec["listen"]),
+        public_key=key_text,
+        path=str(spec.get("path", DEFAULT_WEBHOOK_PATH)),
+        max_body_bytes=int(spec.get("max_body_bytes", DEFAULT_WEBHOOK_MAX_BODY_BYTES)),
+        max_age_s=max_age_s,
     )

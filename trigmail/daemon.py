@@ -56,6 +56,8 @@ class Daemon:
         max_hold_s: how long the event-order gate may hold a due send; ``0`` turns it off.
         retention_s: how long finished sends, seen event ids and dead letters are kept.
         clock: the current time.
+        reconcile: a periodic chore given the time, ``True`` when it scheduled sends again
+            (the webhook's :class:`~trigmail.webhook.reconcile.Reconciler`).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Daemon:
         max_hold_s: float = 300.0,
         retention_s: float = 90 * 86_400,
         clock: Callable[[], datetime] = utc_now,
+        reconcile: Callable[[datetime], bool] | None = None,
     ) -> None:
         self.source = source
         self.ledger = ledger
@@ -83,6 +86,7 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.shutdown_timeout_s = shutdown_timeout_s
         self.clock = clock
+        self._reconcile = reconcile
         self.pipeline = Pipeline(
             ledger,
             rules,
@@ -153,6 +157,9 @@ class Daemon:
             self.pipeline.reread_due()
             self.notifier.ready()
         try:
+            if self._reconcile is not None and self._reconcile(self.clock()):
+                # Sends scheduled again (on_doubt: verify) go out now, not within the horizon.
+                self.pipeline.reread_due()
             wait_s = self.worker.step(self.clock())
             if wait_s > 0 and not self._stop.is_set():
                 self.worker.wait_for_events(wait_s)

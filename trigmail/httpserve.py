@@ -88,6 +88,8 @@ class HttpServer:
     def __init__(self, sock: socket.socket, answer: Answerer, name: str) -> None:
         self._sock = sock
         self._answer = answer
+        # What the logs call it: "metrics http", "webhook http".
+        self._label = name.removeprefix("trigmail-") + " http"
         self._pool = ThreadPoolExecutor(max_workers=ANSWER_THREADS, thread_name_prefix=name)
         self._loop = asyncio.new_event_loop()
         self._loop.set_exception_handler(_log_loop_error)
@@ -141,11 +143,11 @@ class HttpServer:
         except asyncio.CancelledError:
             pass  # dropped for a newer connection, or the server is closing
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            logger.debug("metrics http: %s: connection dropped: %s", _peer(writer), _name(exc))
+            logger.debug("%s: %s: connection dropped: %s", self._label, _peer(writer), _name(exc))
         except (asyncio.LimitOverrunError, ValueError) as exc:
-            logger.info("metrics http: %s: bad request: %s", _peer(writer), _name(exc))
+            logger.info("%s: %s: bad request: %s", self._label, _peer(writer), _name(exc))
         except Exception as exc:
-            logger.warning("metrics http: %s: %s", _peer(writer), _name(exc))
+            logger.warning("%s: %s: %s", self._label, _peer(writer), _name(exc))
         finally:
             self._reading.pop(task, None)
             self._tasks.discard(task)

@@ -13,7 +13,7 @@ import signal
 import time
 from types import FrameType
 
-from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig
+from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig, WebhookConfig
 from trigmail.daemon import Daemon
 from trigmail.delivery import RetryPolicy
 from trigmail.errors import ConfigError, LedgerError, RulesError
@@ -23,10 +23,16 @@ from trigmail.metrics import HealthCheck, Metrics, serve_metrics
 from trigmail.providers.base import Provider
 from trigmail.providers.outbox import OutboxProvider
 from trigmail.providers.sendgrid import SendGridProvider
+from trigmail.rules.model import OnDoubt
 from trigmail.rulestore import RuleStore, RulesWatcher
 from trigmail.sources.base import Source
 from trigmail.sources.redis_stream import RedisStreamSource
 from trigmail.sources.spool import SpoolSource
+from trigmail.webhook.listener import WebhookServer, serve_webhook
+from trigmail.webhook.observe import WebhookMetrics
+from trigmail.webhook.receiver import Receiver
+from trigmail.webhook.reconcile import Reconciler
+from trigmail.webhook.signature import Verifier, parse_public_key
 
 log = logging.getLogger("trigmail.serve")
 
@@ -139,6 +145,30 @@ def _health(daemon: Daemon, source: Source) -> HealthCheck:
     return check
 
 
+def _webhook(
+    config: WebhookConfig | None, ledger: Ledger, metrics: WebhookMetrics
+) -> WebhookServer | None:
+    """SendGrid's Event Webhook on its own listener, when configured (docs/webhook.md)."""
+    if config is None:
+        return None
+    key = parse_public_key(config.public_key, "webhook.public_key")
+    receiver = Receiver(
+        ledger, Verifier(key), metrics, path=config.path, max_age_s=config.max_age_s
+    )
+    return serve_webhook(receiver, config.listen, config.max_body_bytes)
+
+
+def _warn_verify_without_webhook(config: Config, rules: RuleStore) -> None:
+    verify = [r.id for r in rules().rules if r.on_doubt == OnDoubt.VERIFY]
+    if verify and config.webhook is None:
+        log.warning(
+            "serve: rules %s say on_doubt: verify but no webhook is configured: every send in "
+            "doubt will be sent again after %ss (see docs/webhook.md)",
+            ", ".join(verify),
+            config.delivery.verify_after_s,
+        )
+
+
 def run(config: Config) -> None:
     """Wire every part from ``config`` and serve until SIGTERM/SIGINT."""
     log.info("serve: starting with %s", config.describe())
@@ -152,6 +182,9 @@ def run(config: Config) -> None:
     source = _source(config)
     _claim_spool(source, ledger)
     provider = _provider(config)
+    webhook_metrics = WebhookMetrics(metrics.registry)
+    reconciler = Reconciler(ledger, webhook_metrics, config.delivery.verify_after_s)
+    _warn_verify_without_webhook(config, rules)
     daemon = Daemon(
         source,
         ledger,
@@ -168,6 +201,7 @@ def run(config: Config) -> None:
         retention_s=config.retention_s,
         batch_window_s=config.delivery.batch_window_s,
         max_hold_s=config.delivery.max_hold_s,
+        reconcile=reconciler.step,
     )
     _install_signals(daemon)
     watcher = RulesWatcher(config.rules_dirs, daemon.request_reload)
@@ -176,11 +210,14 @@ def run(config: Config) -> None:
         if config.metrics_listen is None
         else serve_metrics(metrics, config.metrics_listen, _health(daemon, source))
     )
+    webhook = _webhook(config.webhook, ledger, webhook_metrics)
     watcher.start()
     try:
         daemon.run()
     finally:
         watcher.stop()
+        if webhook is not None:
+            webhook.close()
         if server is not None:
             server.close()
         provider.close()

@@ -1,7 +1,8 @@
 """`trigmail ledger`: list the sends in doubt and settle them by hand.
 
 An in-doubt send may or may not have reached SendGrid, so trigmail never resends it on its own
-(under ``on_doubt: skip``). An operator who has checked SendGrid's activity feed settles it here.
+(under ``on_doubt: skip``). SendGrid's webhook settles it when configured (docs/webhook.md);
+otherwise an operator who has checked SendGrid's activity feed settles it here.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from trigmail.cli.common import ConfigOption, fail, load, require_ledger
 from trigmail.errors import LedgerError
 from trigmail.events import format_ts
 from trigmail.ledger import open_ledger
-from trigmail.ledger.base import Ledger, SendRecord, SendState
+from trigmail.ledger.base import Ledger, LedgerStatus, SendRecord, SendState
 from trigmail.logs import escape_controls
 from trigmail.scheduler import Scheduler
+from trigmail.webhook.report import evidence_of
 
 T = TypeVar("T")
 
@@ -93,7 +95,9 @@ def send_json(send: SendRecord) -> dict[str, Any]:
     }
 
 
-def _in_doubt_table(sends: Sequence[SendRecord], total: int) -> Table:
+def _in_doubt_table(
+    sends: Sequence[SendRecord], total: int, evidence: dict[str, dict[str, Any]]
+) -> Table:
     table = Table(
         title=f"in doubt: {total} (showing {len(sends)})",
         title_justify="left",
@@ -101,9 +105,12 @@ def _in_doubt_table(sends: Sequence[SendRecord], total: int) -> Table:
     )
     # The key is copied into `resolve`: it stays whole; the other columns fold instead.
     table.add_column("key", no_wrap=True, min_width=max((len(s.key) for s in sends), default=3))
-    for column in ("rule", "user", "recipient", "since", "attempts", "last error"):
+    for column in ("rule", "user", "recipient", "since", "attempts", "evidence", "last error"):
         table.add_column(column, overflow="fold")
     for send in sends:
+        found = evidence.get(send.key, {})
+        resend_at = found.get("resend_at")
+        shown = str(found.get("evidence", "")) + (f" (resend {resend_at})" if resend_at else "")
         cells = (
             send.key,
             send.rule_id,
@@ -111,6 +118,7 @@ def _in_doubt_table(sends: Sequence[SendRecord], total: int) -> Table:
             send.email,
             _since(send),
             str(send.attempts),
+            shown,
             send.last_error or "",
         )
         # Text, not markup: keys, user ids and errors come from events and may hold brackets;
@@ -134,13 +142,20 @@ def in_doubt(
 
     Example: trigmail ledger in-doubt --format json | jq -r '.[].key'
     """
-    status = _using(config_path, ledger, lambda opened: opened.status(limit=limit))
+    verify_after_s = load(config_path, {("ledger",): ledger}).delivery.verify_after_s
+
+    def read(opened: Ledger) -> tuple[LedgerStatus, dict[str, dict[str, Any]]]:
+        status = opened.status(limit=limit)
+        return status, evidence_of(opened, status.in_doubt, verify_after_s)
+
+    status, evidence = _using(config_path, ledger, read)
     sends = list(status.in_doubt)
     if output is OutputFormat.JSON:
-        typer.echo(json.dumps([send_json(send) for send in sends], indent=2))
+        listed = [{**send_json(send), **evidence.get(send.key, {})} for send in sends]
+        typer.echo(json.dumps(listed, indent=2))
     else:
         total = status.counts.get(SendState.IN_DOUBT, 0)
-        Console(highlight=False).print(_in_doubt_table(sends, total))
+        Console(highlight=False).print(_in_doubt_table(sends, total, evidence))
     raise typer.Exit(EXIT_OK)
 
 

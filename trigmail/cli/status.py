@@ -20,6 +20,7 @@ from trigmail.ledger import open_ledger
 from trigmail.ledger.base import WATERMARK_META, LedgerStatus, SendRecord, SendState
 from trigmail.logs import escape_controls
 from trigmail.secrets import redact_url
+from trigmail.webhook.report import delivery_by_rule, evidence_of
 
 
 def _since(send: SendRecord) -> str | None:
@@ -48,8 +49,18 @@ def watermark_json(stored: str | None, source: str, now: datetime) -> dict[str, 
     }
 
 
-def status_json(status: LedgerStatus, watermark: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The shape docs/design.md fixes for ``status --format json`` (plus a few lists)."""
+def status_json(
+    status: LedgerStatus,
+    watermark: dict[str, Any] | None = None,
+    delivery: dict[str, dict[str, int]] | None = None,
+    evidence: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The shape docs/design.md fixes for ``status --format json`` (plus a few lists).
+
+    ``delivery`` is the webhook's events per rule and type; ``evidence`` each in-doubt send's
+    evidence state, by key (:mod:`trigmail.webhook.report`).
+    """
+    evidence = evidence or {}
 
     def send_json(send: SendRecord) -> dict[str, Any]:
         return {
@@ -77,7 +88,13 @@ def status_json(status: LedgerStatus, watermark: dict[str, Any] | None = None) -
             for rule, variants in sorted(status.by_variant.items())
         },
         "in_doubt": [
-            {"key": s.key, "rule": s.rule_id, "user_id": s.user_id, "since": _since(s)}
+            {
+                "key": s.key,
+                "rule": s.rule_id,
+                "user_id": s.user_id,
+                "since": _since(s),
+                **evidence.get(s.key, {}),
+            }
             for s in status.in_doubt
         ],
         "dead_letters": status.dead_letters,
@@ -86,6 +103,7 @@ def status_json(status: LedgerStatus, watermark: dict[str, Any] | None = None) -
         "failed": [send_json(s) for s in status.failed],
         "recent": [send_json(s) for s in status.recent],
         "watermark": watermark,
+        "delivery": delivery or {},
     }
 
 
@@ -102,8 +120,23 @@ def _sends_table(title: str, sends: Sequence[SendRecord], when: str) -> Table:
     return table
 
 
+def _delivery_table(delivery: dict[str, dict[str, int]]) -> Table:
+    types = sorted({kind for counts in delivery.values() for kind in counts})
+    table = Table(title="delivery (SendGrid's webhook events)", title_justify="left")
+    table.add_column("rule")
+    for kind in types:
+        table.add_column(kind, justify="right")
+    for rule, counts in delivery.items():
+        table.add_row(Text(escape_controls(rule or "-")), *(str(counts.get(k, 0)) for k in types))
+    return table
+
+
 def _print_tables(
-    console: Console, status: LedgerStatus, ledger: str, watermark: dict[str, Any] | None
+    console: Console,
+    status: LedgerStatus,
+    ledger: str,
+    watermark: dict[str, Any] | None,
+    delivery: dict[str, dict[str, int]] | None = None,
 ) -> None:
     states = list(SendState)
     counts = Table(title=f"ledger {ledger} · rules {status.rules_version or '-'}")
@@ -125,6 +158,8 @@ def _print_tables(
     if status.failed:
         console.print(_sends_table("failed", status.failed, "since"))
     console.print(_sends_table("recent", status.recent, "since"))
+    if delivery:
+        console.print(_delivery_table(delivery))
     console.print(f"dead letters: {status.dead_letters}")
     if watermark is not None:
         lag = "unknown" if watermark["lag_s"] is None else f"{watermark['lag_s']:.1f} s behind"
@@ -164,16 +199,20 @@ def status(
         try:
             current = opened.status(limit=limit)
             stored = opened.get_meta(WATERMARK_META + config.source.name)
+            delivery = delivery_by_rule(opened)
+            verify_after_s = config.delivery.verify_after_s
+            evidence = evidence_of(opened, current.in_doubt, verify_after_s)
         finally:
             opened.close()
     except LedgerError as exc:
         fail(str(exc))
     watermark = watermark_json(stored, config.source.name, datetime.now(UTC))
     if output is OutputFormat.JSON:
-        typer.echo(json.dumps(status_json(current, watermark), indent=2))
+        document = status_json(current, watermark, delivery, evidence)
+        typer.echo(json.dumps(document, indent=2))
     else:
         out = Console(highlight=False)
         # Piped output is read by people too: do not fold keys at 80 columns.
         console = out if out.is_terminal else Console(highlight=False, width=140)
-        _print_tables(console, current, redact_url(target), watermark)
+        _print_tables(console, current, redact_url(target), watermark, delivery)
     raise typer.Exit(EXIT_OK)

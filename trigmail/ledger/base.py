@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from trigmail.decisions import LogEntry
+from trigmail.evidence import DeliveryEvent, EvidenceState
 from trigmail.records import record
 from trigmail.sends import DELIVERED_STATES, FINISHED_STATES, SendRecord, SendState, evolve
 
@@ -225,6 +226,41 @@ class LedgerTxn(Protocol):
         """Store a small named value (``rules_version``)."""
         ...
 
+    # -- delivery evidence (SendGrid's Event Webhook, docs/webhook.md) ------------------------
+    def add_delivery_events(self, events: Sequence[DeliveryEvent]) -> list[DeliveryEvent]:
+        """Store webhook events; one already stored (same ``sg_event_id``) is left as it is.
+
+        Returns:
+            The events stored now, in the order given.
+        """
+        ...
+
+    def settle_by_evidence(
+        self, at: datetime, keys: Collection[str] | None = None, limit: int = 1000
+    ) -> list[SendRecord]:
+        """Make ``sent`` every ``in_doubt`` send (of ``keys``, or any, at most ``limit``) with a
+        stored event for its key: the earliest event's message id, the evidence as its reason.
+
+        Returns:
+            The settled sends as they now are, in key order.
+        """
+        ...
+
+    def resend_unverified(
+        self, in_doubt_before: datetime, at: datetime, limit: int = 1000
+    ) -> list[SendRecord]:
+        """Schedule again, due at ``at``, each ``on_doubt: verify`` send in doubt since before
+        ``in_doubt_before`` with no stored event and never sent again so before: once per send.
+
+        Returns:
+            The sends scheduled again, as they now are, oldest doubt first.
+        """
+        ...
+
+    def delivery_events(self, key: str) -> list[DeliveryEvent]:
+        """Return the stored events of the send ``key``, in SendGrid's time order."""
+        ...
+
 
 @dataclass(frozen=True)
 class LedgerStatus:
@@ -274,7 +310,24 @@ class Ledger(Protocol):
         ...
 
     def prune(self, before: datetime) -> int:
-        """Delete finished sends, seen ids, log lines and dead letters older than ``before``."""
+        """Delete finished sends, seen ids, log lines, dead letters and webhook events older
+        than ``before``."""
+        ...
+
+    def delivery_events(self, key: str) -> list[DeliveryEvent]:
+        """Return the stored webhook events of the send ``key``, in SendGrid's time order."""
+        ...
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        """Return how many webhook events of each type each rule's sends had (rule -> type)."""
+        ...
+
+    def doubt_resent(self, keys: Collection[str]) -> set[str]:
+        """Return which of ``keys`` were sent again under ``on_doubt: verify``."""
+        ...
+
+    def in_doubt_by_evidence(self) -> dict[EvidenceState, int]:
+        """Count the ``in_doubt`` sends by evidence state (every state, zeros included)."""
         ...
 
     def close(self) -> None:

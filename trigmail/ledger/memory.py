@@ -19,6 +19,13 @@ from typing import Any, cast
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
+from trigmail.evidence import (
+    DeliveryEvent,
+    EvidenceState,
+    first_evidence,
+    resent_for_verify,
+    settled_by_evidence,
+)
 from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus
 from trigmail.ledger.semantics import (
     Clock,
@@ -29,6 +36,7 @@ from trigmail.ledger.semantics import (
     status_of,
     utc_now,
 )
+from trigmail.rules.model import OnDoubt
 from trigmail.sends import (
     DELIVERED_STATES,
     FINISHED_STATES,
@@ -69,6 +77,9 @@ class _Store:
         self.log: list[LogEntry] = []
         self.dead: list[DeadLetter] = []
         self.marks: dict[str, dict[str, CancelMark]] = {}  # user id -> order -> mark
+        self.events: dict[str, DeliveryEvent] = {}  # sg_event_id -> event
+        self.events_by_key: dict[str, list[DeliveryEvent]] = {}
+        self.resent: dict[str, datetime] = {}  # key -> when on_doubt: verify sent it again
 
     def put(self, record: SendRecord) -> SendRecord | None:
         """Store ``record`` and index it; return the record it replaced."""
@@ -114,11 +125,35 @@ class _Store:
             self.marks[user_id] = kept
             if not kept:
                 del self.marks[user_id]
-        return removed
+        return removed + self.prune_evidence(before)
+
+    def prune_evidence(self, before: datetime) -> int:
+        old = [e for e in self.events.values() if e.received_at < before]
+        for event in old:
+            self.drop_event(event)
+        resent = [key for key, at in self.resent.items() if at < before]
+        for key in resent:
+            del self.resent[key]
+        return len(old) + len(resent)
+
+    def add_event(self, event: DeliveryEvent) -> None:
+        self.events[event.sg_event_id] = event
+        self.events_by_key.setdefault(event.key, []).append(event)
+
+    def drop_event(self, event: DeliveryEvent) -> None:
+        del self.events[event.sg_event_id]
+        of_key = self.events_by_key[event.key]
+        of_key.remove(event)
+        if not of_key:
+            del self.events_by_key[event.key]
 
     def user_sends(self, user_id: str) -> list[SendRecord]:
         sends = self.sends
         return [sends[key] for key in self.by_user.get(user_id, ())]
+
+
+def _event_order(event: DeliveryEvent) -> tuple[datetime, str]:
+    return event.at, event.sg_event_id
 
 
 class _Ended:
@@ -356,6 +391,66 @@ class MemoryTxn:
     def set_meta(self, name: str, value: str) -> None:
         self._set_item(self._store.meta, name, value)
 
+    # -- delivery evidence -----------------------------------------------------------------
+    def add_delivery_events(self, events: Sequence[DeliveryEvent]) -> list[DeliveryEvent]:
+        store = self._store
+        added = []
+        for given in events:
+            if given.sg_event_id in store.events:
+                continue
+            event = replace(given, at=as_utc(given.at), received_at=as_utc(given.received_at))
+            store.add_event(event)
+            self._undo.append((store.drop_event, (event,)))
+            added.append(event)
+        return added
+
+    def settle_by_evidence(
+        self, at: datetime, keys: Collection[str] | None = None, limit: int = 1000
+    ) -> list[SendRecord]:
+        store = self._store
+        wanted = sorted(store.events_by_key if keys is None else set(keys))
+        found = [
+            r for r in self._in_state(wanted, SendState.IN_DOUBT) if r.key in store.events_by_key
+        ]
+        if keys is None:
+            found = found[: max(limit, 0)]
+        settled = []
+        for record in found:
+            done = settled_by_evidence(
+                record, first_evidence(store.events_by_key[record.key]), as_utc(at)
+            )
+            self._put(done)
+            settled.append(done)
+        return settled
+
+    def resend_unverified(
+        self, in_doubt_before: datetime, at: datetime, limit: int = 1000
+    ) -> list[SendRecord]:
+        store = self._store
+        before = as_utc(in_doubt_before)
+        found = sorted(
+            (
+                r
+                for r in store.sends.values()
+                if r.state == SendState.IN_DOUBT
+                and r.on_doubt == OnDoubt.VERIFY
+                and r.updated_at is not None
+                and r.updated_at <= before
+                and r.key not in store.events_by_key
+                and r.key not in store.resent
+            ),
+            key=lambda r: (r.updated_at, r.key),
+        )[: max(limit, 0)]
+        again = [resent_for_verify(record, as_utc(at)) for record in found]
+        for record in again:
+            self._put(record)
+            store.resent[record.key] = as_utc(at)
+            self._undo.append((store.resent.pop, (record.key,)))
+        return again
+
+    def delivery_events(self, key: str) -> list[DeliveryEvent]:
+        return sorted(self._store.events_by_key.get(key, ()), key=_event_order)
+
     def _in_state(self, keys: Iterable[str], state: SendState) -> list[SendRecord]:
         sends = self._store.sends
         return [
@@ -439,6 +534,39 @@ class MemoryLedger:
     def prune(self, before: datetime) -> int:
         with self._reading() as store:
             return store.prune(as_utc(before))
+
+    def delivery_events(self, key: str) -> list[DeliveryEvent]:
+        with self._reading() as store:
+            return sorted(store.events_by_key.get(key, ()), key=_event_order)
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        with self._reading() as store:
+            for event in store.events.values():
+                of_rule = counts.setdefault(event.rule_id, {})
+                of_rule[event.event.value] = of_rule.get(event.event.value, 0) + 1
+        return counts
+
+    def doubt_resent(self, keys: Collection[str]) -> set[str]:
+        with self._reading() as store:
+            return {key for key in keys if key in store.resent}
+
+    def in_doubt_by_evidence(self) -> dict[EvidenceState, int]:
+        counts = dict.fromkeys(EvidenceState, 0)
+        with self._reading() as store:
+            for record in store.sends.values():
+                if record.state != SendState.IN_DOUBT:
+                    continue
+                if record.key in store.events_by_key:
+                    state = EvidenceState.EVIDENCE_RECEIVED
+                elif record.on_doubt != OnDoubt.VERIFY:
+                    state = EvidenceState.AWAITING_EVIDENCE
+                elif record.key in store.resent:
+                    state = EvidenceState.RESENT_NO_EVIDENCE
+                else:
+                    state = EvidenceState.AWAITING_VERIFY
+                counts[state] += 1
+        return counts
 
     def close(self) -> None:
         with self._lock:

@@ -161,6 +161,58 @@ def _v4_decision_log_by_user(db: Database) -> None:
     db.table("decision_log").create_index(["user_id", "at"], "decision_log_by_user_at")
 
 
+def _v5_delivery_events(db: Database) -> None:
+    # SendGrid's Event Webhook: each event once (by sg_event_id), found by the send's key, pruned
+    # by when it came; the sends on_doubt: verify sent again (once each); and on_doubt may now
+    # say verify (docs/webhook.md).
+    events = db.create_table(
+        "delivery_events",
+        {
+            "sg_event_id": str,
+            "key": str,
+            "rule_id": str,
+            "event": str,
+            "at": int,
+            "message_id": str,
+            "detail": str,
+            "received_at": int,
+        },
+        pk="sg_event_id",
+        not_null={"key", "rule_id", "event", "at", "detail", "received_at"},
+        strict=True,
+    )
+    events.create_index(["key", "at"], "delivery_events_by_key")
+    events.create_index(["received_at"], "delivery_events_by_received")
+    resends = db.create_table(
+        "doubt_resends", {"key": str, "at": int}, pk="key", not_null={"at"}, strict=True
+    )
+    resends.create_index(["at"], "doubt_resends_by_at")
+    _allow_on_doubt_verify(db.conn)
+
+
+def _allow_on_doubt_verify(conn: sqlite3.Connection) -> None:
+    """Widen the ``on_doubt`` CHECK of ``sends`` to take ``verify``.
+
+    SQLite cannot alter a CHECK; rebuilding ``sends`` would trip the foreign key of
+    ``send_categories``. Loosening a CHECK changes nothing stored, the case SQLite documents
+    editing the schema text for (sqlite.org/lang_altertable.html, "making other kinds of table
+    schema changes"); the bumped ``schema_version`` makes every connection reread it.
+    """
+    old = "on_doubt IN ('skip', 'resend')"
+    new = "on_doubt IN ('skip', 'resend', 'verify')"
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute("PRAGMA writable_schema = ON")
+    try:
+        conn.execute(
+            "UPDATE sqlite_master SET sql = replace(sql, ?, ?)"
+            " WHERE type = 'table' AND name = 'sends'",
+            (old, new),
+        )
+        conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+
+
 Migration = Callable[[Database], None]
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
@@ -168,6 +220,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v2_state_rule_index,
     _v3_cancel_marks,
     _v4_decision_log_by_user,
+    _v5_delivery_events,
 )
 LATEST_VERSION: Final = len(MIGRATIONS)
 

@@ -136,10 +136,37 @@ _V3_DECISION_LOG_BY_USER: Final = (
     "CREATE INDEX decision_log_by_user_at ON decision_log (user_id, at)",
 )
 
+# SendGrid's Event Webhook: each event once (by sg_event_id), found by the send's key, pruned by
+# when it came; the sends on_doubt: verify sent again (once each); and on_doubt may say verify.
+_V4_DELIVERY_EVENTS: Final = (
+    """
+    CREATE TABLE delivery_events (
+        sg_event_id text PRIMARY KEY,
+        key text COLLATE "C" NOT NULL,
+        rule_id text COLLATE "C" NOT NULL,
+        event text NOT NULL,
+        at timestamptz NOT NULL,
+        message_id text,
+        detail text NOT NULL,
+        received_at timestamptz NOT NULL
+    )
+    """,
+    "CREATE INDEX delivery_events_by_key ON delivery_events (key, at)",
+    "CREATE INDEX delivery_events_by_received ON delivery_events (received_at)",
+    """
+    CREATE TABLE doubt_resends (key text COLLATE "C" PRIMARY KEY, at timestamptz NOT NULL)
+    """,
+    "CREATE INDEX doubt_resends_by_at ON doubt_resends (at)",
+    "ALTER TABLE sends DROP CONSTRAINT sends_on_doubt_check",
+    "ALTER TABLE sends ADD CONSTRAINT sends_on_doubt_check"
+    " CHECK (on_doubt IN ('skip', 'resend', 'verify'))",
+)
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     _V1_INITIAL,
     _V2_CANCEL_MARKS,
     _V3_DECISION_LOG_BY_USER,
+    _V4_DELIVERY_EVENTS,
 )
 LATEST_VERSION: Final = len(MIGRATIONS)
 

@@ -19,6 +19,8 @@ class OnDoubt(StrEnum):
 
     SKIP = "skip"
     RESEND = "resend"
+    # Wait up to delivery.verify_after for webhook evidence; without any, send again once.
+    VERIFY = "verify"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
+from trigmail.evidence import DeliveryEvent, EvidenceState
 from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus
 from trigmail.ledger.rows import Row
 from trigmail.ledger.semantics import (
@@ -28,6 +29,7 @@ from trigmail.ledger.semantics import (
     resolved,
 )
 from trigmail.ledger.sql.dialect import Dialect, Statements, json_text
+from trigmail.ledger.sql.evidence import EvidenceTxn
 from trigmail.sends import SendRecord, SendState, check_finish_state, check_new
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def in_order(records: list[SendRecord], keys: Sequence[str]) -> list[SendRecord]
 _NO_LOCK = nullcontext()
 
 
-class SqlTxn:
+class SqlTxn(EvidenceTxn):
     """One transaction of a SQL ledger; see :class:`trigmail.ledger.base.LedgerTxn`.
 
     A backend says how to run a statement (:meth:`_run`, :meth:`_rows`, :meth:`_scalar`,
@@ -360,7 +362,8 @@ class SqlTxn:
         cutoff = (self.dialect.time(before),)
         for first in self.sql.prune_first:
             self._run(first, cutoff)
-        return sum(self._run(sql, cutoff) for sql in self.sql.prune)
+        removed = sum(self._run(sql, cutoff) for sql in self.sql.prune)
+        return removed + self.prune_evidence(before)
 
     def close(self) -> None:
         self._open = False
@@ -426,6 +429,22 @@ class SqlLedger(ABC):
     def decision_log(self, event_id: str | None = None, limit: int = 100) -> list[LogEntry]:
         with self._begun(self.dialect.begin_read) as txn:
             return txn.decision_log(event_id, limit)
+
+    def delivery_events(self, key: str) -> list[DeliveryEvent]:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.delivery_events(key)
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.delivery_counts()
+
+    def doubt_resent(self, keys: Collection[str]) -> set[str]:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.doubt_resent(keys)
+
+    def in_doubt_by_evidence(self) -> dict[EvidenceState, int]:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.in_doubt_by_evidence()
 
     def prune(self, before: datetime) -> int:
         with self._begun(self.dialect.begin_write) as txn:
