@@ -123,7 +123,7 @@ def test_reopening_keeps_data_and_schema(postgres_dsn: str, t0: datetime) -> Non
     with closing(PostgresLedger(postgres_dsn)) as second, second.transaction() as txn:
         assert txn.send_exists("k1")
         assert txn.get_position("spool") == "9"
-    assert query(postgres_dsn, "SELECT value FROM meta WHERE name = 'schema_version'") == [("3",)]
+    assert query(postgres_dsn, "SELECT value FROM meta WHERE name = 'schema_version'") == [("4",)]
 
 
 def test_a_later_migration_is_applied_once_and_in_order(postgres_dsn: str) -> None:
