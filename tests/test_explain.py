@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from tests.serve_harness import REPO_ROOT, Serve, append_events, clean_env, wait_for
+from trigmail.evidence import DeliveryEvent, DeliveryEventType
 from trigmail.ledger import open_ledger
 from trigmail.rules.loader import load_rule_set
 from trigmail.simulate import Simulation
@@ -123,6 +125,23 @@ def test_json_lines_are_simulates_plus_the_send(target: str, tmp_path: Path) -> 
     assert [(line["state"], line["text"]) for line in no_rule] == [
         (None, "event e7: no rule starts on it")
     ]
+
+
+def test_a_sends_delivery_event_from_the_webhook_is_shown(target: str, tmp_path: Path) -> None:
+    with closing(open_ledger(target)) as ledger, ledger.transaction() as txn:
+        at = datetime(2026, 11, 27, 9, 5, tzinfo=UTC)
+        bounce = DeliveryEvent(
+            "sg-1", "welcome:ana", "welcome", DeliveryEventType.BOUNCE, at, "m-1", "550", at
+        )
+        assert txn.add_delivery_events([bounce]) == [bounce]
+    done = trigmail("explain", "ana", "--config", config_for(tmp_path, target), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    sent = [
+        x for x in json_lines(done.stdout) if (x["key"], x["outcome"]) == ("welcome:ana", "sent")
+    ]
+    assert sent and sent[0]["delivery"]["event"] == "bounce"
+    table = trigmail("explain", "ana", "--config", config_for(tmp_path, target))
+    assert "bounce" in table.stdout
 
 
 def test_reasons_in_words(target: str, tmp_path: Path) -> None:

@@ -31,8 +31,7 @@ _BY = re.compile(r"^by (\S+)$")
 @record
 class Delivery:
     """The last delivery event of a send (SendGrid's Event Webhook): ``delivered``,
-    ``bounce``, ``dropped``… with its time. None is read yet: see
-    :func:`trigmail.explain_ledger.read_deliveries`."""
+    ``bounce``, ``dropped``… with its time (:func:`trigmail.explain_ledger.read_deliveries`)."""
 
     event: str
     at: datetime

@@ -78,7 +78,12 @@ class _Wanted:
 
 
 def _read(
-    query: Query, reader: RowReader, time: Callable[[datetime], Any], wanted: _Wanted
+    query: Query,
+    reader: RowReader,
+    time: Callable[[datetime], Any],
+    wanted: _Wanted,
+    *,
+    delivery_events: bool,
 ) -> History:
     since = time(wanted.since or _EPOCH)
     rule = wanted.rule
@@ -91,19 +96,30 @@ def _read(
         user_id=wanted.user_id,
         entries=tuple(entries),
         sends=sends,
-        deliveries=read_deliveries(query, sends),
+        deliveries=read_deliveries(query, reader, sends) if delivery_events else {},
         truncated=len(rows) > wanted.limit,
     )
 
 
-def read_deliveries(query: Query, sends: dict[str, SendRecord]) -> dict[str, Delivery]:
-    """The last delivery event of each send, by key: none yet.
+# The last delivery event of one send (SendGrid's Event Webhook, docs/webhook.md).
+_LAST_DELIVERY = (
+    "SELECT event, at, detail FROM delivery_events WHERE key = ?"
+    " ORDER BY at DESC, sg_event_id DESC LIMIT 1"
+)
 
-    SendGrid's delivery events (delivered, bounce, dropped…) are not kept in the ledger yet.
-    When they are, read the last one per key of ``sends`` here: ``explain`` shows it beside
-    the send's state, and its JSON lines carry it as ``delivery``.
-    """
-    return {}
+
+def read_deliveries(
+    query: Query, reader: RowReader, sends: dict[str, SendRecord]
+) -> dict[str, Delivery]:
+    """The last delivery event of each send, by key (a ledger older than the webhook has
+    none: the caller passes no table then)."""
+    found: dict[str, Delivery] = {}
+    for key in sends:
+        for row in query(_LAST_DELIVERY, [key]):
+            at = reader.maybe_time(row["at"])
+            if at is not None:
+                found[key] = Delivery(row["event"], at, row["detail"] or "")
+    return found
 
 
 def _entry(reader: RowReader, row: Row) -> LogEntry:
@@ -155,8 +171,9 @@ def _read_sqlite(path: Path, wanted: _Wanted, busy_timeout_s: float) -> History:
         try:
             _check_sqlite(conn, path)
             conn.execute("BEGIN")
+            events = _sqlite_has(conn, "delivery_events")
             try:
-                return _read(query, _SQLITE_ROWS, _to_us, wanted)
+                return _read(query, _SQLITE_ROWS, _to_us, wanted, delivery_events=events)
             finally:
                 conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
@@ -174,6 +191,13 @@ def _from_us(value: int) -> datetime:
 
 _MICROSECOND = timedelta(microseconds=1)
 _SQLITE_ROWS = RowReader(time=_from_us, json=json.loads)
+
+
+def _sqlite_has(conn: sqlite3.Connection, table: str) -> bool:
+    found = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    return bool(found[0])
 
 
 def _check_sqlite(conn: sqlite3.Connection, path: Path) -> None:
@@ -212,7 +236,16 @@ def _read_postgres(dsn: str, wanted: _Wanted) -> History:
                 marked = sql.replace("?", "%s")
                 return conn.execute(marked, tuple(params)).fetchall()
 
+            events = conn.execute(
+                "SELECT to_regclass('delivery_events') IS NOT NULL AS ok"
+            ).fetchone()
             try:
-                return _read(query, POSTGRES.rows, as_utc, wanted)
+                return _read(
+                    query,
+                    POSTGRES.rows,
+                    as_utc,
+                    wanted,
+                    delivery_events=bool(events and events["ok"]),
+                )
             finally:
                 conn.execute("ROLLBACK")
