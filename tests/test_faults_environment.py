@@ -105,7 +105,8 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
 def fill(directory: Path) -> Path:
     """Fill the filesystem of ``directory`` with one file until the next write fails."""
     filler = directory / "filler"
-    with filler.open("wb") as file, contextlib.suppress(OSError):
+    # Unbuffered: a buffer left behind by the failed write would fail again at close.
+    with filler.open("wb", buffering=0) as file, contextlib.suppress(OSError):
         while True:
             file.write(b"\0" * 65536)
             file.flush()
