@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trigmail.cli import (  # noqa: F401  (each registers itself)
+    check,
     preview,
     ruletest,
     serve,
