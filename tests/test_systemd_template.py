@@ -77,8 +77,9 @@ def test_template_exposure_is_at_most_one_and_a_half() -> None:
 @needs_systemd_analyze
 def test_template_verifies_clean(tmp_path: Path) -> None:
     # verify checks that ExecStart= and ExecStartPre= name an existing executable, and
-    # /usr/bin/trigmail is only there once the package is installed. Verify a copy that differs in that path
-    # alone (pointing at the real systemd-analyze), so every other line is still checked.
+    # /usr/bin/trigmail is only there once the package is installed. Verify a copy that
+    # differs in that path alone (pointing at the real systemd-analyze), so every other line
+    # is still checked.
     assert SYSTEMD_ANALYZE is not None
     text = TEMPLATE.read_text()
     assert "ExecStart=/usr/bin/trigmail serve " in text
