@@ -193,13 +193,13 @@ def _health_answer(health: HealthCheck) -> tuple[HTTPStatus, str]:
     return HTTPStatus.SERVICE_UNAVAILABLE, verdict or "unhealthy"
 
 
-def _answerer(metrics: Metrics, health: HealthCheck) -> Answerer:
+def _answerer(metrics: Metrics, health: HealthCheck, ready: HealthCheck) -> Answerer:
     def answer(path: str, accept: str) -> Answer:
         if path == "/metrics":
             encoder, content_type = choose_encoder(accept)
             return HTTPStatus.OK, encoder(metrics.registry), content_type
-        if path == "/healthz":
-            status, text = _health_answer(health)
+        if path in ("/healthz", "/readyz"):
+            status, text = _health_answer(health if path == "/healthz" else ready)
             return status, (text + "\n").encode(), _PLAIN
         return HTTPStatus.NOT_FOUND, b"not found\n", _PLAIN
 
@@ -234,13 +234,17 @@ class MetricsServer:
 
 
 def serve_metrics(
-    metrics: Metrics, listen: str = DEFAULT_LISTEN, health: HealthCheck = lambda: True
+    metrics: Metrics,
+    listen: str = DEFAULT_LISTEN,
+    health: HealthCheck = lambda: True,
+    ready: HealthCheck | None = None,
 ) -> MetricsServer:
-    """Serve ``metrics`` at ``/metrics`` and ``health`` at ``/healthz`` on ``listen``.
+    """Serve ``metrics`` at ``/metrics``, ``health`` at ``/healthz`` and ``ready`` at
+    ``/readyz`` on ``listen``.
 
-    ``/healthz`` answers 200 ``ok`` when ``health()`` returns ``True``, and 503 with the
-    string it returned otherwise. The server runs in a daemon thread until :meth:`close`;
-    slow or idle clients cannot exhaust it (:mod:`trigmail.httpserve`).
+    Each answers 200 ``ok`` when its check returns ``True``, and 503 with the string it
+    returned otherwise; ``ready`` defaults to ``health``. The server runs in a daemon thread
+    until :meth:`close`; slow or idle clients cannot exhaust it (:mod:`trigmail.httpserve`).
 
     Args:
         metrics: what ``/metrics`` exposes, in the Prometheus text format (or OpenMetrics
@@ -262,6 +266,6 @@ def serve_metrics(
             "metrics.listen in the config; port 0 takes any free port), or set `metrics: null` "
             "in the config to serve no metrics"
         ) from exc
-    server = HttpServer(sock, _answerer(metrics, health), "trigmail-metrics")
-    logger.info("metrics: serving /metrics and /healthz on %s:%d", host, server.port)
+    server = HttpServer(sock, _answerer(metrics, health, ready or health), "trigmail-metrics")
+    logger.info("metrics: serving /metrics, /healthz and /readyz on %s:%d", host, server.port)
     return MetricsServer(server)

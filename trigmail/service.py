@@ -9,8 +9,10 @@ time.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 from types import FrameType
 
 from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig
@@ -71,9 +73,7 @@ def _provider(config: Config) -> Provider:
 
 def _rules(config: Config, metrics: Metrics) -> RuleStore:
     store = RuleStore(config.rules_dirs, config.retention_s, metrics)
-    result = store.load()
-    for problem in result.problems:
-        log.warning("rules: %s", problem)
+    result = store.start()
     if result.rules is None:
         raise RulesError(list(result.problems))
     metrics.record_reload(True, time.time())
@@ -128,13 +128,43 @@ def _install_signals(daemon: Daemon) -> None:
     signal.signal(signal.SIGHUP, reload)
 
 
+def spool_directory_problem(path: Path) -> str | None:
+    """Why the spool's directory cannot hold or show the spool, else ``None``.
+
+    A missing spool file is normal (producers create it); a missing or unreadable directory
+    is a typo or a permission, and nothing would ever be read.
+    """
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        return f"spool not read: its directory {parent} does not exist"
+    if not os.access(parent, os.R_OK | os.X_OK):
+        return f"spool not read: its directory {parent} cannot be read"
+    return None
+
+
 def _health(daemon: Daemon, source: Source) -> HealthCheck:
     """The daemon's liveness, and why its source cannot be read (a spool refused as a symlink
-    or a FIFO, Redis unreachable), if it cannot."""
+    or a FIFO, or in a missing directory; Redis unreachable), if it cannot."""
 
     def check() -> bool | str:
-        problem = source.health() if isinstance(source, SpoolSource | RedisStreamSource) else None
-        return problem or daemon.healthy()
+        problems = []
+        if isinstance(source, SpoolSource):
+            problems.append(spool_directory_problem(source.path))
+        if isinstance(source, SpoolSource | RedisStreamSource):
+            problems.append(source.health())
+        healthy = daemon.healthy()
+        if healthy is not True:
+            problems.append(healthy or "unhealthy")
+        return "; ".join(p for p in problems if p) or True
+
+    return check
+
+
+def _ready(daemon: Daemon, health: HealthCheck) -> HealthCheck:
+    """Ready once started (ledger open, in-flight sends settled, source tailed) and healthy."""
+
+    def check() -> bool | str:
+        return health() if daemon.started.is_set() else "starting"
 
     return check
 
@@ -171,10 +201,11 @@ def run(config: Config) -> None:
     )
     _install_signals(daemon)
     watcher = RulesWatcher(config.rules_dirs, daemon.request_reload)
+    health = _health(daemon, source)
     server = (
         None
         if config.metrics_listen is None
-        else serve_metrics(metrics, config.metrics_listen, _health(daemon, source))
+        else serve_metrics(metrics, config.metrics_listen, health, _ready(daemon, health))
     )
     watcher.start()
     try:
