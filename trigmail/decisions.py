@@ -56,6 +56,8 @@ class Reason(StrEnum):
     BAD_TS = "bad_ts"
     BAD_EMAIL = "bad_email"
     TOO_MANY_DELIVERIES = "too_many_deliveries"
+    LINE_TOO_LONG = "line_too_long"
+    INCOMPLETE_LINE = "incomplete_line"
     TOO_LARGE = "too_large"
     TOO_DEEP = "too_deep"
     PAYLOAD_TOO_LARGE = "payload_too_large"

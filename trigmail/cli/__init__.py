@@ -12,9 +12,11 @@ from trigmail.cli import (  # noqa: F401  (each registers itself)
     validate,
 )
 from trigmail.cli.app import app
+from trigmail.cli.deadletters import dead_letters_app
 from trigmail.cli.ledger import ledger_app
 
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(dead_letters_app, name="dead-letters")
 
 
 def main() -> None:

@@ -220,6 +220,10 @@ class LedgerTxn(Protocol):
         """Store a small named value (``rules_version``)."""
         ...
 
+    def get_meta(self, name: str) -> str | None:
+        """Return a value stored with ``set_meta``, as this transaction sees it."""
+        ...
+
 
 @dataclass(frozen=True)
 class LedgerStatus:

@@ -353,6 +353,9 @@ class MemoryTxn:
     def set_meta(self, name: str, value: str) -> None:
         self._set_item(self._store.meta, name, value)
 
+    def get_meta(self, name: str) -> str | None:
+        return self._store.meta.get(name)
+
     def _in_state(self, keys: Iterable[str], state: SendState) -> list[SendRecord]:
         sends = self._store.sends
         return [

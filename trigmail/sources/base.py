@@ -38,6 +38,9 @@ class SourceItem:
         deliveries: how many times the item was delivered (always 1 for the spool).
         order: text that sorts items as they entered the source, where several readers may
             decide them out of that order (a Redis entry id); ``None`` for one reader.
+        refused: the reason and detail of an item the source itself refuses to have decided
+            (a line too long, an entry delivered too often): the daemon sets it aside as it
+            does a bad event, so the ledger holds every dead letter, counted and logged once.
     """
 
     data: bytes
@@ -45,13 +48,14 @@ class SourceItem:
     ref: str
     deliveries: int = 1
     order: str | None = None
+    refused: tuple[str, str] | None = None
 
 
 class SourceReason(StrEnum):
     """Why a source set an item aside on its own, before the daemon saw it."""
 
-    LINE_TOO_LONG = "line_too_long"
-    INCOMPLETE_LINE = "incomplete_line"
+    LINE_TOO_LONG = Reason.LINE_TOO_LONG.value
+    INCOMPLETE_LINE = Reason.INCOMPLETE_LINE.value
     TOO_MANY_DELIVERIES = Reason.TOO_MANY_DELIVERIES.value
     TOO_LARGE = Reason.TOO_LARGE.value
     TOO_DEEP = Reason.TOO_DEEP.value

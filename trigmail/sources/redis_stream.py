@@ -388,10 +388,14 @@ class RedisStreamSource:
             if refused is None:
                 items.append(self._item(entry_id, fields, deliveries))
                 continue
+            # Decided as set aside by the daemon, which puts the letter in the ledger and
+            # then here (dead_letter: the dead stream and the XACK, atomically).
             reason, detail, raw = refused
-            ref = self._ref(entry_id.decode())
-            logger.warning("source %s: set aside %s: %s: %s", self.name, ref, reason, detail)
-            self._set_aside_entry(client, entry_id.decode(), ref, raw, (reason, detail))
+            entry = entry_id.decode()
+            why = (reason.value, detail)
+            items.append(
+                SourceItem(raw, entry, self._ref(entry), deliveries, entry_order(entry), why)
+            )
         return items
 
     def _delivery_counts(self, client: redis.Redis, entry_ids: list[bytes]) -> dict[bytes, int]:
