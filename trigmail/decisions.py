@@ -46,6 +46,7 @@ class Reason(StrEnum):
     RULE_DELETED = "rule_deleted"
     CAP_FULL = "cap_full"
     MAX_LATE = "max_late"
+    PAUSED = "paused"
     # set aside (dead letter)
     TEMPLATE_ERROR = "template_error"
     MISSING_EMAIL = "missing_email"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from ipaddress import IPv6Address, ip_address
 from types import TracebackType
@@ -99,6 +99,12 @@ class Metrics:
         self.sends_in_doubt = Gauge(
             "trigmail_sends_in_doubt", "Sends in the in_doubt state in the ledger.", registry=r
         )
+        self.rule_paused = Gauge(
+            "trigmail_rule_paused",
+            "1 for each rule paused now (trigmail pause), with whether its due sends are dropped.",
+            ["rule", "drop"],
+            registry=r,
+        )
         self.sends_scheduled = Gauge(
             "trigmail_sends_scheduled", "Sends scheduled and not yet due or sent.", registry=r
         )
@@ -151,6 +157,12 @@ class Metrics:
     def record_dead_letter(self, reason: Reason | str) -> None:
         """Count one event set aside."""
         self.dead_letters.labels(reason=reason).inc()
+
+    def record_pauses(self, rules: Mapping[str, bool]) -> None:
+        """Show the rules paused now (each with whether it drops), and only those."""
+        self.rule_paused.clear()
+        for rule, drop in rules.items():
+            self.rule_paused.labels(rule=rule, drop=str(drop).lower()).set(1)
 
     def record_reload(self, ok: bool, at_s: float) -> None:
         """Count a rule reload at Unix time ``at_s``, like Alertmanager's config reload metrics."""

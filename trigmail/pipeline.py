@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -24,11 +25,12 @@ from trigmail.decisions import (
     Reason,
 )
 from trigmail.delivery import Request, Retry, RetryPolicy, decide_failure, halves, requests
-from trigmail.engine import decide_due
+from trigmail.engine import decide_due, decide_paused
 from trigmail.errors import BadEventError, DeliveryError
 from trigmail.events import Event
 from trigmail.ingest import BatchWriter, Ingested, Item, parse_item
 from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
+from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force
 from trigmail.providers.base import Provider
 from trigmail.rules.model import RuleSet
 from trigmail.scheduler import Scheduler
@@ -39,6 +41,21 @@ Clock = Callable[[], datetime]
 
 # The outcome of a send settled after a failed request, by its final state.
 _SETTLED = {SendState.FAILED: Outcome.FAILED, SendState.IN_DOUBT: Outcome.IN_DOUBT}
+
+
+# How old the pauses a worker obeys may be: `trigmail pause` reaches every worker within it.
+PAUSES_MAX_AGE_S = 1.0
+
+
+def _log_pause_changes(old: Pauses, new: Pauses) -> None:
+    """Pauses are what an operator acts on: each one set or lifted is logged once."""
+    for rule, pause in new.items():
+        if old.get(rule) != pause:
+            until = "until resumed" if pause.until is None else f"until {pause.until.isoformat()}"
+            held = "dropped" if pause.drop else "held"
+            log.info("rule %s: paused %s, due sends %s: %s", rule, until, held, pause.reason or "-")
+    for rule in old.keys() - new.keys():
+        log.info("rule %s: resumed", rule)
 
 
 class Pipeline:
@@ -79,6 +96,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self._reread_on_failure = _RereadOnFailure(self)
         self._version_recorded: str | None = None
+        self._pauses: dict[str, Pause] = {}
+        self._pauses_read_s: float | None = None
 
     # -- events ------------------------------------------------------------------------------
     def ingest(self, items: Sequence[Item], source_name: str | None = None) -> Ingested:
@@ -185,6 +204,7 @@ class Pipeline:
                 due meanwhile join its provider request (personalization batching).
             until: take only sends due by then (the event-order gate); default: now.
         """
+        pauses = self.pauses()
         now = self.clock()
         rules = self.rules()
         entries: list[LogEntry] = []
@@ -211,7 +231,9 @@ class Pipeline:
                     if send.user_id in firing:
                         claimed.extend(txn.claim(list(firing.values()), now))
                         firing.clear()
-                    if self._decide_due(txn, send, rules, now, entries=entries, deferred=deferred):
+                    if self._decide_due(
+                        txn, send, (rules, pauses), now, entries=entries, deferred=deferred
+                    ):
                         firing[send.user_id] = send.key
             claimed.extend(txn.claim(list(firing.values()), now))
             txn.log(entries)
@@ -220,11 +242,21 @@ class Pipeline:
         self._publish(entries)
         return claimed
 
+    def pauses(self) -> dict[str, Pause]:
+        """The rule pauses in force (trigmail/pauses.py), read from the ledger at most
+        :data:`PAUSES_MAX_AGE_S` ago: every worker obeys a pause within that bound."""
+        now_s = time.monotonic()
+        if self._pauses_read_s is None or now_s - self._pauses_read_s >= PAUSES_MAX_AGE_S:
+            read = decode(self.ledger.get_meta(PAUSES_META))
+            _log_pause_changes(self._pauses, read)
+            self._pauses, self._pauses_read_s = read, now_s
+        return in_force(self._pauses, self.clock())
+
     @staticmethod
     def _decide_due(
         txn: LedgerTxn,
         send: SendRecord,
-        rules: RuleSet,
+        in_force: tuple[RuleSet, Pauses],
         now: datetime,
         *,
         entries: list[LogEntry],
@@ -232,7 +264,8 @@ class Pipeline:
     ) -> bool:
         """Drop or defer a due send (noting it in ``entries`` or ``deferred``); ``True`` when
         it fires instead."""
-        decision = decide_due(send, rules, txn, now)
+        rules, pauses = in_force
+        decision = decide_paused(send, pauses, now) or decide_due(send, rules, txn, now)
         if isinstance(decision, Drop):
             if txn.drop(send.key, decision.reason.value, now):
                 entries.append(

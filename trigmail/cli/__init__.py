@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from trigmail.cli import (  # noqa: F401  (each registers itself)
     check,
+    pause,
     preview,
     ruletest,
     serve,

@@ -19,6 +19,7 @@ from trigmail.events import format_ts, parse_ts
 from trigmail.ledger import open_ledger
 from trigmail.ledger.base import WATERMARK_META, LedgerStatus, SendRecord, SendState
 from trigmail.logs import escape_controls
+from trigmail.pauses import PAUSES_META, Pause, decode, in_force
 from trigmail.secrets import redact_url
 
 
@@ -48,7 +49,11 @@ def watermark_json(stored: str | None, source: str, now: datetime) -> dict[str, 
     }
 
 
-def status_json(status: LedgerStatus, watermark: dict[str, Any] | None = None) -> dict[str, Any]:
+def status_json(
+    status: LedgerStatus,
+    watermark: dict[str, Any] | None = None,
+    pauses: Sequence[Pause] = (),
+) -> dict[str, Any]:
     """The shape docs/design.md fixes for ``status --format json`` (plus a few lists)."""
 
     def send_json(send: SendRecord) -> dict[str, Any]:
@@ -75,6 +80,7 @@ def status_json(status: LedgerStatus, watermark: dict[str, Any] | None = None) -
         ],
         "dead_letters": status.dead_letters,
         "rules_version": status.rules_version,
+        "pauses": [p.to_json() for p in pauses],
         "next_due": [send_json(s) for s in status.next_due],
         "failed": [send_json(s) for s in status.failed],
         "recent": [send_json(s) for s in status.recent],
@@ -96,7 +102,11 @@ def _sends_table(title: str, sends: Sequence[SendRecord], when: str) -> Table:
 
 
 def _print_tables(
-    console: Console, status: LedgerStatus, ledger: str, watermark: dict[str, Any] | None
+    console: Console,
+    status: LedgerStatus,
+    ledger: str,
+    watermark: dict[str, Any] | None,
+    pauses: Sequence[Pause] = (),
 ) -> None:
     states = list(SendState)
     counts = Table(title=f"ledger {ledger} · rules {status.rules_version or '-'}")
@@ -115,7 +125,12 @@ def _print_tables(
     if status.failed:
         console.print(_sends_table("failed", status.failed, "since"))
     console.print(_sends_table("recent", status.recent, "since"))
-    console.print(f"dead letters: {status.dead_letters}")
+    console.print(f"dead letters: {status.dead_letters} (trigmail dead-letters list)")
+    for pause in pauses:
+        until = "until resumed" if pause.until is None else f"until {format_ts(pause.until)}"
+        held = "dropped" if pause.drop else "held"
+        line = f"paused: {pause.rule} {until}, due sends {held}: {pause.reason or '-'}"
+        console.print(Text(escape_controls(line), style="bold yellow"))
     if watermark is not None:
         lag = "unknown" if watermark["lag_s"] is None else f"{watermark['lag_s']:.1f} s behind"
         console.print(
@@ -154,16 +169,18 @@ def status(
         try:
             current = opened.status(limit=limit)
             stored = opened.get_meta(WATERMARK_META + config.source.name)
+            now = datetime.now(UTC)
+            pauses = list(in_force(decode(opened.get_meta(PAUSES_META)), now).values())
         finally:
             opened.close()
     except LedgerError as exc:
         fail(str(exc))
     watermark = watermark_json(stored, config.source.name, datetime.now(UTC))
     if output is OutputFormat.JSON:
-        typer.echo(json.dumps(status_json(current, watermark), indent=2))
+        typer.echo(json.dumps(status_json(current, watermark, pauses), indent=2))
     else:
         out = Console(highlight=False)
         # Piped output is read by people too: do not fold keys at 80 columns.
         console = out if out.is_terminal else Console(highlight=False, width=140)
-        _print_tables(console, current, redact_url(target), watermark)
+        _print_tables(console, current, redact_url(target), watermark, pauses)
     raise typer.Exit(EXIT_OK)
