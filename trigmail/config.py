@@ -156,6 +156,8 @@ class Config:
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN
     log_format: str = "text"
     log_level: str = "INFO"
+    # The level of routine decisions (scheduled, skipped, cancelled): info logs each event.
+    log_decisions: str = "debug"
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     file: Path | None = None
 
@@ -306,6 +308,7 @@ def _build(data: Mapping[str, Any], environ: Mapping[str, str], path: Path | Non
         metrics_listen=None if metrics is None else metrics.get("listen"),
         log_format=str(log.get("format", "text")),
         log_level=str(log.get("level", "INFO")).upper(),
+        log_decisions=str(log.get("decisions", "debug")),
         delivery=_delivery(data.get("delivery") or {}),
         file=path,
     )

@@ -56,6 +56,7 @@ class Daemon:
         max_hold_s: how long the event-order gate may hold a due send; ``0`` turns it off.
         retention_s: how long finished sends, seen event ids and dead letters are kept.
         clock: the current time.
+        decisions_level: the log level of routine decisions (``log.decisions``).
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class Daemon:
         max_hold_s: float = 300.0,
         retention_s: float = 90 * 86_400,
         clock: Callable[[], datetime] = utc_now,
+        decisions_level: int = logging.DEBUG,
     ) -> None:
         self.source = source
         self.ledger = ledger
@@ -90,7 +92,7 @@ class Daemon:
             clock,
             scheduler=Scheduler(),
             retry=retry,
-            on_entry=DecisionObserver(metrics, clock),
+            on_entry=DecisionObserver(metrics, clock, decisions_level),
         )
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="trigmail-send")
         self.worker = Worker(

@@ -358,10 +358,7 @@ class Pipeline:
             if isinstance(decision, Retry):
                 wait_s = (decision.due_at - now).total_seconds()
                 log.info("send %s: retry in %.1fs after %s", send.key, wait_s, decision.detail)
-            elif decision.state is SendState.IN_DOUBT:
-                log.warning("send %s: in doubt after %s", send.key, decision.detail)
-            else:
-                log.warning("send %s: failed: %s", send.key, decision.detail)
+        # A failure or a doubt is logged by the entry's listener, with the other decisions.
         self._publish(entries)
 
     def expire_leases(self) -> list[SendRecord]:

@@ -14,6 +14,7 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig
 from trigmail.daemon import Daemon
@@ -169,9 +170,23 @@ def _ready(daemon: Daemon, health: HealthCheck) -> HealthCheck:
     return check
 
 
+def start_fields(config: Config) -> dict[str, Any]:
+    """The start line's fields: the config's summary flattened (``source.spool``), so that
+    both log formats show plain values, never a Python repr."""
+    fields: dict[str, Any] = {}
+    for key, value in config.describe().items():
+        if isinstance(value, dict):
+            fields.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, list):
+            fields[key] = ",".join(str(v) for v in value)
+        else:
+            fields[key] = value
+    return fields
+
+
 def run(config: Config) -> None:
     """Wire every part from ``config`` and serve until SIGTERM/SIGINT."""
-    log.info("serve: starting with %s", config.describe())
+    log.info("serve: starting", extra=start_fields(config))
     metrics = Metrics()
     rules = _rules(config, metrics)
     # A worker's stream consumer name also names it in the ledger's leases, so a restarted
@@ -198,6 +213,7 @@ def run(config: Config) -> None:
         retention_s=config.retention_s,
         batch_window_s=config.delivery.batch_window_s,
         max_hold_s=config.delivery.max_hold_s,
+        decisions_level=logging.INFO if config.log_decisions == "info" else logging.DEBUG,
     )
     _install_signals(daemon)
     watcher = RulesWatcher(config.rules_dirs, daemon.request_reload)
