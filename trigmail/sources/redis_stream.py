@@ -6,7 +6,7 @@
   new entries are read with a blocking ``XREADGROUP``.
 - An entry is acknowledged (``XACK``) only by :meth:`RedisStreamSource.ack`, after the ledger
   commit, or when it is set aside in ``<stream>:dead``. An entry delivered more than
-  ``max_deliveries`` times is set aside as ``too_many_deliveries`` by the source itself.
+  ``max_deliveries`` times is refused (``too_many_deliveries``): the daemon sets it aside.
 - An entry's ``data`` field holds the event as JSON. Without it, the entry's fields are the
   event: names and values are decoded as UTF-8 and every value stays a string (Redis has no
   types; use ``data`` for numbers), and dotted names build nested objects

@@ -18,7 +18,9 @@ Behaviour a user can rely on:
   held in memory whole; its ``raw`` keeps only its first bytes. After a crash such a line may
   be set aside a second time (it carries no position of its own).
 
-Dead letters go to ``<stem>.dead.jsonl`` beside the spool (``events.jsonl`` →
+A line too long, or the unfinished last line of a rotated file, is returned refused
+(:attr:`SourceItem.refused`): the daemon sets it aside with the other dead letters, in the
+ledger first. Dead letters go to ``<stem>.dead.jsonl`` beside the spool (``events.jsonl`` →
 ``events.dead.jsonl``) unless ``dead_letters`` names another file (config
 ``source.dead_letters``), one JSON object per line, flushed and fsynced. The file is created
 ``0640``.
