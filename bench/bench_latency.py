@@ -6,6 +6,7 @@ measures, per idempotency key, the fake's receive time of the request that carri
 event's `ts` (same host, same clock). Prints p50/p99/max.
 
 Run: .venv/bin/python -m bench.bench_latency [--rate 500] [--seconds 20] [--latency-ms 0]
+[--max-hold 0s] (the event-order gate's bound; ``0s`` turns the gate off, for an A/B)
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="events per second")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="the fake's own latency")
+    parser.add_argument("--max-hold", help="delivery.max_hold for serve (0s: no event-order gate)")
     args = parser.parse_args()
     count = int(args.rate * args.seconds)
     root = Path(tempfile.mkdtemp(prefix="trigmail-bench-"))
@@ -100,6 +102,8 @@ def main() -> None:
             )
             serve_args = ["--config", str(config), "--metrics-listen", "127.0.0.1:0"]
             env = clean_env({"SENDGRID_API_KEY": fake.api_key})
+            if args.max_hold is not None:
+                env["TRIGMAIL_MAX_HOLD"] = args.max_hold
             with Serve(root, serve_args, env) as serve:
                 serve.wait_ready()
                 achieved = _append_at_rate(root / "events.jsonl", args.rate, count)

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-# The SendGrid fake's fixture (`sendgrid_fake`) for every test module.
-pytest_plugins = ("tests.fake_sendgrid",)
+# The SendGrid fake's fixture (`sendgrid_fake`) and the ledger fixtures (`ledger`, over every
+# implementation, and its `clock`) for every test module.
+pytest_plugins = ("tests.fake_sendgrid", "tests.ledger_helpers")
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432

@@ -25,16 +25,19 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tests.fake_sendgrid import FakeSendGrid
 from trigmail.cli.status import status_json as cli_status_json
 from trigmail.decisions import LogEntry
 from trigmail.ledger import open_ledger
-from trigmail.ledger.base import SendRecord
+from trigmail.ledger.base import SendRecord, SendState
 
 T = TypeVar("T")
 
 # The working tree under test: first on the child's path, so that it runs this code even where
 # the virtualenv's editable install is stale (it then sees ``trigmail`` as a namespace package).
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The installed console script, as a user runs it.
+TRIGMAIL = Path(sys.executable).with_name("trigmail")
 # How often a condition is polled: short enough to notice quickly, long enough to stay cheap.
 POLL_S = 0.02
 # The default bound of one wait; a test that needs longer passes its own.
@@ -349,3 +352,47 @@ def status_json(
     )
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def ping(n: int | str, **changes: Any) -> dict[str, Any]:
+    """A ``ping`` event: the ``notify`` rule (on_doubt: skip) sends key ``notify:p<n>``."""
+    event: dict[str, Any] = {
+        "id": f"p{n}",
+        "event": "ping",
+        "user_id": f"u{n}",
+        "email": f"u{n}@example.com",
+        "user": {"first_name": f"Name{n}"},
+        "properties": {"note": f"note {n}"},
+    }
+    event.update(changes)
+    return event
+
+
+# The consumer group of the Redis end-to-end runs.
+GROUP = "trigmail"
+
+
+def serve_on(root: Path, fake: FakeSendGrid, redis_url: str, stream: str, consumer: str) -> Serve:
+    source = {
+        "redis": {
+            "url": redis_url,
+            "stream": stream,
+            "group": GROUP,
+            "consumer": consumer,
+            "block": 0.2,
+            "min_idle": 0.5,
+        }
+    }
+    return serve_in(root, fake.url, fake.api_key, source, consumer)
+
+
+def wait_sent(ledger: Path, keys: list[str]) -> dict[str, SendRecord]:
+    def done() -> dict[str, SendRecord] | None:
+        found = sends(ledger)
+        return (
+            found
+            if all(found.get(k, None) and found[k].state is SendState.SENT for k in keys)
+            else None
+        )
+
+    return wait_for(done, f"{keys} to be sent")

@@ -139,3 +139,42 @@ def test_a_cancel_decided_late_leaves_alone_the_triggers_that_entered_after_it(
         "browse:v2": SendState.SCHEDULED,
     }
     ledger.close()
+
+
+def timed(event_id: str, name: str, ts_s: float, entered_s: float) -> RawItem:
+    """A Redis entry that entered the stream ``entered_s`` after T0, stamped ``ts_s`` after it."""
+    ts = datetime.fromtimestamp(T0.timestamp() + ts_s, UTC)
+    entered = datetime.fromtimestamp(T0.timestamp() + entered_s, UTC)
+    data = {"id": event_id, "event": name, "user_id": "ana", "email": "ana@example.com",
+            "ts": ts.isoformat()}  # fmt: skip
+    order = f"{round(entered.timestamp() * 1000):020d}-00000000000000000000"
+    return RawItem(json.dumps(data).encode(), f"stream {order}", order, order, entered)
+
+
+def test_a_redelivered_cancel_decided_first_counts_where_its_first_copy_entered(
+    ledger: Ledger,
+) -> None:
+    # The producer wrote v1, o1, v2, then o1 again (same event, same ts). The worker holding
+    # the first o1 was killed; another decided the copy first. In the order things happened,
+    # the order came before v2: it cancels v1 only.
+    shell = pipeline(ledger, [])
+    shell.ingest([timed("v1", "product_viewed", 1, 1), timed("v2", "product_viewed", 3, 3)])
+    shell.ingest([timed("o1", "order_completed", 2, 4)])  # the copy
+    shell.ingest([timed("o1", "order_completed", 2, 2)])  # the first copy: a duplicate
+    states = {key: ledger.get_send(key) for key in ("browse:v1", "browse:v2")}
+    assert {k: s.state if s else None for k, s in states.items()} == {
+        "browse:v1": SendState.CANCELLED,
+        "browse:v2": SendState.SCHEDULED,
+    }
+    ledger.close()
+
+
+def test_a_redelivered_trigger_decided_first_is_cancelled_by_a_cancel_after_its_first_copy(
+    ledger: Ledger,
+) -> None:
+    shell = pipeline(ledger, [])
+    shell.ingest([timed("v1", "product_viewed", 1, 3)])  # the copy, decided first
+    shell.ingest([timed("o1", "order_completed", 2, 2)])
+    send = ledger.get_send("browse:v1")
+    assert send is not None and send.state is SendState.CANCELLED
+    ledger.close()

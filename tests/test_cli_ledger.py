@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_ledger_contract import make_send, put_in_state
+from tests.ledger_helpers import make_send, put_in_state
 from trigmail.events import parse_ts
 from trigmail.ledger import SqliteLedger
 from trigmail.ledger.base import SendRecord, SendState

@@ -21,10 +21,7 @@ from tests.fake_sendgrid import (
     Fault,
     FaultKind,
     FaultRates,
-    sendgrid_fake,
 )
-
-__all__ = ["sendgrid_fake"]  # the fixture, until conftest imports it for every test module
 
 NOW_S = 1_800_000_000.0
 

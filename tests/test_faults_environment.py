@@ -16,36 +16,16 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.fake_sendgrid import FakeSendGrid, sendgrid_fake
-from tests.reliability.oracle import RULES_YAML
+from tests.fake_sendgrid import FakeSendGrid
+from tests.faults_helpers import keys, make_rules, ping
 from tests.serve_harness import Serve, append_events, clean_env, sends, wait_for, write_config
 from trigmail.ledger.base import SendState
 
-__all__ = ["sendgrid_fake"]  # the fixture
-
 pytestmark = pytest.mark.slow
-
-
-def ping(n: int) -> dict[str, Any]:
-    """A ping: rule notify sends key ``notify:p<n>`` at once."""
-    return {"id": f"p{n}", "event": "ping", "user_id": f"u{n}", "email": f"u{n}@example.com",
-            "properties": {"note": f"note {n}"}}  # fmt: skip
-
-
-def keys(numbers: range) -> set[str]:
-    return {f"notify:p{n}" for n in numbers}
-
-
-def make_rules(root: Path, template: str = "d-notify") -> Path:
-    rules = root / "rules"
-    rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES_YAML.replace("d-notify", template))
-    return rules
 
 
 def serve_spool(root: Path, fake: FakeSendGrid, ledger: Path) -> Serve:

@@ -14,13 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.fake_sendgrid import FakeSendGrid, sendgrid_fake
+from tests.fake_sendgrid import FakeSendGrid
+from tests.faults_helpers import keys, make_rules, ping
 from tests.reliability.redis_server import RedisServer
 from tests.serve_harness import Serve, clean_env, sends, wait_for, write_config
-from tests.test_faults_environment import keys, make_rules, ping
 from trigmail.ledger.base import SendState
-
-__all__ = ["sendgrid_fake"]  # the fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 

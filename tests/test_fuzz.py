@@ -30,9 +30,16 @@ from hypothesis import strategies as st
 from redis.typing import EncodableT, FieldT
 
 from tests.fake_sendgrid import FakeSendGrid
-from tests.serve_harness import Serve, append_events, clean_env, wait_for
-from tests.test_serve_e2e import ping
-from tests.test_serve_redis_e2e import GROUP, serve_on, wait_sent
+from tests.serve_harness import (
+    GROUP,
+    Serve,
+    append_events,
+    clean_env,
+    ping,
+    serve_on,
+    wait_for,
+    wait_sent,
+)
 from trigmail.config import load_config
 from trigmail.decisions import LogEntry, Outcome, Reason
 from trigmail.errors import BadEventError, ConfigError

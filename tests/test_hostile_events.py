@@ -24,9 +24,17 @@ from redis.typing import EncodableT, FieldT
 
 from tests.fake_sendgrid import FakeSendGrid
 from tests.reliability.redis_server import RedisServer
-from tests.serve_harness import REPO_ROOT, Serve, append_events, clean_env, wait_for
-from tests.test_serve_e2e import ping
-from tests.test_serve_redis_e2e import GROUP, serve_on, wait_sent
+from tests.serve_harness import (
+    GROUP,
+    REPO_ROOT,
+    Serve,
+    append_events,
+    clean_env,
+    ping,
+    serve_on,
+    wait_for,
+    wait_sent,
+)
 from trigmail.decisions import Outcome, Reason
 from trigmail.errors import BadEventError, LedgerUnavailableError, SourceError
 from trigmail.events import (

@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.fake_sendgrid import TEST_API_KEY, FakeSendGrid, sendgrid_fake
+from tests.fake_sendgrid import TEST_API_KEY, FakeSendGrid
+from tests.ledger_helpers import make_send, put_in_state
 from tests.serve_harness import (
     REPO_ROOT,
     SERVE_RULES,
@@ -38,7 +39,6 @@ from tests.serve_harness import (
     wait_for,
     write_config,
 )
-from tests.test_ledger_contract import make_send, put_in_state
 from trigmail import logs
 from trigmail.config import RedisConfig, SpoolConfig, load_config
 from trigmail.errors import ConfigError, UnsafeFileError
@@ -50,8 +50,6 @@ from trigmail.logs import JsonFormatter, KeyValueFormatter, clear_secrets
 from trigmail.secrets import redact_url
 from trigmail.sources.base import SourceItem
 from trigmail.sources.spool import SpoolSource
-
-__all__ = ["sendgrid_fake"]  # the fixture
 
 VICTIM = b"victim file: must never change\n"
 FLOOD_CONNECTIONS = 400

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
-from tests.test_ledger_contract import FakeClock, make_send, put_in_state
+from tests.ledger_helpers import FakeClock, make_send, put_in_state
 from trigmail.errors import LedgerError, LedgerUnavailableError
 from trigmail.ledger import PostgresLedger, open_ledger
 from trigmail.ledger.base import DeadLetter, SendState

@@ -9,12 +9,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.test_ledger_contract import clock, ledger, make_send, put_in_state
+from tests.ledger_helpers import make_send, put_in_state
 from trigmail.ledger.base import Ledger, SendRecord, SendState
 from trigmail.ledger.semantics import RESOLVED_NOT_SENT, RESOLVED_SENT
 from trigmail.rules.model import OnDoubt
-
-__all__ = ["clock", "ledger"]  # the contract suite's fixtures, used by every case here
 
 IN_DOUBT_ERROR = "InDoubtDeliveryError: read timeout"
 

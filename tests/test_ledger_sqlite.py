@@ -17,13 +17,12 @@ from typing import Any
 
 import pytest
 
+from tests.ledger_helpers import make_send
 from trigmail.errors import LedgerError, LedgerUnavailableError
 from trigmail.ledger import MemoryLedger, SqliteLedger, open_ledger
 from trigmail.ledger.base import SendRecord, SendState
 from trigmail.ledger.migrations import LATEST_VERSION
 from trigmail.ledger.sqlite import SqliteTxn, ledger_error
-
-from .test_ledger_contract import make_send
 
 WRITER = Path(__file__).with_name("ledger_writer.py")
 

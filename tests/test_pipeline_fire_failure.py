@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.test_pipeline import T0, Harness, item, line
+from tests.pipeline_harness import T0, Harness, item, line
 from trigmail.errors import LedgerUnavailableError
 from trigmail.ledger.base import SendRecord, SendState
 from trigmail.ledger.memory import MemoryLedger, MemoryTxn

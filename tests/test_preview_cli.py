@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 from tests.fake_sendgrid import TEST_API_KEY, FakeSendGrid
-from tests.serve_harness import clean_env, write_config
-from tests.test_validate_cli import ROOT, TRIGMAIL
+from tests.serve_harness import REPO_ROOT as ROOT
+from tests.serve_harness import TRIGMAIL, clean_env, write_config
 
 CART = {
     "event": "cart_abandoned",

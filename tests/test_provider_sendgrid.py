@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_sendgrid import FakeSendGrid, Fault, FaultKind, sendgrid_fake
+from tests.fake_sendgrid import FakeSendGrid, Fault, FaultKind
 from trigmail.decisions import Payload
 from trigmail.errors import (
     ConfigError,
@@ -25,8 +25,6 @@ from trigmail.providers.credentials import load_api_key
 from trigmail.providers.sendgrid import SendGridProvider
 from trigmail.rules.model import Address
 from trigmail.secrets import Secret
-
-__all__ = ["sendgrid_fake"]  # the fixture, until conftest imports it for every test module
 
 NOW_S = 1_800_000_000.0
 SHOP = Address("hello@example.com", "Example Shop")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mypy import api as mypy_api
 
-from tests.test_ledger_contract import make_send
+from tests.ledger_helpers import make_send
 from trigmail.decisions import Fire, Reason, Skip
 from trigmail.ledger.base import evolve
 

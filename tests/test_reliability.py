@@ -14,28 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.fake_sendgrid import FaultRates
+from tests.reliability.ci import CI_FAULTS, assert_green
 from tests.reliability.feeds import RedisFeed, SpoolFeed
-from tests.reliability.harness import RunResult, RunSpec, run
+from tests.reliability.harness import RunSpec, run
 from trigmail.faults import KillPoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-# Every fault class of the fake, several times as often as the long run's: a short run makes
-# few requests (sends due together share one), and each class must show up in it.
-CI_FAULTS = FaultRates(
-    latency_s=0.002,
-    rate_limit=0.06,
-    server_error=0.04,
-    unavailable=0.06,
-    hang_after_accept=0.04,
-    reset_before_read=0.04,
-    reset_after_accept=0.04,
-)
-
-
-def assert_green(result: RunResult) -> None:
-    violations = "\n".join(str(v) for v in result.violations[:50])
-    assert not result.violations, f"{len(result.violations)} violations:\n{violations}"
 
 
 def spool_feed(root: Path, seed: int, half_lines: bool = True) -> SpoolFeed:

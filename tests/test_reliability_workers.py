@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability.ci import CI_FAULTS, assert_green
 from tests.reliability.feeds import RedisFeed
 from tests.reliability.harness import RunSpec
 from tests.reliability.workers import run
-from tests.test_reliability import CI_FAULTS, assert_green
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

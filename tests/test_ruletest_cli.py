@@ -8,8 +8,8 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from tests.serve_harness import clean_env
-from tests.test_validate_cli import ROOT, TRIGMAIL
+from tests.serve_harness import REPO_ROOT as ROOT
+from tests.serve_harness import TRIGMAIL, clean_env
 
 
 def run_tests(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

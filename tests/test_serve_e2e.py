@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.fake_sendgrid import FakeSendGrid, Fault, FaultKind, FaultRates, sendgrid_fake
+from tests.fake_sendgrid import FakeSendGrid, Fault, FaultKind, FaultRates
 from tests.serve_harness import (
     REPO_ROOT,
     Serve,
@@ -27,6 +27,7 @@ from tests.serve_harness import (
     clean_env,
     decisions,
     ledger_status,
+    ping,
     sends,
     status_json,
     wait_for,
@@ -35,26 +36,10 @@ from tests.serve_harness import (
 from trigmail.decisions import Outcome
 from trigmail.ledger.base import SendRecord, SendState
 
-__all__ = ["sendgrid_fake"]  # the fixture
-
 pytestmark = pytest.mark.slow
 
 RULES = Path(__file__).parent / "fixtures" / "serve" / "rules"
 FINAL = frozenset({SendState.SENT, SendState.FAILED, SendState.IN_DOUBT, SendState.CANCELLED})
-
-
-def ping(n: int | str, **changes: Any) -> dict[str, Any]:
-    """A ``ping`` event: the ``notify`` rule (on_doubt: skip) sends key ``notify:p<n>``."""
-    event: dict[str, Any] = {
-        "id": f"p{n}",
-        "event": "ping",
-        "user_id": f"u{n}",
-        "email": f"u{n}@example.com",
-        "user": {"first_name": f"Name{n}"},
-        "properties": {"note": f"note {n}"},
-    }
-    event.update(changes)
-    return event
 
 
 def order(n: int | str) -> dict[str, Any]:

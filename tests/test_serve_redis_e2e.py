@@ -15,16 +15,10 @@ import pytest
 import redis
 from redis.typing import EncodableT, FieldT
 
-from tests.fake_sendgrid import FakeSendGrid, sendgrid_fake
-from tests.serve_harness import Serve, sends, serve_in, wait_for
-from tests.test_serve_e2e import ping
-from trigmail.ledger.base import SendRecord, SendState
-
-__all__ = ["sendgrid_fake"]  # the fixture
+from tests.fake_sendgrid import FakeSendGrid
+from tests.serve_harness import GROUP, ping, serve_on, wait_for, wait_sent
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
-
-GROUP = "trigmail"
 
 
 def entry_id(reply: bytes | str) -> str:
@@ -43,32 +37,6 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def stream() -> str:
     return f"trigmail-e2e:{uuid.uuid4().hex[:12]}"
-
-
-def serve_on(root: Path, fake: FakeSendGrid, redis_url: str, stream: str, consumer: str) -> Serve:
-    source = {
-        "redis": {
-            "url": redis_url,
-            "stream": stream,
-            "group": GROUP,
-            "consumer": consumer,
-            "block": 0.2,
-            "min_idle": 0.5,
-        }
-    }
-    return serve_in(root, fake.url, fake.api_key, source, consumer)
-
-
-def wait_sent(ledger: Path, keys: list[str]) -> dict[str, SendRecord]:
-    def done() -> dict[str, SendRecord] | None:
-        found = sends(ledger)
-        return (
-            found
-            if all(found.get(k, None) and found[k].state is SendState.SENT for k in keys)
-            else None
-        )
-
-    return wait_for(done, f"{keys} to be sent")
 
 
 def test_stream_entries_are_sent_and_bad_ones_set_aside(

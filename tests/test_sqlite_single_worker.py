@@ -25,12 +25,12 @@ from tests.serve_harness import (
     Serve,
     append_events,
     clean_env,
+    ping,
     sends,
     serve_in,
     status_json,
     wait_for,
 )
-from tests.test_serve_e2e import ping
 from trigmail.errors import LedgerError
 from trigmail.ledger import SqliteLedger
 from trigmail.ledger.base import SendState

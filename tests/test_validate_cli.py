@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
+from tests.serve_harness import REPO_ROOT as ROOT
+from tests.serve_harness import TRIGMAIL
+
 FIXTURES = Path(__file__).parent / "fixtures" / "rules"
-TRIGMAIL = Path(sys.executable).with_name("trigmail")
 
 
 def _run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

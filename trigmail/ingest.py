@@ -73,6 +73,9 @@ class Item(Protocol):
     @property
     def order(self) -> str | None: ...
 
+    @property
+    def entered_at(self) -> datetime | None: ...
+
 
 @record
 class RawItem:
@@ -82,6 +85,7 @@ class RawItem:
     ref: str
     position: str = ""
     order: str | None = None
+    entered_at: datetime | None = None
 
 
 @record
@@ -101,6 +105,23 @@ class Ingested:
     rejected: list[Rejected] = field(default_factory=list)
     scheduled: list[SendRecord] = field(default_factory=list)
     consumed: int = 0  # how many of the batch's items were decided (the rest wait)
+
+
+def event_order(item: Item, event: Event) -> str | None:
+    """Where ``event`` stands among one user's events read by several workers.
+
+    That is where its item entered the source, or when the event says it happened if that is
+    earlier: a producer's redelivery enters the stream again, later, with the first copy's
+    ``ts``. When the first copy's worker was killed, another worker decided the redelivery
+    first; by its entry alone, a cancel redelivered that way cancelled the triggers that came
+    between its copies (two users in a three-worker run of 200 kills). A producer whose clock
+    runs behind the source's by ``d`` makes its events count up to ``d`` earlier
+    (docs/reliability.md).
+    """
+    if item.order is None or item.entered_at is None:
+        return item.order
+    at = min(item.entered_at, event.ts)
+    return f"{round(at.timestamp() * 1000):020d}:{item.order}"
 
 
 @dataclass
@@ -125,11 +146,12 @@ class BatchWriter:
         # decided the event (no email twice, the keys are unique, but two decisions logged).
         # A replayed dead letter is decided once more (trigmail/replays.py); keys stay unique.
         if self.txn.mark_seen(event.id, self.now) or take_replay(self.txn, event.id):
-            decisions = self._decide(item, event)
+            order = event_order(item, event)
+            decisions = self._decide(item, event, order)
             if decisions is None:
                 return
-            if item.order is not None:
-                self._mark_cancel(event, item.order)
+            if order is not None:
+                self._mark_cancel(event, order)
         else:
             decisions = [duplicate_event(event)]
         for decision in decisions:
@@ -139,11 +161,11 @@ class BatchWriter:
             detail = "; ".join(f"{d.rule_id}: {d.detail}" for d in set_aside)
             self._reject(item, set_aside[0].reason.value, detail)
 
-    def _decide(self, item: Item, event: Event) -> list[Decision] | None:
+    def _decide(self, item: Item, event: Event, order: str | None) -> list[Decision] | None:
         """The event's checked decisions, or ``None`` when deciding failed (it is set aside)."""
         view = _WatchedView(self.txn)
         try:
-            decided = decide_new(event, self.rules, view, self.now, item.order)
+            decided = decide_new(event, self.rules, view, self.now, order)
             return [checked(d) for d in decided]
         except Exception as exc:
             if view.failed or isinstance(exc, LedgerError):

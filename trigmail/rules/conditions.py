@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 Path = tuple[str | int, ...]
 Predicate = Callable[[Any], bool]
 
-COMBINATORS: Final = ("all", "any", "not")
-
 _REPR: Final = reprlib.Repr()
 # Descriptions end up in logs and `simulate` output: a huge property must not flood them.
 _REPR.maxstring = 60

@@ -38,6 +38,8 @@ class SourceItem:
         deliveries: how many times the item was delivered (always 1 for the spool).
         order: text that sorts items as they entered the source, where several readers may
             decide them out of that order (a Redis entry id); ``None`` for one reader.
+        entered_at: when the item entered the source, by the source's clock, where ``order``
+            follows it (a Redis entry id's time); ``None`` otherwise.
         refused: the reason and detail of an item the source itself refuses to have decided
             (a line too long, an entry delivered too often): the daemon sets it aside as it
             does a bad event, so the ledger holds every dead letter, counted and logged once.
@@ -48,6 +50,7 @@ class SourceItem:
     ref: str
     deliveries: int = 1
     order: str | None = None
+    entered_at: datetime | None = None
     refused: tuple[str, str] | None = None
 
 

@@ -394,7 +394,15 @@ class RedisStreamSource:
             entry = entry_id.decode()
             why = (reason.value, detail)
             items.append(
-                SourceItem(raw, entry, self._ref(entry), deliveries, entry_order(entry), why)
+                SourceItem(
+                    raw,
+                    entry,
+                    self._ref(entry),
+                    deliveries,
+                    entry_order(entry),
+                    entry_time(entry),
+                    why,
+                )
             )
         return items
 
@@ -413,7 +421,8 @@ class RedisStreamSource:
         data = fields.get(keys.DATA_FIELD)
         if data is None:
             data = flat_fields_json(fields)
-        return SourceItem(data, entry, self._ref(entry), deliveries, entry_order(entry))
+        order = entry_order(entry)
+        return SourceItem(data, entry, self._ref(entry), deliveries, order, entry_time(entry))
 
     def _ref(self, entry: str) -> str:
         return f"{self.stream} {entry}"
