@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sqlite3
 from pathlib import Path
 
-from tests.serve_harness import SERVE_RULES, Serve, clean_env, wait_for
+from tests.serve_harness import SERVE_RULES, Serve, append_events, clean_env, wait_for
 
 # A rule that cancels on its own trigger: valid, with one lint warning.
 WARNED_RULE = """\
@@ -99,3 +100,36 @@ def test_reloads_say_what_changed_and_log_causes_and_warnings_once(tmp_path: Pat
     # Once for the first version and once for v2; not for the first version again, nor for
     # the reload that changed nothing.
     assert len(warnings) == 2, warnings
+
+
+def test_readyz_waits_for_the_start_and_healthz_names_a_ledger_that_cannot_commit(
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "events.jsonl"
+    ledger = tmp_path / "trigmail.db"
+    with _serve(tmp_path, spool) as serve:
+        serve.wait_ready()
+        assert serve.stop() == 0
+    # Another process holds the ledger's write lock: the start cannot settle its sends.
+    lock = sqlite3.connect(ledger, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        with _serve(tmp_path, spool) as serve:
+            wait_for(serve.metrics_port, "the metrics server")
+            assert serve.get("/readyz") == (503, "starting\n")
+            lock.execute("ROLLBACK")
+            serve.wait_ready()
+            assert serve.get("/readyz") == (200, "ok\n")
+            # Locked again while an event waits to be committed.
+            lock.execute("BEGIN EXCLUSIVE")
+            append_events(spool, [{"event": "ping", "user_id": "u1", "email": "u1@x.example"}])
+            status, body = wait_for(
+                lambda: (reply := serve.get("/healthz"))[0] == 503 and reply,
+                "/healthz to say the ledger cannot commit",
+            )
+            assert "the ledger cannot commit" in body
+            lock.execute("ROLLBACK")
+            wait_for(lambda: serve.get("/healthz")[0] == 200, "/healthz to recover")
+            assert serve.stop() == 0
+    finally:
+        lock.close()

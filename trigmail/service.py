@@ -161,13 +161,26 @@ def _health(daemon: Daemon, source: Source) -> HealthCheck:
     return check
 
 
-def _ready(daemon: Daemon, health: HealthCheck) -> HealthCheck:
-    """Ready once started (ledger open, in-flight sends settled, source tailed) and healthy."""
+class _Probes:
+    """``/healthz`` and ``/readyz``, served from before the daemon exists: opening (and
+    migrating) the ledger may take a while, and meanwhile the process is alive but not ready."""
 
-    def check() -> bool | str:
-        return health() if daemon.started.is_set() else "starting"
+    def __init__(self) -> None:
+        self._daemon: Daemon | None = None
+        self._health: HealthCheck | None = None
 
-    return check
+    def attach(self, daemon: Daemon, source: Source) -> None:
+        self._health = _health(daemon, source)
+        self._daemon = daemon
+
+    def health(self) -> bool | str:
+        return True if self._health is None else self._health()
+
+    def ready(self) -> bool | str:
+        """Ready once started (ledger open, in-flight sends settled, source tailed) and
+        healthy."""
+        daemon = self._daemon
+        return self.health() if daemon is not None and daemon.started.is_set() else "starting"
 
 
 def start_fields(config: Config) -> dict[str, Any]:
@@ -189,6 +202,20 @@ def run(config: Config) -> None:
     log.info("serve: starting", extra=start_fields(config))
     metrics = Metrics()
     rules = _rules(config, metrics)
+    probes = _Probes()
+    server = (
+        None
+        if config.metrics_listen is None
+        else serve_metrics(metrics, config.metrics_listen, probes.health, probes.ready)
+    )
+    try:
+        _serve(config, metrics, rules, probes)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _serve(config: Config, metrics: Metrics, rules: RuleStore, probes: _Probes) -> None:
     # A worker's stream consumer name also names it in the ledger's leases, so a restarted
     # worker settles its own in-flight sends at once instead of after their lease.
     worker_id = config.source.consumer if isinstance(config.source, RedisConfig) else None
@@ -217,18 +244,11 @@ def run(config: Config) -> None:
     )
     _install_signals(daemon)
     watcher = RulesWatcher(config.rules_dirs, daemon.request_reload)
-    health = _health(daemon, source)
-    server = (
-        None
-        if config.metrics_listen is None
-        else serve_metrics(metrics, config.metrics_listen, health, _ready(daemon, health))
-    )
+    probes.attach(daemon, source)
     watcher.start()
     try:
         daemon.run()
     finally:
         watcher.stop()
-        if server is not None:
-            server.close()
         provider.close()
         ledger.close()
