@@ -123,7 +123,7 @@ def test_readyz_waits_for_the_start_and_healthz_names_a_ledger_that_cannot_commi
             # Locked again while an event waits to be committed.
             lock.execute("BEGIN EXCLUSIVE")
             append_events(spool, [{"event": "ping", "user_id": "u1", "email": "u1@x.example"}])
-            status, body = wait_for(
+            _, body = wait_for(
                 lambda: (reply := serve.get("/healthz"))[0] == 503 and reply,
                 "/healthz to say the ledger cannot commit",
             )
