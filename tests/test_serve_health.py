@@ -123,10 +123,11 @@ def test_readyz_waits_for_the_start_and_healthz_names_a_ledger_that_cannot_commi
             # Locked again while an event waits to be committed.
             lock.execute("BEGIN EXCLUSIVE")
             append_events(spool, [{"event": "ping", "user_id": "u1", "email": "u1@x.example"}])
-            _, body = wait_for(
-                lambda: (reply := serve.get("/healthz"))[0] == 503 and reply,
-                "/healthz to say the ledger cannot commit",
-            )
+            def unhealthy() -> str | None:
+                status, body = serve.get("/healthz")
+                return body if status == 503 else None
+
+            body = wait_for(unhealthy, "/healthz to say the ledger cannot commit")
             assert "the ledger cannot commit" in body
             lock.execute("ROLLBACK")
             wait_for(lambda: serve.get("/healthz")[0] == 200, "/healthz to recover")
