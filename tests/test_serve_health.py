@@ -123,6 +123,7 @@ def test_readyz_waits_for_the_start_and_healthz_names_a_ledger_that_cannot_commi
             # Locked again while an event waits to be committed.
             lock.execute("BEGIN EXCLUSIVE")
             append_events(spool, [{"event": "ping", "user_id": "u1", "email": "u1@x.example"}])
+
             def unhealthy() -> str | None:
                 status, body = serve.get("/healthz")
                 return body if status == 503 else None
