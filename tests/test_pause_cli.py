@@ -118,3 +118,19 @@ def test_pause_until_takes_a_duration_and_expires(tmp_path: Path) -> None:
     assert bad.returncode == 2
     unknown = trigmail(tmp_path, "pause", "no-such-rule")
     assert "warning: no rule 'no-such-rule'" in unknown.stderr
+
+
+def test_operator_commands_need_no_api_key(tmp_path: Path) -> None:
+    # The service's credential is not in an operator's shell; pausing sends nothing.
+    (tmp_path / "rules.d").mkdir()
+    (tmp_path / "rules.d" / "nudge.yaml").write_text(RULE)
+    config = tmp_path / "config.yaml"
+    config.write_text("provider: {sendgrid: {}}\nfrom: {email: shop@example.com}\n")
+    with Serve(tmp_path, ["--config", str(config)], clean_env({"SENDGRID_API_KEY": "SG.x"})) as s:
+        s.wait_ready()
+        assert s.stop() == 0
+    for args in (["pause", "nudge"], ["pauses"], ["status"], ["dead-letters", "list"]):
+        done = trigmail(tmp_path, *args, "--config", str(config))
+        assert done.returncode == 0, (args, done.stderr)
+    # Serving does need it.
+    assert trigmail(tmp_path, "check", "--config", str(config)).returncode == 1

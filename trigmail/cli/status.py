@@ -161,7 +161,7 @@ def status(
 
     Example: trigmail status --format json | jq .counts.in_doubt
     """
-    config = load(config_path, {("ledger",): ledger})
+    config = load(config_path, {("ledger",): ledger}, sending=False)
     target = config.ledger
     require_ledger(target)
     try:
