@@ -135,7 +135,7 @@ class RuleStore:
             return
         self._rejected = errors
         for problem in errors[:MAX_LOGGED_PROBLEMS]:
-            log.error("rules: reload rejected: %s", problem)
+            log.error("rules: %s", problem)
         if len(errors) > MAX_LOGGED_PROBLEMS:
             more = len(errors) - MAX_LOGGED_PROBLEMS
             log.error("rules: and %d more errors (trigmail validate lists them all)", more)
