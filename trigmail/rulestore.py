@@ -46,7 +46,7 @@ class RuleStore:
         self._fingerprints = Fingerprints()
         # The versions whose warnings were logged, and the errors of the last rejected reload:
         # each logged once, not on every reload.
-        self._warned_versions: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
         self._rejected: tuple[str, ...] = ()
 
     def __call__(self) -> RuleSet:
@@ -113,13 +113,18 @@ class RuleStore:
         self._log_warnings(result)
 
     def _log_warnings(self, result: ParseResult) -> None:
+        # Once per rule-set version: an unchanged reload repeats none, a new version lists
+        # them all, and a warning about a file the version does not include (a link refused)
+        # is new text under the same version.
         version = self._current.version
-        if version in self._warned_versions:
-            return
-        self._warned_versions.add(version)
-        warnings = [p for p in result.problems if p.severity is Severity.WARNING]
-        for problem in warnings[:MAX_LOGGED_PROBLEMS]:
-            log.warning("rules: %s", problem)
+        warnings = [
+            text
+            for p in result.problems
+            if p.severity is Severity.WARNING and (version, text := str(p)) not in self._warned
+        ]
+        self._warned.update((version, text) for text in warnings)
+        for text in warnings[:MAX_LOGGED_PROBLEMS]:
+            log.warning("rules: %s", text)
         if len(warnings) > MAX_LOGGED_PROBLEMS:
             more = len(warnings) - MAX_LOGGED_PROBLEMS
             log.warning("rules: and %d more warnings (trigmail validate lists them all)", more)
