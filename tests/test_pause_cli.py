@@ -78,8 +78,8 @@ def test_a_paused_rule_holds_its_sends_until_resumed_and_drops_them_under_drop(
         assert [p["rule"] for p in listed] == ["nudge"]
 
         # Resumed: the held send goes out.
-        resumed = trigmail(tmp_path, "resume", "nudge")
-        assert resumed.stdout.strip() == "nudge: resumed"
+        resumed = trigmail(tmp_path, "resume", "nudge", "--format", "json")
+        assert json.loads(resumed.stdout) == {"rule": "nudge", "resumed": True}
         wait_for((outbox / key_filename(key)).exists, "the held send sent after resume")
 
         # Paused with --drop: a due send is dropped with reason paused.

@@ -86,6 +86,7 @@ def pause(
     drop: Annotated[
         bool, typer.Option("--drop", help="Drop its due sends (reason paused) instead of holding.")
     ] = False,
+    output: FormatOption = OutputFormat.TABLE,
 ) -> None:
     """Pause a rule on every worker within a second: its due sends are held (or dropped with
     --drop), its triggers still recorded. Undo with `trigmail resume RULE`.
@@ -102,6 +103,9 @@ def pause(
         return said
 
     _change(config_path, ledger, edit)
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps(paused.to_json()))
+        raise typer.Exit(EXIT_OK)
     when = "until resumed" if paused.until is None else f"until {format_ts(paused.until)}"
     held = "dropped" if drop else "held"
     typer.echo(escape_controls(f"paused {rule} {when}; its due sends are {held}"))
@@ -113,6 +117,7 @@ def resume(
     rule: Annotated[str, typer.Argument(help="The rule id to resume.")],
     config_path: ConfigOption = None,
     ledger: LedgerOption = None,
+    output: FormatOption = OutputFormat.TABLE,
 ) -> None:
     """Lift a rule's pause: its held sends go out within seconds."""
 
@@ -120,7 +125,10 @@ def resume(
         return "resumed" if pauses.pop(rule, None) is not None else "was not paused"
 
     said = _change(config_path, ledger, edit)
-    typer.echo(escape_controls(f"{rule}: {said}"))
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps({"rule": rule, "resumed": said == "resumed"}))
+    else:
+        typer.echo(escape_controls(f"{rule}: {said}"))
     raise typer.Exit(EXIT_OK)
 
 
