@@ -170,3 +170,14 @@ def test_the_systemd_units_check_before_they_start(unit: str) -> None:
     assert pre.removeprefix("ExecStartPre=") == start.removeprefix("ExecStart=").replace(
         " serve ", " check "
     )
+
+
+def test_a_structure_problem_does_not_hide_a_bad_value(tmp_path: Path) -> None:
+    (tmp_path / "rules.d").mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text("retention: '90 days'\nno_such_key: 1\nmetrics: {listen: [1]}\n")
+    result = _run(tmp_path, "check", "--config", config, "--format", "json")
+    assert result.returncode == 1
+    found = [(p["line"], p["path"]) for p in json.loads(result.stdout)["problems"]]
+    # The bad duration, the unknown key, and the listen of the wrong type (once).
+    assert found == [(1, "retention"), (2, "no_such_key"), (3, "metrics.listen")]

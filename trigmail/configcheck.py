@@ -147,14 +147,20 @@ def _strip_key(message: str, key: KeyPath) -> str:
 
 
 def _check_values(layers: _Layers, problems: list[Problem]) -> None:
+    # Run even when the structure is wrong elsewhere, so one run reports both; a key that
+    # already has a problem is not checked twice.
+    flagged = {p.path for p in problems}
     for key, check in _VALUE_CHECKS:
         value = _get(layers.data, key)
-        if value is None:
+        if value is None or ".".join(key) in flagged:
             continue
         try:
             check(value)
         except ConfigError as exc:
             problems.append(layers.problem(key, _strip_key(str(exc), key)))
+        # A value of a type the schema refused already: reported above.
+        except (TypeError, ValueError, AttributeError):
+            continue
 
 
 def _check_provider(layers: _Layers, environ: Mapping[str, str], problems: list[Problem]) -> None:
@@ -209,12 +215,13 @@ def check_config(
         path = Path(environ[cfg.CONFIG_ENV])
     report = ConfigReport()
     layers = _layers(path, environ, overrides or {}, flag_names or {}, report.problems)
-    if report.problems:
-        return report  # the structure is wrong: the checks below would only echo it
     cfg._guard_passwords(layers.data)
+    structure_ok = not report.problems
     _check_values(layers, report.problems)
-    _check_provider(layers, environ, report.problems)
-    _check_paths(layers, report.problems)
+    if structure_ok:
+        # These read whole sections, which only a well-formed config is sure to have.
+        _check_provider(layers, environ, report.problems)
+        _check_paths(layers, report.problems)
     report.problems.sort(key=lambda p: (p.file, p.line, p.col))
     if report.errors:
         return report
