@@ -337,7 +337,8 @@ def test_a_worker_killed_holding_the_order_holds_the_reminder_until_it_is_reclai
     group.write(order("ana", time.time()))
     assert first.wait_exit(30) != 0
     assert group.pending() == 1
-    others = [group.start(name, min_idle=6.0) for name in ("worker-2", "worker-3")]
+    # min_idle long enough to see the hold on a loaded machine, where each start takes seconds.
+    others = [group.start(name, min_idle=15.0) for name in ("worker-2", "worker-3")]
     # Due, and held: the order entered the stream before the reminder fell due.
     holding = wait_for(
         lambda: next((serve for serve in others if held(serve)), None), "the reminder held"

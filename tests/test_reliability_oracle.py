@@ -61,6 +61,20 @@ def test_the_first_nudge_in_feed_order_is_the_one_out() -> None:
     assert judged(fed, both_out, {"nudge:a"}, frozenset({"nudge:b"})) == ["cooldown_broken"]
 
 
+def test_a_browse_decided_while_a_refused_nudge_was_in_flight_may_be_passed_over() -> None:
+    # a fires, is refused (429) and waits out its retry; b, decided meanwhile, was skipped for
+    # the cooldown (a send in flight counts) and never scheduled; c then goes out first and
+    # the cooldown drops a's retry (the long spool run's only violation, seed 1).
+    fed = [browse("a", 0.0), browse("b", 50.0), browse("c", 60.0)]
+    c_out = {"nudge:a": "cancelled", "nudge:c": "sent"}
+    refused = frozenset({"nudge:a"})
+    assert judged(fed, c_out, set(), refused) == []
+    # Without the refusal, or with b scheduled (it could have gone out), c out is wrong.
+    assert judged(fed, c_out, set()) == ["cooldown_broken"]
+    b_held = {**c_out, "nudge:b": "cancelled"}
+    assert judged(fed, b_held, set(), refused) == ["cooldown_broken"]
+
+
 def test_a_cancel_written_after_the_nudge_fell_due_may_go_either_way() -> None:
     fed = [browse("a", 0.0), cancel(NUDGE_DELAY_S + 5), browse("b", 100.0)]
     assert oracle.plan_nudges("n1", fed).must_cancel == frozenset()

@@ -105,6 +105,7 @@ class Ingested:
     rejected: list[Rejected] = field(default_factory=list)
     scheduled: list[SendRecord] = field(default_factory=list)
     consumed: int = 0  # how many of the batch's items were decided (the rest wait)
+    claimed: list[SendRecord] = field(default_factory=list)  # fired in the batch, to deliver
 
 
 def event_order(item: Item, event: Event) -> str | None:

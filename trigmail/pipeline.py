@@ -118,25 +118,35 @@ class Pipeline:
             parsed: the items, in source order, each with its event or why it is bad.
             source_name: the source whose position the batch commits; ``None``: no position.
             gates: for each item, the watermark once every item before it is decided (see
-                :class:`trigmail.worker.Worker`). The batch stops before the first item whose
-                gate has reached a send's due time, so that the send is fired before that item
-                is decided, as ``simulate`` does; ``Ingested.consumed`` says how far it got.
+                :class:`trigmail.worker.Worker`). Before the first item whose gate has reached
+                a send's due time, the sends due by then are claimed, in the same transaction,
+                as ``simulate`` fires them before it decides that item; ``Ingested.claimed``
+                holds them for delivery.
         """
+        pauses = self.pauses()  # before the transaction: read in one of its own
         now = self.clock()
-        if gates is not None and gates and self._fire_first(gates[0], None, now):
-            return Ingested()
         rules = self.rules()
         result = Ingested()
-        with self.ledger.transaction() as txn:
+        with self._lock, self._reread_on_failure, self.ledger.transaction() as txn:
             if self.ledger.shared:
                 txn.lock_users({event.user_id for _, event in parsed if isinstance(event, Event)})
             batch = BatchWriter(txn, rules, now, source_name or "", result)
             batch_due: datetime | None = None
             for index, (item, event) in enumerate(parsed):
-                if gates is not None and self._fire_first(gates[index], batch_due, now):
-                    break
+                gate = None if gates is None else gates[index]
+                if gate is not None and self._due_by(min(gate, now), batch_due):
+                    # Claimed, not delivered: a claimed send is past any cancel, which is all
+                    # the items after it must see. One transaction keeps a live spool of
+                    # immediate sends from committing once per line.
+                    fired = self._claim_due(
+                        txn, (rules, pauses), now, min(gate, now), result.entries
+                    )
+                    result.claimed.extend(fired)
+                    batch_due = None
                 scheduled = len(result.scheduled)
                 batch.ingest(item, event)
+                for send in result.scheduled[scheduled:]:
+                    self.scheduler.add(send)
                 if gates is not None and len(result.scheduled) > scheduled:
                     batch_due = _earliest(batch_due, result.scheduled[scheduled:])
                 result.consumed += 1
@@ -146,23 +156,15 @@ class Pipeline:
             if rules.version != self._version_recorded:
                 txn.set_meta("rules_version", rules.version)
         self._version_recorded = rules.version
-        if result.scheduled:
-            with self._lock:
-                for send in result.scheduled:
-                    self.scheduler.add(send)
         self._publish(result.entries)
         return result
 
-    def _fire_first(self, gate: datetime | None, batch_due: datetime | None, now: datetime) -> bool:
-        """Whether a send falls due before the next item (whose ``gate`` is the watermark once
-        the items before it are decided), so it must be fired before that item is decided."""
-        if gate is None:
-            return False
-        cutoff = min(gate, now)
+    def _due_by(self, cutoff: datetime, batch_due: datetime | None) -> bool:
+        """Whether a send falls due by ``cutoff`` (the caller holds the lock): one scheduled
+        earlier in this batch, or one the cache holds."""
         if batch_due is not None and batch_due <= cutoff:
             return True
-        with self._lock:
-            cached = self.scheduler.next_due_at()
+        cached = self.scheduler.next_due_at()
         return cached is not None and cached <= cutoff
 
     # -- sends -------------------------------------------------------------------------------
@@ -208,8 +210,6 @@ class Pipeline:
         now = self.clock()
         rules = self.rules()
         entries: list[LogEntry] = []
-        claimed: list[SendRecord] = []
-        deferred: list[SendRecord] = []
         cutoff = now if until is None else min(until, now)
         with self._lock, self._reread_on_failure, self.ledger.transaction() as txn:
             if self.scheduler.needs_refill(now):
@@ -217,28 +217,8 @@ class Pipeline:
             earliest = self.scheduler.next_due_at()
             if earliest is None or earliest > min(now - timedelta(seconds=linger_s), cutoff):
                 return []
-            # Cooldowns and caps are per user: a send is claimed before the next send of the
-            # same user is decided (so that one sees it), and sends of distinct users are
-            # claimed together, in one statement.
-            firing: dict[str, str] = {}  # user id -> key, waiting to be claimed
-            due = self.scheduler.pop_due(cutoff, limit)
-            if self.ledger.shared:
-                txn.lock_users({send.user_id for send in due})
-            for popped in due:
-                # One process's cache cannot go stale: only a shared ledger needs the re-read.
-                sends = self._due_in_order(txn, popped, cutoff) if self.ledger.shared else [popped]
-                for send in sends:
-                    if send.user_id in firing:
-                        claimed.extend(txn.claim(list(firing.values()), now))
-                        firing.clear()
-                    if self._decide_due(
-                        txn, send, (rules, pauses), now, entries=entries, deferred=deferred
-                    ):
-                        firing[send.user_id] = send.key
-            claimed.extend(txn.claim(list(firing.values()), now))
+            claimed = self._claim_due(txn, (rules, pauses), now, cutoff, entries, limit=limit)
             txn.log(entries)
-            for send in deferred:
-                self.scheduler.add(send)
         self._publish(entries)
         return claimed
 
@@ -252,11 +232,48 @@ class Pipeline:
             self._pauses, self._pauses_read_s = read, now_s
         return in_force(self._pauses, self.clock())
 
+    def _claim_due(
+        self,
+        txn: LedgerTxn,
+        policy: tuple[RuleSet, Pauses],
+        now: datetime,
+        cutoff: datetime,
+        entries: list[LogEntry],
+        *,
+        limit: int = 1000,
+    ) -> list[SendRecord]:
+        """In ``txn``, under the lock: claim the cached sends due by ``cutoff`` that fire, and
+        drop or defer the others (noted in ``entries``)."""
+        if self.scheduler.needs_refill(now):
+            self.scheduler.refill(txn, now)
+        claimed: list[SendRecord] = []
+        deferred: list[SendRecord] = []
+        # Cooldowns and caps are per user: a send is claimed before the next send of the
+        # same user is decided (so that one sees it), and sends of distinct users are
+        # claimed together, in one statement.
+        firing: dict[str, str] = {}  # user id -> key, waiting to be claimed
+        due = self.scheduler.pop_due(cutoff, limit)
+        if self.ledger.shared:
+            txn.lock_users({send.user_id for send in due})
+        for popped in due:
+            # One process's cache cannot go stale: only a shared ledger needs the re-read.
+            sends = self._due_in_order(txn, popped, cutoff) if self.ledger.shared else [popped]
+            for send in sends:
+                if send.user_id in firing:
+                    claimed.extend(txn.claim(list(firing.values()), now))
+                    firing.clear()
+                if self._decide_due(txn, send, policy, now, entries=entries, deferred=deferred):
+                    firing[send.user_id] = send.key
+        claimed.extend(txn.claim(list(firing.values()), now))
+        for send in deferred:
+            self.scheduler.add(send)
+        return claimed
+
     @staticmethod
     def _decide_due(
         txn: LedgerTxn,
         send: SendRecord,
-        in_force: tuple[RuleSet, Pauses],
+        policy: tuple[RuleSet, Pauses],
         now: datetime,
         *,
         entries: list[LogEntry],
@@ -264,7 +281,7 @@ class Pipeline:
     ) -> bool:
         """Drop or defer a due send (noting it in ``entries`` or ``deferred``); ``True`` when
         it fires instead."""
-        rules, pauses = in_force
+        rules, pauses = policy
         decision = decide_paused(send, pauses, now) or decide_due(send, rules, txn, now)
         if isinstance(decision, Drop):
             if txn.drop(send.key, decision.reason.value, now):

@@ -210,12 +210,17 @@ class Worker:
         self.metrics.ledger_commit_seconds.observe(time.perf_counter() - started_s)
         done, self._held = held[: ingested.consumed], held[ingested.consumed :]
         faults.reached(faults.KillPoint.AFTER_COMMIT)
+        if ingested.claimed:
+            faults.reached(faults.KillPoint.AFTER_CLAIM)
+            self._claimed.extend(ingested.claimed)
         self._mark = _latest(self._mark, (each.ts for each in done))
         for rejected in ingested.rejected:
             assert isinstance(rejected.item, SourceItem)
             self.source.dead_letter(rejected.item, rejected.reason, rejected.detail)
         self.source.ack([each.item for each in done])
         self.metrics.events_read.labels(source=self.source.name).inc(len(done))
+        if self._claimed and (not self._held or len(self._claimed) >= MAX_REQUEST_SENDS):
+            self._dispatch()
         return True
 
     def _gates(self, held: Sequence[_Held]) -> list[datetime | None]:

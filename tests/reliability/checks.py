@@ -181,7 +181,8 @@ def idless_event_not_once(expected: Expected, observed: Observed) -> list[Violat
 
 def _nudge_user(plan: NudgePlan, observed: Observed, accepted: Counter[str]) -> list[Violation]:
     ended = {key: observed.nudge_outcome(key, accepted) for key in plan.keys}
-    ways = plan.ways(frozenset(observed.refused))
+    unscheduled = frozenset(key for key in plan.keys if observed.states.get(key) is None)
+    ways = plan.ways(frozenset(observed.refused), unscheduled)
     if any(all(ended[key] in way[key] for key in plan.keys) for way in ways):
         return []
     found = [

@@ -113,19 +113,23 @@ class NudgePlan:
         """Keys that must end cancelled: their cancel entered before they were due."""
         return frozenset(b.key for b in self.browses if b.cancel == "must")
 
-    def ways(self, refused: frozenset[str] = frozenset()) -> list[dict[str, frozenset[str]]]:
+    def ways(
+        self, refused: frozenset[str] = frozenset(), unscheduled: frozenset[str] = frozenset()
+    ) -> list[dict[str, frozenset[str]]]:
         """Each acceptable ending, as key -> allowed outcomes.
 
         Each browse is cancelled or not (either, when its cancel came after it fell due: a late
         daemon may still have held it then, and cancels it, or sent it before). Of those not
         cancelled, the first due goes out and the hour's cooldown holds the others, unless the
         provider ``refused`` it: then it waited out its retry, and the next may go out first
-        (the cooldown then drops it), as it may on a live system with a provider's hiccup.
+        (the cooldown then drops it), as it may on a live system with a provider's hiccup. A
+        browse decided while a refused one was in flight was never ``unscheduled`` (the
+        cooldown counts a send in flight): the one after it may go out instead.
         """
         ways = []
         for cancelled in product(*(_CHOICES[b.cancel] for b in self.browses)):
             live = [b for b, gone in zip(self.browses, cancelled, strict=True) if not gone]
-            for out in _turns(live, refused):
+            for out in _turns(live, refused, unscheduled):
                 ways.append(self._way(dict(zip(self.keys, cancelled, strict=True)), out))
         return ways
 
@@ -147,13 +151,17 @@ class NudgePlan:
 _CHOICES = {"must": (True,), "may": (True, False), "no": (False,)}
 
 
-def _turns(live: list[_Browse], refused: frozenset[str]) -> list[str]:
+def _turns(live: list[_Browse], refused: frozenset[str], unscheduled: frozenset[str]) -> list[str]:
     """Which of the ``live`` browses (due order) may be the one out: the first, or a later one
-    when every one before it was refused by the provider once."""
+    when every one before it was refused by the provider once, or never scheduled because one
+    refused before it was in flight when it was decided."""
     turns = []
+    after_refused = False
     for browse in live:
         turns.append(browse.key)
-        if browse.key not in refused:
+        if browse.key in refused:
+            after_refused = True
+        elif not (after_refused and browse.key in unscheduled):
             break
     return turns or [""]
 
