@@ -9,10 +9,8 @@ time.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -30,6 +28,7 @@ from trigmail.rulestore import RuleStore, RulesWatcher
 from trigmail.sources.base import Source
 from trigmail.sources.redis_stream import RedisStreamSource
 from trigmail.sources.spool import SpoolSource
+from trigmail.spoolhealth import SpoolPathHealth
 
 log = logging.getLogger("trigmail.serve")
 
@@ -129,28 +128,16 @@ def _install_signals(daemon: Daemon) -> None:
     signal.signal(signal.SIGHUP, reload)
 
 
-def spool_directory_problem(path: Path) -> str | None:
-    """Why the spool's directory cannot hold or show the spool, else ``None``.
-
-    A missing spool file is normal (producers create it); a missing or unreadable directory
-    is a typo or a permission, and nothing would ever be read.
-    """
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        return f"spool not read: its directory {parent} does not exist"
-    if not os.access(parent, os.R_OK | os.X_OK):
-        return f"spool not read: its directory {parent} cannot be read"
-    return None
-
-
 def _health(daemon: Daemon, source: Source) -> HealthCheck:
     """The daemon's liveness, and why its source cannot be read (a spool refused as a symlink
     or a FIFO, or in a missing directory; Redis unreachable), if it cannot."""
 
+    spool = SpoolPathHealth(source.path) if isinstance(source, SpoolSource) else None
+
     def check() -> bool | str:
         problems = []
-        if isinstance(source, SpoolSource):
-            problems.append(spool_directory_problem(source.path))
+        if spool is not None:
+            problems.append(spool.problem())
         if isinstance(source, SpoolSource | RedisStreamSource):
             problems.append(source.health())
         healthy = daemon.healthy()
