@@ -37,6 +37,7 @@ import pytest
 logger = logging.getLogger(__name__)
 
 SEND_PATH = "/v3/mail/send"
+SCOPES_PATH = "/v3/scopes"
 TEST_API_KEY = "SG.fake-test-key.0123456789abcdefghijklmnopqrstuvwxyz"
 MAX_BODY_BYTES = 20_000_000
 RATE_LIMIT_PER_PERIOD = 600
@@ -267,6 +268,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("fake sendgrid: " + format, *args)
+
+    def do_GET(self) -> None:
+        # The key's scopes: the authenticated request that sends nothing (`trigmail check
+        # --connect`).
+        fake = self.server.fake
+        if self.path != SCOPES_PATH:
+            self._reply(404, {"errors": [sendgrid_error(f"No route for {self.path}.")]})
+        elif self.headers.get("Authorization") != f"Bearer {fake.api_key}":
+            message = "The provided authorization grant is invalid, expired, or revoked"
+            self._reply(401, {"errors": [sendgrid_error(message)]})
+        else:
+            self._reply(200, {"scopes": ["mail.send"]})
 
     def do_POST(self) -> None:
         fake = self.server.fake

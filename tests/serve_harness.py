@@ -42,7 +42,7 @@ TRIGMAIL = Path(sys.executable).with_name("trigmail")
 POLL_S = 0.02
 # The default bound of one wait; a test that needs longer passes its own.
 WAIT_S = 20.0
-_METRICS_LINE = re.compile(r"metrics: serving /metrics and /healthz on ([\d.]+):(\d+)")
+_METRICS_LINE = re.compile(r"metrics: serving /metrics, /healthz and /readyz on ([\d.]+):(\d+)")
 
 
 def wait_for(condition: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -> T:

@@ -563,8 +563,8 @@ def test_serve_prints_no_password_of_a_redis_url_or_a_dsn(tmp_path: Path) -> Non
         "127.0.0.1:0",
     ]
     with Serve(tmp_path, args, clean_env()) as serve:
-        start = serve.wait_line(r"serve: starting with .*").group(0)
-        assert "'redis://:<secret>@127.0.0.1:1/0'" in start
+        start = serve.wait_line(r"serve: starting.*").group(0)
+        assert "source.redis=redis://:<secret>@127.0.0.1:1/0 " in start
         serve.wait_line(r"level=(warning|error|critical) .*redis://:<secret>@127\.0\.0\.1:1")
         serve.kill()
     dsn = f"postgresql://postgres:{password}@127.0.0.1:1/x"

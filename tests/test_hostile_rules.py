@@ -294,9 +294,11 @@ def test_a_reload_logs_a_bounded_number_of_problems(
     store = RuleStore([tmp_path], retention_s=86_400)
     with caplog.at_level("WARNING", logger="trigmail.rulestore"):
         assert not store.reload()
-    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(lines) == MAX_LOGGED_PROBLEMS + 1
-    assert "and 450 more problems" in lines[-1]
+    # The causes at error (journalctl -p err shows them), bounded, then the one summary.
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lines) == MAX_LOGGED_PROBLEMS + 2
+    assert "and 450 more errors" in lines[-2]
+    assert "reload rejected (500 errors)" in lines[-1]
 
 
 def _inotify_watches() -> int:

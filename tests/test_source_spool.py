@@ -59,6 +59,13 @@ def read_n(source: SpoolSource, count: int) -> list[SourceItem]:
     return items
 
 
+def set_aside(source: SpoolSource, items: list[SourceItem]) -> None:
+    """What the daemon does after its commit with the items the source refused."""
+    for item in items:
+        if item.refused is not None:
+            source.dead_letter(item, *item.refused)
+
+
 def datas(items: list[SourceItem]) -> list[bytes]:
     return [item.data for item in items]
 
@@ -120,7 +127,12 @@ def test_rename_rotation_sets_aside_an_unfinished_last_line(
     assert datas(source.read(10, WAIT_S)) == [b"old-1"]
     spool.rename(spool.with_name("events.jsonl.1"))
     append(spool, b"new-1\n")
-    assert datas(read_n(source, 1)) == [b"new-1"]
+    refused, new = read_n(source, 2)
+    assert (new.data, new.refused) == (b"new-1", None)
+    # Refused, not written: the daemon puts it in the ledger, then here.
+    assert refused.refused is not None
+    assert not spool.with_name("events.dead.jsonl").exists()
+    set_aside(source, [refused, new])
     letters = dead_letters(spool)
     assert [(d["reason"], d["raw"], d["ref"]) for d in letters] == [
         ("incomplete_line", "old-unfinished", "events.jsonl:2")
@@ -252,8 +264,11 @@ def test_blank_lines_are_skipped(spool: Path, open_source: Callable[..., SpoolSo
 def test_oversized_line_is_set_aside(spool: Path, open_source: Callable[..., SpoolSource]) -> None:
     long_line = b"x" * 5000
     append(spool, b"short-1\n" + long_line + b"\nshort-2\n")
-    items = read_n(open_source(spool, max_line_bytes=100), 2)
-    assert datas(items) == [b"short-1", b"short-2"]
+    source = open_source(spool, max_line_bytes=100)
+    items = read_n(source, 3)
+    assert [item.refused is not None for item in items] == [False, True, False]
+    assert datas([items[0], items[2]]) == [b"short-1", b"short-2"]
+    set_aside(source, items)
     (letter,) = dead_letters(spool)
     assert (letter["reason"], letter["ref"]) == ("line_too_long", "events.jsonl:2")
     assert letter["raw"] == "x" * DEAD_RAW_MAX_BYTES
@@ -266,9 +281,11 @@ def test_oversized_line_arriving_in_pieces_is_skipped_as_it_comes(
     append(spool, b"y" * 150)
     assert source.read(10, EMPTY_S) == []
     append(spool, b"y" * 150 + b"\nnext\n")
-    item = read_n(source, 1)[0]
+    refused, item = read_n(source, 2)
+    assert (refused.ref, refused.refused is not None) == ("events.jsonl:1", True)
     assert (item.data, item.ref) == (b"next", "events.jsonl:2")
     assert SpoolPosition.from_text(item.position).offset == 300 + len(b"\nnext\n")
+    set_aside(source, [refused, item])
     (letter,) = dead_letters(spool)
     assert letter["raw"] == "y" * 150
 

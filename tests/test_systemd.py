@@ -148,7 +148,9 @@ def test_unit_verifies_clean(tmp_path: Path) -> None:
     text = UNIT.read_text()
     assert "ExecStart=/usr/bin/trigmail serve " in text
     copy = tmp_path / "trigmail.service"
-    copy.write_text(text.replace("ExecStart=/usr/bin/trigmail ", f"ExecStart={SYSTEMD_ANALYZE} "))
+    copy.write_text(
+        re.sub(r"(ExecStart(?:Pre)?)=/usr/bin/trigmail ", rf"\1={SYSTEMD_ANALYZE} ", text)
+    )
     result = run_analyze("verify", str(copy))
     assert (result.returncode, result.stderr) == (0, "")
 

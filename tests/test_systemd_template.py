@@ -50,7 +50,14 @@ def test_hardening_matches_the_single_unit() -> None:
     # has one reader only) may differ.
     single = directives((TEMPLATE.parent / "trigmail.service").read_text())
     template = directives(TEMPLATE.read_text())
-    allowed = {"Description", "Documentation", "ExecStart", "ReadWritePaths", "Environment"}
+    allowed = {
+        "Description",
+        "Documentation",
+        "ExecStartPre",
+        "ExecStart",
+        "ReadWritePaths",
+        "Environment",
+    }
     differing = {
         name for name in single.keys() | template.keys() if single.get(name) != template.get(name)
     }
@@ -69,14 +76,17 @@ def test_template_exposure_is_at_most_one_and_a_half() -> None:
 
 @needs_systemd_analyze
 def test_template_verifies_clean(tmp_path: Path) -> None:
-    # verify checks that ExecStart= names an existing executable, and /usr/bin/trigmail is
-    # only there once the package is installed. Verify a copy that differs in that path
-    # alone (pointing at the real systemd-analyze), so every other line is still checked.
+    # verify checks that ExecStart= and ExecStartPre= name an existing executable, and
+    # /usr/bin/trigmail is only there once the package is installed. Verify a copy that
+    # differs in that path alone (pointing at the real systemd-analyze), so every other line
+    # is still checked.
     assert SYSTEMD_ANALYZE is not None
     text = TEMPLATE.read_text()
     assert "ExecStart=/usr/bin/trigmail serve " in text
     copy = tmp_path / TEMPLATE.name
-    copy.write_text(text.replace("ExecStart=/usr/bin/trigmail ", f"ExecStart={SYSTEMD_ANALYZE} "))
+    copy.write_text(
+        re.sub(r"(ExecStart(?:Pre)?)=/usr/bin/trigmail ", rf"\1={SYSTEMD_ANALYZE} ", text)
+    )
     result = run_analyze("verify", str(copy))
     assert (result.returncode, result.stderr) == (0, "")
 
@@ -85,8 +95,8 @@ def test_template_verifies_clean(tmp_path: Path) -> None:
 def test_an_instance_verifies_clean(tmp_path: Path) -> None:
     # What `systemctl enable --now trigmail@worker1` loads: the template under an instance name.
     assert SYSTEMD_ANALYZE is not None
-    text = TEMPLATE.read_text().replace(
-        "ExecStart=/usr/bin/trigmail ", f"ExecStart={SYSTEMD_ANALYZE} "
+    text = re.sub(
+        r"(ExecStart(?:Pre)?)=/usr/bin/trigmail ", rf"\1={SYSTEMD_ANALYZE} ", TEMPLATE.read_text()
     )
     (tmp_path / TEMPLATE.name).write_text(text)
     result = run_analyze("verify", str(tmp_path / "trigmail@worker1.service"))

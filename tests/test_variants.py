@@ -234,9 +234,9 @@ def test_serve_counts_and_logs_a_sent_variant(caplog: pytest.LogCaptureFixture) 
     metrics = Metrics(process=False)
     observe = DecisionObserver(metrics, lambda: T0)
     entry = LogEntry(T0, "e1", "ana", "promo", 0, "promo:e1", Outcome.SENT, Reason.DELIVERED)
-    # One line per email is at debug (a request's acceptance is the info line).
-    with caplog.at_level(logging.DEBUG, logger="trigmail.daemon"):
+    with caplog.at_level(logging.INFO, logger="trigmail.observe"):
         observe(replace(entry, variant="b", due_at=T0))
-    assert "send promo:e1: sent to ana (rule promo, variant b)" in caplog.messages
+    [record] = [r for r in caplog.records if r.getMessage().startswith("send promo:e1: sent")]
+    assert (record.__dict__["variant"], record.__dict__["user_id"]) == ("b", "ana")
     labels = {"rule": "promo", "variant": "b", "state": "sent"}
     assert metrics.registry.get_sample_value("trigmail_variant_sends_total", labels) == 1

@@ -177,6 +177,8 @@ class Config:
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN
     log_format: str = "text"
     log_level: str = "INFO"
+    # The level of routine decisions (scheduled, skipped, cancelled): info logs each event.
+    log_decisions: str = "debug"
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     webhook: WebhookConfig | None = None
     file: Path | None = None
@@ -273,6 +275,8 @@ def load_config(
     path: Path | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[tuple[str, ...], Any] | None = None,
+    *,
+    sending: bool = True,
 ) -> Config:
     """Build the config from its layers.
 
@@ -280,6 +284,9 @@ def load_config(
         path: the config file (``--config``); default ``$TRIGMAIL_CONFIG``, else none.
         environ: the environment (default ``os.environ``).
         overrides: CLI flags, each a key path and its value; ``None`` values are ignored.
+        sending: whether the caller sends: a command that only reads or writes the ledger
+            (status, pause, dead-letters) needs no API key, which an operator's shell lacks
+            (it is a credential of the service).
 
     Raises:
         ConfigError: listing every problem, each as ``file:line:col: message``.
@@ -296,7 +303,7 @@ def load_config(
         if value is not None:
             _set(data, key_path, value)
     _guard_passwords(data)
-    return _build(data, environ, path)
+    return _build(data, environ, path, sending)
 
 
 def _guard_passwords(data: Mapping[str, Any]) -> None:
@@ -310,13 +317,17 @@ def _guard_passwords(data: Mapping[str, Any]) -> None:
             register_secret(password)
 
 
-def _build(data: Mapping[str, Any], environ: Mapping[str, str], path: Path | None) -> Config:
+def _build(
+    data: Mapping[str, Any], environ: Mapping[str, str], path: Path | None, sending: bool = True
+) -> Config:
     rules_dir = data.get("rules_dir", str(DEFAULT_RULES_DIR))
     dirs = [rules_dir] if isinstance(rules_dir, str) else list(rules_dir)
     sender = data.get("from")
     log = data.get("log") or {}
     metrics = data.get("metrics", {"listen": DEFAULT_METRICS_LISTEN})
-    provider = _provider(data.get("provider") or {}, environ)
+    provider = (
+        _provider(data.get("provider") or {}, environ) if sending else OutboxConfig(DEFAULT_OUTBOX)
+    )
     if isinstance(provider, SendGridConfig) and sender is None:
         raise ConfigError("from.email is required to send through SendGrid (the default sender)")
     if sender is not None:
@@ -331,6 +342,7 @@ def _build(data: Mapping[str, Any], environ: Mapping[str, str], path: Path | Non
         metrics_listen=None if metrics is None else metrics.get("listen"),
         log_format=str(log.get("format", "text")),
         log_level=str(log.get("level", "INFO")).upper(),
+        log_decisions=str(log.get("decisions", "debug")),
         delivery=_delivery(data.get("delivery") or {}),
         webhook=_webhook(data["webhook"], environ) if data.get("webhook") is not None else None,
         file=path,

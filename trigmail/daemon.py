@@ -58,6 +58,7 @@ class Daemon:
         clock: the current time.
         reconcile: a periodic chore given the time, ``True`` when it scheduled sends again
             (the webhook's :class:`~trigmail.webhook.reconcile.Reconciler`).
+        decisions_level: the log level of routine decisions (``log.decisions``).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class Daemon:
         retention_s: float = 90 * 86_400,
         clock: Callable[[], datetime] = utc_now,
         reconcile: Callable[[datetime], bool] | None = None,
+        decisions_level: int = logging.DEBUG,
     ) -> None:
         self.source = source
         self.ledger = ledger
@@ -94,7 +96,7 @@ class Daemon:
             clock,
             scheduler=Scheduler(),
             retry=retry,
-            on_entry=DecisionObserver(metrics, clock),
+            on_entry=DecisionObserver(metrics, clock, decisions_level),
         )
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="trigmail-send")
         self.worker = Worker(
@@ -110,6 +112,10 @@ class Daemon:
         )
         self._stop = threading.Event()
         self._reload = threading.Event()
+        # Set once the ledger is open, in-flight sends are settled and the source is tailed.
+        self.started = threading.Event()
+        # Why the ledger cannot commit, while it cannot (read by /healthz from another thread).
+        self._ledger_problem: str | None = None
         self._last_tick_s = time.monotonic()
         self._watchdog_s = watchdog_interval_s()
         self._last_watchdog_s = 0.0
@@ -122,9 +128,13 @@ class Daemon:
         self._reload.set()
 
     def healthy(self) -> bool | str:
-        """Healthy while the loop keeps turning; what ``/healthz`` answers."""
+        """Healthy while the loop keeps turning and the ledger commits; what ``/healthz``
+        answers (with the source's own health, see :mod:`trigmail.service`)."""
         stalled_s = time.monotonic() - self._last_tick_s
-        return True if stalled_s < 30 else f"the serve loop has not turned for {stalled_s:.0f}s"
+        if stalled_s >= 30:
+            return f"the serve loop has not turned for {stalled_s:.0f}s"
+        problem = self._ledger_problem
+        return True if problem is None else f"the ledger cannot commit: {problem}"
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -135,6 +145,7 @@ class Daemon:
         self.notifier.ready()
         self.notifier.status(f"serving {self.source.name}, rules {self.rules().version}")
         log.info("serve: ready: source=%s rules=%s", self.source.name, self.rules().version)
+        self.started.set()
         try:
             while not self._stop.is_set():
                 self._tick()
@@ -161,10 +172,12 @@ class Daemon:
                 # Sends scheduled again (on_doubt: verify) go out now, not within the horizon.
                 self.pipeline.reread_due()
             wait_s = self.worker.step(self.clock())
+            self._ledger_problem = None
             if wait_s > 0 and not self._stop.is_set():
                 self.worker.wait_for_events(wait_s)
         except LedgerUnavailableError as exc:
             log.warning("ledger: unavailable, pausing: %s", exc)
+            self._ledger_problem = str(exc)
             self._stop.wait(FAILURE_BACKOFF_S)
         except SourceError as exc:
             # Reading, acknowledging or setting aside failed (Redis went away): entries not

@@ -49,6 +49,7 @@ class Reason(StrEnum):
     RULE_DELETED = "rule_deleted"
     CAP_FULL = "cap_full"
     MAX_LATE = "max_late"
+    PAUSED = "paused"
     # set aside (dead letter)
     TEMPLATE_ERROR = "template_error"
     MISSING_EMAIL = "missing_email"
@@ -59,6 +60,8 @@ class Reason(StrEnum):
     BAD_TS = "bad_ts"
     BAD_EMAIL = "bad_email"
     TOO_MANY_DELIVERIES = "too_many_deliveries"
+    LINE_TOO_LONG = "line_too_long"
+    INCOMPLETE_LINE = "incomplete_line"
     TOO_LARGE = "too_large"
     TOO_DEEP = "too_deep"
     PAYLOAD_TOO_LARGE = "payload_too_large"

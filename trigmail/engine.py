@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta, tzinfo
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from trigmail.assign import choose_variant, in_holdout
 from trigmail.decisions import (
@@ -28,6 +28,7 @@ from trigmail.decisions import (
 from trigmail.errors import TemplateRenderError
 from trigmail.events import MISSING, Event
 from trigmail.ledger.base import CancelMark, SendRecord
+from trigmail.pauses import Pauses
 from trigmail.rules.model import Outside, Rule, RuleSet, SendSpec, SendWindow, Step
 from trigmail.rules.templating import default_data
 from trigmail.windows import describe, next_opening, resolve_zone
@@ -379,3 +380,25 @@ def _held_back(
         if view.delivered_count_since(send.user_id, cap.categories, since) >= cap.max:
             return Drop(send.key, Reason.CAP_FULL, f"cap {cap.id}: {cap.max} already sent")
     return None
+
+
+# How long a held send of a paused rule waits before it is looked at again, at most: a resume
+# takes effect within this bound.
+PAUSE_RECHECK_S: Final = 5
+
+
+def decide_paused(send: SendRecord, pauses: Pauses, now: datetime) -> Drop | Defer | None:
+    """What a pause of the send's rule does to a due send: held (deferred) or, for a pause
+    with ``drop``, dropped as ``paused``; ``None`` when its rule is not paused now.
+
+    Decided before :func:`decide_due`, from the pauses in force (trigmail/pauses.py).
+    """
+    pause = pauses.get(send.rule_id)
+    if pause is None or not pause.in_force(now):
+        return None
+    why = f"rule {send.rule_id} paused" + (f": {pause.reason}" if pause.reason else "")
+    if pause.drop:
+        return Drop(send.key, Reason.PAUSED, why)
+    recheck = now + timedelta(seconds=PAUSE_RECHECK_S)
+    until = recheck if pause.until is None else min(pause.until, recheck)
+    return Defer(send.key, until, Reason.PAUSED)

@@ -42,6 +42,7 @@ from trigmail.events import (
 )
 from trigmail.ledger.base import CancelMark, DeadLetter, LedgerTxn, SendRecord
 from trigmail.records import record
+from trigmail.replays import take_replay
 from trigmail.rules.model import RuleSet
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,8 @@ class BatchWriter:
         # event at the same moment then waits on this row until this batch commits and finds it
         # taken. Checked by a read first, neither saw the other's uncommitted row and both
         # decided the event (no email twice, the keys are unique, but two decisions logged).
-        if self.txn.mark_seen(event.id, self.now):
+        # A replayed dead letter is decided once more (trigmail/replays.py); keys stay unique.
+        if self.txn.mark_seen(event.id, self.now) or take_replay(self.txn, event.id):
             order = event_order(item, event)
             decisions = self._decide(item, event, order)
             if decisions is None:
@@ -224,6 +226,10 @@ def parse_item(item: Item, read_at: datetime) -> Event | BadEventError:
     Any exception, not only a :class:`BadEventError`, is returned as one: an unforeseen
     failure is ``internal_error``, for this item alone.
     """
+    # Refused by the source itself: set aside like a bad event, so the ledger has the letter.
+    refused = getattr(item, "refused", None)
+    if refused is not None:
+        return BadEventError(*refused)
     try:
         return parse_event(item.data, read_at)
     except BadEventError as exc:

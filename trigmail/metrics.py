@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from ipaddress import IPv6Address, ip_address
 from types import TracebackType
@@ -106,6 +106,12 @@ class Metrics:
         self.sends_in_doubt = Gauge(
             "trigmail_sends_in_doubt", "Sends in the in_doubt state in the ledger.", registry=r
         )
+        self.rule_paused = Gauge(
+            "trigmail_rule_paused",
+            "1 for each rule paused now (trigmail pause), with whether its due sends are dropped.",
+            ["rule", "drop"],
+            registry=r,
+        )
         self.sends_scheduled = Gauge(
             "trigmail_sends_scheduled", "Sends scheduled and not yet due or sent.", registry=r
         )
@@ -177,6 +183,12 @@ class Metrics:
         """Count one event set aside."""
         self.dead_letters.labels(reason=reason).inc()
 
+    def record_pauses(self, rules: Mapping[str, bool]) -> None:
+        """Show the rules paused now (each with whether it drops), and only those."""
+        self.rule_paused.clear()
+        for rule, drop in rules.items():
+            self.rule_paused.labels(rule=rule, drop=str(drop).lower()).set(1)
+
     def record_reload(self, ok: bool, at_s: float) -> None:
         """Count a rule reload at Unix time ``at_s``, like Alertmanager's config reload metrics."""
         self.rule_reloads.labels(result=RELOAD_RESULTS[0] if ok else RELOAD_RESULTS[1]).inc()
@@ -218,13 +230,13 @@ def _health_answer(health: HealthCheck) -> tuple[HTTPStatus, str]:
     return HTTPStatus.SERVICE_UNAVAILABLE, verdict or "unhealthy"
 
 
-def _answerer(metrics: Metrics, health: HealthCheck) -> Answerer:
+def _answerer(metrics: Metrics, health: HealthCheck, ready: HealthCheck) -> Answerer:
     def answer(path: str, accept: str) -> Answer:
         if path == "/metrics":
             encoder, content_type = choose_encoder(accept)
             return HTTPStatus.OK, encoder(metrics.registry), content_type
-        if path == "/healthz":
-            status, text = _health_answer(health)
+        if path in ("/healthz", "/readyz"):
+            status, text = _health_answer(health if path == "/healthz" else ready)
             return status, (text + "\n").encode(), _PLAIN
         return HTTPStatus.NOT_FOUND, b"not found\n", _PLAIN
 
@@ -259,13 +271,17 @@ class MetricsServer:
 
 
 def serve_metrics(
-    metrics: Metrics, listen: str = DEFAULT_LISTEN, health: HealthCheck = lambda: True
+    metrics: Metrics,
+    listen: str = DEFAULT_LISTEN,
+    health: HealthCheck = lambda: True,
+    ready: HealthCheck | None = None,
 ) -> MetricsServer:
-    """Serve ``metrics`` at ``/metrics`` and ``health`` at ``/healthz`` on ``listen``.
+    """Serve ``metrics`` at ``/metrics``, ``health`` at ``/healthz`` and ``ready`` at
+    ``/readyz`` on ``listen``.
 
-    ``/healthz`` answers 200 ``ok`` when ``health()`` returns ``True``, and 503 with the
-    string it returned otherwise. The server runs in a daemon thread until :meth:`close`;
-    slow or idle clients cannot exhaust it (:mod:`trigmail.httpserve`).
+    Each answers 200 ``ok`` when its check returns ``True``, and 503 with the string it
+    returned otherwise; ``ready`` defaults to ``health``. The server runs in a daemon thread
+    until :meth:`close`; slow or idle clients cannot exhaust it (:mod:`trigmail.httpserve`).
 
     Args:
         metrics: what ``/metrics`` exposes, in the Prometheus text format (or OpenMetrics
@@ -287,6 +303,6 @@ def serve_metrics(
             "metrics.listen in the config; port 0 takes any free port), or set `metrics: null` "
             "in the config to serve no metrics"
         ) from exc
-    server = HttpServer(sock, _answerer(metrics, health), "trigmail-metrics")
-    logger.info("metrics: serving /metrics and /healthz on %s:%d", host, server.port)
+    server = HttpServer(sock, _answerer(metrics, health, ready or health), "trigmail-metrics")
+    logger.info("metrics: serving /metrics, /healthz and /readyz on %s:%d", host, server.port)
     return MetricsServer(server)

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from trigmail.decisions import LogEntry, Outcome
 from trigmail.ledger.base import SendState
@@ -25,21 +26,50 @@ _FINAL_STATES = {
     Outcome.DROPPED: SendState.CANCELLED,
 }
 
-# Decisions made for most events, logged at debug only.
-_ROUTINE = (Outcome.SKIPPED, Outcome.SCHEDULED)
+# What an operator acts on is logged at these levels whatever ``log.decisions`` says; every
+# other decision (scheduled, skipped, cancelled: most events make one) at ``log.decisions``.
+_OPERATOR_LEVELS = {
+    Outcome.SENT: logging.INFO,
+    Outcome.DROPPED: logging.INFO,
+    Outcome.FAILED: logging.WARNING,
+    Outcome.IN_DOUBT: logging.WARNING,
+    Outcome.DEAD_LETTER: logging.WARNING,
+}
+
+
+def decision_fields(entry: LogEntry) -> dict[str, Any]:
+    """The fields of one decision's log record: real fields in ``json``, ``key=value`` in
+    ``text`` (the names of ``simulate --format json``)."""
+    return {
+        "event_id": entry.event_id,
+        "user_id": entry.user_id,
+        "rule": entry.rule,
+        "step": entry.step,
+        "key": entry.key,
+        "outcome": entry.outcome.value,
+        "reason": entry.reason.value,
+        **({} if entry.variant is None else {"variant": entry.variant}),
+    }
 
 
 class DecisionObserver:
-    """Counts and logs each decision once it is committed (the pipeline's ``on_entry``).
+    """Counts and logs each decision once it is committed (the pipeline's ``on_entry``): one
+    structured record per decision (:func:`decision_fields`).
 
-    What an operator acts on (failures, doubt, cancels, dead letters) is logged at info or
-    warning; a scheduled send, a skip or an email sent at debug (each accepted provider request
-    is one info line), so that a busy serve does not write a line per event.
+    What an operator acts on (sends, drops, failures, doubt, dead letters) is logged at info
+    or warning; a scheduled send, a skip or a cancel at ``decisions_level`` (debug unless
+    ``log.decisions: info``), so that a busy serve does not write a line per event.
     """
 
-    def __init__(self, metrics: Metrics, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        decisions_level: int = logging.DEBUG,
+    ) -> None:
         self.metrics = metrics
         self.clock = clock
+        self.decisions_level = decisions_level
 
     def __call__(self, entry: LogEntry) -> None:
         final = _FINAL_STATES.get(entry.outcome)
@@ -49,36 +79,37 @@ class DecisionObserver:
             if entry.due_at is not None:
                 lateness_s = (self.clock() - entry.due_at).total_seconds()
                 self.metrics.trigger_to_provider_seconds.observe(max(lateness_s, 0.0))
-            # One line per email would be a line per event on a busy serve: the pipeline logs
-            # each accepted request at info; each email is at debug, and no work when off.
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "send %s: sent to %s (rule %s%s)",
-                    entry.key,
-                    entry.user_id,
-                    entry.rule,
-                    "" if entry.variant is None else f", variant {entry.variant}",
-                )
-            return
-        if entry.outcome in (Outcome.FAILED, Outcome.IN_DOUBT):
-            return  # the pipeline logs these with their error as it settles them
-        self.metrics.record_decision(entry.rule, entry.reason)
+        elif entry.outcome not in (Outcome.FAILED, Outcome.IN_DOUBT):
+            self.metrics.record_decision(entry.rule, entry.reason)
         if entry.outcome is Outcome.DEAD_LETTER:
             self.metrics.record_dead_letter(entry.reason)
-        # A scheduled send or a skip happens for most events: debug, and no work when off.
-        level = logging.DEBUG if entry.outcome in _ROUTINE else logging.INFO
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "event %s: %s %s (user %s, rule %s, key %s) %s",
-                entry.event_id,
-                entry.outcome.value,
-                entry.reason.value,
-                entry.user_id,
-                entry.rule,
-                entry.key,
-                entry.detail,
-            )
+        self._log(entry)
+
+    def _log(self, entry: LogEntry) -> None:
+        level = _OPERATOR_LEVELS.get(entry.outcome, self.decisions_level)
+        if not log.isEnabledFor(level):
+            return  # no work for the routine decisions of a busy serve
+        fields = decision_fields(entry)
+        if entry.detail:
+            fields["detail"] = entry.detail
+        # The subject: the send when there is one, else the event, else where it was read.
+        subject = (
+            f"send {entry.key}"
+            if entry.key
+            else f"event {entry.event_id}"
+            if entry.event_id
+            else "event"
+        )
+        detail = f": {entry.detail}" if entry.detail else ""
+        log.log(
+            level,
+            "%s: %s %s%s",
+            subject,
+            entry.outcome.value,
+            entry.reason.value,
+            detail,
+            extra=fields,
+        )
 
 
 class MeteredProvider:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -24,11 +25,12 @@ from trigmail.decisions import (
     Reason,
 )
 from trigmail.delivery import Request, Retry, RetryPolicy, decide_failure, halves, requests
-from trigmail.engine import decide_due
+from trigmail.engine import decide_due, decide_paused
 from trigmail.errors import BadEventError, DeliveryError
 from trigmail.events import Event
 from trigmail.ingest import BatchWriter, Ingested, Item, parse_item
 from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
+from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force
 from trigmail.providers.base import Provider
 from trigmail.rules.model import RuleSet
 from trigmail.scheduler import Scheduler
@@ -39,6 +41,21 @@ Clock = Callable[[], datetime]
 
 # The outcome of a send settled after a failed request, by its final state.
 _SETTLED = {SendState.FAILED: Outcome.FAILED, SendState.IN_DOUBT: Outcome.IN_DOUBT}
+
+
+# How old the pauses a worker obeys may be: `trigmail pause` reaches every worker within it.
+PAUSES_MAX_AGE_S = 1.0
+
+
+def _log_pause_changes(old: Pauses, new: Pauses) -> None:
+    """Pauses are what an operator acts on: each one set or lifted is logged once."""
+    for rule, pause in new.items():
+        if old.get(rule) != pause:
+            until = "until resumed" if pause.until is None else f"until {pause.until.isoformat()}"
+            held = "dropped" if pause.drop else "held"
+            log.info("rule %s: paused %s, due sends %s: %s", rule, until, held, pause.reason or "-")
+    for rule in old.keys() - new.keys():
+        log.info("rule %s: resumed", rule)
 
 
 class Pipeline:
@@ -79,6 +96,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self._reread_on_failure = _RereadOnFailure(self)
         self._version_recorded: str | None = None
+        self._pauses: dict[str, Pause] = {}
+        self._pauses_read_s: float | None = None
 
     # -- events ------------------------------------------------------------------------------
     def ingest(self, items: Sequence[Item], source_name: str | None = None) -> Ingested:
@@ -104,6 +123,7 @@ class Pipeline:
                 as ``simulate`` fires them before it decides that item; ``Ingested.claimed``
                 holds them for delivery.
         """
+        pauses = self.pauses()  # before the transaction: read in one of its own
         now = self.clock()
         rules = self.rules()
         result = Ingested()
@@ -120,7 +140,9 @@ class Pipeline:
                     # Claimed, not delivered: a claimed send is past any cancel, which is all
                     # the items after it must see. One transaction keeps a live spool of
                     # immediate sends from committing once per line.
-                    fired = self._claim_due(txn, rules, now, min(gate, now), result.entries)
+                    fired = self._claim_due(
+                        txn, (rules, pauses), now, min(gate, now), result.entries
+                    )
                     result.claimed.extend(fired)
                     batch_due = None
                 scheduled = len(result.scheduled)
@@ -186,6 +208,7 @@ class Pipeline:
                 due meanwhile join its provider request (personalization batching).
             until: take only sends due by then (the event-order gate); default: now.
         """
+        pauses = self.pauses()
         now = self.clock()
         rules = self.rules()
         entries: list[LogEntry] = []
@@ -196,15 +219,25 @@ class Pipeline:
             earliest = self.scheduler.next_due_at()
             if earliest is None or earliest > min(now - timedelta(seconds=linger_s), cutoff):
                 return []
-            claimed = self._claim_due(txn, rules, now, cutoff, entries, limit=limit)
+            claimed = self._claim_due(txn, (rules, pauses), now, cutoff, entries, limit=limit)
             txn.log(entries)
         self._publish(entries)
         return claimed
 
+    def pauses(self) -> dict[str, Pause]:
+        """The rule pauses in force (trigmail/pauses.py), read from the ledger at most
+        :data:`PAUSES_MAX_AGE_S` ago: every worker obeys a pause within that bound."""
+        now_s = time.monotonic()
+        if self._pauses_read_s is None or now_s - self._pauses_read_s >= PAUSES_MAX_AGE_S:
+            read = decode(self.ledger.get_meta(PAUSES_META))
+            _log_pause_changes(self._pauses, read)
+            self._pauses, self._pauses_read_s = read, now_s
+        return in_force(self._pauses, self.clock())
+
     def _claim_due(
         self,
         txn: LedgerTxn,
-        rules: RuleSet,
+        policy: tuple[RuleSet, Pauses],
         now: datetime,
         cutoff: datetime,
         entries: list[LogEntry],
@@ -231,7 +264,7 @@ class Pipeline:
                 if send.user_id in firing:
                     claimed.extend(txn.claim(list(firing.values()), now))
                     firing.clear()
-                if self._decide_due(txn, send, rules, now, entries=entries, deferred=deferred):
+                if self._decide_due(txn, send, policy, now, entries=entries, deferred=deferred):
                     firing[send.user_id] = send.key
         claimed.extend(txn.claim(list(firing.values()), now))
         for send in deferred:
@@ -242,7 +275,7 @@ class Pipeline:
     def _decide_due(
         txn: LedgerTxn,
         send: SendRecord,
-        rules: RuleSet,
+        policy: tuple[RuleSet, Pauses],
         now: datetime,
         *,
         entries: list[LogEntry],
@@ -250,7 +283,8 @@ class Pipeline:
     ) -> bool:
         """Drop or defer a due send (noting it in ``entries`` or ``deferred``); ``True`` when
         it fires instead."""
-        decision = decide_due(send, rules, txn, now)
+        rules, pauses = policy
+        decision = decide_paused(send, pauses, now) or decide_due(send, rules, txn, now)
         if isinstance(decision, Drop):
             if txn.drop(send.key, decision.reason.value, now):
                 entries.append(
@@ -348,10 +382,7 @@ class Pipeline:
             if isinstance(decision, Retry):
                 wait_s = (decision.due_at - now).total_seconds()
                 log.info("send %s: retry in %.1fs after %s", send.key, wait_s, decision.detail)
-            elif decision.state is SendState.IN_DOUBT:
-                log.warning("send %s: in doubt after %s", send.key, decision.detail)
-            else:
-                log.warning("send %s: failed: %s", send.key, decision.detail)
+        # A failure or a doubt is logged by the entry's listener, with the other decisions.
         self._publish(entries)
 
     def expire_leases(self) -> list[SendRecord]:

@@ -14,6 +14,7 @@ from typing import Final
 import watchfiles
 
 from trigmail.metrics import Metrics
+from trigmail.rulediff import Fingerprints, compare, fingerprint
 from trigmail.rules.loader import ParseResult, Problem, Severity, load_rules
 from trigmail.rules.model import RuleSet
 from trigmail.rules.quoting import cut
@@ -42,6 +43,11 @@ class RuleStore:
         self.metrics = metrics
         self._current = RuleSet()
         self._lock = threading.Lock()
+        self._fingerprints = Fingerprints()
+        # The versions whose warnings were logged, and the errors of the last rejected reload:
+        # each logged once, not on every reload.
+        self._warned: set[tuple[str, str]] = set()
+        self._rejected: tuple[str, ...] = ()
 
     def __call__(self) -> RuleSet:
         # One attribute read: a reader sees the old set or the new one, never a mix.
@@ -66,28 +72,79 @@ class RuleStore:
                 self._current = result.rules
         return result
 
+    def start(self) -> ParseResult:
+        """The first load, at serve's start: its warnings are logged (once for this version)."""
+        result = self.load()
+        if result.rules is not None:
+            self._fingerprints = fingerprint(self.dirs)
+            self._log_warnings(result)
+        return result
+
     def reload(self) -> bool:
-        """Reload from disk; on any error keep the current rules. Returns whether it swapped."""
+        """Reload from disk; on any error keep the current rules. Returns whether it swapped.
+
+        A rejected reload logs its errors at error level once: the same rejected files saved
+        again (or seen again by the watcher) are not logged again. A swap logs what changed;
+        warnings are logged once per rule-set version.
+        """
         old = self._current.version
         result = self.load()
-        for problem in result.problems[:MAX_LOGGED_PROBLEMS]:
-            log.warning("rules: %s", problem)
-        if len(result.problems) > MAX_LOGGED_PROBLEMS:
-            more = len(result.problems) - MAX_LOGGED_PROBLEMS
-            log.warning("rules: and %d more problems (trigmail validate lists them all)", more)
         ok = result.rules is not None
         if ok:
-            log.info(
-                "rules: version %s in force (%d rules, was %s)",
-                self._current.version,
-                len(self._current.rules),
-                old,
-            )
+            self._rejected = ()
+            self._log_swap(old, result)
         else:
-            log.error("rules: reload rejected (%d errors); version %s stays", result.errors, old)
+            self._log_rejection(old, result)
         if self.metrics is not None:
             self.metrics.record_reload(ok, time.time())
         return ok
+
+    def _log_swap(self, old: str, result: ParseResult) -> None:
+        new = fingerprint(self.dirs)
+        changes = compare(self._fingerprints, new)
+        self._fingerprints = new
+        log.info(
+            "rules: version %s in force (%d rules, was %s): %s",
+            self._current.version,
+            len(self._current.rules),
+            old,
+            changes.describe(),
+        )
+        self._log_warnings(result)
+
+    def _log_warnings(self, result: ParseResult) -> None:
+        # Once per rule-set version: an unchanged reload repeats none, a new version lists
+        # them all, and a warning about a file the version does not include (a link refused)
+        # is new text under the same version.
+        version = self._current.version
+        warnings = [
+            text
+            for p in result.problems
+            if p.severity is Severity.WARNING and (version, text := str(p)) not in self._warned
+        ]
+        self._warned.update((version, text) for text in warnings)
+        for text in warnings[:MAX_LOGGED_PROBLEMS]:
+            log.warning("rules: %s", text)
+        if len(warnings) > MAX_LOGGED_PROBLEMS:
+            more = len(warnings) - MAX_LOGGED_PROBLEMS
+            log.warning("rules: and %d more warnings (trigmail validate lists them all)", more)
+
+    def _log_rejection(self, old: str, result: ParseResult) -> None:
+        errors = tuple(str(p) for p in result.problems if p.severity is Severity.ERROR)
+        if errors == self._rejected:
+            log.error(
+                "rules: reload rejected (%d errors, the same as logged before); version %s stays",
+                len(errors),
+                old,
+            )
+            return
+        self._rejected = errors
+        for problem in errors[:MAX_LOGGED_PROBLEMS]:
+            log.error("rules: %s", problem)
+        if len(errors) > MAX_LOGGED_PROBLEMS:
+            more = len(errors) - MAX_LOGGED_PROBLEMS
+            log.error("rules: and %d more errors (trigmail validate lists them all)", more)
+        log.error("rules: reload rejected (%d errors); version %s stays", len(errors), old)
 
 
 class RulesWatcher:

@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from types import FrameType
+from typing import Any
 
 from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig, WebhookConfig
 from trigmail.daemon import Daemon
@@ -28,6 +29,7 @@ from trigmail.rulestore import RuleStore, RulesWatcher
 from trigmail.sources.base import Source
 from trigmail.sources.redis_stream import RedisStreamSource
 from trigmail.sources.spool import SpoolSource
+from trigmail.spoolhealth import SpoolPathHealth
 from trigmail.webhook.listener import WebhookServer, serve_webhook
 from trigmail.webhook.observe import WebhookMetrics
 from trigmail.webhook.receiver import Receiver
@@ -77,9 +79,7 @@ def _provider(config: Config) -> Provider:
 
 def _rules(config: Config, metrics: Metrics) -> RuleStore:
     store = RuleStore(config.rules_dirs, config.retention_s, metrics)
-    result = store.load()
-    for problem in result.problems:
-        log.warning("rules: %s", problem)
+    result = store.start()
     if result.rules is None:
         raise RulesError(list(result.problems))
     metrics.record_reload(True, time.time())
@@ -136,11 +136,20 @@ def _install_signals(daemon: Daemon) -> None:
 
 def _health(daemon: Daemon, source: Source) -> HealthCheck:
     """The daemon's liveness, and why its source cannot be read (a spool refused as a symlink
-    or a FIFO, Redis unreachable), if it cannot."""
+    or a FIFO, or in a missing directory; Redis unreachable), if it cannot."""
+
+    spool = SpoolPathHealth(source.path) if isinstance(source, SpoolSource) else None
 
     def check() -> bool | str:
-        problem = source.health() if isinstance(source, SpoolSource | RedisStreamSource) else None
-        return problem or daemon.healthy()
+        problems = []
+        if spool is not None:
+            problems.append(spool.problem())
+        if isinstance(source, SpoolSource | RedisStreamSource):
+            problems.append(source.health())
+        healthy = daemon.healthy()
+        if healthy is not True:
+            problems.append(healthy or "unhealthy")
+        return "; ".join(p for p in problems if p) or True
 
     return check
 
@@ -169,11 +178,61 @@ def _warn_verify_without_webhook(config: Config, rules: RuleStore) -> None:
         )
 
 
+class _Probes:
+    """``/healthz`` and ``/readyz``, served from before the daemon exists: opening (and
+    migrating) the ledger may take a while, and meanwhile the process is alive but not ready."""
+
+    def __init__(self) -> None:
+        self._daemon: Daemon | None = None
+        self._health: HealthCheck | None = None
+
+    def attach(self, daemon: Daemon, source: Source) -> None:
+        self._health = _health(daemon, source)
+        self._daemon = daemon
+
+    def health(self) -> bool | str:
+        return True if self._health is None else self._health()
+
+    def ready(self) -> bool | str:
+        """Ready once started (ledger open, in-flight sends settled, source tailed) and
+        healthy."""
+        daemon = self._daemon
+        return self.health() if daemon is not None and daemon.started.is_set() else "starting"
+
+
+def start_fields(config: Config) -> dict[str, Any]:
+    """The start line's fields: the config's summary flattened (``source.spool``), so that
+    both log formats show plain values, never a Python repr."""
+    fields: dict[str, Any] = {}
+    for key, value in config.describe().items():
+        if isinstance(value, dict):
+            fields.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, list):
+            fields[key] = ",".join(str(v) for v in value)
+        else:
+            fields[key] = value
+    return fields
+
+
 def run(config: Config) -> None:
     """Wire every part from ``config`` and serve until SIGTERM/SIGINT."""
-    log.info("serve: starting with %s", config.describe())
+    log.info("serve: starting", extra=start_fields(config))
     metrics = Metrics()
     rules = _rules(config, metrics)
+    probes = _Probes()
+    server = (
+        None
+        if config.metrics_listen is None
+        else serve_metrics(metrics, config.metrics_listen, probes.health, probes.ready)
+    )
+    try:
+        _serve(config, metrics, rules, probes)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _serve(config: Config, metrics: Metrics, rules: RuleStore, probes: _Probes) -> None:
     # A worker's stream consumer name also names it in the ledger's leases, so a restarted
     # worker settles its own in-flight sends at once instead of after their lease.
     worker_id = config.source.consumer if isinstance(config.source, RedisConfig) else None
@@ -202,14 +261,11 @@ def run(config: Config) -> None:
         batch_window_s=config.delivery.batch_window_s,
         max_hold_s=config.delivery.max_hold_s,
         reconcile=reconciler.step,
+        decisions_level=logging.INFO if config.log_decisions == "info" else logging.DEBUG,
     )
     _install_signals(daemon)
     watcher = RulesWatcher(config.rules_dirs, daemon.request_reload)
-    server = (
-        None
-        if config.metrics_listen is None
-        else serve_metrics(metrics, config.metrics_listen, _health(daemon, source))
-    )
+    probes.attach(daemon, source)
     webhook = _webhook(config.webhook, ledger, webhook_metrics)
     watcher.start()
     try:
@@ -218,7 +274,5 @@ def run(config: Config) -> None:
         watcher.stop()
         if webhook is not None:
             webhook.close()
-        if server is not None:
-            server.close()
         provider.close()
         ledger.close()

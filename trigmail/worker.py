@@ -364,6 +364,9 @@ class Worker:
     def _run_timers(self, now: datetime) -> None:
         if self._due("watermark", now, WATERMARK_GAUGE_S):
             self._publish_watermark(now, self._due("status", now, WATERMARK_STATUS_S))
+            # Read at most once a second: a pause set elsewhere is logged and shown at once.
+            pauses = self.pipeline.pauses()
+            self.metrics.record_pauses({rule: p.drop for rule, p in pauses.items()})
         if self._due("gauges", now, GAUGE_REFRESH_S):
             self._refresh_gauges()
         if self._due("leases", now, LEASE_CHECK_S):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from trigmail.cli import (  # noqa: F401  (each registers itself)
     catalog,
+    check,
     explain,
+    pause,
     preview,
     ruletest,
     serve,
@@ -13,9 +15,11 @@ from trigmail.cli import (  # noqa: F401  (each registers itself)
     validate,
 )
 from trigmail.cli.app import app
+from trigmail.cli.deadletters import dead_letters_app
 from trigmail.cli.ledger import ledger_app
 
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(dead_letters_app, name="dead-letters")
 
 
 def main() -> None:

@@ -8,8 +8,32 @@ from typing import Annotated
 import typer
 
 from trigmail.cli.app import EXIT_INVALID, app
-from trigmail.cli.common import ConfigOption, fail, load, setup_logging
+from trigmail.cli.check import problem_line
+from trigmail.cli.common import ConfigOption, err_console, fail, setup_logging
+from trigmail.config import Config
+from trigmail.configcheck import check_config
 from trigmail.errors import ConfigError, LedgerError, RulesError
+
+_FLAGS = {
+    ("source", "spool"): "--spool",
+    ("source", "redis", "url"): "--redis-url",
+    ("rules_dir",): "--rules",
+    ("ledger",): "--ledger",
+    ("metrics", "listen"): "--metrics-listen",
+    ("log", "format"): "--log-format",
+    ("log", "level"): "--log-level",
+}
+
+
+def _checked(config_path: Path | None, overrides: dict[tuple[str, ...], str | None]) -> Config:
+    """The config, once `trigmail check` finds no error in it or its rules: every problem is
+    reported at once, before anything is created, migrated or bound."""
+    report = check_config(config_path, overrides=overrides, flag_names=_FLAGS)
+    if report.config is None or not report.ok:
+        for problem in report.problems:
+            err_console.print(problem_line(problem), soft_wrap=True)
+        fail(f"{report.errors} problems in the config or the rules (trigmail check lists them)")
+    return report.config
 
 
 @app.command()
@@ -57,7 +81,7 @@ def serve(
         ("log", "format"): log_format,
         ("log", "level"): log_level,
     }
-    config = load(config_path, overrides)
+    config = _checked(config_path, overrides)
     setup_logging(config.log_format, config.log_level)
     # Imported here: what only serving needs (psycopg, redis, httpx, …) stays out of the
     # other commands' start-up.

@@ -19,6 +19,7 @@ from trigmail.events import format_ts, parse_ts
 from trigmail.ledger import open_ledger
 from trigmail.ledger.base import WATERMARK_META, LedgerStatus, SendRecord, SendState
 from trigmail.logs import escape_controls
+from trigmail.pauses import PAUSES_META, Pause, decode, in_force
 from trigmail.secrets import redact_url
 from trigmail.webhook.report import delivery_by_rule, evidence_of
 
@@ -54,6 +55,7 @@ def status_json(
     watermark: dict[str, Any] | None = None,
     delivery: dict[str, dict[str, int]] | None = None,
     evidence: dict[str, dict[str, Any]] | None = None,
+    pauses: Sequence[Pause] = (),
 ) -> dict[str, Any]:
     """The shape docs/design.md fixes for ``status --format json`` (plus a few lists).
 
@@ -99,6 +101,7 @@ def status_json(
         ],
         "dead_letters": status.dead_letters,
         "rules_version": status.rules_version,
+        "pauses": [p.to_json() for p in pauses],
         "next_due": [send_json(s) for s in status.next_due],
         "failed": [send_json(s) for s in status.failed],
         "recent": [send_json(s) for s in status.recent],
@@ -137,6 +140,7 @@ def _print_tables(
     ledger: str,
     watermark: dict[str, Any] | None,
     delivery: dict[str, dict[str, int]] | None = None,
+    pauses: Sequence[Pause] = (),
 ) -> None:
     states = list(SendState)
     counts = Table(title=f"ledger {ledger} · rules {status.rules_version or '-'}")
@@ -160,7 +164,12 @@ def _print_tables(
     console.print(_sends_table("recent", status.recent, "since"))
     if delivery:
         console.print(_delivery_table(delivery))
-    console.print(f"dead letters: {status.dead_letters}")
+    console.print(f"dead letters: {status.dead_letters} (trigmail dead-letters list)")
+    for pause in pauses:
+        until = "until resumed" if pause.until is None else f"until {format_ts(pause.until)}"
+        held = "dropped" if pause.drop else "held"
+        line = f"paused: {pause.rule} {until}, due sends {held}: {pause.reason or '-'}"
+        console.print(Text(escape_controls(line), style="bold yellow"))
     if watermark is not None:
         lag = "unknown" if watermark["lag_s"] is None else f"{watermark['lag_s']:.1f} s behind"
         console.print(
@@ -191,7 +200,7 @@ def status(
 
     Example: trigmail status --format json | jq .counts.in_doubt
     """
-    config = load(config_path, {("ledger",): ledger})
+    config = load(config_path, {("ledger",): ledger}, sending=False)
     target = config.ledger
     require_ledger(target)
     try:
@@ -202,17 +211,19 @@ def status(
             delivery = delivery_by_rule(opened)
             verify_after_s = config.delivery.verify_after_s
             evidence = evidence_of(opened, current.in_doubt, verify_after_s)
+            now = datetime.now(UTC)
+            pauses = list(in_force(decode(opened.get_meta(PAUSES_META)), now).values())
         finally:
             opened.close()
     except LedgerError as exc:
         fail(str(exc))
     watermark = watermark_json(stored, config.source.name, datetime.now(UTC))
     if output is OutputFormat.JSON:
-        document = status_json(current, watermark, delivery, evidence)
+        document = status_json(current, watermark, delivery, evidence, pauses)
         typer.echo(json.dumps(document, indent=2))
     else:
         out = Console(highlight=False)
         # Piped output is read by people too: do not fold keys at 80 columns.
         console = out if out.is_terminal else Console(highlight=False, width=140)
-        _print_tables(console, current, redact_url(target), watermark, delivery)
+        _print_tables(console, current, redact_url(target), watermark, delivery, pauses)
     raise typer.Exit(EXIT_OK)

@@ -261,6 +261,10 @@ class LedgerTxn(Protocol):
         """Return the stored events of the send ``key``, in SendGrid's time order."""
         ...
 
+    def get_meta(self, name: str) -> str | None:
+        """Return a value stored with ``set_meta``, as this transaction sees it."""
+        ...
+
 
 @dataclass(frozen=True)
 class LedgerStatus:

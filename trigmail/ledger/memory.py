@@ -451,6 +451,9 @@ class MemoryTxn:
     def delivery_events(self, key: str) -> list[DeliveryEvent]:
         return sorted(self._store.events_by_key.get(key, ()), key=_event_order)
 
+    def get_meta(self, name: str) -> str | None:
+        return self._store.meta.get(name)
+
     def _in_state(self, keys: Iterable[str], state: SendState) -> list[SendRecord]:
         sends = self._store.sends
         return [

@@ -40,6 +40,9 @@ class SourceItem:
             decide them out of that order (a Redis entry id); ``None`` for one reader.
         entered_at: when the item entered the source, by the source's clock, where ``order``
             follows it (a Redis entry id's time); ``None`` otherwise.
+        refused: the reason and detail of an item the source itself refuses to have decided
+            (a line too long, an entry delivered too often): the daemon sets it aside as it
+            does a bad event, so the ledger holds every dead letter, counted and logged once.
     """
 
     data: bytes
@@ -48,13 +51,14 @@ class SourceItem:
     deliveries: int = 1
     order: str | None = None
     entered_at: datetime | None = None
+    refused: tuple[str, str] | None = None
 
 
 class SourceReason(StrEnum):
     """Why a source set an item aside on its own, before the daemon saw it."""
 
-    LINE_TOO_LONG = "line_too_long"
-    INCOMPLETE_LINE = "incomplete_line"
+    LINE_TOO_LONG = Reason.LINE_TOO_LONG.value
+    INCOMPLETE_LINE = Reason.INCOMPLETE_LINE.value
     TOO_MANY_DELIVERIES = Reason.TOO_MANY_DELIVERIES.value
     TOO_LARGE = Reason.TOO_LARGE.value
     TOO_DEEP = Reason.TOO_DEEP.value

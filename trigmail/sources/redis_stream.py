@@ -6,7 +6,7 @@
   new entries are read with a blocking ``XREADGROUP``.
 - An entry is acknowledged (``XACK``) only by :meth:`RedisStreamSource.ack`, after the ledger
   commit, or when it is set aside in ``<stream>:dead``. An entry delivered more than
-  ``max_deliveries`` times is set aside as ``too_many_deliveries`` by the source itself.
+  ``max_deliveries`` times is refused (``too_many_deliveries``): the daemon sets it aside.
 - An entry's ``data`` field holds the event as JSON. Without it, the entry's fields are the
   event: names and values are decoded as UTF-8 and every value stays a string (Redis has no
   types; use ``data`` for numbers), and dotted names build nested objects
@@ -388,10 +388,22 @@ class RedisStreamSource:
             if refused is None:
                 items.append(self._item(entry_id, fields, deliveries))
                 continue
+            # Decided as set aside by the daemon, which puts the letter in the ledger and
+            # then here (dead_letter: the dead stream and the XACK, atomically).
             reason, detail, raw = refused
-            ref = self._ref(entry_id.decode())
-            logger.warning("source %s: set aside %s: %s: %s", self.name, ref, reason, detail)
-            self._set_aside_entry(client, entry_id.decode(), ref, raw, (reason, detail))
+            entry = entry_id.decode()
+            why = (reason.value, detail)
+            items.append(
+                SourceItem(
+                    raw,
+                    entry,
+                    self._ref(entry),
+                    deliveries,
+                    entry_order(entry),
+                    entry_time(entry),
+                    why,
+                )
+            )
         return items
 
     def _delivery_counts(self, client: redis.Redis, entry_ids: list[bytes]) -> dict[bytes, int]:

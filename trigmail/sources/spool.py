@@ -18,7 +18,9 @@ Behaviour a user can rely on:
   held in memory whole; its ``raw`` keeps only its first bytes. After a crash such a line may
   be set aside a second time (it carries no position of its own).
 
-Dead letters go to ``<stem>.dead.jsonl`` beside the spool (``events.jsonl`` →
+A line too long, or the unfinished last line of a rotated file, is returned refused
+(:attr:`SourceItem.refused`): the daemon sets it aside with the other dead letters, in the
+ledger first. Dead letters go to ``<stem>.dead.jsonl`` beside the spool (``events.jsonl`` →
 ``events.dead.jsonl``) unless ``dead_letters`` names another file (config
 ``source.dead_letters``), one JSON object per line, flushed and fsynced. The file is created
 ``0640``.
@@ -274,6 +276,8 @@ class SpoolSource:
         self._drained_at: datetime | None = None
         self._end_seen_at: datetime | None = None
         self._unacked: str | None = None  # the position of the last line read, until acked
+        # The unfinished last line of a rotated file, set aside by the next read.
+        self._refused: list[SourceItem] = []
 
     #: One reader, in file order: the lines' own times may move the watermark on.
     ordered = True
@@ -382,7 +386,8 @@ class SpoolSource:
             return items
         # Only a quiet file is left for another: a renamed file is drained to its end first.
         tail = self._follow_rename(tail)
-        return self._take(tail, max_items) if tail is not None else []
+        refused, self._refused = self._refused, []
+        return refused + (self._take(tail, max_items) if tail is not None else [])
 
     def _take(self, tail: _Tail, max_items: int) -> list[SourceItem]:
         items: list[SourceItem] = []
@@ -393,8 +398,9 @@ class SpoolSource:
             ref = f"{self.path.name}:{line.number}"
             if line.too_long:
                 detail = f"line is longer than {self.max_line_bytes} bytes; raw is its start"
-                logger.warning("spool %s: set aside line %d: %s", self.path, line.number, detail)
-                self._write_dead_letter(ref, SourceReason.LINE_TOO_LONG, detail, line.data)
+                refused = (SourceReason.LINE_TOO_LONG.value, detail)
+                position = tail.position(line).to_text()
+                items.append(SourceItem(line.data, position, ref, refused=refused))
             elif line.data.strip():
                 items.append(SourceItem(line.data, tail.position(line).to_text(), ref))
         return items
@@ -415,8 +421,9 @@ class SpoolSource:
         if unfinished is not None:
             ref = f"{self.path.name}:{tail.line + 1}"
             detail = "the file was rotated before this line got its newline"
-            logger.warning("spool %s: set aside line %d: %s", self.path, tail.line + 1, detail)
-            self._write_dead_letter(ref, SourceReason.INCOMPLETE_LINE, detail, unfinished)
+            refused = (SourceReason.INCOMPLETE_LINE.value, detail)
+            position = tail.position(_Line(unfinished, tail.line + 1, tail.read_at)).to_text()
+            self._refused.append(SourceItem(unfinished, position, ref, refused=refused))
         tail.close()
         self._tail = None
         faults.reached(faults.KillPoint.DURING_ROTATION)

@@ -1,0 +1,92 @@
+"""What a rule reload changed: files, and rules added, removed or changed, for its log line.
+
+Compiled rules cannot be compared (templates and conditions are compiled objects), so each
+rule is fingerprinted from its source: its mapping, re-read from the file, as canonical JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trigmail.rules.loader import rule_files
+from trigmail.rules.yamlsource import load_document
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    """A hash per rule file (by path) and per rule (by id)."""
+
+    files: Mapping[str, str] = field(default_factory=dict)
+    rules: Mapping[str, str] = field(default_factory=dict)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _rules_of(text: bytes) -> Iterable[tuple[str, str]]:
+    try:
+        document = load_document(text.decode("utf-8")).data
+    # The file was loaded already; a change since is the next reload's business.
+    except (UnicodeDecodeError, ValueError):
+        return
+    rules = document.get("rules") if isinstance(document, dict) else None
+    for rule in rules if isinstance(rules, list) else ():
+        if isinstance(rule, dict) and isinstance(rule.get("id"), str):
+            canonical = json.dumps(rule, sort_keys=True, default=str).encode()
+            yield rule["id"], _digest(canonical)
+
+
+def fingerprint(dirs: Sequence[Path]) -> Fingerprints:
+    """Fingerprint the rule files of ``dirs`` (a file stands for itself)."""
+    files: dict[str, str] = {}
+    rules: dict[str, str] = {}
+    for directory in dirs:
+        paths = rule_files(directory) if directory.is_dir() else [directory]
+        for path in paths:
+            try:
+                text = path.read_bytes()
+            except OSError:
+                continue
+            files[str(path)] = _digest(text)
+            rules.update(_rules_of(text))
+    return Fingerprints(files, rules)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What differs between two fingerprints, each list sorted."""
+
+    files: list[str]
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+    def describe(self) -> str:
+        """``files=a.yaml,b.yaml added=x removed=- changed=y``: one line for the log."""
+        parts: dict[str, Any] = {
+            "files": self.files,
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+        }
+        return " ".join(f"{k}={','.join(v) or '-'}" for k, v in parts.items())
+
+
+def _changed(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    return sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+
+
+def compare(old: Fingerprints, new: Fingerprints) -> Changes:
+    files = sorted(old.files.keys() ^ new.files.keys()) + _changed(old.files, new.files)
+    return Changes(
+        files=sorted(files),
+        added=sorted(new.rules.keys() - old.rules.keys()),
+        removed=sorted(old.rules.keys() - new.rules.keys()),
+        changed=_changed(old.rules, new.rules),
+    )
