@@ -26,6 +26,17 @@ EVENTS: list[dict[str, object]] = [
     {"event": "order_completed", "user_id": "a", "properties": {"order_id": "o1", "total": 5}},
     {"event": "account_deleted", "user_id": "a"},
 ]
+# What the sample rules (rules.d) also read: a price drop and a plan upgrade.
+SAMPLE_EVENTS: list[dict[str, object]] = [
+    *EVENTS,
+    {
+        "event": "price_dropped",
+        "user_id": "a",
+        "user": {"first_name": "Ana", "timezone": "Europe/Lisbon"},
+        "properties": {"product": "Lamp", "price": 40, "discount_percent": 20},
+    },
+    {"event": "plan_upgraded", "user_id": "a", "properties": {"plan": "pro"}},
+]
 
 
 def trigmail(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -74,10 +85,10 @@ def test_catalog_command_writes_a_file_validate_then_uses(tmp_path: Path) -> Non
     rules = tmp_path / "rules.d"
     shutil.copytree(REPO_ROOT / "rules.d", rules)
     events = tmp_path / "events.jsonl"
-    events.write_text("\n".join(lines(EVENTS)) + "\n")
+    events.write_text("\n".join(lines(SAMPLE_EVENTS)) + "\n")
     done = trigmail("catalog", events, "-o", rules / "events.yaml", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "4 event names from 5 events" in done.stderr
+    assert "6 event names from 7 events" in done.stderr
     # the samples agree with their events
     checked = trigmail("validate", "--strict", rules, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout
