@@ -168,10 +168,13 @@ class Daemon:
             self.pipeline.reread_due()
             self.notifier.ready()
         try:
+            wait_s = self.worker.step(self.clock())
+            # After the step: a sweep that waits on a locked ledger must not keep events from
+            # being read.
             if self._reconcile is not None and self._reconcile(self.clock()):
                 # Sends scheduled again (on_doubt: verify) go out now, not within the horizon.
                 self.pipeline.reread_due()
-            wait_s = self.worker.step(self.clock())
+                wait_s = 0.0
             self._ledger_problem = None
             if wait_s > 0 and not self._stop.is_set():
                 self.worker.wait_for_events(wait_s)
