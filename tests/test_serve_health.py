@@ -37,7 +37,8 @@ def test_a_spool_directory_that_goes_away_is_unhealthy_with_the_reason(tmp_path:
     spool_dir.mkdir()
     with _serve(tmp_path, spool_dir / "events.jsonl") as serve:
         serve.wait_ready()
-        assert serve.get("/readyz") == (200, "ok\n")
+        # Ready is published by the loop's first turn, which may come after the log line.
+        wait_for(lambda: serve.get("/readyz") == (200, "ok\n"), "/readyz to say ok")
         spool_dir.rmdir()
         status, body = serve.get("/healthz")
         assert status == 503

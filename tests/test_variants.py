@@ -234,7 +234,7 @@ def test_serve_counts_and_logs_a_sent_variant(caplog: pytest.LogCaptureFixture) 
     metrics = Metrics(process=False)
     observe = DecisionObserver(metrics, lambda: T0)
     entry = LogEntry(T0, "e1", "ana", "promo", 0, "promo:e1", Outcome.SENT, Reason.DELIVERED)
-    with caplog.at_level(logging.INFO, logger="trigmail.observe"):
+    with caplog.at_level(logging.INFO, logger="trigmail.daemon"):
         observe(replace(entry, variant="b", due_at=T0))
     [record] = [r for r in caplog.records if r.getMessage().startswith("send promo:e1: sent")]
     assert (record.__dict__["variant"], record.__dict__["user_id"]) == ("b", "ana")

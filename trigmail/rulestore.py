@@ -90,13 +90,14 @@ class RuleStore:
         old = self._current.version
         result = self.load()
         ok = result.rules is not None
+        # The metric first: whoever reads the log line then finds the metric agreeing.
+        if self.metrics is not None:
+            self.metrics.record_reload(ok, time.time())
         if ok:
             self._rejected = ()
             self._log_swap(old, result)
         else:
             self._log_rejection(old, result)
-        if self.metrics is not None:
-            self.metrics.record_reload(ok, time.time())
         return ok
 
     def _log_swap(self, old: str, result: ParseResult) -> None:
