@@ -1,4 +1,4 @@
-"""Event parsing (DESIGN.md §1): every bad event is a typed error with a stable reason."""
+"""Event parsing (docs/design.md §1): every bad event is a typed error with a stable reason."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""classify(): every row of the DESIGN.md §3 table, one case each."""
+"""classify(): every row of the docs/design.md §3 table, one case each."""
 
 from __future__ import annotations
 

@@ -172,12 +172,12 @@ def test_spool_events_are_sent_once_each_with_their_payload(
     assert {k: s.message_id for k, s in site.sends().items()} == carried
 
 
-# -- 2. every fault class of DESIGN.md §3 -------------------------------------------------------
+# -- 2. every fault class of docs/design.md §3 ------------------------------------------------
 
 
 @dataclass(frozen=True)
 class FaultCase:
-    """One delivery fault and where DESIGN.md §3 says the send must end."""
+    """One delivery fault and where docs/design.md §3 says the send must end."""
 
     faults: tuple[Fault, ...]
     resend: bool  # the receipt rule (on_doubt: resend), else notify (skip)

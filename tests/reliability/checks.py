@@ -1,4 +1,4 @@
-"""Each promise of DESIGN.md §3 as a named check of what a run observed against the oracle.
+"""Each promise of docs/design.md §3 as a named check of what a run observed against the oracle.
 
 A check returns the violations it found; a run is green when all of them return none.
 """
