@@ -342,8 +342,9 @@ class Pipeline:
             txn.finish(keys, SendState.SENT, now, message_id=accepted.message_id)
             entries = [_send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in request.sends]
             txn.log(entries)
-        log.info(
-            "provider: %d emails accepted in one request (message id %s)",
+        # Each email is logged at info by the decision listener: the request is detail.
+        log.debug(
+            "provider: one request accepted for %d emails (message id %s)",
             len(keys),
             accepted.message_id,
         )
