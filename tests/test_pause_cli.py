@@ -126,7 +126,8 @@ def test_operator_commands_need_no_api_key(tmp_path: Path) -> None:
     (tmp_path / "rules.d" / "nudge.yaml").write_text(RULE)
     config = tmp_path / "config.yaml"
     config.write_text("provider: {sendgrid: {}}\nfrom: {email: shop@example.com}\n")
-    with Serve(tmp_path, ["--config", str(config)], clean_env({"SENDGRID_API_KEY": "SG.x"})) as s:
+    serve_args = ["--config", str(config), "--metrics-listen", "127.0.0.1:0"]
+    with Serve(tmp_path, serve_args, clean_env({"SENDGRID_API_KEY": "SG.x"})) as s:
         s.wait_ready()
         assert s.stop() == 0
     for args in (["pause", "nudge"], ["pauses"], ["status"], ["dead-letters", "list"]):
