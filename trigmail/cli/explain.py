@@ -17,7 +17,7 @@ from rich.text import Text
 from trigmail.cli.app import EXIT_OK, OutputFormat, app
 from trigmail.cli.common import ConfigOption, fail, load
 from trigmail.config import Config
-from trigmail.decisions import Outcome
+from trigmail.decisions import Outcome, Reason
 from trigmail.durations import parse_duration
 from trigmail.errors import DurationError, LedgerError
 from trigmail.events import format_ts, parse_ts
@@ -158,7 +158,10 @@ def explain_command(
         history = read_history(config.ledger, user_id, rule=rule, since=start, limit=limit)
     except LedgerError as exc:
         fail(str(exc))
-    lines = explain(replace(history, caps=_caps(config)))
+    # The rules are read (a tenth of a second) only to word a full cap.
+    if any(entry.reason is Reason.CAP_FULL for entry in history.entries):
+        history = replace(history, caps=_caps(config))
+    lines = explain(history)
     if output is OutputFormat.JSON:
         out = sys.stdout
         for line in lines:
