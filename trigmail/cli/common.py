@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging.config
 import sys
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -12,9 +13,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from trigmail.cli.app import EXIT_INVALID
+from trigmail.cli.app import EXIT_INVALID, OutputFormat
 from trigmail.config import Config, load_config
+from trigmail.decisions import Outcome
 from trigmail.errors import ConfigError
+from trigmail.events import parse_ts
 from trigmail.logs import escape_controls, install_excepthooks, logging_config, redact
 from trigmail.rules.quoting import cut
 from trigmail.secrets import redact_url
@@ -30,8 +33,41 @@ ConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
+LedgerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ledger",
+        help="Ledger to use (default: the config's, else ./trigmail.db).",
+        show_default=False,
+    ),
+]
+FormatOption = Annotated[
+    OutputFormat, typer.Option("--format", help="table for people, json for scripts.")
+]
+
+# How each outcome is coloured wherever decisions are listed (simulate, explain).
+OUTCOME_STYLE: dict[Outcome, str] = {
+    Outcome.SCHEDULED: "cyan",
+    Outcome.SENT: "green",
+    Outcome.CANCELLED: "yellow",
+    Outcome.SKIPPED: "dim",
+    Outcome.DROPPED: "magenta",
+    Outcome.DEAD_LETTER: "red",
+    Outcome.FAILED: "red",
+    Outcome.IN_DOUBT: "magenta",
+}
 
 err_console = Console(stderr=True, highlight=False)
+
+
+def parse_time_option(value: str | None) -> datetime | None:
+    """An RFC 3339 option value (``--until``, ``--since``), or a usage error naming it."""
+    if value is None:
+        return None
+    try:
+        return parse_ts(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an RFC 3339 time") from None
 
 
 def fail(message: str, code: int = EXIT_INVALID) -> NoReturn:

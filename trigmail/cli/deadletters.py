@@ -19,12 +19,19 @@ from rich.table import Table
 from rich.text import Text
 
 from trigmail.cli.app import EXIT_INVALID, EXIT_OK, OutputFormat
-from trigmail.cli.common import ConfigOption, fail, load, require_ledger
-from trigmail.cli.ledger import FormatOption, LedgerOption
+from trigmail.cli.common import (
+    ConfigOption,
+    FormatOption,
+    LedgerOption,
+    fail,
+    load,
+    parse_time_option,
+    require_ledger,
+)
 from trigmail.deadletters import Letter, dry_run_lines, read_letters, replay, select
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
-from trigmail.events import format_ts, parse_ts
+from trigmail.events import format_ts
 from trigmail.ledger import open_ledger
 from trigmail.ledger.base import Ledger
 from trigmail.logs import escape_controls
@@ -43,15 +50,6 @@ SinceOption = Annotated[
     str | None,
     typer.Option("--since", help="Only letters set aside at or after this RFC 3339 time."),
 ]
-
-
-def _since(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return parse_ts(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not an RFC 3339 time") from None
 
 
 def _letters(ledger: Ledger) -> list[Letter]:
@@ -94,7 +92,7 @@ def list_letters(
     config = load(config_path, {("ledger",): ledger}, sending=False)
     opened = _open(config.ledger)
     try:
-        letters = select(_letters(opened), reason=reason, since=_since(since))[:limit]
+        letters = select(_letters(opened), reason=reason, since=parse_time_option(since))[:limit]
     finally:
         opened.close()
     if output is OutputFormat.JSON:
@@ -182,7 +180,9 @@ def replay_letters(
     config = load(config_path, {("ledger",): ledger}, sending=False)
     opened = _open(config.ledger)
     try:
-        chosen = select(_letters(opened), ids=letter_ids or (), reason=reason, since=_since(since))
+        chosen = select(
+            _letters(opened), ids=letter_ids or (), reason=reason, since=parse_time_option(since)
+        )
         if not chosen:
             fail("no dead letter matches")
         if dry_run:

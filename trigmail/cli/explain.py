@@ -15,9 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from trigmail.cli.app import EXIT_OK, OutputFormat, app
-from trigmail.cli.common import ConfigOption, fail, load
+from trigmail.cli.common import OUTCOME_STYLE, ConfigOption, LedgerOption, fail, load
 from trigmail.config import Config
-from trigmail.decisions import Outcome, Reason
+from trigmail.decisions import Reason
 from trigmail.durations import parse_duration
 from trigmail.errors import DurationError, LedgerError
 from trigmail.events import format_ts, parse_ts
@@ -28,17 +28,6 @@ from trigmail.rules.loader import load_rules
 from trigmail.rules.model import Cap
 from trigmail.secrets import redact_url
 from trigmail.sends import SendRecord
-
-_STYLE = {
-    Outcome.SCHEDULED: "cyan",
-    Outcome.SENT: "green",
-    Outcome.CANCELLED: "yellow",
-    Outcome.SKIPPED: "dim",
-    Outcome.DROPPED: "magenta",
-    Outcome.DEAD_LETTER: "red",
-    Outcome.FAILED: "red",
-    Outcome.IN_DOUBT: "magenta",
-}
 
 
 def parse_since(value: str | None, now: datetime) -> datetime | None:
@@ -93,7 +82,7 @@ def _timeline_table(history: History, lines: Sequence[Line], title: str) -> Tabl
         )
         table.add_row(
             *(Text(escape_controls(cell)) for cell in cells),
-            Text(entry.outcome.value, style=_STYLE.get(entry.outcome, "")),
+            Text(entry.outcome.value, style=OUTCOME_STYLE.get(entry.outcome, "")),
             Text(escape_controls(line.text)),
             Text(escape_controls(_send_cell(line))),
         )
@@ -124,12 +113,7 @@ def _sends_table(sends: Sequence[SendRecord], history: History) -> Table:
 def explain_command(
     user_id: Annotated[str, typer.Argument(help="The user whose timeline to show.")],
     config_path: ConfigOption = None,
-    ledger: Annotated[
-        str | None,
-        typer.Option(
-            help="Ledger to read (default: the config's, else ./trigmail.db).", show_default=False
-        ),
-    ] = None,
+    ledger: LedgerOption = None,
     rule: Annotated[
         str | None, typer.Option(help="Only this rule's decisions.", show_default=False)
     ] = None,

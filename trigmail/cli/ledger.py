@@ -20,7 +20,14 @@ from rich.table import Table
 from rich.text import Text
 
 from trigmail.cli.app import EXIT_OK, OutputFormat
-from trigmail.cli.common import ConfigOption, fail, load, require_ledger
+from trigmail.cli.common import (
+    ConfigOption,
+    FormatOption,
+    LedgerOption,
+    fail,
+    load,
+    require_ledger,
+)
 from trigmail.errors import LedgerError
 from trigmail.events import format_ts
 from trigmail.ledger import open_ledger
@@ -36,18 +43,6 @@ ledger_app = typer.Typer(
     help="Look into the ledger and settle in-doubt sends by hand.",
     no_args_is_help=True,
 )
-
-LedgerOption = Annotated[
-    str | None,
-    typer.Option(
-        "--ledger",
-        help="Ledger to use (default: the config's, else ./trigmail.db).",
-        show_default=False,
-    ),
-]
-FormatOption = Annotated[
-    OutputFormat, typer.Option("--format", help="table for people, json for scripts.")
-]
 
 # A running daemon reads sends due this far ahead at once; a send scheduled again now is picked
 # up when it next reads, so within this bound.

@@ -18,8 +18,15 @@ from rich.table import Table
 from rich.text import Text
 
 from trigmail.cli.app import EXIT_OK, OutputFormat, app
-from trigmail.cli.common import ConfigOption, err_console, fail, load, require_ledger
-from trigmail.cli.ledger import FormatOption, LedgerOption
+from trigmail.cli.common import (
+    ConfigOption,
+    FormatOption,
+    LedgerOption,
+    err_console,
+    fail,
+    load,
+    require_ledger,
+)
 from trigmail.durations import parse_duration
 from trigmail.errors import DurationError, LedgerError
 from trigmail.events import format_ts, parse_ts

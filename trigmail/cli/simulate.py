@@ -19,34 +19,15 @@ from rich.table import Table
 from rich.text import Text
 
 from trigmail.cli.app import EXIT_INVALID, EXIT_OK, OutputFormat, app
+from trigmail.cli.common import OUTCOME_STYLE, parse_time_option
 from trigmail.cli.compare import print_compare
 from trigmail.compare import GIT_PREFIX, CompareError, diff_sends, rules_from_git
 from trigmail.decisions import LogEntry, Outcome
-from trigmail.events import format_ts, parse_ts
+from trigmail.events import format_ts
 from trigmail.logs import escape_controls
 from trigmail.rules.loader import load_rules
 from trigmail.rules.model import RuleSet
 from trigmail.simulate import Simulation, Summary
-
-_STYLE = {
-    Outcome.SCHEDULED: "cyan",
-    Outcome.SENT: "green",
-    Outcome.CANCELLED: "yellow",
-    Outcome.SKIPPED: "dim",
-    Outcome.DROPPED: "magenta",
-    Outcome.DEAD_LETTER: "red",
-    Outcome.FAILED: "red",
-    Outcome.IN_DOUBT: "magenta",
-}
-
-
-def _parse_until(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return parse_ts(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not an RFC 3339 time") from None
 
 
 class _Position:
@@ -222,7 +203,7 @@ def _line_writer(console: Console) -> Callable[[LogEntry], None]:
 
     def coloured(entry: LogEntry) -> None:
         at, outcome, rest = _line_parts(entry)
-        text = Text.assemble(f"{at}  ", (outcome, _STYLE[entry.outcome]), f" {rest}")
+        text = Text.assemble(f"{at}  ", (outcome, OUTCOME_STYLE[entry.outcome]), f" {rest}")
         console.print(text, highlight=False, soft_wrap=True)
 
     return coloured
@@ -311,7 +292,7 @@ def simulate(
 
     Example: trigmail simulate events.jsonl --rules rules.d --format json | jq .outcome
     """
-    stop_at = _parse_until(until)
+    stop_at = parse_time_option(until)
     # Bad lines are part of the report itself; the log would only repeat them.
     logging.basicConfig(level=logging.ERROR)
     new_rules = _load_or_exit(rules_dir or [Path("rules.d")])

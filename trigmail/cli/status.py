@@ -13,7 +13,14 @@ from rich.table import Table
 from rich.text import Text
 
 from trigmail.cli.app import EXIT_OK, OutputFormat, app
-from trigmail.cli.common import ConfigOption, fail, load, require_ledger
+from trigmail.cli.common import (
+    ConfigOption,
+    FormatOption,
+    LedgerOption,
+    fail,
+    load,
+    require_ledger,
+)
 from trigmail.errors import LedgerError
 from trigmail.events import format_ts, parse_ts
 from trigmail.ledger import open_ledger
@@ -183,15 +190,8 @@ def _print_tables(
 @app.command()
 def status(
     config_path: ConfigOption = None,
-    ledger: Annotated[
-        str | None,
-        typer.Option(
-            help="Ledger to read (default: the config's, else ./trigmail.db).", show_default=False
-        ),
-    ] = None,
-    output: Annotated[
-        OutputFormat, typer.Option("--format", help="table for people, json for scripts.")
-    ] = OutputFormat.TABLE,
+    ledger: LedgerOption = None,
+    output: FormatOption = OutputFormat.TABLE,
     limit: Annotated[int, typer.Option(min=0, help="Sends listed per section.")] = 10,
 ) -> None:
     """Show pending, in-doubt, failed and recent sends, and dead letters, from the ledger.
