@@ -10,24 +10,9 @@ from tests.ledger_helpers import make_send
 from trigmail.decisions import LogEntry, Outcome, Reason
 from trigmail.explain import Delivery, History, explain
 from trigmail.rules.model import Cap
-from trigmail.sends import SendRecord, SendState
+from trigmail.sends import SendRecord, SendState, send_entry
 
-
-def entry(
-    send: SendRecord, outcome: Outcome, reason: Reason, at: datetime, detail: str = ""
-) -> LogEntry:
-    return LogEntry(
-        at=at,
-        event_id=send.event_id,
-        user_id=send.user_id,
-        rule=send.rule_id,
-        step=send.step,
-        key=send.key,
-        outcome=outcome,
-        reason=reason,
-        due_at=send.due_at,
-        detail=detail,
-    )
+entry = send_entry
 
 
 def history(*entries: LogEntry, sends: tuple[SendRecord, ...], **extra: object) -> History:

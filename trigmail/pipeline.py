@@ -34,6 +34,7 @@ from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force
 from trigmail.providers.base import Provider
 from trigmail.rules.model import RuleSet
 from trigmail.scheduler import Scheduler
+from trigmail.sends import send_entry
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ class Pipeline:
         if isinstance(decision, Drop):
             if txn.drop(send.key, decision.reason.value, now):
                 entries.append(
-                    _send_entry(send, Outcome.DROPPED, decision.reason, now, decision.detail)
+                    send_entry(send, Outcome.DROPPED, decision.reason, now, decision.detail)
                 )
         elif isinstance(decision, Defer):
             if txn.defer(send.key, decision.due_at):
@@ -340,7 +341,7 @@ class Pipeline:
         keys = [send.key for send in request.sends]
         with self.ledger.transaction() as txn:
             txn.finish(keys, SendState.SENT, now, message_id=accepted.message_id)
-            entries = [_send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in request.sends]
+            entries = [send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in request.sends]
             txn.log(entries)
         # Each email is logged at info by the decision listener: the request is detail.
         log.debug(
@@ -372,9 +373,7 @@ class Pipeline:
                 else:
                     txn.finish([send.key], decision.state, now, error=decision.detail)
                     outcome = _SETTLED[decision.state]
-                    entries.append(
-                        _send_entry(send, outcome, decision.reason, now, decision.detail)
-                    )
+                    entries.append(send_entry(send, outcome, decision.reason, now, decision.detail))
             txn.log(entries)
         with self._lock:
             for send in retried:
@@ -439,21 +438,3 @@ class _RereadOnFailure:
 def _earliest(current: datetime | None, sends: Sequence[SendRecord]) -> datetime:
     due_at = min(send.due_at for send in sends)
     return due_at if current is None else min(current, due_at)
-
-
-def _send_entry(
-    send: SendRecord, outcome: Outcome, reason: Reason, now: datetime, detail: str = ""
-) -> LogEntry:
-    return LogEntry(
-        at=now,
-        event_id=send.event_id,
-        user_id=send.user_id,
-        rule=send.rule_id,
-        step=send.step,
-        key=send.key,
-        outcome=outcome,
-        reason=reason,
-        due_at=send.due_at,
-        detail=detail,
-        variant=send.payload.variant,
-    )

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from trigmail.decisions import Payload
+from trigmail.decisions import LogEntry, Outcome, Payload, Reason
 from trigmail.records import record
 from trigmail.rules.model import OnDoubt
 
@@ -146,3 +146,22 @@ def retried(record: SendRecord, due_at: datetime, error: str, at: datetime) -> S
 def cancelled(record: SendRecord, reason: str, at: datetime) -> SendRecord:
     """``scheduled → cancelled`` for ``reason``."""
     return evolve(record, state=SendState.CANCELLED, reason=reason, updated_at=at)
+
+
+def send_entry(
+    send: SendRecord, outcome: Outcome, reason: Reason, at: datetime, detail: str = ""
+) -> LogEntry:
+    """The decision-log entry of something that happened to ``send`` at ``at``."""
+    return LogEntry(
+        at=at,
+        event_id=send.event_id,
+        user_id=send.user_id,
+        rule=send.rule_id,
+        step=send.step,
+        key=send.key,
+        outcome=outcome,
+        reason=reason,
+        due_at=send.due_at,
+        detail=detail,
+        variant=send.payload.variant,
+    )
