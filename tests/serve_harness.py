@@ -335,6 +335,22 @@ def ledger_status(ledger: Path) -> dict[str, Any]:
         opened.close()
 
 
+def run_trigmail(
+    *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``trigmail ARGS`` as a user runs it, in a subprocess: the test's clean environment plus
+    ``env``, no colour, tables wide enough that no cell folds; never raises on a failure."""
+    return subprocess.run(
+        [sys.executable, "-m", "trigmail", *map(str, args)],
+        cwd=cwd,
+        env=clean_env({"NO_COLOR": "1", "COLUMNS": "250", **(env or {})}),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout_s,
+    )
+
+
 def status_json(
     cwd: Path, ledger: Path | str, limit: int | None = None, timeout_s: float = 30
 ) -> dict[str, Any]:

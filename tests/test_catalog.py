@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.serve_harness import REPO_ROOT, clean_env
+from tests.serve_harness import REPO_ROOT, run_trigmail
 from trigmail.rules.catalog import draft, draft_yaml, parse_catalog
 from trigmail.rules.loader import load_rules, parse_rules
 from trigmail.rules.problems import Severity
@@ -40,15 +39,7 @@ SAMPLE_EVENTS: list[dict[str, object]] = [
 
 
 def trigmail(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trigmail", *map(str, args)],
-        cwd=cwd,
-        env=clean_env({"NO_COLOR": "1"}),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return run_trigmail(*args, cwd=cwd)
 
 
 def lines(events: list[dict[str, object]]) -> list[str]:

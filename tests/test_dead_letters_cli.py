@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from tests.serve_harness import (
     append_events,
     clean_env,
     decisions,
+    run_trigmail,
     status_json,
     wait_for,
 )
@@ -46,15 +46,7 @@ def order(n: int) -> dict[str, Any]:
 
 
 def trigmail(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trigmail", *args],
-        cwd=cwd,
-        env=clean_env({"NO_COLOR": "1"}),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return run_trigmail(*args, cwd=cwd)
 
 
 def dead_letters_metric(serve: Serve) -> float:

@@ -11,7 +11,6 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.serve_harness import REPO_ROOT, Serve, append_events, clean_env, wait_for
+from tests.serve_harness import REPO_ROOT, Serve, append_events, clean_env, run_trigmail, wait_for
 from trigmail.evidence import DeliveryEvent, DeliveryEventType
 from trigmail.ledger import open_ledger
 from trigmail.rules.loader import load_rule_set
@@ -73,16 +72,7 @@ def config_for(tmp_path: Path, target: str) -> Path:
 
 
 def trigmail(*args: str | Path, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
-    env = clean_env({"NO_COLOR": "1", "COLUMNS": "250"})
-    return subprocess.run(
-        [sys.executable, "-m", "trigmail", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return run_trigmail(*args, cwd=cwd)
 
 
 def json_lines(stdout: str) -> list[dict[str, Any]]:

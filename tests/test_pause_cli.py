@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.serve_harness import Serve, append_events, clean_env, decisions, sends, wait_for
+from tests.serve_harness import (
+    Serve,
+    append_events,
+    clean_env,
+    decisions,
+    run_trigmail,
+    sends,
+    wait_for,
+)
 from trigmail.ledger.base import SendState
 from trigmail.providers.outbox import key_filename
 
@@ -26,15 +33,7 @@ def ping(user: str) -> dict[str, Any]:
 
 
 def trigmail(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trigmail", *args],
-        cwd=cwd,
-        env=clean_env({"NO_COLOR": "1"}),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return run_trigmail(*args, cwd=cwd)
 
 
 def test_a_paused_rule_holds_its_sends_until_resumed_and_drops_them_under_drop(

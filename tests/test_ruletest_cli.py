@@ -9,19 +9,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from tests.serve_harness import REPO_ROOT as ROOT
-from tests.serve_harness import TRIGMAIL, clean_env
+from tests.serve_harness import run_trigmail
 
 
 def run_tests(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TRIGMAIL), "test", *map(str, args)],
-        cwd=cwd,
-        env=clean_env({"NO_COLOR": "1"}),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return run_trigmail("test", *args, cwd=cwd)
 
 
 def copy_rules(tmp_path: Path) -> Path:
