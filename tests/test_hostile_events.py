@@ -517,7 +517,7 @@ def test_redis_unreachable_at_start_is_retried_and_health_says_why(
 ) -> None:
     if not RedisServer.available():
         pytest.fail("redis-server is not installed: the unreachable case cannot run")
-    caplog.set_level(logging.DEBUG, logger="trigmail.sources.redis_stream")
+    caplog.set_level(logging.DEBUG, logger="trigmail.sources")
     server = RedisServer(tmp_path / "redis")  # not started yet: nothing listens on its port
     source = started(server.url, "trigmail:events")
     try:

@@ -11,11 +11,8 @@ import pytest
 
 from trigmail.errors import SourceError
 from trigmail.sources import SourceItem, SpoolPosition, SpoolSource
-from trigmail.sources.spool import (
-    DEAD_RAW_MAX_BYTES,
-    DEFAULT_MAX_LINE_BYTES,
-    FINGERPRINT_MAX_BYTES,
-)
+from trigmail.sources.spool import DEFAULT_MAX_LINE_BYTES
+from trigmail.sources.spool_tail import DEAD_RAW_MAX_BYTES, FINGERPRINT_MAX_BYTES
 
 WAIT_S = 5.0  # an upper bound only: reads return as soon as lines are there
 EMPTY_S = 0.05

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from trigmail.sources.base import Source, SourceItem, SourceReason
 from trigmail.sources.redis_stream import RedisStreamSource
-from trigmail.sources.spool import SpoolPosition, SpoolSource
+from trigmail.sources.spool import SpoolSource
+from trigmail.sources.spool_tail import SpoolPosition
 
 __all__ = [
     "RedisStreamSource",

@@ -1,13 +1,14 @@
 """What a Redis stream entry holds: its event as JSON, its size, and what a dead letter keeps.
 
-Pure functions of an entry's fields (names and values as Redis returns them, in bytes); none
-raises, whatever the fields hold.
+Pure functions of an entry's id and fields (names and values as Redis returns them, in
+bytes); none of those of its fields raises, whatever the fields hold.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from trigmail.events import MAX_EVENT_DEPTH
@@ -20,6 +21,18 @@ DEAD_RAW_MAX_BYTES: Final = 1024
 MAX_FLAT_SEGMENTS: Final = MAX_EVENT_DEPTH
 """The most dotted segments of a flat field's name: a name of n segments nests n levels deep,
 the event object included, so a longer one makes an event too deep to decide anyway."""
+
+
+def entry_time(entry_id: bytes | str) -> datetime:
+    """Return when an entry entered its stream: the milliseconds of its id (Redis's clock)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return datetime.fromtimestamp(int(text.partition("-")[0]) / 1000, UTC)
+
+
+def entry_order(entry_id: str) -> str:
+    """Return an entry id as text that sorts as the stream orders its entries."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{int(ms):020d}-{int(seq or 0):020d}"
 
 
 def refusal(

@@ -20,6 +20,9 @@
 - Redis unreachable at start is no error: the reads try again with a growing back-off, and
   :meth:`RedisStreamSource.health` says what is wrong meanwhile.
 - ``redis://`` and ``rediss://`` URLs, with passwords; the password is never logged or raised.
+
+The connection, the group's creation and the two Lua scripts (watermark, set aside) are
+:mod:`trigmail.sources.redis_group`; what an entry holds is :mod:`trigmail.sources.redis_entries`.
 """
 
 from __future__ import annotations
@@ -29,80 +32,27 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from trigmail.errors import SourceError
 from trigmail.events import MAX_EVENT_BYTES, format_ts
 from trigmail.ledger.base import DeadLetter
-from trigmail.secrets import redact_url
 from trigmail.sources import keys
 from trigmail.sources.base import SourceItem, raw_text, utc_now
-from trigmail.sources.outage import Outage
-from trigmail.sources.redis_entries import flat_fields_json, refusal
+from trigmail.sources.redis_entries import entry_order, entry_time, flat_fields_json, refusal
+from trigmail.sources.redis_group import ConsumerGroup
 
 logger = logging.getLogger(__name__)
 
 # A blocking read holds the socket silent for up to ``block_s``: the socket timeout must be
 # longer, yet finite so that a vanished server is noticed.
 _SOCKET_MARGIN_S = 10.0
-_CONNECT_TIMEOUT_S = 5.0
 
 Entry = tuple[bytes, dict[bytes, bytes]]
-T = TypeVar("T")
-
-
-# XACK, then XADD the letter only if that XACK took the entry off the pending list, in one
-# script (atomic, like the MULTI it replaces). With several workers an entry can be decided by
-# two at once (one claimed it with XAUTOCLAIM while the other, slow, still held it); each would
-# set it aside, and the letter would be written twice. Only the first XACK counts one.
-_SET_ASIDE = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
-end
-return 0
-"""
-
-
-# The group's watermark in one round trip: its oldest pending entry (delivered to a consumer,
-# not yet acknowledged), its first entry not yet delivered, and the server's clock. Entry ids
-# carry the same clock, so the earliest of the three is a time before which every entry of
-# the stream has been acknowledged by some consumer.
-_WATERMARK = """
-local last = false
-for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local name, delivered
-    for i = 1, #group, 2 do
-        if group[i] == 'name' then name = group[i + 1] end
-        if group[i] == 'last-delivered-id' then delivered = group[i + 1] end
-    end
-    if name == ARGV[1] then last = delivered end
-end
-local now = redis.call('TIME')
-if not last then return {false, false, now[1], now[2]} end
-local oldest = redis.call('XPENDING', KEYS[1], ARGV[1])[2] or false
-local after = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
-local first = false
-if #after > 0 then first = after[1][1] end
-return {oldest, first, now[1], now[2]}
-"""
-
-
-def entry_time(entry_id: bytes | str) -> datetime:
-    """Return when an entry entered its stream: the milliseconds of its id (Redis's clock)."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return datetime.fromtimestamp(int(text.partition("-")[0]) / 1000, UTC)
-
-
-def entry_order(entry_id: str) -> str:
-    """Return an entry id as text that sorts as the stream orders its entries."""
-    ms, _, seq = entry_id.partition("-")
-    return f"{int(ms):020d}-{int(seq or 0):020d}"
 
 
 def _entries(reply: Any) -> list[Entry]:
@@ -150,16 +100,21 @@ class RedisStreamSource:
         self.max_deliveries = max_deliveries
         self.count = count
         self.max_entry_bytes = max_entry_bytes
-        self._url = url
-        self._safe_url = redact_url(url)
         self._clock = clock
-        self._client: redis.Redis | None = None
+        self._group = ConsumerGroup(
+            url,
+            stream,
+            group,
+            self.consumer,
+            socket_timeout_s=block_s + _SOCKET_MARGIN_S,
+            clock=clock,
+            on_connect=self._reread_pending,
+        )
         self._started = False
         # Cursor into our own pending entries while they are re-read; None once done.
         self._pending_from: str | None = keys.PENDING_START_ID
         self._claim_from = keys.CLAIM_START_ID
         self._next_claim_at = 0.0
-        self._outage = Outage(clock)
 
     def start(self, position: str | None) -> None:
         """Connect and join the group; ``position`` is informational (``XACK`` is what counts).
@@ -173,7 +128,7 @@ class RedisStreamSource:
         self.close()
         self._started = True
         try:
-            self._guarded(self._connection)
+            self._group.guarded(self._group.client)
         except SourceError as exc:
             if isinstance(exc.__cause__, redis.RedisError):
                 logger.warning("source %s: %s; reads will retry", self.name, exc)
@@ -182,7 +137,7 @@ class RedisStreamSource:
 
     def health(self) -> str | None:
         """``None`` while Redis answers; else why not, and since when (for ``/healthz``)."""
-        return self._outage.describe("redis unreachable")
+        return self._group.outage.describe("redis unreachable")
 
     def read(self, max_items: int, timeout_s: float) -> list[SourceItem]:
         """Return own pending, then reclaimed, then new entries; wait up to ``timeout_s``.
@@ -194,44 +149,34 @@ class RedisStreamSource:
             raise RuntimeError("RedisStreamSource.read() called before start()")
         deadline = time.monotonic() + timeout_s
         # Redis down: no new connection before the back-off is over; nothing came meanwhile.
-        if self._client is None and not self._outage.wait_until_due(deadline):
+        if not self._group.connected and not self._group.outage.wait_until_due(deadline):
             return []
-        return self._guarded(lambda: self._read_until(min(max_items, self.count), deadline))
+        return self._group.guarded(lambda: self._read_until(min(max_items, self.count), deadline))
 
     def ack(self, items: Sequence[SourceItem]) -> None:
         """``XACK`` the items: call only once their decisions are committed."""
         if items:
             ids = [item.position for item in items]
-            self._guarded(lambda: self._connection().xack(self.stream, self.group, *ids))
+            self._group.guarded(lambda: self._group.client().xack(self.stream, self.group, *ids))
 
     def dead_letter(self, item: SourceItem, reason: str, detail: str) -> None:
         """Add the item to ``<stream>:dead`` with its reason, then acknowledge it.
 
         Not logged here: the daemon, which chose the reason, logs and counts it.
         """
-        self._guarded(lambda: self._set_aside(self._connection(), item, reason, detail))
+        self._group.guarded(lambda: self._set_aside(item, reason, detail))
 
     #: Several consumers share the group: only the group's own state bounds the watermark.
     ordered = False
 
     def watermark(self) -> datetime | None:
         """Return a time before which every entry of the stream has been acknowledged by some
-        consumer of the group (see the module doc); ``None`` when Redis cannot tell now.
+        consumer of the group (its script: :mod:`.redis_group`); ``None`` when Redis cannot tell.
 
         The oldest entry not yet acknowledged may be held by a consumer that died: it holds
         the watermark until it comes back under its name, or another claims the entry.
         """
-        if self._client is None and not self._outage.due():
-            return None  # Redis is down: the reads' back-off says when to try it again
-        try:
-            reply = self._connection().eval(_WATERMARK, 1, self.stream, self.group)
-        except (redis.RedisError, SourceError) as exc:
-            logger.debug("source %s: no watermark now: %s", self.name, exc)
-            return None
-        oldest, first, seconds, micros = reply
-        candidates = [entry_time(entry) for entry in (oldest, first) if entry]
-        candidates.append(datetime.fromtimestamp(int(seconds) + int(micros) / 1e6, UTC))
-        return min(candidates)
+        return self._group.watermark()
 
     def restore_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Nothing to restore: a letter is added atomically with its entry's ``XACK``, and an
@@ -239,72 +184,17 @@ class RedisStreamSource:
         return 0
 
     def close(self) -> None:
-        self._disconnect()
+        self._group.close()
         self._started = False
 
-    # -- connection ----------------------------------------------------------------------
-
-    def _guarded(self, action: Callable[[], T]) -> T:
-        try:
-            return action()
-        except redis.RedisError as exc:
-            self._disconnect()
-            self._outage.failed(f"{type(exc).__name__}: {exc}")
-            # Raised, not logged: the daemon logs it once, with its back-off.
-            message = f"redis {self._safe_url} stream {self.stream}: {type(exc).__name__}: {exc}"
-            raise SourceError(message) from exc
-
-    def _connection(self) -> redis.Redis:
-        if self._client is not None:
-            return self._client
-        try:
-            client = redis.Redis.from_url(
-                self._url,
-                socket_connect_timeout=_CONNECT_TIMEOUT_S,
-                socket_timeout=self.block_s + _SOCKET_MARGIN_S,
-                # The daemon backs off on SourceError; retrying here too would hold a read
-                # past its timeout_s.
-                retry=Retry(NoBackoff(), 0),
-                client_name=keys.client_name(self.consumer),
-            )
-        except ValueError as exc:
-            raise SourceError(f"redis {self._safe_url}: bad URL: {exc}") from None
-        try:
-            self._create_group(client)
-        except BaseException:
-            client.close()
-            raise
-        self._client = client
-        down_since = self._outage.recovered()
-        if down_since is not None:
-            logger.info(
-                "source %s: redis reachable again (down since %s)",
-                self.name,
-                format_ts(down_since),
-            )
+    def _reread_pending(self) -> None:
         # Whatever was delivered to us before the connection broke is read again first.
         self._pending_from = keys.PENDING_START_ID
-        logger.info("source %s: connected to %s as %s", self.name, self._safe_url, self.consumer)
-        return client
-
-    def _create_group(self, client: redis.Redis) -> None:
-        try:
-            client.xgroup_create(self.stream, self.group, id=keys.GROUP_START_ID, mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        else:
-            logger.info("source %s: created consumer group %s", self.name, self.group)
-
-    def _disconnect(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
     # -- reading -------------------------------------------------------------------------
 
     def _read_until(self, max_items: int, deadline: float) -> list[SourceItem]:
-        client = self._connection()
+        client = self._group.client()
         while True:
             items = self._read_once(client, max_items, deadline)
             if items or time.monotonic() >= deadline:
@@ -427,29 +317,13 @@ class RedisStreamSource:
     def _ref(self, entry: str) -> str:
         return f"{self.stream} {entry}"
 
-    def _set_aside(self, client: redis.Redis, item: SourceItem, reason: str, detail: str) -> None:
-        self._set_aside_entry(client, item.position, item.ref, item.data, (reason, detail))
-
-    def _set_aside_entry(
-        self, client: redis.Redis, entry: str, ref: str, raw: bytes, why: tuple[str, str]
-    ) -> None:
-        reason, detail = why
+    def _set_aside(self, item: SourceItem, reason: str, detail: str) -> None:
         letter: dict[FieldT, EncodableT] = {
             "reason": str(reason),
             "detail": detail,
-            "ref": ref,
-            "raw": raw_text(raw),
+            "ref": item.ref,
+            "raw": raw_text(item.data),
             "at": format_ts(self._clock()),
             "consumer": self.consumer,
         }
-        fields = [part for pair in letter.items() for part in pair]
-        client.eval(
-            _SET_ASIDE,
-            2,
-            self.stream,
-            self.dead_stream,
-            self.group,
-            entry,
-            keys.DEAD_MAXLEN,
-            *fields,
-        )
+        self._group.set_aside(item.position, letter)
