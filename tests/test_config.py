@@ -14,8 +14,8 @@ from trigmail.config import (
     RedisConfig,
     SendGridConfig,
     SpoolConfig,
-    load_config,
 )
+from trigmail.configload import load_config
 from trigmail.errors import ConfigError
 
 KEY = "SG.very-secret-key-0123456789"

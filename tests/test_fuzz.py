@@ -40,7 +40,7 @@ from tests.serve_harness import (
     wait_for,
     wait_sent,
 )
-from trigmail.config import load_config
+from trigmail.configload import load_config
 from trigmail.decisions import LogEntry, Outcome, Reason
 from trigmail.errors import BadEventError, ConfigError
 from trigmail.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, Event, parse_event

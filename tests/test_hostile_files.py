@@ -40,7 +40,8 @@ from tests.serve_harness import (
     write_config,
 )
 from trigmail import logs
-from trigmail.config import RedisConfig, SpoolConfig, load_config
+from trigmail.config import RedisConfig, SpoolConfig
+from trigmail.configload import load_config
 from trigmail.errors import ConfigError, UnsafeFileError
 from trigmail.files import open_regular
 from trigmail.httpserve import ANSWER_THREADS
@@ -593,7 +594,7 @@ def test_an_uncaught_error_is_one_log_line_without_the_password(tmp_path: Path, 
     script = (
         "import threading\n"
         "from trigmail.cli.common import setup_logging\n"
-        "from trigmail.config import load_config\n"
+        "from trigmail.configload import load_config\n"
         "setup_logging('text', 'INFO')\n"
         f"url = {f'redis://:{password}@h:1/0'!r}\n"
         "load_config(environ={'TRIGMAIL_REDIS_URL': url})\n"

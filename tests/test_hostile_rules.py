@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.serve_harness import REPO_ROOT, Serve, append_events, clean_env, decisions, wait_for
-from trigmail.config import load_config
+from trigmail.configload import load_config
 from trigmail.decisions import Reason, Schedule, SetAside
 from trigmail.engine import decide
 from trigmail.errors import ConfigError, SpecError, TemplateRenderError

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry
 
-from trigmail.config import load_config
+from trigmail.configload import load_config
 from trigmail.decisions import Payload
 from trigmail.errors import ConfigError
 from trigmail.evidence import DeliveryEvent, DeliveryEventType

@@ -1,6 +1,6 @@
 """``trigmail check``: every problem of a config, and of the rules it names, in one run.
 
-:func:`~trigmail.config.load_config` stops at the first problem past the file's structure;
+:func:`~trigmail.configload.load_config` stops at the first problem past the file's structure;
 this module keeps going, so an operator fixes them all at once (like ``nginx -t``), each
 placed at ``file:line:col`` and named by its key. It creates, migrates and binds nothing:
 ``serve`` runs it before any side effect (docs/design.md §4).
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trigmail import config as cfg
+from trigmail import configload as load
 from trigmail.errors import ConfigError, UnreadableFileError
 from trigmail.rules.files import read_text
 from trigmail.rules.loader import load_rules
@@ -80,7 +81,7 @@ def _parse(path: Path, problems: list[Problem]) -> YamlDocument | None:
         )
     if document.issues or document.data is None:
         return document
-    for finding in check_structure(document.data, cfg._validator()):
+    for finding in check_structure(document.data, load.validator()):
         mark = document.position(finding.path, key=finding.at_key)
         where = format_path(finding.path)
         problems.append(
@@ -100,13 +101,13 @@ def _layers(
     data = {} if document is None or not isinstance(document.data, dict) else document.data
     data = copy.deepcopy(data)
     origins: dict[KeyPath, str] = {}
-    for name, key_path in cfg.ENV_OVERRIDES.items():
+    for name, key_path in load.ENV_OVERRIDES.items():
         if environ.get(name):
-            cfg._set(data, key_path, environ[name])
+            load.set_key(data, key_path, environ[name])
             origins[key_path] = f"${name}"
     for key_path, value in overrides.items():
         if value is not None:
-            cfg._set(data, key_path, value)
+            load.set_key(data, key_path, value)
             origins[key_path] = flag_names.get(key_path, "a flag")
     return _Layers(data, document, path, origins)
 
@@ -130,13 +131,13 @@ def _listen(value: str) -> None:
 # Each key the config's builder checks past the schema, with the check it makes: run one by
 # one so that every problem is reported, not only the first.
 _VALUE_CHECKS: tuple[tuple[KeyPath, Callable[[Any], object]], ...] = (
-    (("retention",), lambda v: cfg._duration_s(v, "retention", 0)),
-    (("delivery", "max_hold"), lambda v: cfg._duration_s(v, "delivery.max_hold", 0)),
-    (("from", "email"), lambda v: cfg._check_sender(str(v))),
+    (("retention",), lambda v: load.duration_s(v, "retention", 0)),
+    (("delivery", "max_hold"), lambda v: load.duration_s(v, "delivery.max_hold", 0)),
+    (("from", "email"), lambda v: load.check_sender(str(v))),
     (("metrics", "listen"), lambda v: _listen(str(v))),
     (
         ("source", "redis", "url"),
-        lambda v: cfg._check_url(str(v), "source.redis.url", ("redis://", "rediss://")),
+        lambda v: load.check_url(str(v), "source.redis.url", ("redis://", "rediss://")),
     ),
 )
 
@@ -165,7 +166,7 @@ def _check_values(layers: _Layers, problems: list[Problem]) -> None:
 
 def _check_provider(layers: _Layers, environ: Mapping[str, str], problems: list[Problem]) -> None:
     try:
-        provider = cfg._provider(layers.data.get("provider") or {}, environ)
+        provider = load.provider_config(layers.data.get("provider") or {}, environ)
     except ConfigError as exc:
         problems.append(layers.problem(("provider", "sendgrid"), str(exc)))
         return
@@ -206,16 +207,16 @@ def check_config(
     Args:
         path: the config file; default ``$TRIGMAIL_CONFIG``, else none.
         environ: the environment (default ``os.environ``).
-        overrides: CLI flags, as for :func:`~trigmail.config.load_config`.
+        overrides: CLI flags, as for :func:`~trigmail.configload.load_config`.
         flag_names: each override's flag, to say where a bad value came from.
         rules: also load the rules the config names.
     """
     environ = os.environ if environ is None else environ
-    if path is None and environ.get(cfg.CONFIG_ENV):
-        path = Path(environ[cfg.CONFIG_ENV])
+    if path is None and environ.get(load.CONFIG_ENV):
+        path = Path(environ[load.CONFIG_ENV])
     report = ConfigReport()
     layers = _layers(path, environ, overrides or {}, flag_names or {}, report.problems)
-    cfg._guard_passwords(layers.data)
+    load.guard_passwords(layers.data)
     structure_ok = not report.problems
     _check_values(layers, report.problems)
     if structure_ok:
@@ -226,7 +227,7 @@ def check_config(
     if report.errors:
         return report
     try:
-        report.config = cfg.load_config(path, environ, overrides)
+        report.config = load.load_config(path, environ, overrides)
     # Whatever the builder checks that the checks above do not (a section added later).
     except ConfigError as exc:
         report.problems.append(layers.problem((), str(exc)))

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from trigmail.cli.app import EXIT_INVALID, OutputFormat
-from trigmail.config import Config, load_config
+from trigmail.config import Config
+from trigmail.configload import load_config
 from trigmail.decisions import Outcome
 from trigmail.errors import ConfigError
 from trigmail.events import parse_ts
