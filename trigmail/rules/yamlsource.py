@@ -19,8 +19,7 @@ was crossed, found before the work or the memory grows; nothing here recurses de
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import yaml
@@ -130,25 +129,21 @@ class YamlIssue:
     message: str
 
 
-# A (line, col) pair, 1-based. Positions are kept as plain tuples and made Marks on request:
-# a load holds one per key and value of every file (hundreds of thousands), and the garbage
-# collector stops tracking tuples of ints but would walk as many Marks on every full pass.
-_Position = tuple[int, int]
-
-
 @dataclass(frozen=True)
 class YamlDocument:
-    """A parsed document: plain values plus where each of them was written.
+    """A parsed document: plain values, and the text to find where each was written.
 
     ``data`` is ``None`` for an empty document or one with a syntax error (then ``issues``
-    says where). ``values`` maps a key path to the 1-based (line, column) where its value
-    starts, ``keys`` to where its mapping key starts; :meth:`position` reads them.
+    says where). :meth:`position` tells where a key path was written.
     """
 
     data: Any
-    values: Mapping[Path, _Position]
-    keys: Mapping[Path, _Position]
+    text: str = ""
     issues: tuple[YamlIssue, ...] = ()
+    # Positions are looked up in the node graph, composed again on the first request: only a
+    # document with something to report asks, and a load of 500 valid files then keeps no
+    # position at all (a map of them cost a third of loading, and memory for every value).
+    _nodes: list[Node | None] = field(default_factory=list, compare=False, repr=False)
 
     def position(self, path: Path, *, key: bool = False) -> Mark:
         """Return where ``path`` was written, or where its nearest written parent was.
@@ -157,23 +152,47 @@ class YamlDocument:
             path: the key path.
             key: prefer the position of the mapping key over that of its value.
         """
-        probe = path
-        while True:
-            if key and probe in self.keys:
-                return Mark(*self.keys[probe])
-            if probe in self.values:
-                return Mark(*self.values[probe])
-            if not probe:
-                return Mark(1, 1)
-            probe = probe[:-1]
+        node = self._root()
+        if node is None:
+            return Mark(1, 1)
+        key_node: Node | None = None
+        for part in path:
+            child = _child(node, part)
+            if child is None:
+                break
+            key_node, node = child
+        return _mark(key_node if key and key_node is not None else node)
+
+    def _root(self) -> Node | None:
+        if self.data is None:
+            return None
+        if not self._nodes:
+            self._nodes.append(_compose(self.text))
+        return self._nodes[0]
 
 
-def _position(node: Node) -> _Position:
-    return (node.start_mark.line + 1, node.start_mark.column + 1)
+def _compose(text: str) -> Node | None:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_node()  # type: ignore[no-any-return]
+    finally:
+        loader.dispose()
+
+
+def _child(node: Node, part: str | int) -> tuple[Node | None, Node] | None:
+    """The key node (for a mapping) and the value node at ``part`` of ``node``, if written."""
+    if isinstance(node, MappingNode) and isinstance(part, str):
+        for key_node, value_node in node.value:
+            # The first of duplicate keys: it is the one whose value was kept.
+            if isinstance(key_node, ScalarNode) and str(key_node.value) == part:
+                return key_node, value_node
+    if isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return None, node.value[part]
+    return None
 
 
 def _mark(node: Node) -> Mark:
-    return Mark(*_position(node))
+    return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 class _LimitError(Exception):
@@ -185,12 +204,12 @@ class _LimitError(Exception):
 
 
 class _Builder:
-    """Turns a node graph into plain values, recording positions and issues on the way."""
+    """Turns a node graph into plain values, recording issues on the way."""
 
     def __init__(self) -> None:
-        self.values: dict[Path, _Position] = {}
-        self.keys: dict[Path, _Position] = {}
         self.issues: list[YamlIssue] = []
+        # The key path being built, as a list: made a tuple only for an issue.
+        self._path: list[str | int] = []
         # Node ids on the current path: a recursive alias (``&a [*a]``) must not loop forever.
         self._active: set[int] = set()
         # Collections built so far: meeting one again means an alias is being expanded.
@@ -198,19 +217,17 @@ class _Builder:
         self._expanded = False
         self._count = 0
 
-    def build(self, node: Node, path: Path) -> Any:
-        start = node.start_mark
-        self.values.setdefault(path, (start.line + 1, start.column + 1))
+    def build(self, node: Node) -> Any:
         self._count += 1
         if self._count > MAX_VALUES:
-            self._limit(node, path, self._too_many())
-        if isinstance(node, ScalarNode):
+            self._limit(node, self._too_many())
+        if node.__class__ is ScalarNode:
             # Most nodes; a scalar contains nothing, so it cannot be its own ancestor.
-            return self._scalar(node, path)
-        if len(path) >= MAX_DEPTH:
-            self._limit(node, path, f"nested deeper than {MAX_DEPTH} levels; flatten it")
+            return node.value if node.tag == _STR else self._scalar(node)
+        if len(self._path) >= MAX_DEPTH:
+            self._limit(node, f"nested deeper than {MAX_DEPTH} levels; flatten it")
         if id(node) in self._active:
-            self._issue(node, path, "an alias refers to itself")
+            self._issue(node, "an alias refers to itself")
             return None
         if id(node) in self._built:
             self._expanded = True
@@ -218,10 +235,10 @@ class _Builder:
         self._active.add(id(node))
         try:
             if isinstance(node, MappingNode):
-                return self._mapping(node, path)
+                return self._mapping(node)
             if isinstance(node, SequenceNode):
-                return self._sequence(node, path)
-            return self._scalar(node, path)
+                return self._sequence(node)
+            return self._scalar(node)
         finally:
             self._active.discard(id(node))
 
@@ -231,52 +248,60 @@ class _Builder:
             message += " once its aliases are expanded (each *alias repeats its &anchor)"
         return message + "; split the file or use fewer aliases"
 
-    def _limit(self, node: Node, path: Path, message: str) -> None:
+    def _limit(self, node: Node, message: str) -> None:
         # No key path: at this depth it would be longer than the message.
         raise _LimitError(YamlIssue(_mark(node), (), f"the document is too large: {message}"))
 
-    def _issue(self, node: Node, path: Path, message: str) -> None:
+    def _issue(self, node: Node, message: str, *, part: str | None = None) -> None:
+        path = (*self._path, part) if part is not None else tuple(self._path)
         self.issues.append(YamlIssue(_mark(node), path, message))
 
-    def _mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
+    def _mapping(self, node: MappingNode) -> dict[str, Any]:
         if node.tag != _MAP:
-            self._issue(node, path, f"unsupported YAML tag {quote(node.tag)}")
+            self._issue(node, f"unsupported YAML tag {quote(node.tag)}")
         result: dict[str, Any] = {}
+        path = self._path
         for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode):
-                self._issue(key_node, path, _key_message(key_node))
+            if key_node.__class__ is not ScalarNode:
+                self._issue(key_node, _key_message(key_node))
                 continue
             # Keys stay exactly as written: `on:` is the text "on", never the boolean true.
             key = str(key_node.value)
-            key_path = (*path, key)
             if key in result:
-                line, col = self.keys[key_path]
-                self._issue(
-                    key_node,
-                    key_path,
-                    f"duplicate key {quote(key)} (first written at line {line}, col {col}); "
-                    "keep only one",
-                )
+                self._duplicate(node, key_node, key)
                 continue
-            self.keys[key_path] = _position(key_node)
-            result[key] = self.build(value_node, key_path)
+            path.append(key)
+            result[key] = self.build(value_node)
+            path.pop()
         return result
 
-    def _sequence(self, node: SequenceNode, path: Path) -> list[Any]:
-        if node.tag != _SEQ:
-            self._issue(node, path, f"unsupported YAML tag {quote(node.tag)}")
-        return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+    def _duplicate(self, node: MappingNode, key_node: Node, key: str) -> None:
+        first = _mark(_child(node, key)[0] or key_node)  # type: ignore[index]
+        message = (
+            f"duplicate key {quote(key)} (first written at line {first.line}, col {first.col}); "
+            "keep only one"
+        )
+        self._issue(key_node, message, part=key)
 
-    def _scalar(self, node: Node, path: Path) -> Any:
+    def _sequence(self, node: SequenceNode) -> list[Any]:
+        if node.tag != _SEQ:
+            self._issue(node, f"unsupported YAML tag {quote(node.tag)}")
+        result = []
+        path = self._path
+        for index, item in enumerate(node.value):
+            path.append(index)
+            result.append(self.build(item))
+            path.pop()
+        return result
+
+    def _scalar(self, node: Node) -> Any:
         text = str(node.value)
         try:
             return _construct(node.tag, text)
         except ValueError:
-            self._issue(
-                node, path, f"{quote(text)} cannot be read as {node.tag.rsplit(':', 1)[-1]}"
-            )
+            self._issue(node, f"{quote(text)} cannot be read as {node.tag.rsplit(':', 1)[-1]}")
         except KeyError:
-            self._issue(node, path, f"unsupported YAML tag {quote(node.tag)}")
+            self._issue(node, f"unsupported YAML tag {quote(node.tag)}")
         return text
 
 
@@ -476,23 +501,23 @@ def load_document(text: str) -> YamlDocument:
     """
     if len(text) > MAX_DOCUMENT_CHARS:
         message = f"the document is too large: {len(text)} characters, over {MAX_DOCUMENT_CHARS}"
-        return YamlDocument(None, {}, {}, (YamlIssue(Mark(1, 1), (), message),))
+        return YamlDocument(None, text, (YamlIssue(Mark(1, 1), (), message),))
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
-        return YamlDocument(None, {}, {}, (_syntax_issue(exc, text),))
+        return YamlDocument(None, text, (_syntax_issue(exc, text),))
     except RecursionError:
         # Only the pure-Python composer recurses (libyaml stops at 1,000 levels by itself).
         message = f"the document is too large: nested deeper than {MAX_DEPTH} levels"
-        return YamlDocument(None, {}, {}, (YamlIssue(Mark(1, 1), (), message),))
+        return YamlDocument(None, text, (YamlIssue(Mark(1, 1), (), message),))
     finally:
         loader.dispose()
     if node is None:
-        return YamlDocument(None, {}, {})
+        return YamlDocument(None, text)
     builder = _Builder()
     try:
-        data = builder.build(node, ())
+        data = builder.build(node)
     except _LimitError as exc:
-        return YamlDocument(None, {}, {}, (exc.issue,))
-    return YamlDocument(data, builder.values, builder.keys, tuple(builder.issues))
+        return YamlDocument(None, text, (exc.issue,))
+    return YamlDocument(data, text, tuple(builder.issues))
