@@ -19,6 +19,7 @@ was crossed, found before the work or the memory grows; nothing here recurses de
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -26,8 +27,19 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from trigmail.rules.quoting import quote
+from trigmail.rules.yamlerrors import Mark, Path, YamlIssue, syntax_issue
 
-Path = tuple[str | int, ...]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_DOCUMENT_CHARS",
+    "MAX_VALUES",
+    "Mark",
+    "Path",
+    "YamlDocument",
+    "YamlIssue",
+    "load_document",
+]
+
 
 # Far above any real rule file or config (the sample rules.d is 24 KB in all, a 1,000-rule
 # file about 500 KB) and far below what costs memory: composing 1 MiB of YAML takes ~50 MB.
@@ -112,26 +124,19 @@ if getattr(yaml, "__with_libyaml__", False):
     _Loader = _CLoader
 
 
-@dataclass(frozen=True)
-class Mark:
-    """A 1-based line and column."""
+# A (line, col) pair, 1-based.
+_Position = tuple[int, int]
 
-    line: int
-    col: int
-
-
-@dataclass(frozen=True)
-class YamlIssue:
-    """Something wrong in the YAML itself: a syntax error, a duplicate key, an odd tag."""
-
-    mark: Mark
-    path: Path
-    message: str
+# Positions of key paths this short are kept as the document is built: every rule asks
+# where it starts (``rules.3.id``). Deeper ones are looked up in the node graph, composed
+# again on the first request: only a document with something to report asks, and a map of
+# every value cost a third of loading 500 files, and memory for each value.
+_EAGER_DEPTH: Final = 3
 
 
 @dataclass(frozen=True)
 class YamlDocument:
-    """A parsed document: plain values, and the text to find where each was written.
+    """A parsed document: plain values, and where each of them was written.
 
     ``data`` is ``None`` for an empty document or one with a syntax error (then ``issues``
     says where). :meth:`position` tells where a key path was written.
@@ -140,9 +145,8 @@ class YamlDocument:
     data: Any
     text: str = ""
     issues: tuple[YamlIssue, ...] = ()
-    # Positions are looked up in the node graph, composed again on the first request: only a
-    # document with something to report asks, and a load of 500 valid files then keeps no
-    # position at all (a map of them cost a third of loading, and memory for every value).
+    values: Mapping[Path, _Position] = field(default_factory=dict, repr=False)
+    keys: Mapping[Path, _Position] = field(default_factory=dict, repr=False)
     _nodes: list[Node | None] = field(default_factory=list, compare=False, repr=False)
 
     def position(self, path: Path, *, key: bool = False) -> Mark:
@@ -152,6 +156,10 @@ class YamlDocument:
             path: the key path.
             key: prefer the position of the mapping key over that of its value.
         """
+        if key and path in self.keys:
+            return Mark(*self.keys[path])
+        if path in self.values:
+            return Mark(*self.values[path])
         node = self._root()
         if node is None:
             return Mark(1, 1)
@@ -191,8 +199,12 @@ def _child(node: Node, part: str | int) -> tuple[Node | None, Node] | None:
     return None
 
 
+def _position(node: Node) -> _Position:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
 def _mark(node: Node) -> Mark:
-    return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+    return Mark(*_position(node))
 
 
 class _LimitError(Exception):
@@ -208,6 +220,8 @@ class _Builder:
 
     def __init__(self) -> None:
         self.issues: list[YamlIssue] = []
+        self.values: dict[Path, _Position] = {}
+        self.keys: dict[Path, _Position] = {}
         # The key path being built, as a list: made a tuple only for an issue.
         self._path: list[str | int] = []
         # Node ids on the current path: a recursive alias (``&a [*a]``) must not loop forever.
@@ -271,9 +285,16 @@ class _Builder:
                 self._duplicate(node, key_node, key)
                 continue
             path.append(key)
+            if len(path) <= _EAGER_DEPTH:
+                self._record(tuple(path), value_node, key_node)
             result[key] = self.build(value_node)
             path.pop()
         return result
+
+    def _record(self, path: Path, value_node: Node, key_node: Node | None = None) -> None:
+        self.values[path] = _position(value_node)
+        if key_node is not None:
+            self.keys[path] = _position(key_node)
 
     def _duplicate(self, node: MappingNode, key_node: Node, key: str) -> None:
         first = _mark(_child(node, key)[0] or key_node)  # type: ignore[index]
@@ -290,6 +311,8 @@ class _Builder:
         path = self._path
         for index, item in enumerate(node.value):
             path.append(index)
+            if len(path) <= _EAGER_DEPTH:
+                self._record(tuple(path), item)
             result.append(self.build(item))
             path.pop()
         return result
@@ -335,164 +358,6 @@ def _construct(tag: str, text: str) -> Any:
     raise KeyError(tag)
 
 
-def _syntax_issue(exc: yaml.YAMLError, text: str) -> YamlIssue:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = Mark(mark.line + 1, mark.column + 1) if mark is not None else Mark(1, 1)
-    problem = str(getattr(exc, "problem", None) or exc)
-    context = getattr(exc, "context", None)
-    context_mark = getattr(exc, "context_mark", None)
-    opened = None if context_mark is None else Mark(context_mark.line + 1, context_mark.column + 1)
-    plain = plain_syntax_issue(problem, str(context or ""), where, opened, text.splitlines())
-    if plain is not None:
-        return plain
-    if context and opened is not None and opened.line != where.line:
-        context = f"{context} at line {opened.line}"
-    detail = f"{problem} ({context})" if context else problem
-    return YamlIssue(where, (), f"YAML syntax error: {detail}")
-
-
-def _indent(line: str) -> int:
-    """Where the line's first key starts: after its indentation and any ``- `` marks."""
-    column = len(line) - len(line.lstrip(" "))
-    while line[column : column + 2] == "- ":
-        column += 2
-        column += len(line[column:]) - len(line[column:].lstrip(" "))
-    return column
-
-
-def _line(lines: list[str], number: int) -> str:
-    return lines[number - 1] if 0 < number <= len(lines) else ""
-
-
-def _previous_content(lines: list[str], number: int) -> str:
-    for index in range(number - 2, -1, -1):
-        if lines[index].strip() and not lines[index].lstrip().startswith("#"):
-            return lines[index]
-    return ""
-
-
-@dataclass(frozen=True)
-class _Complaint:
-    """What the parser said, and the text it said it about."""
-
-    problem: str
-    context: str
-    where: Mark
-    opened: Mark | None
-    lines: list[str]
-
-    @property
-    def line(self) -> str:
-        return _line(self.lines, self.where.line)
-
-    @property
-    def above(self) -> str:
-        return _previous_content(self.lines, self.where.line)
-
-
-def _tab(c: _Complaint) -> YamlIssue | None:
-    line = c.line
-    if "tab" not in c.problem and line[c.where.col - 1 : c.where.col] != "\t":
-        return None
-    tab = line.find("\t")
-    at = Mark(c.where.line, tab + 1) if tab >= 0 else c.where
-    return YamlIssue(at, (), "a tab character: indent with spaces only, never tabs")
-
-
-def _unclosed_quote(c: _Complaint) -> YamlIssue | None:
-    if "quoted scalar" not in c.context or c.opened is None:
-        return None
-    char = _line(c.lines, c.opened.line)[c.opened.col - 1 : c.opened.col] or "quote"
-    message = f"this {char} is never closed: add the closing {char} at the end of the value"
-    return YamlIssue(c.opened, (), message)
-
-
-def _unclosed_flow(c: _Complaint) -> YamlIssue | None:
-    for name, (left, right) in (("flow mapping", ("{", "}")), ("flow sequence", ("[", "]"))):
-        if name in c.context and c.opened is not None:
-            return YamlIssue(
-                c.opened,
-                (),
-                f"this {left!r} is not closed by {right!r} on its line (or a ',' is missing "
-                "between two items)",
-            )
-    return None
-
-
-def _colon(c: _Complaint) -> YamlIssue | None:
-    if not c.problem.startswith("mapping values are not allowed"):
-        return None
-    line, above = c.line, c.above
-    if above and _indent(line) > _indent(above) and not above.rstrip().endswith(":"):
-        return YamlIssue(
-            Mark(c.where.line, _indent(line) + 1),
-            (),
-            f"this line starts further right (column {_indent(line) + 1}) than the key "
-            f"above it (column {_indent(above) + 1}): keys of one mapping must line up",
-        )
-    message = (
-        "a second ': ' on one line: put the value in quotes, e.g. "
-        'description: "Reminder: your cart"'
-    )
-    return YamlIssue(c.where, (), message)
-
-
-def _second_document(c: _Complaint) -> YamlIssue | None:
-    if "another document" not in c.problem:
-        return None
-    message = "a second document ('---'): a file holds one; remove the '---' or split the file"
-    return YamlIssue(c.where, (), message)
-
-
-def _no_colon(c: _Complaint) -> YamlIssue | None:
-    if not c.problem.startswith("could not find expected ':'") or c.opened is None:
-        return None
-    return YamlIssue(c.opened, (), "this line has no ':' after its key: write it as 'key: value'")
-
-
-def _misaligned(c: _Complaint) -> YamlIssue | None:
-    if "expected '-' indicator" not in c.problem and "expected <block end>" not in c.problem:
-        return None
-    line = c.line
-    stripped = line.lstrip(" ")
-    if stripped.startswith("-") and not stripped.startswith(("- ", "--")):
-        return YamlIssue(c.where, (), "a list item needs a space after its '-': write '- '")
-    return YamlIssue(
-        Mark(c.where.line, _indent(line) + 1),
-        (),
-        f"this line starts at column {_indent(line) + 1}, which does not line up with the "
-        f"line above it (column {_indent(c.above) + 1}): keys of one mapping, and the '-' "
-        "of one list, must start in the same column",
-    )
-
-
-_PLAIN_WORDS: Final = (
-    _tab,
-    _unclosed_quote,
-    _unclosed_flow,
-    _colon,
-    _second_document,
-    _no_colon,
-    _misaligned,
-)
-
-
-def plain_syntax_issue(
-    problem: str, context: str, where: Mark, opened: Mark | None, lines: list[str]
-) -> YamlIssue | None:
-    """The parser's complaint in the words of the mistake that usually causes it, or ``None``.
-
-    PyYAML says "mapping values are not allowed in this context" for a value holding ": " and
-    for a line indented too far alike; marketing needs to hear which, and where to look.
-    """
-    complaint = _Complaint(problem, context, where, opened, lines)
-    for words in _PLAIN_WORDS:
-        issue = words(complaint)
-        if issue is not None:
-            return issue
-    return None
-
-
 def load_document(text: str) -> YamlDocument:
     """Parse one YAML document; never raises for bad input, which becomes ``issues``.
 
@@ -506,7 +371,7 @@ def load_document(text: str) -> YamlDocument:
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
-        return YamlDocument(None, text, (_syntax_issue(exc, text),))
+        return YamlDocument(None, text, (syntax_issue(exc, text),))
     except RecursionError:
         # Only the pure-Python composer recurses (libyaml stops at 1,000 levels by itself).
         message = f"the document is too large: nested deeper than {MAX_DEPTH} levels"
@@ -516,8 +381,9 @@ def load_document(text: str) -> YamlDocument:
     if node is None:
         return YamlDocument(None, text)
     builder = _Builder()
+    builder.values[()] = _position(node)
     try:
         data = builder.build(node)
     except _LimitError as exc:
         return YamlDocument(None, text, (exc.issue,))
-    return YamlDocument(data, text, tuple(builder.issues))
+    return YamlDocument(data, text, tuple(builder.issues), builder.values, builder.keys)
