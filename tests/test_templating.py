@@ -29,7 +29,6 @@ from trigmail.rules.templating import (
     compile_data,
     compile_key,
     default_data,
-    template_fields,
 )
 
 READ_AT = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
@@ -216,7 +215,7 @@ def test_template_fields() -> None:
         "b": ["{{ properties.items[0].sku }}", "{{ properties.cart_url | upper }}"],
         "c": "{% for i in properties.items %}{{ i.sku }}{{ loop.index }}{% endfor %}",
     }
-    assert template_fields(spec) == (
+    assert compile_data(spec).fields == (
         "properties.cart_url",
         "user.first_name",
         "properties.items[0].sku",
