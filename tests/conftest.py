@@ -91,3 +91,19 @@ def postgres_dsn(_postgres_database: str) -> str:
 def t0() -> datetime:
     """A fixed instant tests count from."""
     return datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
+
+
+def _start_rank(item: pytest.Item, default_timeout_s: float) -> int:
+    """0 for the longest runs (those allowed more than the default timeout), 1 for the other
+    ``slow`` ones, 2 for the rest."""
+    timeout = item.get_closest_marker("timeout")
+    if timeout is not None and timeout.args and timeout.args[0] > default_timeout_s:
+        return 0
+    return 1 if item.get_closest_marker("slow") else 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first: the xdist workers (fed one test at a time, see the Makefile) then end
+    together on short tests instead of one worker finishing a 30 s run alone."""
+    default_timeout_s = float(config.getini("timeout"))
+    items.sort(key=lambda item: _start_rank(item, default_timeout_s))
