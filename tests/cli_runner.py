@@ -22,7 +22,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from trigmail.cli import app
+import trigmail.cli  # noqa: F401  (registers every command on the app)
+from trigmail.cli.app import app
 
 
 @contextmanager
