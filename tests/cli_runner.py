@@ -64,3 +64,13 @@ def cli(
     return subprocess.CompletedProcess(
         ["trigmail", *argv], result.exit_code, result.stdout, result.stderr
     )
+
+
+def run_trigmail_here(
+    *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """:func:`tests.serve_harness.run_trigmail` in this process: the same environment (the
+    test's, without trigmail's settings, no colour, wide tables) plus ``env``."""
+    from tests.serve_harness import clean_env
+
+    return cli(*args, cwd=cwd, env=clean_env({"NO_COLOR": "1", "COLUMNS": "250", **(env or {})}))
