@@ -1,7 +1,8 @@
 """`trigmail explain`: one user's timeline read from a real ledger (SQLite file, PostgreSQL).
 
 The ledgers are written by the real pipeline on a virtual clock from the sample rules, then
-read by the real command (in this process, tests/cli_runner.py); its JSON lines are checked against what `simulate`
+read by the real command (in this process, tests/cli_runner.py); its JSON lines are checked
+against what `simulate`
 prints for the same events, and its words against the issue's examples.
 """
 

@@ -1,4 +1,5 @@
-"""`trigmail test` end to end: the real CLI (in this process, tests/cli_runner.py), on real test files."""
+"""`trigmail test` end to end: the real CLI (in this process, tests/cli_runner.py), on real
+test files."""
 
 from __future__ import annotations
 
