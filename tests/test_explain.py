@@ -2,8 +2,7 @@
 
 The ledgers are written by the real pipeline on a virtual clock from the sample rules, then
 read by the real command (in this process, tests/cli_runner.py); its JSON lines are checked
-against what `simulate`
-prints for the same events, and its words against the issue's examples.
+against what `simulate` prints for the same events, and its words against the issue's examples.
 """
 
 from __future__ import annotations
