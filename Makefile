@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 # Test processes: the suite waits on real servers and subprocesses more than it computes, so
 # more processes than cores still shortens it.
 TEST_WORKERS ?= 4
+# Tests go to the workers one at a time, longest first (tests/conftest.py): with the default
+# chunks, one worker was left alone with the last long end-to-end runs.
+XDIST := -n $(TEST_WORKERS) --maxschedchunk 1
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +22,11 @@ serve: $(BIN)/.installed
 	$(BIN)/trigmail serve
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest $(XDIST)
 
 # What a developer runs between edits: everything but the end-to-end runs marked slow.
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

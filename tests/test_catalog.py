@@ -8,7 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.serve_harness import REPO_ROOT, run_trigmail
+from tests.cli_runner import run_trigmail_here
+from tests.serve_harness import REPO_ROOT
 from trigmail.rules.catalog import draft, draft_yaml, parse_catalog
 from trigmail.rules.loader import load_rules, parse_rules
 from trigmail.rules.problems import Severity
@@ -39,7 +40,7 @@ SAMPLE_EVENTS: list[dict[str, object]] = [
 
 
 def trigmail(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return run_trigmail(*args, cwd=cwd)
+    return run_trigmail_here(*args, cwd=cwd)
 
 
 def lines(events: list[dict[str, object]]) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_runner import cli
 from tests.fake_sendgrid import TEST_API_KEY, FakeSendGrid
 from tests.serve_harness import SERVE_RULES, clean_env, write_config
 
@@ -32,15 +33,7 @@ rules_dir: RULES
 def _run(
     cwd: Path, *args: str | Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TRIGMAIL), *map(str, args)],
-        cwd=cwd,
-        env=clean_env({"NO_COLOR": "1", "COLUMNS": "200", **(env or {})}),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return cli(*args, cwd=cwd, env=clean_env({"NO_COLOR": "1", "COLUMNS": "200", **(env or {})}))
 
 
 def _bad_config(tmp_path: Path) -> Path:

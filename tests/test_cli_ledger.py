@@ -1,39 +1,29 @@
-"""`trigmail ledger in-doubt` and `trigmail ledger resolve` end to end: the real CLI in a
-subprocess, against a SQLite ledger prepared through the ledger API."""
+"""`trigmail ledger in-doubt` and `trigmail ledger resolve` end to end: the real CLI (run in this
+process, tests/cli_runner.py), against a SQLite ledger prepared through the ledger API."""
 
 from __future__ import annotations
 
 import json
 import re
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from tests.cli_runner import cli
 from tests.ledger_helpers import make_send, put_in_state
 from trigmail.events import parse_ts
 from trigmail.ledger import SqliteLedger
 from trigmail.ledger.base import SendRecord, SendState
 
-# The working tree under test, first on the child's path (see tests/serve_harness.py).
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Wide enough that no table cell folds, so rows can be matched whole.
+ENV = {"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "COLUMNS": "250"}
 TIMEOUT_ERROR = "InDoubtDeliveryError: read timeout"
 
 
 def _run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    # Wide enough that no table cell folds, so rows can be matched whole.
-    env = {"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "COLUMNS": "250", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "trigmail", "ledger", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return cli("ledger", *args, cwd=cwd, env=ENV)
 
 
 @pytest.fixture
@@ -231,15 +221,7 @@ def test_usage_errors_exit_2_and_change_nothing(
 
 def _status_table(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     """`trigmail status` as a table, wide and uncoloured, as a pipe reads it."""
-    return subprocess.run(
-        [sys.executable, "-m", "trigmail", "status", "--ledger", str(path)],
-        cwd=cwd,
-        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "COLUMNS": "250"},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return cli("status", "--ledger", path, cwd=cwd, env=ENV)
 
 
 def test_tables_print_bracketed_values_as_text(tmp_path: Path, t0: datetime) -> None:

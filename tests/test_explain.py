@@ -1,8 +1,8 @@
 """`trigmail explain`: one user's timeline read from a real ledger (SQLite file, PostgreSQL).
 
 The ledgers are written by the real pipeline on a virtual clock from the sample rules, then
-read by the real command in a subprocess; its JSON lines are checked against what `simulate`
-prints for the same events, and its words against the issue's examples.
+read by the real command (in this process, tests/cli_runner.py); its JSON lines are checked
+against what `simulate` prints for the same events, and its words against the issue's examples.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import psycopg
 import pytest
 import yaml
 
-from tests.serve_harness import REPO_ROOT, Serve, append_events, clean_env, run_trigmail, wait_for
+from tests.cli_runner import run_trigmail_here
+from tests.serve_harness import REPO_ROOT, Serve, append_events, clean_env, wait_for
 from trigmail.evidence import DeliveryEvent, DeliveryEventType
 from trigmail.ledger import open_ledger
 from trigmail.rules.loader import load_rule_set
@@ -72,7 +73,7 @@ def config_for(tmp_path: Path, target: str) -> Path:
 
 
 def trigmail(*args: str | Path, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
-    return run_trigmail(*args, cwd=cwd)
+    return run_trigmail_here(*args, cwd=cwd)
 
 
 def json_lines(stdout: str) -> list[dict[str, Any]]:

@@ -6,9 +6,10 @@ import json
 import subprocess
 from pathlib import Path
 
+from tests.cli_runner import cli
 from tests.fake_sendgrid import TEST_API_KEY, FakeSendGrid
 from tests.serve_harness import REPO_ROOT as ROOT
-from tests.serve_harness import TRIGMAIL, clean_env, write_config
+from tests.serve_harness import clean_env, write_config
 
 CART = {
     "event": "cart_abandoned",
@@ -23,15 +24,7 @@ CART = {
 def trigmail(
     *args: str | Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TRIGMAIL), *map(str, args)],
-        cwd=ROOT,
-        env=env or clean_env({"NO_COLOR": "1"}),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return cli(*args, cwd=ROOT, env=env or clean_env({"NO_COLOR": "1"}))
 
 
 def test_preview_prints_the_request_body() -> None:

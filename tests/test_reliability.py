@@ -65,7 +65,7 @@ def test_spool_backlog_after_an_outage_is_decided_in_feed_order(tmp_path: Path) 
     # starts on a backlog whose nudges fell due while their cancels waited unread behind them.
     spec = RunSpec(
         seed=11,
-        events=1500,
+        events=750,
         kills=0,
         rates=CI_FAULTS,
         lines_per_s=100,

@@ -50,7 +50,7 @@ def test_three_workers_on_a_backlog_decide_in_feed_order(
     # one backlog and split each user's entries between them.
     spec = RunSpec(
         seed=12,
-        events=1500,
+        events=750,
         kills=6,
         rates=CI_FAULTS,
         lines_per_s=100,

@@ -1,4 +1,5 @@
-"""`trigmail test` end to end: the real CLI as a subprocess, on real test files."""
+"""`trigmail test` end to end: the real CLI (in this process, tests/cli_runner.py), on real
+test files."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from tests.cli_runner import run_trigmail_here
 from tests.serve_harness import REPO_ROOT as ROOT
-from tests.serve_harness import run_trigmail
 
 
 def run_tests(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return run_trigmail("test", *args, cwd=cwd)
+    return run_trigmail_here("test", *args, cwd=cwd)
 
 
 def copy_rules(tmp_path: Path) -> Path:

@@ -1,8 +1,10 @@
-"""`trigmail simulate` end to end: the real CLI as a subprocess."""
+"""`trigmail simulate` end to end: the real CLI, run in this process (tests/cli_runner.py) but
+where a terminal is what is tested."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from bench.events import event_lines
+from tests.cli_runner import cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "simulate"
 RULES = FIXTURES / "rules"
@@ -22,15 +25,10 @@ FIELDS = {"at", "event_id", "user_id", "rule", "step", "key", "outcome", "reason
 OUTCOMES = {"scheduled", "sent", "cancelled", "skipped", "dropped", "dead_letter"}
 
 
-def simulate(*args: str | Path, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trigmail", "simulate", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        cwd=REPO,
-    )
+def simulate(
+    *args: str | Path, cwd: Path = REPO, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return cli("simulate", *args, cwd=cwd, env=os.environ, stdin=stdin)
 
 
 def json_lines(stdout: str) -> list[dict[str, Any]]:
@@ -106,23 +104,7 @@ def test_table_output() -> None:
 
 def test_standard_input_all_good_lines_exit_zero() -> None:
     good = [line for line in EVENTS.read_text().splitlines() if line.startswith('{"')]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trigmail",
-            "simulate",
-            "-",
-            *["--rules", str(RULES)],
-            "--format",
-            "json",
-        ],
-        input="\n".join(good) + "\n\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = simulate("-", "--rules", RULES, "--format", "json", stdin="\n".join(good) + "\n\n")
     assert done.returncode == 0, done.stderr
     outcomes = Counter(line["outcome"] for line in json_lines(done.stdout))
     assert outcomes == {"scheduled": 3, "sent": 2, "cancelled": 1, "skipped": 2}
@@ -185,9 +167,7 @@ def test_hundred_thousand_events_totals(tmp_path: Path) -> None:
     names = Counter(event["event"] for event in events)
     bad_lines = count - len(events)
 
-    done = simulate(
-        path, "--rules", REPO / "rules.d", "--format", "json", "--strict", timeout_s=280
-    )
+    done = simulate(path, "--rules", REPO / "rules.d", "--format", "json", "--strict")
     assert done.returncode == 1  # the bad lines, under --strict
     lines = json_lines(done.stdout)
     by_outcome = Counter(line["outcome"] for line in lines)
@@ -372,24 +352,7 @@ def test_compare_with_rules_from_git(tmp_path: Path) -> None:
     for path in (repo / "rules.d").iterdir():
         if "welcome" in path.read_text():
             path.write_text(path.read_text().replace("on: user_signup", "on: never_sent"))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trigmail",
-            "simulate",
-            str(EVENTS),
-            "--compare",
-            "git:HEAD",
-            "--format",
-            "json",
-        ],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    done = simulate(EVENTS, "--compare", "git:HEAD", "--format", "json", cwd=repo)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)["rules"]
     assert report["welcome"]["removed"] == 1

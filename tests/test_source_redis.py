@@ -217,9 +217,9 @@ def test_pending_entry_deleted_from_the_stream_is_acknowledged(
     assert pending_count(admin, stream) == 0
 
 
-def _blocked_client_id(admin: redis.Redis) -> str | None:
+def _blocked_client_id(admin: redis.Redis, consumer: str) -> str | None:
     for client in admin.client_list():
-        if client["name"] == "trigmail:c1" and client["cmd"] == "xreadgroup":
+        if client["name"] == f"trigmail:{consumer}" and client["cmd"] == "xreadgroup":
             return str(client["id"])
     return None
 
@@ -227,7 +227,10 @@ def _blocked_client_id(admin: redis.Redis) -> str | None:
 def test_reconnects_after_its_connection_is_killed(
     open_source: Opener, admin: redis.Redis, stream: str
 ) -> None:
-    source = open_source(block_s=WAIT_S)
+    # A name of its own: the client list is the whole server's, where other test processes
+    # (and other suites) block reads of their own consumer "c1" too.
+    consumer = f"c-{uuid.uuid4().hex[:12]}"
+    source = open_source(consumer, block_s=WAIT_S)
     errors: list[SourceError] = []
 
     def blocked_read() -> None:
@@ -238,8 +241,8 @@ def test_reconnects_after_its_connection_is_killed(
 
     reader = threading.Thread(target=blocked_read)
     reader.start()
-    wait_for(lambda: _blocked_client_id(admin) is not None)
-    admin.client_kill_filter(_id=_blocked_client_id(admin))
+    wait_for(lambda: _blocked_client_id(admin, consumer) is not None)
+    admin.client_kill_filter(_id=_blocked_client_id(admin, consumer))
     reader.join()
     assert len(errors) == 1
     assert "ConnectionError" in str(errors[0])

@@ -1,4 +1,5 @@
-"""`trigmail validate` end to end: the real CLI in a subprocess."""
+"""`trigmail validate` end to end: the real CLI, in this process (tests/cli_runner.py) but for
+one run of the installed console script."""
 
 from __future__ import annotations
 
@@ -10,26 +11,31 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_runner import cli
 from tests.serve_harness import REPO_ROOT as ROOT
 from tests.serve_harness import TRIGMAIL
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rules"
 
 
+ENV = {"PATH": "/usr/bin:/bin", "NO_COLOR": "1"}
+
+
 def _run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "NO_COLOR": "1"}
-    return subprocess.run(
-        [str(TRIGMAIL), "validate", *map(str, args)],
-        cwd=cwd,
-        env=env,
+    return cli("validate", *args, cwd=cwd, env=ENV)
+
+
+def test_sample_rules_validate_clean() -> None:
+    # The installed console script, as a user runs it; the other tests run the same command
+    # in this process.
+    result = subprocess.run(
+        [str(TRIGMAIL), "validate", "rules.d", "--strict"],
+        cwd=ROOT,
+        env=ENV,
         capture_output=True,
         text=True,
         check=False,
     )
-
-
-def test_sample_rules_validate_clean() -> None:
-    result = _run("rules.d", "--strict")
     assert result.returncode == 0, result.stdout
     assert result.stdout == "6 files, 5 rules: 0 errors, 0 warnings\n"
 
