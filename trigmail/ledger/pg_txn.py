@@ -19,7 +19,7 @@ from trigmail.ledger.pg_schema import LOCK_USER
 from trigmail.ledger.rows import Row
 from trigmail.ledger.semantics import LEASE_EXPIRED_ERROR, Clock, as_utc
 from trigmail.ledger.sql import SqlTxn, Statements, in_order
-from trigmail.ledger.sql.txn import Params
+from trigmail.ledger.sql.txn import Params, quiet_statements
 from trigmail.sends import SendRecord
 
 # SKIP LOCKED: a row another transaction holds is being claimed, dropped or deferred by it.
@@ -64,6 +64,7 @@ class PostgresTxn(SqlTxn):
 
     dialect = POSTGRES
     sql = Statements(POSTGRES)
+    quiet = quiet_statements(sql, _MARK_SEEN_MANY, _UNMARK_SEEN)
 
     def __init__(
         self,
@@ -88,25 +89,35 @@ class PostgresTxn(SqlTxn):
 
     def _run(self, sql: str, params: Params = ()) -> int:
         self._check_open()
+        self._before(sql)
         with self._errors.guard():
             return self._tuples.execute(sql, params).rowcount
 
     def _scalar(self, sql: str, params: Params = ()) -> Any:
         self._check_open()
+        self._before(sql)
         with self._errors.guard():
             row = self._tuples.execute(sql, params).fetchone()
         return None if row is None else row[0]
 
     def _rows(self, sql: str, params: Params = ()) -> list[Row]:
         self._check_open()
+        self._before(sql)
         with self._errors.guard():
             rows = self._dicts.execute(sql, params).fetchall()
         return list(rows)
 
     def _many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         self._check_open()
+        self._before(sql)
         with self._errors.guard():
             self._tuples.executemany(sql, params)
+
+    def _insert_many(self, sql: str, params: Sequence[Sequence[Any]]) -> int:
+        self._check_open()
+        with self._errors.guard():
+            self._tuples.executemany(sql, params)
+            return self._tuples.rowcount
 
     def _as_user(self, user_id: str) -> AbstractContextManager[Any]:
         if user_id in self._locked_users:
@@ -161,6 +172,7 @@ class PostgresTxn(SqlTxn):
     def flush(self) -> None:
         """Before the commit: forget the ids expected but never marked (the batch stopped
         before their events)."""
+        super().flush()
         if self._fresh_seen:
             self._run(_UNMARK_SEEN, (sorted(self._fresh_seen),))
             self._fresh_seen.clear()

@@ -32,7 +32,7 @@ from trigmail.ledger.migrations import migrate
 from trigmail.ledger.rows import Row, RowReader
 from trigmail.ledger.semantics import Clock, utc_now
 from trigmail.ledger.sql import Dialect, SqlLedger, SqlTxn, Statements, committed, json_text
-from trigmail.ledger.sql.txn import Params
+from trigmail.ledger.sql.txn import Params, quiet_statements
 from trigmail.sends import SendRecord
 
 logger = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ class SqliteTxn(SqlTxn):
 
     dialect = SQLITE
     sql = Statements(SQLITE)
+    quiet = quiet_statements(sql, _SEEN_AMONG, _INSERT_CATEGORY)
 
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         super().__init__(clock)
@@ -198,17 +199,15 @@ class SqliteTxn(SqlTxn):
     def seen_event(self, event_id: str) -> bool:
         return event_id in self._known_seen or super().seen_event(event_id)
 
-    def delivered_count_since(
-        self, user_id: str, categories: Collection[str], since: datetime
-    ) -> int:
-        self.flush()  # the categories of the sends inserted so far
-        return super().delivered_count_since(user_id, categories, since)
-
     def flush(self) -> None:
         """Write the rows kept for the commit."""
+        super().flush()
         if self._new_seen:
             self._conn.executemany(self.sql.mark_seen, self._new_seen)
             self._new_seen = []
+
+    def _flushed(self) -> None:
+        # Any statement reading sends (a cap's count of a claimed send) comes after this.
         if self._new_categories:
             self._conn.executemany(_INSERT_CATEGORY, self._new_categories)
             self._new_categories = []
@@ -219,6 +218,7 @@ class SqliteTxn(SqlTxn):
     def _cursor(self, sql: str, params: Params) -> sqlite3.Cursor:
         if not self._open:
             raise LedgerError("the transaction is over: open a new one")
+        self._before(sql)
         return self._conn.execute(sql, params)
 
     def _rows(self, sql: str, params: Params = ()) -> list[Row]:
@@ -231,7 +231,12 @@ class SqliteTxn(SqlTxn):
 
     def _many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         self._check_open()
+        self._before(sql)
         self._conn.executemany(sql, params)
+
+    def _insert_many(self, sql: str, params: Sequence[Sequence[Any]]) -> int:
+        self._check_open()
+        return self._conn.executemany(sql, params).rowcount
 
     def _insert(self, sql: str, params: Params) -> bool:
         return self._run(sql, params) == 1

@@ -26,6 +26,7 @@ from trigmail.ledger.semantics import (
     recovered,
     resolved,
 )
+from trigmail.ledger.sql.buffer import SendBuffer
 from trigmail.ledger.sql.dialect import Dialect, Statements, json_text
 from trigmail.ledger.sql.evidence import EvidenceTxn
 from trigmail.sends import SendRecord, SendState, check_finish_state, check_new
@@ -45,6 +46,30 @@ def in_order(records: list[SendRecord], keys: Sequence[str]) -> list[SendRecord]
 _NO_LOCK = nullcontext()
 
 
+def quiet_statements(sql: Statements, *more: str) -> frozenset[str]:
+    """The statements of :attr:`SqlTxn.quiet`, and a backend's own (``more``)."""
+    return frozenset(
+        (
+            sql.seen_event,
+            sql.mark_seen,
+            sql.send_exists,
+            sql.last_delivered,
+            sql.pending_for_user,
+            sql.delivered_count,
+            sql.cancel_sends,
+            sql.cancel_marks_after,
+            sql.add_cancel_mark,
+            sql.insert_send,
+            sql.insert_sends,
+            sql.insert_log,
+            sql.add_dead_letter,
+            sql.get_position,
+            sql.set_position,
+            *more,
+        )
+    )
+
+
 class SqlTxn(EvidenceTxn):
     """One transaction of a SQL ledger; see :class:`trigmail.ledger.base.LedgerTxn`.
 
@@ -55,9 +80,38 @@ class SqlTxn(EvidenceTxn):
     dialect: ClassVar[Dialect]
     sql: ClassVar[Statements]
 
+    # Statements that never touch a row of sends, or touch only one user's or one key's, which
+    # their methods check against the kept sends: they run without writing the kept sends.
+    quiet: ClassVar[frozenset[str]]
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._open = True
+        self._buffer = SendBuffer()
+
+    def _before(self, sql: str) -> None:
+        """Write the kept sends before a statement that could read them."""
+        if self._buffer.dirty and sql not in self.quiet:
+            self._flush_sends()
+
+    def _flush_sends(self) -> None:
+        params = self._buffer.take()
+        if params and self._insert_many(self.sql.insert_sends, params) != len(params):
+            # Only on PostgreSQL: another worker committed a key found absent here.
+            raise LedgerError("a new send's key was taken meanwhile: the batch is decided again")
+        self._flushed()
+
+    def _flushed(self) -> None:
+        """Write what goes with the sends written so far (SQLite's categories)."""
+
+    def _for_user(self, user_id: str) -> None:
+        """Write the kept sends before a read of ``user_id``'s sends, if some are theirs."""
+        if user_id in self._buffer.users:
+            self._flush_sends()
+
+    def flush(self) -> None:
+        """Before the commit: write what was kept for it."""
+        self._flush_sends()
 
     # -- how the driver runs a statement -----------------------------------------------------
     def _run(self, sql: str, params: Params = ()) -> int:
@@ -74,6 +128,10 @@ class SqlTxn(EvidenceTxn):
 
     def _many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         """Execute a statement once per parameter tuple."""
+        raise NotImplementedError
+
+    def _insert_many(self, sql: str, params: Sequence[Sequence[Any]]) -> int:
+        """Execute an insert once per parameter tuple; return how many rows it inserted."""
         raise NotImplementedError
 
     def _as_user(self, user_id: str) -> AbstractContextManager[Any]:
@@ -106,15 +164,22 @@ class SqlTxn(EvidenceTxn):
         return bool(self._scalar(self.sql.seen_event, (event_id,)))
 
     def send_exists(self, key: str) -> bool:
-        return bool(self._scalar(self.sql.send_exists, (key,)))
+        if key in self._buffer.keys:
+            return True
+        exists = bool(self._scalar(self.sql.send_exists, (key,)))
+        if not exists:
+            self._buffer.absent.add(key)
+        return exists
 
     def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
+        self._for_user(user_id)
         with self._as_user(user_id):
             latest = self._scalar(self.sql.last_delivered, (rule_id, user_id))
         return self.dialect.rows.maybe_time(latest)
 
     def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
         rules = self.dialect.keys(sorted(rule_ids))
+        self._for_user(user_id)
         with self._as_user(user_id):
             return self._sends(self.sql.pending_for_user, (user_id, rules))
 
@@ -123,6 +188,7 @@ class SqlTxn(EvidenceTxn):
     ) -> int:
         d = self.dialect
         params = (user_id, d.time(since), d.keys(sorted(categories)))
+        self._for_user(user_id)
         with self._as_user(user_id):
             count: int = self._scalar(self.sql.delivered_count, params)
         return count
@@ -147,10 +213,19 @@ class SqlTxn(EvidenceTxn):
         check_new(send)
         created_at = self._clock() if send.created_at is None else send.created_at
         params = self._send_params(send, created_at)
+        if send.key in self._buffer.keys:
+            return False
         # A cancellation deciding for this user in another worker must see this send.
         with self._as_user(send.user_id):
-            if not self._insert(self.sql.insert_send, params):
-                return False
+            if send.key in self._buffer.absent:
+                self._check_open()
+                self._buffer.keep(send.key, send.user_id, params)
+            else:
+                self._flush_sends()  # the sends keep the order they were inserted in
+                if not self._insert(self.sql.insert_send, params):
+                    return False
+                self._buffer.absent.discard(send.key)
+                self._buffer.dirty = True
         self._inserted(send)
         return True
 
@@ -185,6 +260,8 @@ class SqlTxn(EvidenceTxn):
     def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
         d = self.dialect
         wanted = list(dict.fromkeys(keys))
+        if not self._buffer.keys.isdisjoint(wanted):
+            self._flush_sends()
         rows = self._rows(self.sql.cancel_sends, (reason, d.time(at), d.keys(wanted)))
         moved = {row["key"] for row in rows}
         return [key for key in wanted if key in moved]
