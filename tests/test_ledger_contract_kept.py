@@ -47,13 +47,17 @@ def test_kept_sends_can_be_cancelled_and_claimed_in_their_transaction(
         for key in ("a", "b", "c"):
             assert _insert_checked(txn, key, t0, user=f"u-{key}")
         assert txn.cancel_sends(["a"], "order", t0) == ["a"]
-        assert [s.key for s in txn.claim(["b"], t0)] == ["b"]
+        claimed = txn.claim(["b"], t0)
+        assert [s.key for s in claimed] == ["b"]
         assert txn.last_delivered_at("cart", "u-b") == t0
         # The claimed send's categories count for the cap at once.
         assert txn.delivered_count_since("u-b", ["promo"], t0) == 1
         assert txn.delivered_count_since("u-c", ["promo"], t0) == 0
     states = [state_of(ledger, key) for key in ("a", "b", "c")]
     assert states == [SendState.CANCELLED, SendState.SENDING, SendState.SCHEDULED]
+    # The claimed record is the one stored, field for field.
+    assert claimed == [ledger.get_send("b")]
+    assert claimed[0].attempts == 1
 
 
 def test_kept_sends_are_gone_when_the_transaction_fails(ledger: Ledger, t0: datetime) -> None:
@@ -61,6 +65,18 @@ def test_kept_sends_are_gone_when_the_transaction_fails(ledger: Ledger, t0: date
         assert _insert_checked(txn, "k1", t0)
         raise RuntimeError("the batch fails before its commit")
     assert ledger.get_send("k1") is None
+
+
+def test_kept_sends_claimed_with_stored_ones_come_back_in_the_order_asked(
+    ledger: Ledger, t0: datetime
+) -> None:
+    with ledger.transaction() as txn:
+        assert _insert_checked(txn, "old", t0, user="u-old")
+    with ledger.transaction() as txn:
+        assert _insert_checked(txn, "new", t0, user="u-new")
+        assert [s.key for s in txn.claim(["new", "old", "gone"], t0)] == ["new", "old"]
+        assert txn.claim(["new"], t0) == []  # claimed already
+    assert [state_of(ledger, key) for key in ("new", "old")] == [SendState.SENDING] * 2
 
 
 def test_kept_and_lone_inserts_mix_in_one_transaction(ledger: Ledger, t0: datetime) -> None:

@@ -19,7 +19,8 @@ from trigmail.ledger.pg_schema import LOCK_USER
 from trigmail.ledger.rows import Row
 from trigmail.ledger.semantics import LEASE_EXPIRED_ERROR, Clock, as_utc
 from trigmail.ledger.sql import SqlTxn, Statements, in_order
-from trigmail.ledger.sql.txn import Params, quiet_statements
+from trigmail.ledger.sql.buffer import quiet_statements
+from trigmail.ledger.sql.txn import Params
 from trigmail.sends import SendRecord
 
 # SKIP LOCKED: a row another transaction holds is being claimed, dropped or deferred by it.

@@ -32,7 +32,8 @@ from trigmail.ledger.migrations import migrate
 from trigmail.ledger.rows import Row, RowReader
 from trigmail.ledger.semantics import Clock, utc_now
 from trigmail.ledger.sql import Dialect, SqlLedger, SqlTxn, Statements, committed, json_text
-from trigmail.ledger.sql.txn import Params, quiet_statements
+from trigmail.ledger.sql.buffer import quiet_statements
+from trigmail.ledger.sql.txn import Params
 from trigmail.sends import SendRecord
 
 logger = logging.getLogger(__name__)

@@ -15,21 +15,19 @@ from typing import Any, ClassVar
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
-from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus
+from trigmail.ledger.base import CancelMark, DeadLetter
 from trigmail.ledger.rows import Row
 from trigmail.ledger.semantics import (
     RECOVERED_ERROR,
     Clock,
     as_utc,
-    count_states,
-    count_variants,
     recovered,
     resolved,
 )
-from trigmail.ledger.sql.buffer import SendBuffer
+from trigmail.ledger.sql.buffer import SendBuffer, as_stored
 from trigmail.ledger.sql.dialect import Dialect, Statements, json_text
-from trigmail.ledger.sql.evidence import EvidenceTxn
-from trigmail.sends import SendRecord, SendState, check_finish_state, check_new
+from trigmail.ledger.sql.reads import ToolReads
+from trigmail.sends import SendRecord, SendState, check_finish_state, check_new, claimed
 
 logger = logging.getLogger(__name__)
 
@@ -46,31 +44,7 @@ def in_order(records: list[SendRecord], keys: Sequence[str]) -> list[SendRecord]
 _NO_LOCK = nullcontext()
 
 
-def quiet_statements(sql: Statements, *more: str) -> frozenset[str]:
-    """The statements of :attr:`SqlTxn.quiet`, and a backend's own (``more``)."""
-    return frozenset(
-        (
-            sql.seen_event,
-            sql.mark_seen,
-            sql.send_exists,
-            sql.last_delivered,
-            sql.pending_for_user,
-            sql.delivered_count,
-            sql.cancel_sends,
-            sql.cancel_marks_after,
-            sql.add_cancel_mark,
-            sql.insert_send,
-            sql.insert_sends,
-            sql.insert_log,
-            sql.add_dead_letter,
-            sql.get_position,
-            sql.set_position,
-            *more,
-        )
-    )
-
-
-class SqlTxn(EvidenceTxn):
+class SqlTxn(ToolReads):
     """One transaction of a SQL ledger; see :class:`trigmail.ledger.base.LedgerTxn`.
 
     A backend says how to run a statement (:meth:`_run`, :meth:`_rows`, :meth:`_scalar`,
@@ -164,7 +138,7 @@ class SqlTxn(EvidenceTxn):
         return bool(self._scalar(self.sql.seen_event, (event_id,)))
 
     def send_exists(self, key: str) -> bool:
-        if key in self._buffer.keys:
+        if key in self._buffer.kept:
             return True
         exists = bool(self._scalar(self.sql.send_exists, (key,)))
         if not exists:
@@ -213,13 +187,13 @@ class SqlTxn(EvidenceTxn):
         check_new(send)
         created_at = self._clock() if send.created_at is None else send.created_at
         params = self._send_params(send, created_at)
-        if send.key in self._buffer.keys:
+        if send.key in self._buffer.kept:
             return False
         # A cancellation deciding for this user in another worker must see this send.
         with self._as_user(send.user_id):
             if send.key in self._buffer.absent:
                 self._check_open()
-                self._buffer.keep(send.key, send.user_id, params)
+                self._buffer.keep(as_stored(send, created_at), params)
             else:
                 self._flush_sends()  # the sends keep the order they were inserted in
                 if not self._insert(self.sql.insert_send, params):
@@ -260,7 +234,7 @@ class SqlTxn(EvidenceTxn):
     def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
         d = self.dialect
         wanted = list(dict.fromkeys(keys))
-        if not self._buffer.keys.isdisjoint(wanted):
+        if not self._buffer.kept.keys().isdisjoint(wanted):
             self._flush_sends()
         rows = self._rows(self.sql.cancel_sends, (reason, d.time(at), d.keys(wanted)))
         moved = {row["key"] for row in rows}
@@ -315,10 +289,24 @@ class SqlTxn(EvidenceTxn):
 
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         d = self.dialect
-        at_value = d.time(at)
         wanted = list(dict.fromkeys(keys))
-        claimed = self._sends(self.sql.claim, (at_value, at_value, d.keys(wanted)))
-        return in_order(claimed, wanted)
+        moved = self._claim_kept(wanted, as_utc(at))
+        rest = [key for key in wanted if key not in self._buffer.kept]
+        if rest:
+            at_value = d.time(at)
+            moved += self._sends(self.sql.claim, (at_value, at_value, d.keys(rest)))
+        return in_order(moved, wanted)
+
+    def _claim_kept(self, wanted: list[str], at: datetime) -> list[SendRecord]:
+        """Claim the kept sends among ``wanted``: their rows are written once, claimed."""
+        kept = self._buffer.kept
+        moved = []
+        for key in wanted:
+            if key in kept:
+                record = claimed(kept[key][0], at)
+                kept[key] = (record, self._send_params(record, record.created_at or at))
+                moved.append(record)
+        return moved
 
     def finish(
         self,
@@ -387,58 +375,6 @@ class SqlTxn(EvidenceTxn):
 
     def set_meta(self, name: str, value: str) -> None:
         self._run(self.sql.set_meta, (name, value))
-
-    # -- reads of the ledger itself (status, tools) ------------------------------------------
-    def get_send(self, key: str) -> SendRecord | None:
-        found = self._sends(self.sql.get_send, (key,))
-        return found[0] if found else None
-
-    def get_meta(self, name: str) -> str | None:
-        value: str | None = self._scalar(self.sql.get_meta, (name,))
-        return value
-
-    def dead_letters(self, limit: int) -> list[DeadLetter]:
-        dead = self.dialect.rows.dead
-        return [dead(row) for row in self._rows(self.sql.dead_letters, (max(limit, 0),))]
-
-    def decision_log(self, event_id: str | None, limit: int) -> list[LogEntry]:
-        if event_id is None:
-            rows = self._rows(self.sql.log_newest, (max(limit, 0),))
-        else:
-            rows = self._rows(self.sql.log_of_event, (event_id, max(limit, 0)))
-        return [self.dialect.rows.log(row) for row in rows]
-
-    def _latest(self, state: SendState | None, limit: int) -> list[SendRecord]:
-        if state is None:
-            return self._sends(self.sql.latest, (max(limit, 0),))
-        return self._sends(self.sql.latest_in, (state.value, max(limit, 0)))
-
-    def status(self, limit: int) -> LedgerStatus:
-        groups = self._rows(self.sql.counts)
-        counts, by_rule = count_states(
-            (g["rule_id"], SendState(g["state"]), g["n"]) for g in groups
-        )
-        variant_groups = self._rows(self.sql.variant_counts)
-        return LedgerStatus(
-            counts=counts,
-            by_rule=by_rule,
-            by_variant=count_variants(
-                (g["rule_id"], g["variant"], SendState(g["state"]), g["n"]) for g in variant_groups
-            ),
-            next_due=self._sends(self.sql.next_due, (max(limit, 0),)),
-            in_doubt=self._latest(SendState.IN_DOUBT, limit),
-            failed=self._latest(SendState.FAILED, limit),
-            recent=self._latest(None, limit),
-            dead_letters=self._scalar(self.sql.dead_count),
-            rules_version=self.get_meta("rules_version"),
-        )
-
-    def prune(self, before: datetime) -> int:
-        cutoff = (self.dialect.time(before),)
-        for first in self.sql.prune_first:
-            self._run(first, cutoff)
-        removed = sum(self._run(sql, cutoff) for sql in self.sql.prune)
-        return removed + self.prune_evidence(before)
 
     def close(self) -> None:
         self._open = False
