@@ -385,3 +385,42 @@ def test_text_that_is_no_number_never_matches_a_number(
     failed = compile_condition({"properties.v": {op: expected}}).check(make_event({"v": text}))
     assert failed is not None
     assert failed.endswith("not a number)")
+
+
+def _event(value: Any) -> Event:
+    return make_event({"x": value})
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "value", "second_holds"),
+    [
+        # Equal in Python, not in a condition: a leaf compiled for one never serves the other.
+        ({"properties.x": {"eq": 1}}, {"properties.x": {"eq": True}}, 1, False),
+        ({"properties.x": {"eq": True}}, {"properties.x": {"eq": 1}}, True, False),
+        ({"properties.x": {"in": [1]}}, {"properties.x": {"in": [True]}}, 1, False),
+        ({"properties.x": {"eq": "1"}}, {"properties.x": {"eq": 1}}, 1, True),
+    ],
+)
+def test_leaves_that_python_calls_equal_are_compiled_apart(
+    first: dict[str, Any], second: dict[str, Any], value: Any, second_holds: bool
+) -> None:
+    compile_condition(first)
+    assert (compile_condition(second).check(_event(value)) is None) is second_holds
+
+
+def test_a_leaf_says_its_operand_as_written_whatever_was_compiled_before() -> None:
+    compile_condition({"properties.x": {"gte": 1}})
+    assert (
+        compile_condition({"properties.x": {"gte": 1.0}}).check(_event(0))
+        == "properties.x gte 1.0 (was 0)"
+    )
+    compile_condition({"properties.x": {"gte": 0.0}})
+    assert (
+        compile_condition({"properties.x": {"gte": -0.0}}).check(_event(-1))
+        == "properties.x gte -0.0 (was -1)"
+    )
+
+
+def test_equal_leaves_of_two_rules_are_one_object() -> None:
+    first = compile_condition({"user.country": {"in": ["PT", "ES"]}})
+    assert compile_condition({"user.country": {"in": ["PT", "ES"]}}) is first

@@ -307,7 +307,6 @@ def test_every_key_compiles_to_the_model() -> None:
     assert send.from_ == Address("hello@example.com", "Example Shop")
     assert send.reply_to == Address("help@example.com")
     assert cart.location is not None and (cart.location.line, cart.location.col) == (3, 9)
-    assert onboarding.is_sequence
     assert [(s.number, s.delay_s, s.send.template) for s in onboarding.steps] == [
         (1, 86_400, "d-tips"),
         (2, 259_200, "d-upgrade"),

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jinja2.exceptions import TemplateSyntaxError
 
 from trigmail.errors import SpecError, TemplateRenderError
 from trigmail.events import Event, event_from_object
-from trigmail.rules.jinjastrings import ENV, _analyse_parsed, analyse, compile_text
+from trigmail.rules.jinjastrings import (
+    _VARIABLE,
+    ENV,
+    _analyse_parsed,
+    _quick_tokens,
+    analyse,
+    compile_text,
+)
 from trigmail.rules.templating import (
     DEFAULT_DEDUPE,
     _Lookup,
     compile_data,
     compile_key,
     default_data,
-    template_fields,
 )
 
 READ_AT = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
@@ -206,7 +215,7 @@ def test_template_fields() -> None:
         "b": ["{{ properties.items[0].sku }}", "{{ properties.cart_url | upper }}"],
         "c": "{% for i in properties.items %}{{ i.sku }}{{ loop.index }}{% endfor %}",
     }
-    assert template_fields(spec) == (
+    assert compile_data(spec).fields == (
         "properties.cart_url",
         "user.first_name",
         "properties.items[0].sku",
@@ -498,3 +507,63 @@ def test_first_renders_from_many_threads_agree() -> None:
     with ThreadPoolExecutor(max_workers=threads) as pool:
         results = list(pool.map(lambda _: render(), range(threads)))
     assert results == [expected] * threads
+
+
+# Literal runs and expressions that put the quick shape's split and Jinja's lexer at odds:
+# quotes left open, braces in the text, whitespace control, comments, a final newline.
+_LITERALS = ("", "x", " ", "\n", "'", '"', "-", "{", "}", "{#", "#}", "%}")
+_INNERS = (
+    " a ",
+    "b.c",
+    "- a ",
+    " a -",
+    "+a",
+    " 'q ",
+    ' "x ',
+    " a|default('y') ",
+    "",
+    " 'q' ",
+    "a }",
+)
+
+
+def _same_shape_analyses_agree(text: str, other_literal: str) -> None:
+    shape = _quick_tokens(text)
+    if shape is None:
+        return
+    parts = _VARIABLE.split(text)
+    other = "".join(
+        "{{" + part + "}}" if index % 2 else other_literal if part else ""
+        for index, part in enumerate(parts)
+    )
+    assert _quick_tokens(other) == shape
+    for candidate in (text, other, text):
+        try:
+            expected = _analyse_parsed(candidate)
+        except TemplateSyntaxError:
+            with pytest.raises(TemplateSyntaxError):
+                analyse(candidate)
+            continue
+        assert analyse(candidate) == expected, candidate
+
+
+def test_strings_of_one_shape_analyse_alike() -> None:
+    """Whatever text a shape is first learned from, another string of it analyses as parsing
+    it would: its literal runs are swapped for other text (empty ones stay empty). Every
+    string of one expression between two literal runs, in both orders."""
+    for before, inner, after in itertools.product(_LITERALS, _INNERS, _LITERALS):
+        text = before + "{{" + inner + "}}" + after
+        _same_shape_analyses_agree(text, "z")
+        _same_shape_analyses_agree(_VARIABLE.sub(lambda m: "{{" + m[1] + "}}", text), "z z")
+
+
+@given(
+    st.tuples(
+        st.sampled_from(_LITERALS),
+        st.lists(st.tuples(st.sampled_from(_INNERS), st.sampled_from(_LITERALS)), max_size=4),
+    ).map(lambda parts: parts[0] + "".join("{{" + i + "}}" + after for i, after in parts[1])),
+    st.sampled_from(["z", "Zz 9"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_longer_strings_of_one_shape_analyse_alike(text: str, other_literal: str) -> None:
+    _same_shape_analyses_agree(text, other_literal)

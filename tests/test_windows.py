@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from trigmail.rules.model import SendWindow
-from trigmail.windows import is_open, next_opening, window_zone
+from trigmail.windows import is_open, next_opening, resolve_zone
 
 LISBON = ZoneInfo("Europe/Lisbon")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -95,7 +95,7 @@ def test_next_opening_utc(win: SendWindow, at: datetime, expected: datetime) -> 
 )
 def test_next_opening_iana_zone(at: datetime, expected: datetime) -> None:
     win = window("09:00", "20:00", "Europe/Lisbon")
-    zone = window_zone(win, {})
+    zone = resolve_zone(win, {})[0]
     assert zone == LISBON
     assert next_opening(win, at, zone) == expected
 
@@ -119,12 +119,12 @@ def test_next_opening_iana_zone(at: datetime, expected: datetime) -> None:
 )
 def test_window_zone_from_path(values: dict[str, Any], expected: tzinfo) -> None:
     win = window("09:00", "20:00", "user.timezone", is_path=True)
-    assert window_zone(win, values) == expected
+    assert resolve_zone(win, values)[0] == expected
 
 
 def test_bad_path_zone_still_opens_in_utc_hours() -> None:
     win = window("09:00", "20:00", "user.timezone", is_path=True)
-    zone = window_zone(win, {"user.timezone": "Nowhere/Land"})
+    zone = resolve_zone(win, {"user.timezone": "Nowhere/Land"})[0]
     assert next_opening(win, utc(2026, 7, 1, 5, 0), zone) == utc(2026, 7, 1, 9, 0)
 
 

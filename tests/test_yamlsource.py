@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from trigmail.rules.yamlsource import Mark, load_document
+from trigmail.rules.yamlsource import Mark, YamlDocument, load_document
 
 
 @pytest.mark.parametrize(
@@ -153,3 +157,66 @@ def test_an_unquoted_placeholder_is_named() -> None:
         "'{{' here starts a YAML mapping, not a placeholder: put the whole value in "
         'quotes, e.g. first_name: "{{ user.first_name }}"'
     )
+
+
+_KEYS = st.sampled_from(["a", "bb", "rules", "send", "on", "x1"])
+_TREES = st.recursive(
+    st.just("leaf"),
+    lambda inner: (
+        st.lists(inner, min_size=1, max_size=3)
+        | st.dictionaries(_KEYS, inner, min_size=1, max_size=3)
+    ),
+    max_leaves=25,
+)
+
+
+def _numbered(tree: Any, counter: itertools.count[int]) -> Any:
+    """The tree with every leaf a text found nowhere else in the document."""
+    if isinstance(tree, dict):
+        return {key: _numbered(value, counter) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_numbered(item, counter) for item in tree]
+    return f"v{next(counter)}z"
+
+
+def _paths(data: Any, path: tuple[str | int, ...] = ()) -> Any:
+    yield path, data
+    items = (
+        data.items()
+        if isinstance(data, dict)
+        else enumerate(data)
+        if isinstance(data, list)
+        else ()
+    )
+    for part, value in items:
+        yield from _paths(value, (*path, part))
+
+
+def _text_at(text: str, mark: Mark) -> str:
+    """The text from ``mark`` on, after the quote the dumper puts around words such as on."""
+    return text.splitlines()[mark.line - 1][mark.col - 1 :].removeprefix("'")
+
+
+@given(_TREES.map(lambda tree: {"rules": _numbered(tree, itertools.count())}), st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_every_path_is_found_where_it_is_written(data: dict[str, Any], flow: bool) -> None:
+    """Judged on the text: a value's position is where its text starts, a key's where the
+    key's does, and a path that is not written falls back to its parent's place."""
+    text = yaml.safe_dump(data, default_flow_style=flow, sort_keys=False, width=60)
+    document = load_document(text)
+    assert document.data == data
+    for path, value in _paths(data):
+        if isinstance(value, str):
+            assert _text_at(text, document.position(path)).startswith(value), (path, text)
+            assert document.position((*path, "missing")) == document.position(path)
+        if path and isinstance(path[-1], str):
+            assert _text_at(text, document.position(path, key=True)).startswith(path[-1])
+    _check_fresh_document_agrees(text, document)
+
+
+def _check_fresh_document_agrees(text: str, document: YamlDocument) -> None:
+    """Positions asked of a document in any order (the node graph composed on first use)
+    are the ones a fresh document gives."""
+    paths = [path for path, _value in _paths(document.data)]
+    for path in reversed(paths):
+        assert load_document(text).position(path) == document.position(path)

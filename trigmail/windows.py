@@ -25,11 +25,6 @@ def _zone(name: str) -> ZoneInfo | None:
         return None
 
 
-def window_zone(window: SendWindow, values: Mapping[str, Any]) -> tzinfo:
-    """Return the window's time zone for one user (see :func:`resolve_zone`)."""
-    return resolve_zone(window, values)[0]
-
-
 def resolve_zone(window: SendWindow, values: Mapping[str, Any]) -> tuple[tzinfo, str]:
     """Return the window's time zone for one user, and a note when it fell back.
 

@@ -4,13 +4,16 @@ A transaction writes in place and keeps an undo log, so commit is free and a rol
 the log backwards. Sends are indexed per user and per (rule, user) so nothing on the event path
 scans every send. Due sends are found by a scan: only a scheduler refill asks for them, and
 keeping a due-time heap up to date on every write cost ``simulate`` more than the scans.
+
+The data and its indexes are :mod:`trigmail.ledger.mem_store`; the transaction's delivery
+evidence is :mod:`trigmail.ledger.mem_evidence`.
 """
 
 from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -19,14 +22,10 @@ from typing import Any, cast
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
-from trigmail.evidence import (
-    DeliveryEvent,
-    EvidenceState,
-    first_evidence,
-    resent_for_verify,
-    settled_by_evidence,
-)
+from trigmail.evidence import DeliveryEvent, EvidenceState
 from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus
+from trigmail.ledger.mem_evidence import MemoryEvidenceTxn
+from trigmail.ledger.mem_store import MemoryStore, UndoLog
 from trigmail.ledger.semantics import (
     Clock,
     as_utc,
@@ -36,10 +35,8 @@ from trigmail.ledger.semantics import (
     status_of,
     utc_now,
 )
-from trigmail.rules.model import OnDoubt
 from trigmail.sends import (
     DELIVERED_STATES,
-    FINISHED_STATES,
     SendRecord,
     SendState,
     cancelled,
@@ -64,98 +61,6 @@ def _in_stored_form(send: SendRecord) -> bool:
     )
 
 
-class _Store:
-    """The data of a memory ledger and its indexes."""
-
-    def __init__(self) -> None:
-        self.sends: dict[str, SendRecord] = {}
-        self.by_user: dict[str, set[str]] = {}
-        self.by_rule_user: dict[tuple[str, str], set[str]] = {}
-        self.seen: dict[str, datetime] = {}
-        self.positions: dict[str, str] = {}
-        self.meta: dict[str, str] = {}
-        self.log: list[LogEntry] = []
-        self.dead: list[DeadLetter] = []
-        self.marks: dict[str, dict[str, CancelMark]] = {}  # user id -> order -> mark
-        self.events: dict[str, DeliveryEvent] = {}  # sg_event_id -> event
-        self.events_by_key: dict[str, list[DeliveryEvent]] = {}
-        self.resent: dict[str, datetime] = {}  # key -> when on_doubt: verify sent it again
-
-    def put(self, record: SendRecord) -> SendRecord | None:
-        """Store ``record`` and index it; return the record it replaced."""
-        old = self.sends.get(record.key)
-        self.sends[record.key] = record
-        if old is None:
-            self.by_user.setdefault(record.user_id, set()).add(record.key)
-            self.by_rule_user.setdefault((record.rule_id, record.user_id), set()).add(record.key)
-        return old
-
-    def restore(self, key: str, old: SendRecord | None) -> None:
-        """Undo a :meth:`put`: bring back ``old``, or forget ``key`` when it was new."""
-        if old is not None:
-            self.put(old)
-            return
-        record = self.sends.pop(key)
-        self.by_user[record.user_id].discard(key)
-        self.by_rule_user[(record.rule_id, record.user_id)].discard(key)
-
-    def forget(self, keys: Iterable[str]) -> None:
-        """Delete finished sends for good (prune)."""
-        for key in keys:
-            self.restore(key, None)
-
-    def prune(self, before: datetime) -> int:
-        """Delete what is older than ``before``; return how many rows the SQL ledgers would."""
-        old = [
-            key
-            for key, record in self.sends.items()
-            if record.state in FINISHED_STATES and (record.updated_at or before) < before
-        ]
-        self.forget(old)
-        seen = [event_id for event_id, at in self.seen.items() if at < before]
-        for event_id in seen:
-            del self.seen[event_id]
-        removed = len(old) + len(seen) + len(self.log) + len(self.dead)
-        self.log = [entry for entry in self.log if as_utc(entry.at) >= before]
-        self.dead = [letter for letter in self.dead if letter.at >= before]
-        removed -= len(self.log) + len(self.dead)
-        for user_id, marks in list(self.marks.items()):
-            kept = {order: mark for order, mark in marks.items() if as_utc(mark.at) >= before}
-            removed += len(marks) - len(kept)
-            self.marks[user_id] = kept
-            if not kept:
-                del self.marks[user_id]
-        return removed + self.prune_evidence(before)
-
-    def prune_evidence(self, before: datetime) -> int:
-        old = [e for e in self.events.values() if e.received_at < before]
-        for event in old:
-            self.drop_event(event)
-        resent = [key for key, at in self.resent.items() if at < before]
-        for key in resent:
-            del self.resent[key]
-        return len(old) + len(resent)
-
-    def add_event(self, event: DeliveryEvent) -> None:
-        self.events[event.sg_event_id] = event
-        self.events_by_key.setdefault(event.key, []).append(event)
-
-    def drop_event(self, event: DeliveryEvent) -> None:
-        del self.events[event.sg_event_id]
-        of_key = self.events_by_key[event.key]
-        of_key.remove(event)
-        if not of_key:
-            del self.events_by_key[event.key]
-
-    def user_sends(self, user_id: str) -> list[SendRecord]:
-        sends = self.sends
-        return [sends[key] for key in self.by_user.get(user_id, ())]
-
-
-def _event_order(event: DeliveryEvent) -> tuple[datetime, str]:
-    return event.at, event.sg_event_id
-
-
 class _Ended:
     """Stands in for the store once a transaction is over: any use of it is refused."""
 
@@ -164,10 +69,10 @@ class _Ended:
 
 
 # Typed as a store so that the hot paths read ``self._store`` without a check of their own.
-_ENDED = cast(_Store, _Ended())
+_ENDED = cast(MemoryStore, _Ended())
 
 
-class MemoryTxn:
+class MemoryTxn(MemoryEvidenceTxn):
     """One transaction of a :class:`MemoryLedger`; see :class:`trigmail.ledger.base.LedgerTxn`.
 
     It is its own context manager (``with ledger.transaction() as txn``): committed on normal
@@ -178,8 +83,7 @@ class MemoryTxn:
         self._ledger = ledger
         self._clock = clock
         self._store = _ENDED
-        # (function, arguments) pairs rather than closures: one is logged per write.
-        self._undo: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+        self._undo: UndoLog = []
 
     def __enter__(self) -> MemoryTxn:
         self._store = self._ledger._begin()
@@ -336,7 +240,7 @@ class MemoryTxn:
 
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         at = as_utc(at)
-        moved = [claimed(record, at) for record in self._in_state(keys, SendState.SCHEDULED)]
+        moved = [claimed(record, at) for record in self._store.in_state(keys, SendState.SCHEDULED)]
         for record in moved:
             self._put(record)
         return moved
@@ -350,22 +254,22 @@ class MemoryTxn:
         error: str | None = None,
     ) -> None:
         check_finish_state(state)
-        for record in self._in_state(keys, SendState.SENDING):
+        for record in self._store.in_state(keys, SendState.SENDING):
             self._put(finished(record, state, as_utc(at), message_id, error))
 
     def retry_later(self, keys: Collection[str], due_at: datetime, error: str) -> None:
         now = as_utc(self._clock())
-        for record in self._in_state(keys, SendState.SENDING):
+        for record in self._store.in_state(keys, SendState.SENDING):
             self._put(retried(record, as_utc(due_at), error, now))
 
     def drop(self, key: str, reason: str, at: datetime) -> bool:
-        for record in self._in_state((key,), SendState.SCHEDULED):
+        for record in self._store.in_state((key,), SendState.SCHEDULED):
             self._put(cancelled(record, reason, as_utc(at)))
             return True
         return False
 
     def defer(self, key: str, due_at: datetime) -> bool:
-        for record in self._in_state((key,), SendState.SCHEDULED):
+        for record in self._store.in_state((key,), SendState.SCHEDULED):
             self._put(evolve(record, due_at=as_utc(due_at), updated_at=as_utc(self._clock())))
             return True
         return False
@@ -382,7 +286,7 @@ class MemoryTxn:
         return changed
 
     def resolve(self, key: str, sent: bool, at: datetime) -> SendRecord | None:
-        for record in self._in_state((key,), SendState.IN_DOUBT):
+        for record in self._store.in_state((key,), SendState.IN_DOUBT):
             settled = resolved(record, sent, as_utc(at))
             self._put(settled)
             return settled
@@ -391,76 +295,8 @@ class MemoryTxn:
     def set_meta(self, name: str, value: str) -> None:
         self._set_item(self._store.meta, name, value)
 
-    # -- delivery evidence -----------------------------------------------------------------
-    def add_delivery_events(self, events: Sequence[DeliveryEvent]) -> list[DeliveryEvent]:
-        store = self._store
-        added = []
-        for given in events:
-            if given.sg_event_id in store.events:
-                continue
-            event = replace(given, at=as_utc(given.at), received_at=as_utc(given.received_at))
-            store.add_event(event)
-            self._undo.append((store.drop_event, (event,)))
-            added.append(event)
-        return added
-
-    def settle_by_evidence(
-        self, at: datetime, keys: Collection[str] | None = None, limit: int = 1000
-    ) -> list[SendRecord]:
-        store = self._store
-        wanted = sorted(store.events_by_key if keys is None else set(keys))
-        found = [
-            r for r in self._in_state(wanted, SendState.IN_DOUBT) if r.key in store.events_by_key
-        ]
-        if keys is None:
-            found = found[: max(limit, 0)]
-        settled = []
-        for record in found:
-            done = settled_by_evidence(
-                record, first_evidence(store.events_by_key[record.key]), as_utc(at)
-            )
-            self._put(done)
-            settled.append(done)
-        return settled
-
-    def resend_unverified(
-        self, in_doubt_before: datetime, at: datetime, limit: int = 1000
-    ) -> list[SendRecord]:
-        store = self._store
-        before = as_utc(in_doubt_before)
-        found = sorted(
-            (
-                r
-                for r in store.sends.values()
-                if r.state == SendState.IN_DOUBT
-                and r.on_doubt == OnDoubt.VERIFY
-                and r.updated_at is not None
-                and r.updated_at <= before
-                and r.key not in store.events_by_key
-                and r.key not in store.resent
-            ),
-            key=lambda r: (r.updated_at, r.key),
-        )[: max(limit, 0)]
-        again = [resent_for_verify(record, as_utc(at)) for record in found]
-        for record in again:
-            self._put(record)
-            store.resent[record.key] = as_utc(at)
-            self._undo.append((store.resent.pop, (record.key,)))
-        return again
-
-    def delivery_events(self, key: str) -> list[DeliveryEvent]:
-        return sorted(self._store.events_by_key.get(key, ()), key=_event_order)
-
     def get_meta(self, name: str) -> str | None:
         return self._store.meta.get(name)
-
-    def _in_state(self, keys: Iterable[str], state: SendState) -> list[SendRecord]:
-        sends = self._store.sends
-        return [
-            record
-            for key in dict.fromkeys(keys)
-            if (record := sends.get(key)) is not None and record.state == state
-        ]
 
 
 class MemoryLedger:
@@ -476,7 +312,7 @@ class MemoryLedger:
     def __init__(self, clock: Clock = utc_now, *, shared: bool = False) -> None:
         self.shared = shared
         self._clock = clock
-        self._store = _Store()
+        self._store = MemoryStore()
         self._lock = threading.RLock()
         self._busy = False
         self._closed = False
@@ -485,7 +321,7 @@ class MemoryLedger:
         # A class rather than @contextmanager: simulate opens several transactions per event.
         return MemoryTxn(self, self._clock)
 
-    def _begin(self) -> _Store:
+    def _begin(self) -> MemoryStore:
         self._lock.acquire()
         try:
             self._check_usable()
@@ -506,7 +342,7 @@ class MemoryLedger:
             raise LedgerError("a transaction is already open on this ledger")
 
     @contextmanager
-    def _reading(self) -> Iterator[_Store]:
+    def _reading(self) -> Iterator[MemoryStore]:
         with self._lock:
             self._check_usable()
             yield self._store
@@ -540,36 +376,19 @@ class MemoryLedger:
 
     def delivery_events(self, key: str) -> list[DeliveryEvent]:
         with self._reading() as store:
-            return sorted(store.events_by_key.get(key, ()), key=_event_order)
+            return store.events_of(key)
 
     def delivery_counts(self) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = {}
         with self._reading() as store:
-            for event in store.events.values():
-                of_rule = counts.setdefault(event.rule_id, {})
-                of_rule[event.event.value] = of_rule.get(event.event.value, 0) + 1
-        return counts
+            return store.delivery_counts()
 
     def doubt_resent(self, keys: Collection[str]) -> set[str]:
         with self._reading() as store:
             return {key for key in keys if key in store.resent}
 
     def in_doubt_by_evidence(self) -> dict[EvidenceState, int]:
-        counts = dict.fromkeys(EvidenceState, 0)
         with self._reading() as store:
-            for record in store.sends.values():
-                if record.state != SendState.IN_DOUBT:
-                    continue
-                if record.key in store.events_by_key:
-                    state = EvidenceState.EVIDENCE_RECEIVED
-                elif record.on_doubt != OnDoubt.VERIFY:
-                    state = EvidenceState.AWAITING_EVIDENCE
-                elif record.key in store.resent:
-                    state = EvidenceState.RESENT_NO_EVIDENCE
-                else:
-                    state = EvidenceState.AWAITING_VERIFY
-                counts[state] += 1
-        return counts
+            return store.in_doubt_by_evidence()
 
     def close(self) -> None:
         with self._lock:

@@ -113,12 +113,47 @@ def _plain_path(text: str) -> Field | None:
 
 
 def _analyse_text(text: str) -> Analysis:
+    quick = _quick_tokens(text)
+    if quick is not None:
+        return _analyse_shape(_Shape(quick, text))
     try:
         shape = _Shape(_tokens(text), text)
     except TemplateSyntaxError:
         # Let the parser raise, for the very error and message it always gave.
         return _analyse_parsed(text)
     return _analyse_shape(shape)
+
+
+# `{{ … }}` holding no brace. Between two of them, text with no brace at all is template
+# data, whatever it says, so Jinja's lexer splits such a string exactly where this does.
+_VARIABLE: Final = re.compile(r"\{\{([^{}]*)\}\}")
+
+
+def _quick_tokens(text: str) -> tuple[str | bool, ...] | None:
+    """A shape for strings of ``{{ … }}`` and plain text only, found without Jinja's lexer.
+
+    The expressions are kept as written and each run of literal text as whether it is empty,
+    so equal shapes lex to equal tokens. Anything the split might see differently from the
+    lexer gives ``None``: a brace in the text (tags and comments among them), whitespace
+    control (``{{-``), a final newline (Jinja drops it, which may empty the text before it).
+    A quote left open inside an expression makes the string invalid whatever follows, and
+    invalid strings are never cached, so it cannot share a shape with a valid one.
+    """
+    if text.endswith(("\n", "\r")):
+        return None
+    parts = _VARIABLE.split(text)
+    # "{{" first: never the first of the lexer's tokens, which are pairs.
+    shape: list[str | bool] = ["{{"]
+    for index, part in enumerate(parts):
+        if index % 2:
+            if part[:1] in ("-", "+", "") or part[-1:] in ("-", "+"):
+                return None
+            shape.append(part)
+        elif "{" in part or "}" in part:
+            return None
+        else:
+            shape.append(bool(part))
+    return tuple(shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +165,7 @@ class _Shape:
     shapes have the same fields, the same single expression, the same validity.
     """
 
-    tokens: tuple[tuple[str, str | bool], ...]
+    tokens: tuple[object, ...]
     text: str = field(compare=False)
 
 

@@ -186,10 +186,6 @@ class Rule:
         object.__setattr__(self, "kept_paths", tuple(dict.fromkeys(paths)))
         object.__setattr__(self, "_steps", {step.number: step for step in self.steps})
 
-    @property
-    def is_sequence(self) -> bool:
-        return bool(self.steps) and self.steps[0].number > 0
-
     def step(self, number: int) -> Step | None:
         return self._steps.get(number)
 

@@ -205,15 +205,6 @@ def compile_data(spec: Mapping[str, Any]) -> CompiledData:
     return CompiledData(root, tuple(names), tuple(found.risks))
 
 
-def template_fields(spec: Mapping[str, Any]) -> tuple[str, ...]:
-    """Return the event fields (``properties.cart_url``) that ``spec``'s expressions read.
-
-    Raises:
-        SpecError: as :func:`compile_data`.
-    """
-    return compile_data(spec).fields
-
-
 def default_data(event: Event) -> dict[str, Any]:
     """Return the template data of a rule without ``data``: ``user`` and ``properties`` merged.
 

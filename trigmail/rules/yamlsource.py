@@ -20,15 +20,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from trigmail.rules.quoting import quote
+from trigmail.rules.yamlerrors import Mark, Path, YamlIssue, syntax_issue
 
-Path = tuple[str | int, ...]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_DOCUMENT_CHARS",
+    "MAX_VALUES",
+    "Mark",
+    "Path",
+    "YamlDocument",
+    "YamlIssue",
+    "load_document",
+]
+
 
 # Far above any real rule file or config (the sample rules.d is 24 KB in all, a 1,000-rule
 # file about 500 KB) and far below what costs memory: composing 1 MiB of YAML takes ~50 MB.
@@ -113,42 +124,30 @@ if getattr(yaml, "__with_libyaml__", False):
     _Loader = _CLoader
 
 
-@dataclass(frozen=True)
-class Mark:
-    """A 1-based line and column."""
-
-    line: int
-    col: int
-
-
-@dataclass(frozen=True)
-class YamlIssue:
-    """Something wrong in the YAML itself: a syntax error, a duplicate key, an odd tag."""
-
-    mark: Mark
-    path: Path
-    message: str
-
-
-# A (line, col) pair, 1-based. Positions are kept as plain tuples and made Marks on request:
-# a load holds one per key and value of every file (hundreds of thousands), and the garbage
-# collector stops tracking tuples of ints but would walk as many Marks on every full pass.
+# A (line, col) pair, 1-based.
 _Position = tuple[int, int]
+
+# Positions of key paths this short are kept as the document is built: every rule asks
+# where it starts (``rules.3.id``). Deeper ones are looked up in the node graph, composed
+# again on the first request: only a document with something to report asks, and a map of
+# every value cost a third of loading 500 files, and memory for each value.
+_EAGER_DEPTH: Final = 3
 
 
 @dataclass(frozen=True)
 class YamlDocument:
-    """A parsed document: plain values plus where each of them was written.
+    """A parsed document: plain values, and where each of them was written.
 
     ``data`` is ``None`` for an empty document or one with a syntax error (then ``issues``
-    says where). ``values`` maps a key path to the 1-based (line, column) where its value
-    starts, ``keys`` to where its mapping key starts; :meth:`position` reads them.
+    says where). :meth:`position` tells where a key path was written.
     """
 
     data: Any
-    values: Mapping[Path, _Position]
-    keys: Mapping[Path, _Position]
+    text: str = ""
     issues: tuple[YamlIssue, ...] = ()
+    values: Mapping[Path, _Position] = field(default_factory=dict, repr=False)
+    keys: Mapping[Path, _Position] = field(default_factory=dict, repr=False)
+    _nodes: list[Node | None] = field(default_factory=list, compare=False, repr=False)
 
     def position(self, path: Path, *, key: bool = False) -> Mark:
         """Return where ``path`` was written, or where its nearest written parent was.
@@ -157,15 +156,47 @@ class YamlDocument:
             path: the key path.
             key: prefer the position of the mapping key over that of its value.
         """
-        probe = path
-        while True:
-            if key and probe in self.keys:
-                return Mark(*self.keys[probe])
-            if probe in self.values:
-                return Mark(*self.values[probe])
-            if not probe:
-                return Mark(1, 1)
-            probe = probe[:-1]
+        if key and path in self.keys:
+            return Mark(*self.keys[path])
+        if path in self.values:
+            return Mark(*self.values[path])
+        node = self._root()
+        if node is None:
+            return Mark(1, 1)
+        key_node: Node | None = None
+        for part in path:
+            child = _child(node, part)
+            if child is None:
+                break
+            key_node, node = child
+        return _mark(key_node if key and key_node is not None else node)
+
+    def _root(self) -> Node | None:
+        if self.data is None:
+            return None
+        if not self._nodes:
+            self._nodes.append(_compose(self.text))
+        return self._nodes[0]
+
+
+def _compose(text: str) -> Node | None:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_node()  # type: ignore[no-any-return]
+    finally:
+        loader.dispose()
+
+
+def _child(node: Node, part: str | int) -> tuple[Node | None, Node] | None:
+    """The key node (for a mapping) and the value node at ``part`` of ``node``, if written."""
+    if isinstance(node, MappingNode) and isinstance(part, str):
+        for key_node, value_node in node.value:
+            # The first of duplicate keys: it is the one whose value was kept.
+            if isinstance(key_node, ScalarNode) and str(key_node.value) == part:
+                return key_node, value_node
+    if isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return None, node.value[part]
+    return None
 
 
 def _position(node: Node) -> _Position:
@@ -185,12 +216,14 @@ class _LimitError(Exception):
 
 
 class _Builder:
-    """Turns a node graph into plain values, recording positions and issues on the way."""
+    """Turns a node graph into plain values, recording issues on the way."""
 
     def __init__(self) -> None:
+        self.issues: list[YamlIssue] = []
         self.values: dict[Path, _Position] = {}
         self.keys: dict[Path, _Position] = {}
-        self.issues: list[YamlIssue] = []
+        # The key path being built, as a list: made a tuple only for an issue.
+        self._path: list[str | int] = []
         # Node ids on the current path: a recursive alias (``&a [*a]``) must not loop forever.
         self._active: set[int] = set()
         # Collections built so far: meeting one again means an alias is being expanded.
@@ -198,19 +231,17 @@ class _Builder:
         self._expanded = False
         self._count = 0
 
-    def build(self, node: Node, path: Path) -> Any:
-        start = node.start_mark
-        self.values.setdefault(path, (start.line + 1, start.column + 1))
+    def build(self, node: Node) -> Any:
         self._count += 1
         if self._count > MAX_VALUES:
-            self._limit(node, path, self._too_many())
-        if isinstance(node, ScalarNode):
+            self._limit(node, self._too_many())
+        if node.__class__ is ScalarNode:
             # Most nodes; a scalar contains nothing, so it cannot be its own ancestor.
-            return self._scalar(node, path)
-        if len(path) >= MAX_DEPTH:
-            self._limit(node, path, f"nested deeper than {MAX_DEPTH} levels; flatten it")
+            return node.value if node.tag == _STR else self._scalar(node)
+        if len(self._path) >= MAX_DEPTH:
+            self._limit(node, f"nested deeper than {MAX_DEPTH} levels; flatten it")
         if id(node) in self._active:
-            self._issue(node, path, "an alias refers to itself")
+            self._issue(node, "an alias refers to itself")
             return None
         if id(node) in self._built:
             self._expanded = True
@@ -218,10 +249,10 @@ class _Builder:
         self._active.add(id(node))
         try:
             if isinstance(node, MappingNode):
-                return self._mapping(node, path)
+                return self._mapping(node)
             if isinstance(node, SequenceNode):
-                return self._sequence(node, path)
-            return self._scalar(node, path)
+                return self._sequence(node)
+            return self._scalar(node)
         finally:
             self._active.discard(id(node))
 
@@ -231,52 +262,69 @@ class _Builder:
             message += " once its aliases are expanded (each *alias repeats its &anchor)"
         return message + "; split the file or use fewer aliases"
 
-    def _limit(self, node: Node, path: Path, message: str) -> None:
+    def _limit(self, node: Node, message: str) -> None:
         # No key path: at this depth it would be longer than the message.
         raise _LimitError(YamlIssue(_mark(node), (), f"the document is too large: {message}"))
 
-    def _issue(self, node: Node, path: Path, message: str) -> None:
+    def _issue(self, node: Node, message: str, *, part: str | None = None) -> None:
+        path = (*self._path, part) if part is not None else tuple(self._path)
         self.issues.append(YamlIssue(_mark(node), path, message))
 
-    def _mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
+    def _mapping(self, node: MappingNode) -> dict[str, Any]:
         if node.tag != _MAP:
-            self._issue(node, path, f"unsupported YAML tag {quote(node.tag)}")
+            self._issue(node, f"unsupported YAML tag {quote(node.tag)}")
         result: dict[str, Any] = {}
+        path = self._path
         for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode):
-                self._issue(key_node, path, _key_message(key_node))
+            if key_node.__class__ is not ScalarNode:
+                self._issue(key_node, _key_message(key_node))
                 continue
             # Keys stay exactly as written: `on:` is the text "on", never the boolean true.
             key = str(key_node.value)
-            key_path = (*path, key)
             if key in result:
-                line, col = self.keys[key_path]
-                self._issue(
-                    key_node,
-                    key_path,
-                    f"duplicate key {quote(key)} (first written at line {line}, col {col}); "
-                    "keep only one",
-                )
+                self._duplicate(node, key_node, key)
                 continue
-            self.keys[key_path] = _position(key_node)
-            result[key] = self.build(value_node, key_path)
+            path.append(key)
+            if len(path) <= _EAGER_DEPTH:
+                self._record(tuple(path), value_node, key_node)
+            result[key] = self.build(value_node)
+            path.pop()
         return result
 
-    def _sequence(self, node: SequenceNode, path: Path) -> list[Any]:
-        if node.tag != _SEQ:
-            self._issue(node, path, f"unsupported YAML tag {quote(node.tag)}")
-        return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+    def _record(self, path: Path, value_node: Node, key_node: Node | None = None) -> None:
+        self.values[path] = _position(value_node)
+        if key_node is not None:
+            self.keys[path] = _position(key_node)
 
-    def _scalar(self, node: Node, path: Path) -> Any:
+    def _duplicate(self, node: MappingNode, key_node: Node, key: str) -> None:
+        first = _mark(_child(node, key)[0] or key_node)  # type: ignore[index]
+        message = (
+            f"duplicate key {quote(key)} (first written at line {first.line}, col {first.col}); "
+            "keep only one"
+        )
+        self._issue(key_node, message, part=key)
+
+    def _sequence(self, node: SequenceNode) -> list[Any]:
+        if node.tag != _SEQ:
+            self._issue(node, f"unsupported YAML tag {quote(node.tag)}")
+        result = []
+        path = self._path
+        for index, item in enumerate(node.value):
+            path.append(index)
+            if len(path) <= _EAGER_DEPTH:
+                self._record(tuple(path), item)
+            result.append(self.build(item))
+            path.pop()
+        return result
+
+    def _scalar(self, node: Node) -> Any:
         text = str(node.value)
         try:
             return _construct(node.tag, text)
         except ValueError:
-            self._issue(
-                node, path, f"{quote(text)} cannot be read as {node.tag.rsplit(':', 1)[-1]}"
-            )
+            self._issue(node, f"{quote(text)} cannot be read as {node.tag.rsplit(':', 1)[-1]}")
         except KeyError:
-            self._issue(node, path, f"unsupported YAML tag {quote(node.tag)}")
+            self._issue(node, f"unsupported YAML tag {quote(node.tag)}")
         return text
 
 
@@ -310,164 +358,6 @@ def _construct(tag: str, text: str) -> Any:
     raise KeyError(tag)
 
 
-def _syntax_issue(exc: yaml.YAMLError, text: str) -> YamlIssue:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = Mark(mark.line + 1, mark.column + 1) if mark is not None else Mark(1, 1)
-    problem = str(getattr(exc, "problem", None) or exc)
-    context = getattr(exc, "context", None)
-    context_mark = getattr(exc, "context_mark", None)
-    opened = None if context_mark is None else Mark(context_mark.line + 1, context_mark.column + 1)
-    plain = plain_syntax_issue(problem, str(context or ""), where, opened, text.splitlines())
-    if plain is not None:
-        return plain
-    if context and opened is not None and opened.line != where.line:
-        context = f"{context} at line {opened.line}"
-    detail = f"{problem} ({context})" if context else problem
-    return YamlIssue(where, (), f"YAML syntax error: {detail}")
-
-
-def _indent(line: str) -> int:
-    """Where the line's first key starts: after its indentation and any ``- `` marks."""
-    column = len(line) - len(line.lstrip(" "))
-    while line[column : column + 2] == "- ":
-        column += 2
-        column += len(line[column:]) - len(line[column:].lstrip(" "))
-    return column
-
-
-def _line(lines: list[str], number: int) -> str:
-    return lines[number - 1] if 0 < number <= len(lines) else ""
-
-
-def _previous_content(lines: list[str], number: int) -> str:
-    for index in range(number - 2, -1, -1):
-        if lines[index].strip() and not lines[index].lstrip().startswith("#"):
-            return lines[index]
-    return ""
-
-
-@dataclass(frozen=True)
-class _Complaint:
-    """What the parser said, and the text it said it about."""
-
-    problem: str
-    context: str
-    where: Mark
-    opened: Mark | None
-    lines: list[str]
-
-    @property
-    def line(self) -> str:
-        return _line(self.lines, self.where.line)
-
-    @property
-    def above(self) -> str:
-        return _previous_content(self.lines, self.where.line)
-
-
-def _tab(c: _Complaint) -> YamlIssue | None:
-    line = c.line
-    if "tab" not in c.problem and line[c.where.col - 1 : c.where.col] != "\t":
-        return None
-    tab = line.find("\t")
-    at = Mark(c.where.line, tab + 1) if tab >= 0 else c.where
-    return YamlIssue(at, (), "a tab character: indent with spaces only, never tabs")
-
-
-def _unclosed_quote(c: _Complaint) -> YamlIssue | None:
-    if "quoted scalar" not in c.context or c.opened is None:
-        return None
-    char = _line(c.lines, c.opened.line)[c.opened.col - 1 : c.opened.col] or "quote"
-    message = f"this {char} is never closed: add the closing {char} at the end of the value"
-    return YamlIssue(c.opened, (), message)
-
-
-def _unclosed_flow(c: _Complaint) -> YamlIssue | None:
-    for name, (left, right) in (("flow mapping", ("{", "}")), ("flow sequence", ("[", "]"))):
-        if name in c.context and c.opened is not None:
-            return YamlIssue(
-                c.opened,
-                (),
-                f"this {left!r} is not closed by {right!r} on its line (or a ',' is missing "
-                "between two items)",
-            )
-    return None
-
-
-def _colon(c: _Complaint) -> YamlIssue | None:
-    if not c.problem.startswith("mapping values are not allowed"):
-        return None
-    line, above = c.line, c.above
-    if above and _indent(line) > _indent(above) and not above.rstrip().endswith(":"):
-        return YamlIssue(
-            Mark(c.where.line, _indent(line) + 1),
-            (),
-            f"this line starts further right (column {_indent(line) + 1}) than the key "
-            f"above it (column {_indent(above) + 1}): keys of one mapping must line up",
-        )
-    message = (
-        "a second ': ' on one line: put the value in quotes, e.g. "
-        'description: "Reminder: your cart"'
-    )
-    return YamlIssue(c.where, (), message)
-
-
-def _second_document(c: _Complaint) -> YamlIssue | None:
-    if "another document" not in c.problem:
-        return None
-    message = "a second document ('---'): a file holds one; remove the '---' or split the file"
-    return YamlIssue(c.where, (), message)
-
-
-def _no_colon(c: _Complaint) -> YamlIssue | None:
-    if not c.problem.startswith("could not find expected ':'") or c.opened is None:
-        return None
-    return YamlIssue(c.opened, (), "this line has no ':' after its key: write it as 'key: value'")
-
-
-def _misaligned(c: _Complaint) -> YamlIssue | None:
-    if "expected '-' indicator" not in c.problem and "expected <block end>" not in c.problem:
-        return None
-    line = c.line
-    stripped = line.lstrip(" ")
-    if stripped.startswith("-") and not stripped.startswith(("- ", "--")):
-        return YamlIssue(c.where, (), "a list item needs a space after its '-': write '- '")
-    return YamlIssue(
-        Mark(c.where.line, _indent(line) + 1),
-        (),
-        f"this line starts at column {_indent(line) + 1}, which does not line up with the "
-        f"line above it (column {_indent(c.above) + 1}): keys of one mapping, and the '-' "
-        "of one list, must start in the same column",
-    )
-
-
-_PLAIN_WORDS: Final = (
-    _tab,
-    _unclosed_quote,
-    _unclosed_flow,
-    _colon,
-    _second_document,
-    _no_colon,
-    _misaligned,
-)
-
-
-def plain_syntax_issue(
-    problem: str, context: str, where: Mark, opened: Mark | None, lines: list[str]
-) -> YamlIssue | None:
-    """The parser's complaint in the words of the mistake that usually causes it, or ``None``.
-
-    PyYAML says "mapping values are not allowed in this context" for a value holding ": " and
-    for a line indented too far alike; marketing needs to hear which, and where to look.
-    """
-    complaint = _Complaint(problem, context, where, opened, lines)
-    for words in _PLAIN_WORDS:
-        issue = words(complaint)
-        if issue is not None:
-            return issue
-    return None
-
-
 def load_document(text: str) -> YamlDocument:
     """Parse one YAML document; never raises for bad input, which becomes ``issues``.
 
@@ -476,23 +366,24 @@ def load_document(text: str) -> YamlDocument:
     """
     if len(text) > MAX_DOCUMENT_CHARS:
         message = f"the document is too large: {len(text)} characters, over {MAX_DOCUMENT_CHARS}"
-        return YamlDocument(None, {}, {}, (YamlIssue(Mark(1, 1), (), message),))
+        return YamlDocument(None, text, (YamlIssue(Mark(1, 1), (), message),))
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
-        return YamlDocument(None, {}, {}, (_syntax_issue(exc, text),))
+        return YamlDocument(None, text, (syntax_issue(exc, text),))
     except RecursionError:
         # Only the pure-Python composer recurses (libyaml stops at 1,000 levels by itself).
         message = f"the document is too large: nested deeper than {MAX_DEPTH} levels"
-        return YamlDocument(None, {}, {}, (YamlIssue(Mark(1, 1), (), message),))
+        return YamlDocument(None, text, (YamlIssue(Mark(1, 1), (), message),))
     finally:
         loader.dispose()
     if node is None:
-        return YamlDocument(None, {}, {})
+        return YamlDocument(None, text)
     builder = _Builder()
+    builder.values[()] = _position(node)
     try:
-        data = builder.build(node, ())
+        data = builder.build(node)
     except _LimitError as exc:
-        return YamlDocument(None, {}, {}, (exc.issue,))
-    return YamlDocument(data, builder.values, builder.keys, tuple(builder.issues))
+        return YamlDocument(None, text, (exc.issue,))
+    return YamlDocument(data, text, tuple(builder.issues), builder.values, builder.keys)
