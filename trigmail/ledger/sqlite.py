@@ -167,7 +167,8 @@ class SqliteTxn(SqlTxn):
 
     dialect = SQLITE
     sql = Statements(SQLITE)
-    quiet = quiet_statements(sql, _SEEN_AMONG, _INSERT_CATEGORY)
+    # The claim statement too: SqlTxn.claim runs it only for keys that are not kept.
+    quiet = quiet_statements(sql, _SEEN_AMONG, _INSERT_CATEGORY, sql.claim)
 
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         super().__init__(clock)
@@ -178,7 +179,6 @@ class SqliteTxn(SqlTxn):
         self._expected: set[str] = set()  # ids given to expect_seen
         self._known_seen: set[str] = set()  # of those: decided before, or marked since
         self._new_seen: list[tuple[str, int]] = []
-        self._new_categories: list[tuple[str, str]] = []
 
     def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
         wanted = [event_id for event_id in event_ids if event_id not in self._known_seen]
@@ -206,12 +206,6 @@ class SqliteTxn(SqlTxn):
         if self._new_seen:
             self._conn.executemany(self.sql.mark_seen, self._new_seen)
             self._new_seen = []
-
-    def _flushed(self) -> None:
-        # Any statement reading sends (a cap's count of a claimed send) comes after this.
-        if self._new_categories:
-            self._conn.executemany(_INSERT_CATEGORY, self._new_categories)
-            self._new_categories = []
 
     def _run(self, sql: str, params: Params = ()) -> int:
         return self._cursor(sql, params).rowcount
@@ -242,10 +236,12 @@ class SqliteTxn(SqlTxn):
     def _insert(self, sql: str, params: Params) -> bool:
         return self._run(sql, params) == 1
 
-    def _inserted(self, send: SendRecord) -> None:
-        self._new_categories.extend(
-            (send.key, name) for name in dict.fromkeys(send.payload.categories)
-        )
+    def _inserted(self, sends: Sequence[SendRecord]) -> None:
+        categories = [
+            (send.key, name) for send in sends for name in dict.fromkeys(send.payload.categories)
+        ]
+        if categories:
+            self._conn.executemany(_INSERT_CATEGORY, categories)
 
 
 class SqliteLedger(SqlLedger):

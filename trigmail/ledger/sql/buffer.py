@@ -29,9 +29,7 @@ class SendBuffer:
         # one of these can wait (on PostgreSQL, a key another worker commits meanwhile is found
         # when the kept sends are written, and the transaction fails and is decided again).
         self.absent: set[str] = set()
-        # Something is waiting to be written: kept sends, or what goes with sends already
-        # written (SQLite's categories), which any read of sends must find written.
-        self.dirty = False
+        self.dirty = False  # some sends are kept
 
     def keep(self, record: SendRecord, params: list[Any]) -> None:
         self.kept[record.key] = (record, params)
@@ -39,13 +37,13 @@ class SendBuffer:
         self.absent.discard(record.key)
         self.dirty = True
 
-    def take(self) -> list[list[Any]]:
-        """Return the kept sends' parameters, in the order they were kept, and forget them."""
-        params = [row for _, row in self.kept.values()]
+    def take(self) -> list[tuple[SendRecord, list[Any]]]:
+        """Return the kept sends, in the order they were kept, and forget them."""
+        kept = list(self.kept.values())
         self.kept = {}
         self.users.clear()
         self.dirty = False
-        return params
+        return kept
 
 
 def quiet_statements(sql: Statements, *more: str) -> frozenset[str]:

@@ -69,14 +69,14 @@ class SqlTxn(ToolReads):
             self._flush_sends()
 
     def _flush_sends(self) -> None:
-        params = self._buffer.take()
-        if params and self._insert_many(self.sql.insert_sends, params) != len(params):
+        kept = self._buffer.take()
+        if not kept:
+            return
+        params = [row for _, row in kept]
+        if self._insert_many(self.sql.insert_sends, params) != len(params):
             # Only on PostgreSQL: another worker committed a key found absent here.
             raise LedgerError("a new send's key was taken meanwhile: the batch is decided again")
-        self._flushed()
-
-    def _flushed(self) -> None:
-        """Write what goes with the sends written so far (SQLite's categories)."""
+        self._inserted([record for record, _ in kept])
 
     def _for_user(self, user_id: str) -> None:
         """Write the kept sends before a read of ``user_id``'s sends, if some are theirs."""
@@ -119,8 +119,9 @@ class SqlTxn(ToolReads):
         """Run an ``INSERT ... ON CONFLICT DO NOTHING``; return whether it inserted the row."""
         return bool(self._rows(sql, params))
 
-    def _inserted(self, send: SendRecord) -> None:
-        """Write what a new send needs beside its row (SQLite's categories)."""
+    def _inserted(self, sends: Sequence[SendRecord]) -> None:
+        """Write what new sends need beside their rows (SQLite's categories), at once: a
+        statement reading sends finds it written whenever it finds the sends."""
 
     def _check_open(self) -> None:
         if not self._open:
@@ -199,8 +200,7 @@ class SqlTxn(ToolReads):
                 if not self._insert(self.sql.insert_send, params):
                     return False
                 self._buffer.absent.discard(send.key)
-                self._buffer.dirty = True
-        self._inserted(send)
+                self._inserted([send])
         return True
 
     def _send_params(self, send: SendRecord, created_at: datetime) -> list[Any]:
@@ -302,7 +302,7 @@ class SqlTxn(ToolReads):
         kept = self._buffer.kept
         moved = []
         for key in wanted:
-            if key in kept:
+            if key in kept and kept[key][0].state is SendState.SCHEDULED:
                 record = claimed(kept[key][0], at)
                 kept[key] = (record, self._send_params(record, record.created_at or at))
                 moved.append(record)
