@@ -26,6 +26,7 @@ from bench import baseline
 from bench.bench_scaling import fresh_database
 from bench.common import (
     DEFAULT_DEADLINE_S,
+    ThreadCpu,
     header,
     make_daemon,
     query,
@@ -48,14 +49,18 @@ def _seen(ledger: Path) -> int:
     return int(str(rows[0][0]))
 
 
-def run_trigmail(directory: Path, spool: Path, events: int, batch_size: int) -> float:
+def run_trigmail(
+    directory: Path, spool: Path, events: int, batch_size: int, cpu: ThreadCpu
+) -> float:
     """Serve the spool until every event is decided; return the seconds it took."""
     ledger = directory / "ledger.db"
     daemon = make_daemon(spool, ledger, RecordingProvider(), batch_size=batch_size)
-    return _timed(daemon, lambda: _seen(ledger), events)
+    return _timed(daemon, lambda: _seen(ledger), events, cpu)
 
 
-def run_postgres(admin_dsn: str, spool: Path, events: int, batch_size: int) -> float:
+def run_postgres(
+    admin_dsn: str, spool: Path, events: int, batch_size: int, cpu: ThreadCpu
+) -> float:
     """As :func:`run_trigmail`, on a fresh PostgreSQL database (one worker)."""
     with fresh_database(admin_dsn) as url:
         ledger = PostgresLedger(url)
@@ -67,14 +72,14 @@ def run_postgres(admin_dsn: str, spool: Path, events: int, batch_size: int) -> f
                     row = conn.execute("SELECT count(*) FROM seen_events").fetchone()
                     return 0 if row is None else int(row[0])
 
-                return _timed(daemon, seen, events)
+                return _timed(daemon, seen, events, cpu)
         finally:
             ledger.close()
 
 
-def _timed(daemon: Daemon, seen: Callable[[], int], events: int) -> float:
+def _timed(daemon: Daemon, seen: Callable[[], int], events: int, cpu: ThreadCpu) -> float:
     started = time.perf_counter()
-    with running(daemon):
+    with running(daemon, cpu=cpu):
         done = wait_until(lambda: seen() >= events, DEFAULT_DEADLINE_S, poll_s=0.02)
         elapsed_s = time.perf_counter() - started
     if not done:
@@ -95,7 +100,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="events per transaction")
     parser.add_argument("--baseline", action="store_true", help="run the straightforward design")
     parser.add_argument("--postgres", metavar="DSN", help="a PostgreSQL ledger (a fresh database)")
+    parser.add_argument(
+        "--profile", metavar="FILE", type=Path, help="write a cProfile of the daemon's thread"
+    )
     args = parser.parse_args()
+    cpu = ThreadCpu(args.profile)
     logging.disable(logging.WARNING)
     header("ingest: spool -> committed decisions, synchronous=FULL")
     with tempfile.TemporaryDirectory(prefix="trigmail-bench-") as temp:
@@ -112,12 +121,18 @@ def main() -> None:
             elapsed_s = run_baseline(directory, spool)
         elif args.postgres:
             design = f"trigmail on PostgreSQL, one worker: batch_size={args.batch_size}"
-            elapsed_s = run_postgres(args.postgres, spool, args.events, args.batch_size)
+            elapsed_s = run_postgres(args.postgres, spool, args.events, args.batch_size, cpu)
         else:
             design = f"trigmail: batch_size={args.batch_size}"
-            elapsed_s = run_trigmail(directory, spool, args.events, args.batch_size)
+            elapsed_s = run_trigmail(directory, spool, args.events, args.batch_size, cpu)
     rate = args.events / elapsed_s
     print(f"{design}: {args.events} events in {elapsed_s:.2f} s = {rate:,.0f} events/s")
+    if cpu.seconds:
+        per_event_us = cpu.seconds / args.events * 1e6
+        print(
+            f"daemon thread CPU: {cpu.seconds:.2f} s = {per_event_us:.0f} us per event"
+            f" = {args.events / cpu.seconds:,.0f} events per CPU second"
+        )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ from psycopg.rows import dict_row
 
 from trigmail.ledger.pg_rows import POSTGRES, ErrorScrubber
 from trigmail.ledger.pg_schema import LOCK_USER
+from trigmail.ledger.pg_users import DELIVERED_OF, SCHEDULED_OF, UserReads
 from trigmail.ledger.rows import Row
 from trigmail.ledger.semantics import LEASE_EXPIRED_ERROR, Clock, as_utc
 from trigmail.ledger.sql import SqlTxn, Statements, in_order
+from trigmail.ledger.sql.buffer import quiet_statements
 from trigmail.ledger.sql.txn import Params
 from trigmail.sends import SendRecord
 
@@ -64,6 +66,7 @@ class PostgresTxn(SqlTxn):
 
     dialect = POSTGRES
     sql = Statements(POSTGRES)
+    quiet = quiet_statements(sql, _MARK_SEEN_MANY, _UNMARK_SEEN, SCHEDULED_OF, DELIVERED_OF)
 
     def __init__(
         self,
@@ -85,28 +88,82 @@ class PostgresTxn(SqlTxn):
         # expect_seen's ids: those it inserted and no mark_seen has taken yet, and the rest.
         self._fresh_seen: set[str] = set()
         self._expected_seen: set[str] = set()
+        self._users = UserReads()
+        self._users_read: set[str] = set()  # locked users read at once, once
+
+    def _before(self, sql: str) -> None:
+        if sql not in self.quiet:
+            self._users.forget()
+        super()._before(sql)
+
+    # -- the batch's users, read at once (see trigmail.ledger.pg_users) ----------------------
+    def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        self._read_users(user_id)
+        known = self._users.pending(user_id, rule_ids)
+        return super().pending_for_user(user_id, rule_ids) if known is None else known
+
+    def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
+        self._read_users(user_id)
+        known, at = self._users.last_delivered(rule_id, user_id)
+        return at if known else super().last_delivered_at(rule_id, user_id)
+
+    def _read_users(self, user_id: str) -> None:
+        """At the first read of a locked user, read every locked user not read yet."""
+        if user_id in self._users_read or user_id not in self._locked_users:
+            return
+        fresh = sorted(self._locked_users - self._users_read)
+        if not self._buffer.users.isdisjoint(fresh):
+            self._flush_sends()
+        self._check_open()
+        with self._errors.guard():
+            with self._conn.pipeline():
+                scheduled = self._dicts.execute(SCHEDULED_OF, (fresh,))
+                delivered = self._tuples.execute(DELIVERED_OF, (fresh,))
+            sends = [self.dialect.rows.send(row) for row in scheduled.fetchall()]
+            time = self.dialect.rows.time
+            latest = [(rule, user, time(at)) for rule, user, at in delivered.fetchall()]
+        self._users.read(fresh, sends, latest)
+        self._users_read.update(fresh)
+
+    def insert_send(self, send: SendRecord) -> bool:
+        self._users.forget_user(send.user_id)
+        return super().insert_send(send)
+
+    def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
+        self._users.forget_keys(keys)
+        return super().cancel_sends(keys, reason, at)
 
     def _run(self, sql: str, params: Params = ()) -> int:
         self._check_open()
+        self._before(sql)
         with self._errors.guard():
             return self._tuples.execute(sql, params).rowcount
 
     def _scalar(self, sql: str, params: Params = ()) -> Any:
         self._check_open()
+        self._before(sql)
         with self._errors.guard():
             row = self._tuples.execute(sql, params).fetchone()
         return None if row is None else row[0]
 
     def _rows(self, sql: str, params: Params = ()) -> list[Row]:
         self._check_open()
+        self._before(sql)
         with self._errors.guard():
             rows = self._dicts.execute(sql, params).fetchall()
         return list(rows)
 
     def _many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         self._check_open()
+        self._before(sql)
         with self._errors.guard():
             self._tuples.executemany(sql, params)
+
+    def _insert_many(self, sql: str, params: Sequence[Sequence[Any]]) -> int:
+        self._check_open()
+        with self._errors.guard():
+            self._tuples.executemany(sql, params)
+            return self._tuples.rowcount
 
     def _as_user(self, user_id: str) -> AbstractContextManager[Any]:
         if user_id in self._locked_users:
@@ -161,6 +218,7 @@ class PostgresTxn(SqlTxn):
     def flush(self) -> None:
         """Before the commit: forget the ids expected but never marked (the batch stopped
         before their events)."""
+        super().flush()
         if self._fresh_seen:
             self._run(_UNMARK_SEEN, (sorted(self._fresh_seen),))
             self._fresh_seen.clear()

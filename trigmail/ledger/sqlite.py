@@ -32,6 +32,7 @@ from trigmail.ledger.migrations import migrate
 from trigmail.ledger.rows import Row, RowReader
 from trigmail.ledger.semantics import Clock, utc_now
 from trigmail.ledger.sql import Dialect, SqlLedger, SqlTxn, Statements, committed, json_text
+from trigmail.ledger.sql.buffer import quiet_statements
 from trigmail.ledger.sql.txn import Params
 from trigmail.sends import SendRecord
 
@@ -166,6 +167,8 @@ class SqliteTxn(SqlTxn):
 
     dialect = SQLITE
     sql = Statements(SQLITE)
+    # The claim statement too: SqlTxn.claim runs it only for keys that are not kept.
+    quiet = quiet_statements(sql, _SEEN_AMONG, _INSERT_CATEGORY, sql.claim)
 
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         super().__init__(clock)
@@ -176,7 +179,6 @@ class SqliteTxn(SqlTxn):
         self._expected: set[str] = set()  # ids given to expect_seen
         self._known_seen: set[str] = set()  # of those: decided before, or marked since
         self._new_seen: list[tuple[str, int]] = []
-        self._new_categories: list[tuple[str, str]] = []
 
     def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
         wanted = [event_id for event_id in event_ids if event_id not in self._known_seen]
@@ -198,20 +200,12 @@ class SqliteTxn(SqlTxn):
     def seen_event(self, event_id: str) -> bool:
         return event_id in self._known_seen or super().seen_event(event_id)
 
-    def delivered_count_since(
-        self, user_id: str, categories: Collection[str], since: datetime
-    ) -> int:
-        self.flush()  # the categories of the sends inserted so far
-        return super().delivered_count_since(user_id, categories, since)
-
     def flush(self) -> None:
         """Write the rows kept for the commit."""
+        super().flush()
         if self._new_seen:
             self._conn.executemany(self.sql.mark_seen, self._new_seen)
             self._new_seen = []
-        if self._new_categories:
-            self._conn.executemany(_INSERT_CATEGORY, self._new_categories)
-            self._new_categories = []
 
     def _run(self, sql: str, params: Params = ()) -> int:
         return self._cursor(sql, params).rowcount
@@ -219,6 +213,7 @@ class SqliteTxn(SqlTxn):
     def _cursor(self, sql: str, params: Params) -> sqlite3.Cursor:
         if not self._open:
             raise LedgerError("the transaction is over: open a new one")
+        self._before(sql)
         return self._conn.execute(sql, params)
 
     def _rows(self, sql: str, params: Params = ()) -> list[Row]:
@@ -231,15 +226,22 @@ class SqliteTxn(SqlTxn):
 
     def _many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         self._check_open()
+        self._before(sql)
         self._conn.executemany(sql, params)
+
+    def _insert_many(self, sql: str, params: Sequence[Sequence[Any]]) -> int:
+        self._check_open()
+        return self._conn.executemany(sql, params).rowcount
 
     def _insert(self, sql: str, params: Params) -> bool:
         return self._run(sql, params) == 1
 
-    def _inserted(self, send: SendRecord) -> None:
-        self._new_categories.extend(
-            (send.key, name) for name in dict.fromkeys(send.payload.categories)
-        )
+    def _inserted(self, sends: Sequence[SendRecord]) -> None:
+        categories = [
+            (send.key, name) for send in sends for name in dict.fromkeys(send.payload.categories)
+        ]
+        if categories:
+            self._conn.executemany(_INSERT_CATEGORY, categories)
 
 
 class SqliteLedger(SqlLedger):

@@ -126,6 +126,11 @@ class Statements:
             f"INSERT INTO sends ({send_columns}) VALUES ({send_values})"
             f" ON CONFLICT (key) DO NOTHING{d.inserted}"
         )
+        # Kept sends, written together (the count of rows inserted says whether all were).
+        self.insert_sends = sql(
+            f"INSERT INTO sends ({send_columns}) VALUES ({send_values})"
+            " ON CONFLICT (key) DO NOTHING"
+        )
         self.cancel_sends = sql(
             "UPDATE sends SET state = 'cancelled', reason = ?, updated_at = ?"
             f" WHERE {keys} AND {d.key_state} = 'scheduled' RETURNING key"

@@ -8,29 +8,26 @@ data, held by their :class:`~trigmail.ledger.sql.dialect.Dialect`.
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from trigmail.decisions import LogEntry
 from trigmail.errors import LedgerError
-from trigmail.evidence import DeliveryEvent, EvidenceState
-from trigmail.ledger.base import CancelMark, DeadLetter, LedgerStatus
+from trigmail.ledger.base import CancelMark, DeadLetter
 from trigmail.ledger.rows import Row
 from trigmail.ledger.semantics import (
     RECOVERED_ERROR,
     Clock,
     as_utc,
-    count_states,
-    count_variants,
     recovered,
     resolved,
 )
+from trigmail.ledger.sql.buffer import SendBuffer, as_stored
 from trigmail.ledger.sql.dialect import Dialect, Statements, json_text
-from trigmail.ledger.sql.evidence import EvidenceTxn
-from trigmail.sends import SendRecord, SendState, check_finish_state, check_new
+from trigmail.ledger.sql.reads import ToolReads
+from trigmail.sends import SendRecord, SendState, check_finish_state, check_new, claimed
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +44,7 @@ def in_order(records: list[SendRecord], keys: Sequence[str]) -> list[SendRecord]
 _NO_LOCK = nullcontext()
 
 
-class SqlTxn(EvidenceTxn):
+class SqlTxn(ToolReads):
     """One transaction of a SQL ledger; see :class:`trigmail.ledger.base.LedgerTxn`.
 
     A backend says how to run a statement (:meth:`_run`, :meth:`_rows`, :meth:`_scalar`,
@@ -57,9 +54,38 @@ class SqlTxn(EvidenceTxn):
     dialect: ClassVar[Dialect]
     sql: ClassVar[Statements]
 
+    # Statements that never touch a row of sends, or touch only one user's or one key's, which
+    # their methods check against the kept sends: they run without writing the kept sends.
+    quiet: ClassVar[frozenset[str]]
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._open = True
+        self._buffer = SendBuffer()
+
+    def _before(self, sql: str) -> None:
+        """Write the kept sends before a statement that could read them."""
+        if self._buffer.dirty and sql not in self.quiet:
+            self._flush_sends()
+
+    def _flush_sends(self) -> None:
+        kept = self._buffer.take()
+        if not kept:
+            return
+        params = [row for _, row in kept]
+        if self._insert_many(self.sql.insert_sends, params) != len(params):
+            # Only on PostgreSQL: another worker committed a key found absent here.
+            raise LedgerError("a new send's key was taken meanwhile: the batch is decided again")
+        self._inserted([record for record, _ in kept])
+
+    def _for_user(self, user_id: str) -> None:
+        """Write the kept sends before a read of ``user_id``'s sends, if some are theirs."""
+        if user_id in self._buffer.users:
+            self._flush_sends()
+
+    def flush(self) -> None:
+        """Before the commit: write what was kept for it."""
+        self._flush_sends()
 
     # -- how the driver runs a statement -----------------------------------------------------
     def _run(self, sql: str, params: Params = ()) -> int:
@@ -78,6 +104,10 @@ class SqlTxn(EvidenceTxn):
         """Execute a statement once per parameter tuple."""
         raise NotImplementedError
 
+    def _insert_many(self, sql: str, params: Sequence[Sequence[Any]]) -> int:
+        """Execute an insert once per parameter tuple; return how many rows it inserted."""
+        raise NotImplementedError
+
     def _as_user(self, user_id: str) -> AbstractContextManager[Any]:
         """Run the block's statements under ``user_id``'s lock, where the ledger needs one."""
         return _NO_LOCK
@@ -89,8 +119,9 @@ class SqlTxn(EvidenceTxn):
         """Run an ``INSERT ... ON CONFLICT DO NOTHING``; return whether it inserted the row."""
         return bool(self._rows(sql, params))
 
-    def _inserted(self, send: SendRecord) -> None:
-        """Write what a new send needs beside its row (SQLite's categories)."""
+    def _inserted(self, sends: Sequence[SendRecord]) -> None:
+        """Write what new sends need beside their rows (SQLite's categories), at once: a
+        statement reading sends finds it written whenever it finds the sends."""
 
     def _check_open(self) -> None:
         if not self._open:
@@ -108,15 +139,22 @@ class SqlTxn(EvidenceTxn):
         return bool(self._scalar(self.sql.seen_event, (event_id,)))
 
     def send_exists(self, key: str) -> bool:
-        return bool(self._scalar(self.sql.send_exists, (key,)))
+        if key in self._buffer.kept:
+            return True
+        exists = bool(self._scalar(self.sql.send_exists, (key,)))
+        if not exists:
+            self._buffer.absent.add(key)
+        return exists
 
     def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
+        self._for_user(user_id)
         with self._as_user(user_id):
             latest = self._scalar(self.sql.last_delivered, (rule_id, user_id))
         return self.dialect.rows.maybe_time(latest)
 
     def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
         rules = self.dialect.keys(sorted(rule_ids))
+        self._for_user(user_id)
         with self._as_user(user_id):
             return self._sends(self.sql.pending_for_user, (user_id, rules))
 
@@ -125,6 +163,7 @@ class SqlTxn(EvidenceTxn):
     ) -> int:
         d = self.dialect
         params = (user_id, d.time(since), d.keys(sorted(categories)))
+        self._for_user(user_id)
         with self._as_user(user_id):
             count: int = self._scalar(self.sql.delivered_count, params)
         return count
@@ -149,11 +188,19 @@ class SqlTxn(EvidenceTxn):
         check_new(send)
         created_at = self._clock() if send.created_at is None else send.created_at
         params = self._send_params(send, created_at)
+        if send.key in self._buffer.kept:
+            return False
         # A cancellation deciding for this user in another worker must see this send.
         with self._as_user(send.user_id):
-            if not self._insert(self.sql.insert_send, params):
-                return False
-        self._inserted(send)
+            if send.key in self._buffer.absent:
+                self._check_open()
+                self._buffer.keep(as_stored(send, created_at), params)
+            else:
+                self._flush_sends()  # the sends keep the order they were inserted in
+                if not self._insert(self.sql.insert_send, params):
+                    return False
+                self._buffer.absent.discard(send.key)
+                self._inserted([send])
         return True
 
     def _send_params(self, send: SendRecord, created_at: datetime) -> list[Any]:
@@ -187,6 +234,8 @@ class SqlTxn(EvidenceTxn):
     def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
         d = self.dialect
         wanted = list(dict.fromkeys(keys))
+        if not self._buffer.kept.keys().isdisjoint(wanted):
+            self._flush_sends()
         rows = self._rows(self.sql.cancel_sends, (reason, d.time(at), d.keys(wanted)))
         moved = {row["key"] for row in rows}
         return [key for key in wanted if key in moved]
@@ -240,10 +289,24 @@ class SqlTxn(EvidenceTxn):
 
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         d = self.dialect
-        at_value = d.time(at)
         wanted = list(dict.fromkeys(keys))
-        claimed = self._sends(self.sql.claim, (at_value, at_value, d.keys(wanted)))
-        return in_order(claimed, wanted)
+        moved = self._claim_kept(wanted, as_utc(at))
+        rest = [key for key in wanted if key not in self._buffer.kept]
+        if rest:
+            at_value = d.time(at)
+            moved += self._sends(self.sql.claim, (at_value, at_value, d.keys(rest)))
+        return in_order(moved, wanted)
+
+    def _claim_kept(self, wanted: list[str], at: datetime) -> list[SendRecord]:
+        """Claim the kept sends among ``wanted``: their rows are written once, claimed."""
+        kept = self._buffer.kept
+        moved = []
+        for key in wanted:
+            if key in kept and kept[key][0].state is SendState.SCHEDULED:
+                record = claimed(kept[key][0], at)
+                kept[key] = (record, self._send_params(record, record.created_at or at))
+                moved.append(record)
+        return moved
 
     def finish(
         self,
@@ -313,141 +376,9 @@ class SqlTxn(EvidenceTxn):
     def set_meta(self, name: str, value: str) -> None:
         self._run(self.sql.set_meta, (name, value))
 
-    # -- reads of the ledger itself (status, tools) ------------------------------------------
-    def get_send(self, key: str) -> SendRecord | None:
-        found = self._sends(self.sql.get_send, (key,))
-        return found[0] if found else None
-
-    def get_meta(self, name: str) -> str | None:
-        value: str | None = self._scalar(self.sql.get_meta, (name,))
-        return value
-
-    def dead_letters(self, limit: int) -> list[DeadLetter]:
-        dead = self.dialect.rows.dead
-        return [dead(row) for row in self._rows(self.sql.dead_letters, (max(limit, 0),))]
-
-    def decision_log(self, event_id: str | None, limit: int) -> list[LogEntry]:
-        if event_id is None:
-            rows = self._rows(self.sql.log_newest, (max(limit, 0),))
-        else:
-            rows = self._rows(self.sql.log_of_event, (event_id, max(limit, 0)))
-        return [self.dialect.rows.log(row) for row in rows]
-
-    def _latest(self, state: SendState | None, limit: int) -> list[SendRecord]:
-        if state is None:
-            return self._sends(self.sql.latest, (max(limit, 0),))
-        return self._sends(self.sql.latest_in, (state.value, max(limit, 0)))
-
-    def status(self, limit: int) -> LedgerStatus:
-        groups = self._rows(self.sql.counts)
-        counts, by_rule = count_states(
-            (g["rule_id"], SendState(g["state"]), g["n"]) for g in groups
-        )
-        variant_groups = self._rows(self.sql.variant_counts)
-        return LedgerStatus(
-            counts=counts,
-            by_rule=by_rule,
-            by_variant=count_variants(
-                (g["rule_id"], g["variant"], SendState(g["state"]), g["n"]) for g in variant_groups
-            ),
-            next_due=self._sends(self.sql.next_due, (max(limit, 0),)),
-            in_doubt=self._latest(SendState.IN_DOUBT, limit),
-            failed=self._latest(SendState.FAILED, limit),
-            recent=self._latest(None, limit),
-            dead_letters=self._scalar(self.sql.dead_count),
-            rules_version=self.get_meta("rules_version"),
-        )
-
-    def prune(self, before: datetime) -> int:
-        cutoff = (self.dialect.time(before),)
-        for first in self.sql.prune_first:
-            self._run(first, cutoff)
-        removed = sum(self._run(sql, cutoff) for sql in self.sql.prune)
-        return removed + self.prune_evidence(before)
-
     def close(self) -> None:
         self._open = False
 
 
 def _key(record: SendRecord) -> str:
     return record.key
-
-
-_Txn = TypeVar("_Txn", bound=SqlTxn)
-
-
-@contextmanager
-def committed(
-    txn: _Txn, commit: Callable[[], object], rollback: Callable[[], object]
-) -> Iterator[_Txn]:
-    """Yield ``txn``: commit on normal exit, roll back on any exception; close it either way."""
-    try:
-        yield txn
-        commit()
-    except BaseException:
-        rollback()
-        raise
-    finally:
-        txn.close()
-
-
-class SqlLedger(ABC):
-    """What a SQL ledger does through one transaction of its own: the reads and the pruning.
-
-    A backend opens transactions (:meth:`_begun`, given its dialect's ``BEGIN``).
-    """
-
-    dialect: ClassVar[Dialect]
-
-    @abstractmethod
-    def _begun(self, begin: str) -> AbstractContextManager[SqlTxn]:
-        """Open a transaction with ``begin``: committed on normal exit, else rolled back."""
-
-    @abstractmethod
-    def _label(self) -> str:
-        """The ledger as logs name it (never with a secret)."""
-
-    def transaction(self) -> AbstractContextManager[SqlTxn]:
-        return self._begun(self.dialect.begin_write)
-
-    def status(self, limit: int = 10) -> LedgerStatus:
-        with self._begun(self.dialect.begin_read) as txn:
-            return txn.status(limit)
-
-    def get_send(self, key: str) -> SendRecord | None:
-        with self._begun(self.dialect.begin_read) as txn:
-            return txn.get_send(key)
-
-    def get_meta(self, name: str) -> str | None:
-        with self._begun(self.dialect.begin_read) as txn:
-            return txn.get_meta(name)
-
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        with self._begun(self.dialect.begin_read) as txn:
-            return txn.dead_letters(limit)
-
-    def decision_log(self, event_id: str | None = None, limit: int = 100) -> list[LogEntry]:
-        with self._begun(self.dialect.begin_read) as txn:
-            return txn.decision_log(event_id, limit)
-
-    def delivery_events(self, key: str) -> list[DeliveryEvent]:
-        with self._begun(self.dialect.begin_read) as txn:
-            return txn.delivery_events(key)
-
-    def delivery_counts(self) -> dict[str, dict[str, int]]:
-        with self._begun(self.dialect.begin_read) as txn:
-            return txn.delivery_counts()
-
-    def doubt_resent(self, keys: Collection[str]) -> set[str]:
-        with self._begun(self.dialect.begin_read) as txn:
-            return txn.doubt_resent(keys)
-
-    def in_doubt_by_evidence(self) -> dict[EvidenceState, int]:
-        with self._begun(self.dialect.begin_read) as txn:
-            return txn.in_doubt_by_evidence()
-
-    def prune(self, before: datetime) -> int:
-        with self._begun(self.dialect.begin_write) as txn:
-            removed = txn.prune(before)
-        logger.info("ledger %s: pruned %d rows older than %s", self._label(), removed, before)
-        return removed
