@@ -445,13 +445,18 @@ def test_plain_path_value_is_a_copy() -> None:
     ],
 )
 def test_plain_path_analysis_equals_parsing(text: str) -> None:
+    _assert_analysed_as_parsed(text)
+
+
+def _assert_analysed_as_parsed(text: str) -> None:
+    """``analyse`` gives what a fresh parse of ``text`` gives, or fails as the parse does."""
     try:
         parsed = _analyse_parsed(text)
     except TemplateSyntaxError:
         with pytest.raises(TemplateSyntaxError):
             analyse(text)
         return
-    assert analyse(text) == parsed
+    assert analyse(text) == parsed, text
 
 
 @pytest.mark.parametrize(
@@ -538,13 +543,7 @@ def _same_shape_analyses_agree(text: str, other_literal: str) -> None:
     )
     assert _quick_tokens(other) == shape
     for candidate in (text, other, text):
-        try:
-            expected = _analyse_parsed(candidate)
-        except TemplateSyntaxError:
-            with pytest.raises(TemplateSyntaxError):
-                analyse(candidate)
-            continue
-        assert analyse(candidate) == expected, candidate
+        _assert_analysed_as_parsed(candidate)
 
 
 def test_strings_of_one_shape_analyse_alike() -> None:
