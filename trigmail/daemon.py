@@ -142,10 +142,12 @@ class Daemon:
         settled = self.worker.start()
         if settled:
             log.warning("serve: %d sends were in flight at the last stop: settled", len(settled))
+        # Started before it is announced: whoever reads READY=1 or the ready line and then asks
+        # /readyz must hear "ok", not "starting".
+        self.started.set()
         self.notifier.ready()
         self.notifier.status(f"serving {self.source.name}, rules {self.rules().version}")
         log.info("serve: ready: source=%s rules=%s", self.source.name, self.rules().version)
-        self.started.set()
         try:
             while not self._stop.is_set():
                 self._tick()
