@@ -297,7 +297,9 @@ class _Builder:
             self.keys[path] = _position(key_node)
 
     def _duplicate(self, node: MappingNode, key_node: Node, key: str) -> None:
-        first = _mark(_child(node, key)[0] or key_node)  # type: ignore[index]
+        # The first key of this name in the mapping: the one whose value was kept.
+        written = _child(node, key)
+        first = _mark(written[0] if written is not None and written[0] is not None else key_node)
         message = (
             f"duplicate key {quote(key)} (first written at line {first.line}, col {first.col}); "
             "keep only one"
