@@ -219,7 +219,10 @@ def test_pending_entry_deleted_from_the_stream_is_acknowledged(
 
 def _blocked_client_id(admin: redis.Redis, consumer: str) -> str | None:
     for client in admin.client_list():
-        if client["name"] == f"trigmail:{consumer}" and client["cmd"] == "xreadgroup":
+        # Blocked now ("b"), not only last seen running XREADGROUP: a read first asks for its
+        # pending entries without blocking, and a kill between the two is reconnected silently.
+        blocked = "b" in client["flags"]
+        if client["name"] == f"trigmail:{consumer}" and client["cmd"] == "xreadgroup" and blocked:
             return str(client["id"])
     return None
 
@@ -230,12 +233,14 @@ def test_reconnects_after_its_connection_is_killed(
     # A name of its own: the client list is the whole server's, where other test processes
     # (and other suites) block reads of their own consumer "c1" too.
     consumer = f"c-{uuid.uuid4().hex[:12]}"
-    source = open_source(consumer, block_s=WAIT_S)
+    # Long enough to be seen blocked on a loaded machine; the kill ends it.
+    block_s = 60.0
+    source = open_source(consumer, block_s=block_s)
     errors: list[SourceError] = []
 
     def blocked_read() -> None:
         try:
-            source.read(10, WAIT_S)
+            source.read(10, block_s)
         except SourceError as exc:
             errors.append(exc)
 
