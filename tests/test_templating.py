@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from jinja2.exceptions import TemplateSyntaxError
 
 from trigmail.errors import SpecError, TemplateRenderError
 from trigmail.events import Event, event_from_object
+from trigmail.rules import limits
 from trigmail.rules.jinjastrings import (
     _VARIABLE,
     ENV,
@@ -26,6 +28,7 @@ from trigmail.rules.jinjastrings import (
 from trigmail.rules.templating import (
     DEFAULT_DEDUPE,
     _Lookup,
+    _LookupOr,
     compile_data,
     compile_key,
     default_data,
@@ -418,6 +421,77 @@ def test_plain_path_fails_as_jinja_does(text: str) -> None:
     with pytest.raises(TemplateRenderError) as fast_error:
         node.render(data)
     assert str(fast_error.value) == str(jinja_error.value)
+
+
+# A path with a constant default: read without Jinja where Jinja's answer is known.
+DEFAULTED_PATHS = [
+    "{{ user.first_name | default('there') }}",
+    "{{user.first_name|default('there')}}",
+    "{{ properties.count | default(0) }}",
+    # null is a value: the default is for what is missing
+    "{{ properties.coupon | default('none') }}",
+    # a key that is also a dict method, then one that is only a method
+    "{{ properties.items | default('') }}",
+    "{{ properties.keys | default('x') }}",
+    "{{ properties['items'][1].sku | default('x') }}",
+    "{{ properties['items'][5].sku | default('x') }}",
+    "{{ properties.missing.deeper | default(1.5) }}",
+    "{{ nothing.at.all | default(none) }}",
+    "{{ properties.cart_url.upper | default('x') }}",
+    "{{ properties.__class__ | default('x') }}",
+    "{{ properties.missing.__class__ | default('x') }}",
+    "{{ properties.missing._undefined_name | default('x') }}",
+    "{{ properties.missing[0].sku | default(false) }}",
+]
+
+DEFAULTED_EVENTS = [
+    {},
+    {"user": {}},
+    {"user": {"first_name": None}},
+    {"user": {"first_name": ["a", {"b": 1}]}},
+    {"properties": {"keys": 1, "count": "3", "big": "x" * 100_001}},
+    {"properties": {"missing": {"deeper": "here", "__class__": 2, "_undefined_name": 3}}},
+]
+
+
+def _outcome(render: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return ("value", render())
+    except TemplateRenderError as exc:
+        return ("error", str(exc))
+
+
+@pytest.mark.parametrize("text", DEFAULTED_PATHS)
+@pytest.mark.parametrize("overrides", DEFAULTED_EVENTS)
+def test_defaulted_path_renders_as_jinja_does(text: str, overrides: dict[str, Any]) -> None:
+    event = make_event(**overrides)
+    compiled = compile_data({"v": text})
+    node = compiled.root.items[0][1]
+    assert isinstance(node, _LookupOr), text
+    fast = _outcome(lambda: compiled.render(event)["v"])
+    with limits.budget():
+        jinja = _outcome(lambda: node.jinja.render(event.data))
+    assert fast == jinja
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ user.first_name | default('there', true) }}",
+        "{{ user.first_name | default(properties.name) }}",
+        "{{ user.first_name | default(['a']) }}",
+        "{{ user.first_name | upper | default('x') }}",
+        "{{ range | default('x') }}",
+    ],
+)
+def test_other_defaults_render_with_jinja(text: str) -> None:
+    assert not isinstance(compile_data({"v": text}).root.items[0][1], _LookupOr)
+
+
+def test_defaulted_path_is_charged_as_under_jinja() -> None:
+    event = make_event(properties={"big": "x" * 100_001})
+    with pytest.raises(TemplateRenderError, match="over a limit"):
+        compile_data({"v": "{{ properties.big | default('') }}"}).render(event)
 
 
 def test_plain_path_value_is_a_copy() -> None:

@@ -53,12 +53,15 @@ class Analysis:
     ``fields`` are the event paths it reads, in order; ``single`` tells a string that is
     exactly one expression; ``lookup`` is the path of one that is only a path, else ``None``;
     ``risks`` say what in it may cost a lot on some event (``validate`` warns about them).
+    ``fallback`` is the path and the constant of one that is only a path with a constant
+    default (``{{ a.b | default('x') }}``), else ``None``.
     """
 
     fields: tuple[Field, ...]
     single: bool
     lookup: Field | None
     risks: tuple[str, ...] = ()
+    fallback: tuple[Field, object] | None = None
 
 
 def analyse(text: str) -> Analysis:
@@ -193,7 +196,8 @@ def _analyse_parsed(text: str) -> Analysis:
             compile_expression(text)
     found = _field_chains(ast)
     lookup = None if expression is None else _lookup(expression)
-    return Analysis(found, expression is not None, lookup, _risks(ast))
+    fallback = None if expression is None else _default_of_lookup(expression)
+    return Analysis(found, expression is not None, lookup, _risks(ast), fallback)
 
 
 def _risks(ast: nodes.Template) -> tuple[str, ...]:
@@ -275,6 +279,28 @@ def _lookup(expression: nodes.Expr) -> Field | None:
     if any(isinstance(part, bool) for part in chain):
         return None
     return chain
+
+
+_CONSTANTS: Final = (str, int, float, bool, type(None))
+
+
+def _default_of_lookup(expression: nodes.Expr) -> tuple[Field, object] | None:
+    """Return the path and constant of ``a.b | default(constant)``, else ``None``."""
+    if not (
+        isinstance(expression, nodes.Filter)
+        and expression.name == "default"
+        and expression.node is not None
+        and len(expression.args) == 1
+        and not expression.kwargs
+        and expression.dyn_args is None
+        and expression.dyn_kwargs is None
+    ):
+        return None
+    (argument,) = expression.args
+    if not isinstance(argument, nodes.Const) or type(argument.value) not in _CONSTANTS:
+        return None
+    path = _lookup(expression.node)
+    return None if path is None else (path, argument.value)
 
 
 def _single_expression(ast: nodes.Template) -> nodes.Expr | None:

@@ -40,7 +40,13 @@ from jinja2.runtime import Undefined
 from trigmail.errors import SpecError, TemplateRenderError
 from trigmail.events import MISSING
 from trigmail.rules import limits
-from trigmail.rules.jinjastrings import Field, analyse, compile_expression, compile_text
+from trigmail.rules.jinjastrings import (
+    ChainedUndefined,
+    Field,
+    analyse,
+    compile_expression,
+    compile_text,
+)
 from trigmail.rules.quoting import cut, quote
 
 if TYPE_CHECKING:
@@ -155,6 +161,43 @@ class _Lookup:
 
 
 @dataclass(frozen=True, slots=True)
+class _LookupOr:
+    """``{{ user.first_name | default('there') }}``, read without Jinja as :class:`_Lookup` is:
+    the value when the path is all there, the constant where a dict lacks a key that is none
+    of its attributes (to Jinja, an undefined value); the filter's step and the two checks of
+    its value are charged as under Jinja. Any other case goes to ``jinja``."""
+
+    path: Field
+    fallback: object
+    jinja: _Native
+
+    def render(self, data: Mapping[str, Any]) -> Any:
+        value: Any = data
+        for index, part in enumerate(self.path):
+            if _holds(value, part):
+                value = value[part]
+            elif type(value) is dict and _undefined_from(self.path[index:], top=index == 0):
+                value = self.fallback
+                break
+            else:
+                return self.jinja.render(data)
+        try:
+            limits.step()
+            limits.check_value(limits.check_value(value))  # the filter's, then the expression's
+        except limits.RenderLimitError as exc:
+            raise _render_error(self.jinja.where, self.jinja.fields, data, exc) from None
+        return _json_value(value, self.jinja.where)
+
+
+def _undefined_from(rest: Field, *, top: bool) -> bool:
+    # Jinja reads an attribute before a missing key (of a dict below the top), and from the
+    # undefined value an attribute it has; names that are neither give an undefined value.
+    if not top and isinstance(rest[0], str) and hasattr(dict, rest[0]):
+        return False
+    return not any(isinstance(part, str) and hasattr(ChainedUndefined, part) for part in rest)
+
+
+@dataclass(frozen=True, slots=True)
 class _Dict:
     items: tuple[tuple[str, _Node], ...]
 
@@ -263,6 +306,8 @@ def _compile_string(text: str, path: Path, found: _Found) -> _Node:
     if not analysis.single:
         return _Text(_Once(compile_text, text), where, analysis.fields)
     native = _Native(_Once(compile_expression, text), where, analysis.fields)
+    if analysis.fallback is not None:
+        return _LookupOr(*analysis.fallback, native)
     return native if analysis.lookup is None else _Lookup(analysis.lookup, native)
 
 
