@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import field
 from datetime import datetime
@@ -99,6 +100,19 @@ class Payload:
             obj["variant"] = self.variant
         return obj
 
+    def json_text(self) -> str:
+        """:meth:`to_json` as compact JSON, encoded once per payload: ingest checks its size
+        and the ledger stores it.
+
+        Raises:
+            ValueError: for NaN or infinity, which are not JSON; TypeError for a value JSON
+                cannot hold.
+        """
+        text: str | None = self.__dict__.get("_json_text")
+        if text is None:
+            text = self.__dict__["_json_text"] = _STRICT_JSON.encode(self.to_json())
+        return text
+
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Payload:
         return cls(
@@ -110,6 +124,10 @@ class Payload:
             reply_to=_address_from(obj.get("reply_to")),
             variant=obj.get("variant"),
         )
+
+
+# Strict: NaN and Infinity are not JSON, and no provider or PostgreSQL would take them.
+_STRICT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _address_json(address: Address | None) -> dict[str, Any] | None:

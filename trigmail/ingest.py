@@ -12,7 +12,6 @@ the ledger's own failures stop the batch: it is then decided again, whole (docs/
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -58,9 +57,6 @@ still far from the recursion limit of whatever encodes or decodes it later."""
 
 # How much of an unexpected exception's text a dead letter and the log line keep.
 _ERROR_TEXT_MAX_CHARS = 300
-
-# Strict: NaN and Infinity are not JSON, and no provider or PostgreSQL would take them.
-_PAYLOAD_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 T = TypeVar("T")
 
@@ -256,7 +252,7 @@ def checked(decision: Decision) -> Decision:
 
 def _payload_problem(payload: Payload) -> tuple[Reason, str] | None:
     try:
-        text = _PAYLOAD_ENCODER.encode(payload.to_json())
+        text = payload.json_text()
         size = len(text.encode())
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError: a ValueError
         return (

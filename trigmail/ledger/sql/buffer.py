@@ -73,9 +73,8 @@ def quiet_statements(sql: Statements, *more: str) -> frozenset[str]:
 def as_stored(send: SendRecord, created_at: datetime) -> SendRecord:
     """``send`` as a read of its row returns it (times in UTC, both stamps set)."""
     created_at = as_utc(created_at)
-    return replace(
-        send,
-        due_at=as_utc(send.due_at),
-        created_at=created_at,
-        updated_at=created_at if send.updated_at is None else as_utc(send.updated_at),
-    )
+    due_at = as_utc(send.due_at)
+    updated_at = created_at if send.updated_at is None else as_utc(send.updated_at)
+    if due_at is send.due_at and created_at is send.created_at and updated_at is send.updated_at:
+        return send  # already so (ingest's sends): a copy costs more than the row's params
+    return replace(send, due_at=due_at, created_at=created_at, updated_at=updated_at)

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any, ClassVar
 
-from trigmail.decisions import LogEntry
+from trigmail.decisions import LogEntry, Payload
 from trigmail.errors import LedgerError
 from trigmail.ledger.base import CancelMark, DeadLetter
 from trigmail.ledger.rows import Row
@@ -214,7 +214,7 @@ class SqlTxn(ToolReads):
             send.email,
             send.event_id,
             time(send.due_at),
-            d.document(send.payload.to_json()),
+            self._payload_document(send.payload),
             str(send.on_doubt),
             send.rules_version,
             str(send.state),
@@ -230,6 +230,9 @@ class SqlTxn(ToolReads):
         if d.categories_column:
             params.append(list(dict.fromkeys(send.payload.categories)))
         return params
+
+    def _payload_document(self, payload: Payload) -> Any:
+        return self.dialect.document(payload.to_json())
 
     def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
         d = self.dialect
