@@ -90,6 +90,46 @@ def test_kept_and_lone_inserts_mix_in_one_transaction(ledger: Ledger, t0: dateti
     assert ledger.status().counts[SendState.SCHEDULED] == 3
 
 
+def test_keys_expected_together_are_found_as_one_by_one(ledger: Ledger, t0: datetime) -> None:
+    with ledger.transaction() as txn:
+        assert _insert_checked(txn, "old", t0)
+    with ledger.transaction() as txn:
+        txn.expect_sends(["old", "new", "lone", "new"])
+        assert txn.send_exists("old")
+        assert not txn.insert_send(make_send("old", t0))
+        assert _insert_checked(txn, "new", t0)
+        assert txn.send_exists("new")
+        assert txn.insert_send(make_send("lone", t0, user="u2"))
+        assert txn.send_exists("lone")
+        # The kept sends are written before a read of their user's sends.
+        assert [s.key for s in txn.pending_for_user("u1", {"cart"})] == ["new", "old"]
+        assert txn.send_exists("new")
+        txn.expect_sends(["new", "lone", "late"])
+        assert (txn.send_exists("new"), txn.send_exists("lone")) == (True, True)
+        assert _insert_checked(txn, "late", t0)
+        assert not txn.insert_send(make_send("new", t0))
+    assert ledger.status().counts[SendState.SCHEDULED] == 4
+
+
+@pytest.mark.postgres
+def test_a_key_expected_absent_then_committed_by_another_worker_fails_the_batch(
+    postgres_dsn: str, t0: datetime
+) -> None:
+    first = PostgresLedger(postgres_dsn, worker_id="w1")
+    second = PostgresLedger(postgres_dsn, worker_id="w2")
+    try:
+        with pytest.raises(LedgerError, match="decided again"), first.transaction() as txn:
+            txn.expect_sends(["k1"])
+            with second.transaction() as other:
+                assert other.insert_send(make_send("k1", t0, user="u2"))
+            assert _insert_checked(txn, "k1", t0)
+        stored = first.get_send("k1")
+        assert stored is not None and stored.user_id == "u2"
+    finally:
+        first.close()
+        second.close()
+
+
 @pytest.mark.postgres
 def test_a_key_found_absent_then_committed_by_another_worker_fails_the_batch(
     postgres_dsn: str, t0: datetime

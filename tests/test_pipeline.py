@@ -295,6 +295,32 @@ def test_sqlite_ledger_end_to_end(tmp_path: Path, clock: VirtualClock) -> None:
     reopened.close()
 
 
+def test_a_sqlite_batch_finds_the_keys_of_earlier_batches_and_its_own(
+    tmp_path: Path, clock: VirtualClock
+) -> None:
+    # The batch's keys are read in one statement before its events are decided: a key an
+    # earlier event of the same batch took must still be found, in and out of the kept sends.
+    ledger = SqliteLedger(tmp_path / "ledger.db", clock=clock)
+    h = Harness(ledger, clock)
+    h.pipeline.ingest([item(line("user_signup", "e1"))], "s")
+    lines = [
+        line("user_signup", "e2"),
+        line("user_signup", "e3", "u2"),
+        line("cart_abandoned", "e4", "u2"),
+        line("user_signup", "e5", "u2"),
+    ]
+    result = h.pipeline.ingest([item(data, n) for n, data in enumerate(lines, start=2)], "s")
+    assert [send.key for send in result.scheduled] == ["welcome:u2", "cart:e4"]
+    assert h.outcomes()[1:] == [
+        ("skipped", "duplicate_key", "welcome:u1"),
+        ("scheduled", "immediate", "welcome:u2"),
+        ("scheduled", "delay", "cart:e4"),
+        ("skipped", "duplicate_key", "welcome:u2"),
+    ]
+    assert ledger.status().counts[SendState.SCHEDULED] == 3
+    ledger.close()
+
+
 def test_a_stale_cache_entry_of_another_worker_is_not_decided(clock: VirtualClock) -> None:
     # Two workers on one ledger: the second cached the send before the first tried it (503),
     # so its entry is stale. It must not decide from it (the multi-worker run lost a nudge:

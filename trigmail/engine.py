@@ -62,6 +62,22 @@ def step_key(base_key: str, step: Step) -> str:
     return base_key if step.number == 0 else f"{base_key}#{step.number}"
 
 
+def send_keys(event: Event, rules: RuleSet) -> Iterator[str]:
+    """The keys of the sends ``event`` may schedule (some it will not): what a ledger can
+    look up for a whole batch before its events are decided."""
+    if event.email is None:
+        return
+    for rule in rules.triggered_by(event.name):
+        if not rule.enabled:
+            continue
+        try:
+            base_key = rule.dedupe.render(rule.id, event)
+        except TemplateRenderError:
+            continue
+        for step in rule.steps:
+            yield step_key(base_key, step)
+
+
 def decide(event: Event, rules: RuleSet, view: LedgerView, now: datetime) -> list[Decision]:
     """Decide what one event does: cancel pending sends, schedule new ones, or nothing.
 

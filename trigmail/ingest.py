@@ -13,7 +13,7 @@ the ledger's own failures stop the batch: it is then decided again, whole (docs/
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol, TypeVar
@@ -29,7 +29,7 @@ from trigmail.decisions import (
     SetAside,
     Skip,
 )
-from trigmail.engine import decide_new, duplicate_event
+from trigmail.engine import decide_new, duplicate_event, send_keys
 from trigmail.errors import BadEventError, LedgerError
 from trigmail.events import (
     MAX_EVENT_DEPTH,
@@ -214,6 +214,20 @@ class BatchWriter:
             entries.append(_entry(event, decision, Outcome.SKIPPED, decision.reason, self.now))
         else:
             entries.append(_entry(event, decision, Outcome.DEAD_LETTER, decision.reason, self.now))
+
+
+def expect_batch(txn: LedgerTxn, rules: RuleSet, events: Sequence[Event], now: datetime) -> None:
+    """Tell the transaction what deciding ``events`` reads: their ids, and the keys of the
+    sends they may schedule, which a SQL ledger then reads in one statement each."""
+    txn.expect_seen([event.id for event in events], now)
+    txn.expect_sends([key for event in events for key in _send_keys(event, rules)])
+
+
+def _send_keys(event: Event, rules: RuleSet) -> list[str]:
+    try:
+        return list(send_keys(event, rules))
+    except Exception:  # deciding the event meets it again, and sets that event alone aside
+        return []
 
 
 def parse_item(item: Item, read_at: datetime) -> Event | BadEventError:

@@ -28,7 +28,7 @@ from trigmail.delivery import Request, Retry, RetryPolicy, decide_failure, halve
 from trigmail.engine import decide_due, decide_paused
 from trigmail.errors import BadEventError, DeliveryError
 from trigmail.events import Event
-from trigmail.ingest import BatchWriter, Ingested, Item, parse_item
+from trigmail.ingest import BatchWriter, Ingested, Item, expect_batch, parse_item
 from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
 from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force
 from trigmail.providers.base import Provider
@@ -132,7 +132,7 @@ class Pipeline:
             events = [event for _, event in parsed if isinstance(event, Event)]
             if self.ledger.shared:
                 txn.lock_users({event.user_id for event in events})
-            txn.expect_seen([event.id for event in events], now)
+            expect_batch(txn, rules, events, now)
             batch = BatchWriter(txn, rules, now, source_name or "", result)
             batch_due: datetime | None = None
             for index, (item, event) in enumerate(parsed):

@@ -126,6 +126,11 @@ class LedgerTxn(Protocol):
         a backend may read which were decided, or record the new ones, in one statement."""
         ...
 
+    def expect_sends(self, keys: Collection[str]) -> None:
+        """A hint: keys :meth:`send_exists` is about to be asked about, so that a backend may
+        read which exist in one statement (a key inserted since is still found)."""
+        ...
+
     def insert_send(self, send: SendRecord) -> bool:
         """Insert a ``scheduled`` send; ``False`` (and no change) when its key exists."""
         ...

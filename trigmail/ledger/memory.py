@@ -175,6 +175,9 @@ class MemoryTxn(MemoryEvidenceTxn):
     def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
         pass  # a dict lookup per id already
 
+    def expect_sends(self, keys: Collection[str]) -> None:
+        pass  # likewise
+
     def insert_send(self, send: SendRecord) -> bool:
         check_new(send)
         if send.key in self._store.sends:

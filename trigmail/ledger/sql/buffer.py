@@ -29,6 +29,8 @@ class SendBuffer:
         # one of these can wait (on PostgreSQL, a key another worker commits meanwhile is found
         # when the kept sends are written, and the transaction fails and is decided again).
         self.absent: set[str] = set()
+        # Found by expect_sends, or written from here: a key stays taken until the commit.
+        self.present: set[str] = set()
         self.dirty = False  # some sends are kept
 
     def keep(self, record: SendRecord, params: list[Any]) -> None:
@@ -40,6 +42,7 @@ class SendBuffer:
     def take(self) -> list[tuple[SendRecord, list[Any]]]:
         """Return the kept sends, in the order they were kept, and forget them."""
         kept = list(self.kept.values())
+        self.present.update(self.kept)
         self.kept = {}
         self.users.clear()
         self.dirty = False
@@ -53,6 +56,7 @@ def quiet_statements(sql: Statements, *more: str) -> frozenset[str]:
             sql.seen_event,
             sql.mark_seen,
             sql.send_exists,
+            sql.sends_among,
             sql.last_delivered,
             sql.pending_for_user,
             sql.delivered_count,

@@ -102,6 +102,7 @@ class Statements:
         send_values = ", ".join(["?"] * (send_columns.count(",") + 1))
         self.seen_event = sql("SELECT 1 FROM seen_events WHERE event_id = ?")
         self.send_exists = sql("SELECT 1 FROM sends WHERE key = ?")
+        self.sends_among = sql(f"SELECT key FROM sends WHERE {keys}")
         self.last_delivered = sql(
             "SELECT MAX(claimed_at) FROM sends"
             " WHERE rule_id = ? AND user_id = ? AND state IN {delivered}"

@@ -139,8 +139,11 @@ class SqlTxn(ToolReads):
         return bool(self._scalar(self.sql.seen_event, (event_id,)))
 
     def send_exists(self, key: str) -> bool:
-        if key in self._buffer.kept:
+        buffer = self._buffer
+        if key in buffer.kept or key in buffer.present:
             return True
+        if key in buffer.absent:
+            return False
         exists = bool(self._scalar(self.sql.send_exists, (key,)))
         if not exists:
             self._buffer.absent.add(key)
@@ -183,6 +186,18 @@ class SqlTxn(ToolReads):
 
     def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
         pass  # one statement per id, each inserted before its event is decided
+
+    def expect_sends(self, keys: Collection[str]) -> None:
+        buffer = self._buffer
+        known = (buffer.kept, buffer.present, buffer.absent)
+        wanted = [key for key in dict.fromkeys(keys) if not any(key in each for each in known)]
+        if not wanted:
+            return
+        found = {
+            row["key"] for row in self._rows(self.sql.sends_among, (self.dialect.keys(wanted),))
+        }
+        buffer.present.update(found)
+        buffer.absent.update(key for key in wanted if key not in found)
 
     def insert_send(self, send: SendRecord) -> bool:
         check_new(send)
