@@ -218,11 +218,12 @@ class BatchWriter:
 
 def expect_batch(txn: LedgerTxn, rules: RuleSet, events: Sequence[Event], now: datetime) -> None:
     """Tell the transaction what deciding ``events`` reads: their ids, the keys of the sends
-    they may schedule and the last deliveries of cooldowns, which a SQL ledger then reads in
-    one statement each."""
+    they may schedule, the last deliveries of cooldowns and the scheduled sends of the users
+    of cancelling events, which a SQL ledger then reads in one statement each."""
     txn.expect_seen([event.id for event in events], now)
     txn.expect_sends([key for event in events for key in _send_keys(event, rules)])
     txn.expect_delivered([pair for event in events for pair in cooldown_reads(event, rules)])
+    txn.expect_pending([event.user_id for event in events if rules.cancelled_by(event.name)])
 
 
 def _send_keys(event: Event, rules: RuleSet) -> list[str]:

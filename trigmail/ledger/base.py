@@ -136,6 +136,10 @@ class LedgerTxn(Protocol):
         about, so that a backend may read them in one statement."""
         ...
 
+    def expect_pending(self, user_ids: Collection[str]) -> None:
+        """A hint: the users :meth:`pending_for_user` is about to be asked about."""
+        ...
+
     def insert_send(self, send: SendRecord) -> bool:
         """Insert a ``scheduled`` send; ``False`` (and no change) when its key exists."""
         ...

@@ -181,6 +181,9 @@ class MemoryTxn(MemoryEvidenceTxn):
     def expect_delivered(self, pairs: Collection[tuple[str, str]]) -> None:
         pass  # likewise
 
+    def expect_pending(self, user_ids: Collection[str]) -> None:
+        pass  # likewise
+
     def insert_send(self, send: SendRecord) -> bool:
         check_new(send)
         if send.key in self._store.sends:

@@ -31,10 +31,11 @@ from trigmail.errors import LedgerError, LedgerUnavailableError
 from trigmail.files import create_file
 from trigmail.ledger.migrations import migrate
 from trigmail.ledger.rows import Row, RowReader
-from trigmail.ledger.semantics import DELIVERED_SQL, Clock, utc_now
-from trigmail.ledger.sql import Dialect, SqlLedger, SqlTxn, Statements, committed, json_text
+from trigmail.ledger.semantics import Clock, utc_now
+from trigmail.ledger.sql import Dialect, SqlLedger, Statements, committed, json_text
 from trigmail.ledger.sql.buffer import quiet_statements
 from trigmail.ledger.sql.txn import Params
+from trigmail.ledger.sqlite_reads import DELIVERED_OF, SCHEDULED_OF, BatchReadsTxn
 from trigmail.sends import SendRecord
 
 logger = logging.getLogger(__name__)
@@ -146,12 +147,6 @@ SQLITE = Dialect(
 
 _SEEN_AMONG = "SELECT event_id FROM seen_events WHERE event_id IN (SELECT value FROM json_each(?))"
 _INSERT_CATEGORY = "INSERT INTO send_categories (key, category) VALUES (?, ?)"
-# The last deliveries of the batch's users (see the user_index hint of SQLITE).
-_DELIVERED_OF = (
-    "SELECT rule_id, user_id, MAX(claimed_at) AS at FROM sends INDEXED BY sends_by_user_state"
-    " WHERE user_id IN (SELECT value FROM json_each(?)) AND state IN {delivered}"
-    " GROUP BY rule_id, user_id"
-).replace("{delivered}", DELIVERED_SQL)
 
 
 def _commit(txn: SqliteTxn, conn: sqlite3.Connection) -> None:
@@ -169,17 +164,17 @@ def _rollback(conn: sqlite3.Connection) -> None:
         logger.warning("ledger: rollback failed: %s", exc)
 
 
-class SqliteTxn(SqlTxn):
+class SqliteTxn(BatchReadsTxn):
     """One transaction of a :class:`SqliteLedger`; see :class:`trigmail.ledger.base.LedgerTxn`."""
 
     dialect = SQLITE
     sql = Statements(SQLITE)
     # The claim statement too: SqlTxn.claim runs it only for keys that are not kept.
-    quiet = quiet_statements(sql, _SEEN_AMONG, _INSERT_CATEGORY, _DELIVERED_OF, sql.claim)
-    # Statements that leave every delivered send as it was: the last deliveries read at once
-    # stay true across them (a claim, any other write, forgets them).
+    quiet = quiet_statements(
+        sql, _SEEN_AMONG, _INSERT_CATEGORY, DELIVERED_OF, SCHEDULED_OF, sql.claim
+    )
     keeps_delivered = quiet_statements(
-        sql, _SEEN_AMONG, _INSERT_CATEGORY, _DELIVERED_OF, sql.due_sends
+        sql, _SEEN_AMONG, _INSERT_CATEGORY, DELIVERED_OF, SCHEDULED_OF, sql.due_sends
     )
 
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
@@ -191,7 +186,6 @@ class SqliteTxn(SqlTxn):
         self._expected: set[str] = set()  # ids given to expect_seen
         self._known_seen: set[str] = set()  # of those: decided before, or marked since
         self._new_seen: list[tuple[str, int]] = []
-        self._delivered: dict[tuple[str, str], datetime | None] = {}  # by expect_delivered
 
     def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
         wanted = [event_id for event_id in event_ids if event_id not in self._known_seen]
@@ -212,33 +206,6 @@ class SqliteTxn(SqlTxn):
 
     def seen_event(self, event_id: str) -> bool:
         return event_id in self._known_seen or super().seen_event(event_id)
-
-    def expect_delivered(self, pairs: Collection[tuple[str, str]]) -> None:
-        wanted = [pair for pair in dict.fromkeys(pairs) if pair not in self._delivered]
-        if not wanted:
-            return
-        users = list(dict.fromkeys(user for _, user in wanted))
-        if not self._buffer.users.isdisjoint(users):
-            self._flush_sends()  # a kept send may be claimed
-        rows = self._rows(_DELIVERED_OF, (json_text(users),))
-        at = self.dialect.rows.maybe_time
-        latest = {(row["rule_id"], row["user_id"]): at(row["at"]) for row in rows}
-        self._delivered.update((pair, latest.get(pair)) for pair in wanted)
-
-    def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
-        pair = (rule_id, user_id)
-        if pair in self._delivered:
-            return self._delivered[pair]
-        return super().last_delivered_at(rule_id, user_id)
-
-    def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
-        self._delivered.clear()
-        return super().claim(keys, at)
-
-    def _before(self, sql: str) -> None:
-        if self._delivered and sql not in self.keeps_delivered:
-            self._delivered.clear()
-        super()._before(sql)
 
     def flush(self) -> None:
         """Write the rows kept for the commit."""

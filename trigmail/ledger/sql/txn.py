@@ -190,6 +190,9 @@ class SqlTxn(ToolReads):
     def expect_delivered(self, pairs: Collection[tuple[str, str]]) -> None:
         pass  # SQLite reads them at once; PostgreSQL reads its locked users at once
 
+    def expect_pending(self, user_ids: Collection[str]) -> None:
+        pass  # likewise
+
     def expect_sends(self, keys: Collection[str]) -> None:
         buffer = self._buffer
         known = (buffer.kept, buffer.present, buffer.absent)
