@@ -111,51 +111,6 @@ def test_keys_expected_together_are_found_as_one_by_one(ledger: Ledger, t0: date
     assert ledger.status().counts[SendState.SCHEDULED] == 4
 
 
-def test_last_deliveries_expected_together_follow_the_claims_and_finishes(
-    ledger: Ledger, t0: datetime
-) -> None:
-    t1, t2, t3 = (t0 + timedelta(hours=n) for n in (1, 2, 3))
-    with ledger.transaction() as txn:
-        assert _insert_checked(txn, "a", t0)
-        assert _insert_checked(txn, "b", t0, user="u2")
-        assert [s.key for s in txn.claim(["a"], t1)] == ["a"]
-    with ledger.transaction() as txn:
-        txn.expect_delivered([("cart", "u1"), ("cart", "u2"), ("other", "u1")])
-        assert txn.last_delivered_at("cart", "u1") == t1
-        assert txn.last_delivered_at("cart", "u2") is None
-        assert txn.last_delivered_at("other", "u1") is None
-        assert _insert_checked(txn, "c", t0, user="u2")
-        assert txn.last_delivered_at("cart", "u2") is None  # scheduled, not delivered
-        assert [s.key for s in txn.claim(["c"], t2)] == ["c"]  # a kept send, claimed
-        assert txn.last_delivered_at("cart", "u2") == t2
-        txn.expect_delivered([("cart", "u1"), ("cart", "u2")])
-        txn.finish(["a"], SendState.FAILED, t3, error="bounced")
-        assert txn.last_delivered_at("cart", "u1") is None  # a failed send does not count
-        assert txn.last_delivered_at("cart", "u2") == t2
-
-
-def test_pending_sends_expected_together_follow_the_inserts_cancels_and_claims(
-    ledger: Ledger, t0: datetime
-) -> None:
-    t1 = t0 + timedelta(hours=1)
-    with ledger.transaction() as txn:
-        for key, user in (("a", "u1"), ("b", "u1"), ("c", "u2"), ("e", "u3")):
-            assert _insert_checked(txn, key, t1 if key == "a" else t0, user=user)
-    with ledger.transaction() as txn:
-        txn.expect_pending(["u1", "u2", "u3", "u4"])
-        assert [s.key for s in txn.pending_for_user("u1", {"cart"})] == ["b", "a"]
-        assert txn.pending_for_user("u1", {"other"}) == []
-        assert txn.pending_for_user("u4", {"cart"}) == []
-        assert _insert_checked(txn, "d", t0)
-        assert [s.key for s in txn.pending_for_user("u1", {"cart"})] == ["b", "d", "a"]
-        assert txn.cancel_sends(["c"], "order", t0) == ["c"]
-        assert txn.pending_for_user("u2", {"cart"}) == []
-        assert [s.key for s in txn.claim(["e"], t0)] == ["e"]
-        assert txn.pending_for_user("u3", {"cart"}) == []
-        stored = txn.pending_for_user("u1", {"cart"})
-    assert stored == [ledger.get_send(key) for key in ("b", "d", "a")]
-
-
 @pytest.mark.postgres
 def test_a_key_expected_absent_then_committed_by_another_worker_fails_the_batch(
     postgres_dsn: str, t0: datetime

@@ -78,13 +78,6 @@ def send_keys(event: Event, rules: RuleSet) -> Iterator[str]:
             yield step_key(base_key, step)
 
 
-def cooldown_reads(event: Event, rules: RuleSet) -> Iterator[tuple[str, str]]:
-    """The ``(rule, user)`` pairs whose last delivery deciding ``event`` may read."""
-    for rule in rules.triggered_by(event.name):
-        if rule.enabled and rule.cooldown_s > 0:
-            yield rule.id, event.user_id
-
-
 def decide(event: Event, rules: RuleSet, view: LedgerView, now: datetime) -> list[Decision]:
     """Decide what one event does: cancel pending sends, schedule new ones, or nothing.
 

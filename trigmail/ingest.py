@@ -29,7 +29,7 @@ from trigmail.decisions import (
     SetAside,
     Skip,
 )
-from trigmail.engine import cooldown_reads, decide_new, duplicate_event, send_keys
+from trigmail.engine import decide_new, duplicate_event, send_keys
 from trigmail.errors import BadEventError, LedgerError
 from trigmail.events import (
     MAX_EVENT_DEPTH,
@@ -217,13 +217,10 @@ class BatchWriter:
 
 
 def expect_batch(txn: LedgerTxn, rules: RuleSet, events: Sequence[Event], now: datetime) -> None:
-    """Tell the transaction what deciding ``events`` reads: their ids, the keys of the sends
-    they may schedule, the last deliveries of cooldowns and the scheduled sends of the users
-    of cancelling events, which a SQL ledger then reads in one statement each."""
+    """Tell the transaction what deciding ``events`` reads: their ids, and the keys of the
+    sends they may schedule, which a SQL ledger then reads in one statement each."""
     txn.expect_seen([event.id for event in events], now)
     txn.expect_sends([key for event in events for key in _send_keys(event, rules)])
-    txn.expect_delivered([pair for event in events for pair in cooldown_reads(event, rules)])
-    txn.expect_pending([event.user_id for event in events if rules.cancelled_by(event.name)])
 
 
 def _send_keys(event: Event, rules: RuleSet) -> list[str]:

@@ -131,15 +131,6 @@ class LedgerTxn(Protocol):
         read which exist in one statement (a key inserted since is still found)."""
         ...
 
-    def expect_delivered(self, pairs: Collection[tuple[str, str]]) -> None:
-        """A hint: the ``(rule, user)`` pairs :meth:`last_delivered_at` is about to be asked
-        about, so that a backend may read them in one statement."""
-        ...
-
-    def expect_pending(self, user_ids: Collection[str]) -> None:
-        """A hint: the users :meth:`pending_for_user` is about to be asked about."""
-        ...
-
     def insert_send(self, send: SendRecord) -> bool:
         """Insert a ``scheduled`` send; ``False`` (and no change) when its key exists."""
         ...

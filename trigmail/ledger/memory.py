@@ -178,12 +178,6 @@ class MemoryTxn(MemoryEvidenceTxn):
     def expect_sends(self, keys: Collection[str]) -> None:
         pass  # likewise
 
-    def expect_delivered(self, pairs: Collection[tuple[str, str]]) -> None:
-        pass  # likewise
-
-    def expect_pending(self, user_ids: Collection[str]) -> None:
-        pass  # likewise
-
     def insert_send(self, send: SendRecord) -> bool:
         check_new(send)
         if send.key in self._store.sends:

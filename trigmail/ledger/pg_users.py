@@ -6,8 +6,6 @@ the batch's users (``lock_users``) before any of its events is decided, so no ot
 claims, cancels or inserts a locked user's sends meanwhile, and one statement can read every
 locked user at the first such read. This transaction's own writes keep the copy true: an
 insert or cancel forgets its user, and any other statement on sends forgets them all.
-SQLite keeps the scheduled sends its batch reads at once in a :class:`UserReads` too
-(:mod:`trigmail.ledger.sqlite_reads`).
 """
 
 from __future__ import annotations

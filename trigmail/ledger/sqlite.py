@@ -32,10 +32,9 @@ from trigmail.files import create_file
 from trigmail.ledger.migrations import migrate
 from trigmail.ledger.rows import Row, RowReader
 from trigmail.ledger.semantics import Clock, utc_now
-from trigmail.ledger.sql import Dialect, SqlLedger, Statements, committed, json_text
+from trigmail.ledger.sql import Dialect, SqlLedger, SqlTxn, Statements, committed, json_text
 from trigmail.ledger.sql.buffer import quiet_statements
 from trigmail.ledger.sql.txn import Params
-from trigmail.ledger.sqlite_reads import DELIVERED_OF, SCHEDULED_OF, BatchReadsTxn
 from trigmail.sends import SendRecord
 
 logger = logging.getLogger(__name__)
@@ -164,18 +163,13 @@ def _rollback(conn: sqlite3.Connection) -> None:
         logger.warning("ledger: rollback failed: %s", exc)
 
 
-class SqliteTxn(BatchReadsTxn):
+class SqliteTxn(SqlTxn):
     """One transaction of a :class:`SqliteLedger`; see :class:`trigmail.ledger.base.LedgerTxn`."""
 
     dialect = SQLITE
     sql = Statements(SQLITE)
     # The claim statement too: SqlTxn.claim runs it only for keys that are not kept.
-    quiet = quiet_statements(
-        sql, _SEEN_AMONG, _INSERT_CATEGORY, DELIVERED_OF, SCHEDULED_OF, sql.claim
-    )
-    keeps_delivered = quiet_statements(
-        sql, _SEEN_AMONG, _INSERT_CATEGORY, DELIVERED_OF, SCHEDULED_OF, sql.due_sends
-    )
+    quiet = quiet_statements(sql, _SEEN_AMONG, _INSERT_CATEGORY, sql.claim)
 
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         super().__init__(clock)

@@ -187,12 +187,6 @@ class SqlTxn(ToolReads):
     def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
         pass  # one statement per id, each inserted before its event is decided
 
-    def expect_delivered(self, pairs: Collection[tuple[str, str]]) -> None:
-        pass  # SQLite reads them at once; PostgreSQL reads its locked users at once
-
-    def expect_pending(self, user_ids: Collection[str]) -> None:
-        pass  # likewise
-
     def expect_sends(self, keys: Collection[str]) -> None:
         buffer = self._buffer
         known = (buffer.kept, buffer.present, buffer.absent)
