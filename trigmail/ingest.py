@@ -220,7 +220,7 @@ def expect_batch(txn: LedgerTxn, rules: RuleSet, events: Sequence[Event], now: d
     """Tell the transaction what deciding ``events`` reads: their ids, and the keys of the
     sends they may schedule, which a SQL ledger then reads in one statement each."""
     txn.expect_seen([event.id for event in events], now)
-    txn.expect_sends([key for event in events for key in _send_keys(event, rules)])
+    txn.expect_sends(key for event in events for key in _send_keys(event, rules))
 
 
 def _send_keys(event: Event, rules: RuleSet) -> list[str]:

@@ -7,7 +7,7 @@ commit them (and the source position) at once.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -126,9 +126,10 @@ class LedgerTxn(Protocol):
         a backend may read which were decided, or record the new ones, in one statement."""
         ...
 
-    def expect_sends(self, keys: Collection[str]) -> None:
+    def expect_sends(self, keys: Iterable[str]) -> None:
         """A hint: keys :meth:`send_exists` is about to be asked about, so that a backend may
-        read which exist in one statement (a key inserted since is still found)."""
+        read which exist in one statement (a key inserted since is still found). A backend
+        that has no use for them leaves ``keys`` unread: they are computed as it reads."""
         ...
 
     def insert_send(self, send: SendRecord) -> bool:

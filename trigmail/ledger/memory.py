@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -175,7 +175,7 @@ class MemoryTxn(MemoryEvidenceTxn):
     def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
         pass  # a dict lookup per id already
 
-    def expect_sends(self, keys: Collection[str]) -> None:
+    def expect_sends(self, keys: Iterable[str]) -> None:
         pass  # likewise
 
     def insert_send(self, send: SendRecord) -> bool:

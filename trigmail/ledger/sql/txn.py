@@ -8,7 +8,7 @@ data, held by their :class:`~trigmail.ledger.sql.dialect.Dialect`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any, ClassVar
@@ -187,7 +187,7 @@ class SqlTxn(ToolReads):
     def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:
         pass  # one statement per id, each inserted before its event is decided
 
-    def expect_sends(self, keys: Collection[str]) -> None:
+    def expect_sends(self, keys: Iterable[str]) -> None:
         buffer = self._buffer
         known = (buffer.kept, buffer.present, buffer.absent)
         wanted = [key for key in dict.fromkeys(keys) if not any(key in each for each in known)]
