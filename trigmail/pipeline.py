@@ -30,6 +30,7 @@ from trigmail.errors import BadEventError, DeliveryError
 from trigmail.events import Event
 from trigmail.ingest import BatchWriter, Ingested, Item, parse_item
 from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
+from trigmail.logs import lines_together
 from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force
 from trigmail.providers.base import Provider
 from trigmail.rules.model import RuleSet
@@ -408,8 +409,10 @@ class Pipeline:
 
     def _publish(self, entries: Sequence[LogEntry]) -> None:
         if self.on_entry is not None:
-            for entry in entries:
-                self.on_entry(entry)
+            # A request's thousand lines sent go to stderr in one write (see lines_together).
+            with lines_together():
+                for entry in entries:
+                    self.on_entry(entry)
 
 
 class _RereadOnFailure:
