@@ -215,11 +215,17 @@ class Pipeline:
         rules = self.rules()
         entries: list[LogEntry] = []
         cutoff = now if until is None else min(until, now)
+        fires_by = min(now - timedelta(seconds=linger_s), cutoff)
+        with self._lock:
+            # Asked on every turn of a loop that the gate holds: the cache answers "nothing"
+            # without waiting for the ledger, which the senders' commits hold meanwhile.
+            if not self.scheduler.needs_refill(now) and not self._due_by(fires_by, None):
+                return []
         with self._lock, self._reread_on_failure, self.ledger.transaction() as txn:
             if self.scheduler.needs_refill(now):
                 self.scheduler.refill(txn, now)
             earliest = self.scheduler.next_due_at()
-            if earliest is None or earliest > min(now - timedelta(seconds=linger_s), cutoff):
+            if earliest is None or earliest > fires_by:
                 return []
             claimed = self._claim_due(txn, (rules, pauses), now, cutoff, entries, limit=limit)
             txn.log(entries)
