@@ -122,8 +122,8 @@ class Pipeline:
             gates: for each item, the watermark once every item before it is decided (see
                 :class:`trigmail.worker.Worker`). Before the first item whose gate has reached
                 a send's due time, the sends due by then are claimed, in the same transaction,
-                as ``simulate`` fires them before it decides that item; ``Ingested.claimed``
-                holds them for delivery.
+                as ``simulate`` fires them before it decides that item, and after the last
+                item those due by its watermark; ``Ingested.claimed`` holds them for delivery.
         """
         pauses = self.pauses()  # before the transaction: read in one of its own
         now = self.clock()
@@ -154,6 +154,13 @@ class Pipeline:
                 if gates is not None and len(result.scheduled) > scheduled:
                     batch_due = _earliest(batch_due, result.scheduled[scheduled:])
                 result.consumed += 1
+            last_gate = None if gates is None or not parsed else gates[len(parsed) - 1]
+            if last_gate is not None and self._due_by(min(last_gate, now), batch_due):
+                # What falls due by the last line's watermark fires before any later line
+                # whatever it is: claimed here rather than in a transaction of its own.
+                cutoff = min(last_gate, now)
+                fired = self._claim_due(txn, (rules, pauses), now, cutoff, result.entries)
+                result.claimed.extend(fired)
             if source_name is not None and result.consumed:
                 txn.set_position(source_name, parsed[result.consumed - 1][0].position)
             txn.log(result.entries)
