@@ -31,7 +31,8 @@ from trigmail.events import Event
 from trigmail.ingest import BatchWriter, Ingested, Item, parse_item
 from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
 from trigmail.logs import lines_together
-from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force
+from trigmail.outcomes import Outcomes
+from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force, log_changes
 from trigmail.providers.base import Provider
 from trigmail.rules.model import RuleSet
 from trigmail.scheduler import Scheduler
@@ -47,17 +48,6 @@ _SETTLED = {SendState.FAILED: Outcome.FAILED, SendState.IN_DOUBT: Outcome.IN_DOU
 
 # How old the pauses a worker obeys may be: `trigmail pause` reaches every worker within it.
 PAUSES_MAX_AGE_S = 1.0
-
-
-def _log_pause_changes(old: Pauses, new: Pauses) -> None:
-    """Pauses are what an operator acts on: each one set or lifted is logged once."""
-    for rule, pause in new.items():
-        if old.get(rule) != pause:
-            until = "until resumed" if pause.until is None else f"until {pause.until.isoformat()}"
-            held = "dropped" if pause.drop else "held"
-            log.info("rule %s: paused %s, due sends %s: %s", rule, until, held, pause.reason or "-")
-    for rule in old.keys() - new.keys():
-        log.info("rule %s: resumed", rule)
 
 
 class Pipeline:
@@ -97,6 +87,7 @@ class Pipeline:
         self.on_entry = on_entry
         self._lock = threading.Lock()
         self._reread_on_failure = _RereadOnFailure(self)
+        self._outcomes = Outcomes(ledger)
         self._version_recorded: str | None = None
         self._pauses: dict[str, Pause] = {}
         self._pauses_read_s: float | None = None
@@ -245,7 +236,7 @@ class Pipeline:
         now_s = time.monotonic()
         if self._pauses_read_s is None or now_s - self._pauses_read_s >= PAUSES_MAX_AGE_S:
             read = decode(self.ledger.get_meta(PAUSES_META))
-            _log_pause_changes(self._pauses, read)
+            log_changes(self._pauses, read, log)
             self._pauses, self._pauses_read_s = read, now_s
         return in_force(self._pauses, self.clock())
 
@@ -353,10 +344,8 @@ class Pipeline:
         faults.reached(faults.KillPoint.AFTER_ACCEPT)
         now = self.clock()
         keys = [send.key for send in request.sends]
-        with self.ledger.transaction() as txn:
-            txn.finish(keys, SendState.SENT, now, message_id=accepted.message_id)
-            entries = [send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in request.sends]
-            txn.log(entries)
+        entries = [send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in request.sends]
+        self._outcomes.sent(keys, now, accepted.message_id, entries)
         # Each email is logged at info by the decision listener: the request is detail.
         log.debug(
             "provider: one request accepted for %d emails (message id %s)",
