@@ -81,6 +81,31 @@ def test_serve_refuses_the_same_config_before_creating_anything(tmp_path: Path) 
     assert not (tmp_path / "state").exists()
 
 
+def test_keys_named_by_the_config_are_read_by_check_and_serve(tmp_path: Path) -> None:
+    # Building the config reads no key; check and serve read each before starting anything.
+    missing = tmp_path / "nowhere"
+    config = tmp_path / "keys.yaml"
+    text = (
+        f"webhook: {{listen: '127.0.0.1:0', public_key_file: {missing}}}\n"
+        f"rules_dir: {SERVE_RULES}\nledger: {tmp_path / 'state' / 'ledger.db'}\n"
+    )
+    config.write_text(text, encoding="utf-8")
+    result = _run(tmp_path, "check", "--config", config, "--format", "json")
+    assert result.returncode == 1, result.stderr
+    [problem] = json.loads(result.stdout)["problems"]
+    at_value = text.index(str(missing)) + 1
+    assert (problem["path"], problem["line"], problem["col"]) == (
+        "webhook.public_key_file",
+        1,
+        at_value,
+    )
+    assert "cannot read" in problem["message"]
+    result = _run(tmp_path, "serve", "--config", config)
+    assert result.returncode == 1
+    assert "webhook.public_key_file: cannot read" in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
 def test_a_flag_is_named_as_the_origin_of_its_value(tmp_path: Path) -> None:
     (tmp_path / "rules.d").mkdir()
     result = _run(tmp_path, "serve", "--metrics-listen", "9464")

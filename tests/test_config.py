@@ -9,14 +9,17 @@ from typing import Any
 import pytest
 
 from trigmail.config import (
+    ApiKeySource,
     Config,
     OutboxConfig,
     RedisConfig,
     SendGridConfig,
     SpoolConfig,
 )
-from trigmail.configload import load_config
+from trigmail.configload import load_config, parse_config
 from trigmail.errors import ConfigError
+from trigmail.providers.credentials import SendGridAccount, resolve_provider
+from trigmail.webhook.signature import resolve_public_key
 
 KEY = "SG.very-secret-key-0123456789"
 
@@ -32,15 +35,41 @@ def test_no_config_at_all_gives_the_embedded_defaults() -> None:
     assert config.source == SpoolConfig(Path("events.jsonl"))
     assert config.rules_dirs == (Path("rules.d"),)
     assert config.ledger == "trigmail.db"
-    assert config.provider == OutboxConfig(Path("outbox"))
+    assert resolve_provider(config, {}) == OutboxConfig(Path("outbox"))
     assert config.metrics_listen == "127.0.0.1:9464"
 
 
 def test_an_api_key_in_the_environment_selects_sendgrid(tmp_path: Path) -> None:
     path = write(tmp_path, "from: {email: hello@shop.example}\n")
-    config = load_config(path, environ={"SENDGRID_API_KEY": KEY})
-    assert isinstance(config.provider, SendGridConfig)
-    assert config.provider.api_key.reveal() == KEY
+    environ = {"SENDGRID_API_KEY": KEY}
+    provider = resolve_provider(load_config(path, environ=environ), environ)
+    assert isinstance(provider, SendGridAccount)
+    assert provider.api_key.reveal() == KEY
+
+
+def test_parsing_reads_no_key_and_resolving_reads_each(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    data = {
+        "from": {"email": "a@b.example"},
+        "provider": {"sendgrid": {"api_key_file": str(missing)}},
+        "webhook": {"listen": "127.0.0.1:0", "public_key_file": str(missing)},
+    }
+    config = parse_config(data)  # names two files that do not exist, and reads neither
+    assert config.provider == SendGridConfig(key=ApiKeySource(file=missing), required=True)
+    assert config.webhook is not None
+    assert config.webhook.public_key_file == missing
+    with pytest.raises(ConfigError, match="cannot read the SendGrid API key from"):
+        resolve_provider(config, {})
+    with pytest.raises(ConfigError, match=r"webhook\.public_key_file: cannot read"):
+        resolve_public_key(config.webhook, {})
+
+
+def test_sendgrid_without_a_sender_is_refused_when_resolved() -> None:
+    config = parse_config({"provider": {"sendgrid": {}}})
+    with pytest.raises(ConfigError, match=r"from\.email is required"):
+        resolve_provider(config, {"SENDGRID_API_KEY": KEY})
+    with pytest.raises(ConfigError, match="no API key was found"):
+        resolve_provider(config, {})
 
 
 @pytest.mark.parametrize(
@@ -126,24 +155,25 @@ def test_invalid_files_name_file_line_and_col(
     ],
 )
 def test_semantic_errors(tmp_path: Path, text: str, environ: dict[str, str], message: str) -> None:
+    # Some are found when the config is built, the provider's when serve resolves it.
     with pytest.raises(ConfigError, match=message):
-        load_config(write(tmp_path, text), environ=environ)
+        resolve_provider(load_config(write(tmp_path, text), environ=environ), environ)
 
 
 def test_a_key_file_is_read_and_its_newline_stripped(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n", encoding="utf-8")
     text = f"provider: {{sendgrid: {{api_key_file: {key_file}}}}}\nfrom: {{email: a@b.example}}\n"
-    provider = load_config(write(tmp_path, text), environ={}).provider
-    assert isinstance(provider, SendGridConfig)
+    provider = resolve_provider(load_config(write(tmp_path, text), environ={}), {})
+    assert isinstance(provider, SendGridAccount)
     assert provider.api_key.reveal() == KEY
 
 
 def test_a_systemd_credential_is_read(tmp_path: Path) -> None:
     (tmp_path / "sendgrid-api-key").write_text(KEY, encoding="utf-8")
     environ = {"CREDENTIALS_DIRECTORY": str(tmp_path), "TRIGMAIL_FROM_EMAIL": "a@b.example"}
-    provider = load_config(None, environ=environ).provider
-    assert isinstance(provider, SendGridConfig)
+    provider = resolve_provider(load_config(None, environ=environ), environ)
+    assert isinstance(provider, SendGridAccount)
     assert provider.api_key.reveal() == KEY
 
 
@@ -154,6 +184,7 @@ def _shown(config: Config) -> list[Any]:
         config.describe(),
         repr(config.source),
         repr(config.provider),
+        repr(resolve_provider(config, {"SENDGRID_API_KEY": KEY})),
     ]
 
 

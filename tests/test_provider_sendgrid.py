@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_sendgrid import FakeSendGrid, Fault, FaultKind
+from trigmail.config import ApiKeySource
 from trigmail.decisions import Payload
 from trigmail.errors import (
     ConfigError,
@@ -315,7 +316,8 @@ def test_load_api_key(tmp_path: Path, setup: dict[str, str], expected: str | Non
         (tmp_path / "creds").mkdir()
         (tmp_path / "creds" / "sendgrid").write_text(setup["credential"])
         environ["CREDENTIALS_DIRECTORY"] = str(tmp_path / "creds")
-    key = load_api_key("SENDGRID_API_KEY", key_file, "sendgrid", environ=environ)
+    source = ApiKeySource("SENDGRID_API_KEY", key_file, "sendgrid")
+    key = load_api_key(source, environ)
     assert (None if key is None else key.reveal()) == expected
 
 
@@ -336,4 +338,4 @@ def test_load_api_key_from_a_bad_file(
     elif isinstance(content, bytes):
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
-        load_api_key(None, path, None, environ={})
+        load_api_key(ApiKeySource(env="", file=path, credential=""), {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 from collections.abc import Iterator
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client import CollectorRegistry
 
+from trigmail.config import Config
 from trigmail.configload import load_config
 from trigmail.decisions import Payload
 from trigmail.errors import ConfigError
@@ -26,7 +29,7 @@ from trigmail.webhook.events import KEY_ARG, RULE_ARG
 from trigmail.webhook.listener import WebhookServer, serve_webhook
 from trigmail.webhook.observe import WebhookMetrics
 from trigmail.webhook.receiver import Receiver
-from trigmail.webhook.signature import Verifier, parse_public_key
+from trigmail.webhook.signature import Verifier, parse_public_key, resolve_public_key
 
 from .webhook_client import event_item, make_key, post, post_events, signed_headers
 
@@ -206,7 +209,7 @@ def test_a_ledger_failure_answers_5xx_so_sendgrid_retries() -> None:
 # -- config -----------------------------------------------------------------------------------
 
 
-def _config(tmp_path: Path, webhook: str, environ: dict[str, str] | None = None) -> object:
+def _config(tmp_path: Path, webhook: str, environ: dict[str, str] | None = None) -> Config:
     path = tmp_path / "trigmail.yaml"
     path.write_text(f"webhook:\n{webhook}", encoding="utf-8")
     return load_config(path, environ=environ or {})
@@ -221,17 +224,25 @@ def test_the_webhook_is_off_by_default_and_verify_after_is_an_hour() -> None:
 def test_the_webhook_config_takes_a_key_in_each_form(tmp_path: Path) -> None:
     _, public = make_key()
     config = _config(tmp_path, f"  listen: 127.0.0.1:0\n  public_key: {public}\n  max_age: 5m\n")
-    assert config.webhook is not None  # type: ignore[attr-defined]
-    assert config.webhook.path == "/sendgrid/events"  # type: ignore[attr-defined]
-    assert config.webhook.max_age_s == 300  # type: ignore[attr-defined]
+    assert config.webhook is not None
+    assert config.webhook.path == "/sendgrid/events"
+    assert config.webhook.max_age_s == 300
     (tmp_path / "key.txt").write_text(public + "\n", encoding="utf-8")
     from_file = _config(tmp_path, f"  listen: 127.0.0.1:0\n  public_key_file: {tmp_path}/key.txt\n")
-    assert from_file.webhook.public_key == public  # type: ignore[attr-defined]
+    assert _resolved(from_file) == public
     (tmp_path / "creds").mkdir()
     (tmp_path / "creds" / "sg-webhook").write_text(public, encoding="utf-8")
     environ = {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
     spec = "  listen: 127.0.0.1:0\n  public_key_credential: sg-webhook\n"
-    assert _config(tmp_path, spec, environ).webhook.public_key == public  # type: ignore[attr-defined]
+    assert _resolved(_config(tmp_path, spec, environ), environ) == public
+
+
+def _resolved(config: Config, environ: dict[str, str] | None = None) -> str:
+    """The key the wiring finds for ``config``, as base64 DER."""
+    assert config.webhook is not None
+    key = resolve_public_key(config.webhook, environ or {})
+    der = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()
 
 
 @pytest.mark.parametrize(
@@ -250,14 +261,8 @@ def test_a_webhook_without_a_usable_key_is_a_config_error(
 
 
 def test_a_key_of_another_curve_is_refused() -> None:
-    import base64
-
-    from cryptography.hazmat.primitives import serialization
-
     other = ec.generate_private_key(ec.SECP384R1()).public_key()
-    der = other.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = other.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     with pytest.raises(ConfigError, match="P-256"):
         parse_public_key(base64.b64encode(der).decode(), "webhook.public_key")
 

@@ -3,8 +3,11 @@ signed events back, under provider faults, with ``on_doubt: verify``.
 
 The provider fails in every way it can (500, 503, 429, resets before reading, hangs and
 resets after accepting); the webhook comes late, with duplicated and reordered batches. Once
-the window has passed, every email went out exactly once and no send is left in doubt: the
-sends whose requests were accepted were settled by evidence, the others sent again once.
+the window has passed, every email went out exactly once and no send the provider took is left
+in doubt: the sends whose requests were accepted were settled by evidence, the others sent
+again once. A send whose resend was refused with a 500 too stays in doubt, as designed (never
+a third time); how many do depends on when the resends fall, so the judge counts them from the
+fake's records instead of assuming none.
 """
 
 from __future__ import annotations
@@ -136,8 +139,12 @@ def test_verify_with_the_webhook_sends_each_email_once_and_leaves_none_in_doubt(
             fake.release.set()  # hung requests answer now (too late: their sends are in doubt)
 
             def done() -> bool:
-                found = sends(ledger).values()
-                return all(s.state == SendState.SENT for s in found) and len(found) == EMAILS
+                found = sends(ledger)
+                doubtful = _refused_twice(fake)
+                return len(found) == EMAILS and all(
+                    s.state == SendState.SENT or (s.state == SendState.IN_DOUBT and k in doubtful)
+                    for k, s in found.items()
+                )
 
             wait_for(done, "every send to be sent once the window has passed", 60)
             assert poster.wait_idle(30)
@@ -176,12 +183,28 @@ def test_verify_with_the_webhook_sends_each_email_once_and_leaves_none_in_doubt(
         if r.fault is FaultKind.SERVER_ERROR
         for p in r.body["personalizations"]
     }
+    stuck = _refused_twice(fake)
+    assert {k for k, s in final.items() if s.state == SendState.IN_DOUBT} == stuck
     opened = open_ledger(ledger)
     try:
         assert opened.doubt_resent(refused) == refused
-        assert opened.status().counts[SendState.IN_DOUBT] == 0
     finally:
         opened.close()
+
+
+def _refused_twice(fake: FakeSendGrid) -> set[str]:
+    """The keys never accepted whose first request and one resend were both refused with a 500:
+    in doubt twice, and never to be sent a third time."""
+    refused: Counter[str] = Counter()
+    accepted: set[str] = set()
+    for request in fake.requests:
+        if request.accepted or request.fault is FaultKind.SERVER_ERROR:
+            keys = [p["custom_args"]["trigmail_key"] for p in request.body["personalizations"]]
+            if request.accepted:
+                accepted.update(keys)
+            else:
+                refused.update(keys)
+    return {key for key, n in refused.items() if n >= 2 and key not in accepted}
 
 
 def test_a_lost_webhook_under_verify_means_one_second_email_never_a_third(

@@ -6,6 +6,10 @@ With no config at all, ``serve`` runs on the defaults of docs/design.md §4: spo
 ``./events.jsonl``, rules ``./rules.d``, ledger ``./trigmail.db`` and, without a SendGrid API
 key, the outbox ``./outbox/``. Secrets (the API key, passwords in URLs) never appear in a
 ``repr``, a log line or an error.
+
+A config says where its keys are, never what they are: the SendGrid API key and the webhook's
+public key are read when serve wires its parts (:mod:`trigmail.providers.credentials`,
+:func:`trigmail.webhook.signature.resolve_public_key`), so building a config reads no file.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from trigmail.providers.credentials import DEFAULT_HOST
 from trigmail.rules.model import Address
-from trigmail.secrets import Secret, redact_url
+from trigmail.secrets import redact_url
 
+DEFAULT_HOST: Final = "https://api.sendgrid.com"
 DEFAULT_SPOOL: Final = Path("events.jsonl")
 DEFAULT_RULES_DIR: Final = Path("rules.d")
 DEFAULT_LEDGER: Final = "trigmail.db"
@@ -86,10 +90,26 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
-class SendGridConfig:
-    """Delivery through SendGrid's v3 API."""
+class ApiKeySource:
+    """Where the SendGrid API key is looked up when serve starts; the first that holds one
+    wins, in this order: the systemd credential, the key file, the environment variable."""
 
-    api_key: Secret
+    env: str = DEFAULT_API_KEY_ENV
+    file: Path | None = None
+    credential: str = DEFAULT_API_KEY_CREDENTIAL
+
+
+@dataclass(frozen=True)
+class SendGridConfig:
+    """Delivery through SendGrid's v3 API.
+
+    ``required`` is false only when the config has no ``provider:`` section: then a missing
+    key means the outbox (the embedded defaults), where a configured ``provider.sendgrid``
+    without a key is an error.
+    """
+
+    key: ApiKeySource = ApiKeySource()
+    required: bool = True
     host: str = DEFAULT_HOST
     timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
@@ -121,11 +141,15 @@ class DeliveryConfig:
 class WebhookConfig:
     """SendGrid's signed Event Webhook, served on its own listener (docs/webhook.md).
 
-    ``public_key`` is the key text as configured (base64 DER): public, but checked at load.
+    The verification key comes from the first of ``public_key_credential`` (a systemd
+    credential), ``public_key_file`` and ``public_key`` (the text, base64 DER, checked when
+    parsed) that is set.
     """
 
     listen: str
-    public_key: str
+    public_key: str | None = None
+    public_key_file: Path | None = None
+    public_key_credential: str | None = None
     path: str = DEFAULT_WEBHOOK_PATH
     max_body_bytes: int = DEFAULT_WEBHOOK_MAX_BODY_BYTES
     max_age_s: int = DEFAULT_WEBHOOK_MAX_AGE_S
@@ -140,8 +164,9 @@ class Config:
     ledger: str = DEFAULT_LEDGER
     retention_s: int = DEFAULT_RETENTION_S
     from_: Address | None = None
+    # With no provider section: SendGrid when serve finds a key, else the outbox.
     provider: SendGridConfig | OutboxConfig = field(
-        default_factory=lambda: OutboxConfig(DEFAULT_OUTBOX)
+        default_factory=lambda: SendGridConfig(required=False)
     )
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN
     log_format: str = "text"
@@ -167,20 +192,24 @@ class Config:
             if isinstance(self.source, SpoolConfig)
             else {"redis": redact_url(self.source.url), "stream": self.source.stream}
         )
-        provider = (
-            {"outbox": str(self.provider.directory)}
-            if isinstance(self.provider, OutboxConfig)
-            else {"sendgrid": self.provider.host}
-        )
         return {
             "config": None if self.file is None else str(self.file),
             "source": source,
             "rules_dir": [str(d) for d in self.rules_dirs],
             "ledger": redact_url(self.ledger),
-            "provider": provider,
+            "provider": describe_provider(self.provider),
             "metrics": self.metrics_listen,
             "max_hold_s": self.delivery.max_hold_s,
             "webhook": None
             if self.webhook is None
             else f"{self.webhook.listen}{self.webhook.path}",
         }
+
+
+def describe_provider(provider: SendGridConfig | OutboxConfig) -> dict[str, str]:
+    """A provider's summary; one not yet resolved names both where it may send."""
+    if isinstance(provider, OutboxConfig):
+        return {"outbox": str(provider.directory)}
+    if provider.required:
+        return {"sendgrid": provider.host}
+    return {"sendgrid": provider.host, "else": f"outbox {DEFAULT_OUTBOX}"}

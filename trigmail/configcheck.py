@@ -18,6 +18,7 @@ from typing import Any
 from trigmail import config as cfg
 from trigmail import configload as load
 from trigmail.errors import ConfigError, UnreadableFileError
+from trigmail.providers.credentials import MISSING_SENDER, SendGridAccount, resolve_sendgrid
 from trigmail.rules.files import read_text
 from trigmail.rules.loader import load_rules
 from trigmail.rules.problems import Problem, Severity, format_path
@@ -165,14 +166,33 @@ def _check_values(layers: _Layers, problems: list[Problem]) -> None:
 
 
 def _check_provider(layers: _Layers, environ: Mapping[str, str], problems: list[Problem]) -> None:
+    # The keys are read here as serve's wiring will read them, so that a missing or unreadable
+    # one is reported before the start.
     try:
-        provider = load.provider_config(layers.data.get("provider") or {}, environ)
+        provider = resolve_sendgrid(
+            load.provider_config(layers.data.get("provider") or {}), environ
+        )
     except ConfigError as exc:
         problems.append(layers.problem(("provider", "sendgrid"), str(exc)))
         return
-    if isinstance(provider, cfg.SendGridConfig) and _get(layers.data, ("from",)) is None:
-        message = "from.email is required to send through SendGrid (the default sender)"
-        problems.append(layers.problem(("provider", "sendgrid"), message))
+    if isinstance(provider, SendGridAccount) and _get(layers.data, ("from",)) is None:
+        problems.append(layers.problem(("provider", "sendgrid"), MISSING_SENDER))
+
+
+def _check_webhook_key(
+    layers: _Layers, webhook: cfg.WebhookConfig | None, environ: Mapping[str, str]
+) -> list[Problem]:
+    if webhook is None:
+        return []
+    from trigmail.webhook.signature import resolve_public_key
+
+    try:
+        resolve_public_key(webhook, environ)
+    except ConfigError as exc:
+        names = ("public_key_credential", "public_key_file", "public_key")
+        key = next((n for n in names if _get(layers.data, ("webhook", n)) is not None), None)
+        return [layers.problem(("webhook",) if key is None else ("webhook", key), str(exc))]
+    return []
 
 
 def _check_paths(layers: _Layers, problems: list[Problem]) -> None:
@@ -232,6 +252,7 @@ def check_config(
     except ConfigError as exc:
         report.problems.append(layers.problem((), str(exc)))
         return report
+    report.problems.extend(_check_webhook_key(layers, report.config.webhook, environ))
     if rules:
         _check_rules(report.config, report.problems)
     return report

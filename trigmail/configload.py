@@ -23,6 +23,7 @@ from jsonschema import Draft202012Validator
 from trigmail.config import (
     DEFAULT_API_KEY_CREDENTIAL,
     DEFAULT_API_KEY_ENV,
+    DEFAULT_HOST,
     DEFAULT_LEDGER,
     DEFAULT_MAX_HOLD_S,
     DEFAULT_METRICS_LISTEN,
@@ -34,6 +35,7 @@ from trigmail.config import (
     DEFAULT_WEBHOOK_MAX_AGE_S,
     DEFAULT_WEBHOOK_MAX_BODY_BYTES,
     DEFAULT_WEBHOOK_PATH,
+    ApiKeySource,
     Config,
     DeliveryConfig,
     OutboxConfig,
@@ -45,7 +47,6 @@ from trigmail.config import (
 from trigmail.durations import parse_duration
 from trigmail.errors import ConfigError, DurationError, UnreadableFileError
 from trigmail.logs import register_secret
-from trigmail.providers.credentials import DEFAULT_HOST, load_api_key
 from trigmail.rules.files import read_text
 from trigmail.rules.model import Address
 from trigmail.rules.problems import format_path
@@ -55,6 +56,7 @@ from trigmail.rules.yamlsource import load_document
 from trigmail.secrets import redact_url, url_passwords
 
 CONFIG_ENV: Final = "TRIGMAIL_CONFIG"
+
 # Each environment variable overrides one config key (a key path into the file).
 ENV_OVERRIDES: Final[Mapping[str, tuple[str, ...]]] = {
     "TRIGMAIL_SPOOL": ("source", "spool"),
@@ -131,8 +133,6 @@ def load_config(
     path: Path | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[tuple[str, ...], Any] | None = None,
-    *,
-    sending: bool = True,
 ) -> Config:
     """Build the config from its layers.
 
@@ -140,9 +140,6 @@ def load_config(
         path: the config file (``--config``); default ``$TRIGMAIL_CONFIG``, else none.
         environ: the environment (default ``os.environ``).
         overrides: CLI flags, each a key path and its value; ``None`` values are ignored.
-        sending: whether the caller sends: a command that only reads or writes the ledger
-            (status, pause, dead-letters) needs no API key, which an operator's shell lacks
-            (it is a credential of the service).
 
     Raises:
         ConfigError: listing every problem, each as ``file:line:col: message``.
@@ -158,7 +155,8 @@ def load_config(
     for key_path, value in (overrides or {}).items():
         if value is not None:
             set_key(data, key_path, value)
-    return parse_config(data, environ, file=path, sending=sending)
+    guard_passwords(data)
+    return parse_config(data, file=path)
 
 
 def guard_passwords(data: Mapping[str, Any]) -> None:
@@ -172,40 +170,26 @@ def guard_passwords(data: Mapping[str, Any]) -> None:
             register_secret(password)
 
 
-def parse_config(
-    data: Mapping[str, Any],
-    environ: Mapping[str, str],
-    *,
-    file: Path | None = None,
-    sending: bool = True,
-) -> Config:
+def parse_config(data: Mapping[str, Any], *, file: Path | None = None) -> Config:
     """Build the config from its merged layers (the file's mapping, environment and flags).
 
-    Reads no config file; the SendGrid API key and the webhook's public key are still read
-    here, from the environment, a key file or a systemd credential, when the mapping names one.
+    Pure: it reads no file and no environment. The SendGrid API key and the webhook's public
+    key stay where the mapping says they are; serve's wiring reads them
+    (:func:`~trigmail.providers.credentials.resolve_provider`,
+    :func:`~trigmail.webhook.signature.resolve_public_key`).
 
     Args:
         data: the merged mapping, structurally valid (see :func:`load_config`).
-        environ: the environment the credentials are looked up in.
         file: the config file it came from, for :meth:`Config.describe`.
-        sending: as for :func:`load_config`.
 
     Raises:
         ConfigError: at the first problem.
     """
-    guard_passwords(data)
     rules_dir = data.get("rules_dir", str(DEFAULT_RULES_DIR))
     dirs = [rules_dir] if isinstance(rules_dir, str) else list(rules_dir)
     sender = data.get("from")
     log = data.get("log") or {}
     metrics = data.get("metrics", {"listen": DEFAULT_METRICS_LISTEN})
-    provider = (
-        provider_config(data.get("provider") or {}, environ)
-        if sending
-        else OutboxConfig(DEFAULT_OUTBOX)
-    )
-    if isinstance(provider, SendGridConfig) and sender is None:
-        raise ConfigError("from.email is required to send through SendGrid (the default sender)")
     if sender is not None:
         check_sender(sender["email"])
     return Config(
@@ -214,13 +198,13 @@ def parse_config(
         ledger=str(data.get("ledger", DEFAULT_LEDGER)),
         retention_s=duration_s(data.get("retention"), "retention", DEFAULT_RETENTION_S),
         from_=None if sender is None else Address(sender["email"], sender.get("name")),
-        provider=provider,
+        provider=provider_config(data.get("provider") or {}),
         metrics_listen=None if metrics is None else metrics.get("listen"),
         log_format=str(log.get("format", "text")),
         log_level=str(log.get("level", "INFO")).upper(),
         log_decisions=str(log.get("decisions", "debug")),
         delivery=_delivery(data.get("delivery") or {}),
-        webhook=_webhook(data["webhook"], environ) if data.get("webhook") is not None else None,
+        webhook=_webhook(data["webhook"]) if data.get("webhook") is not None else None,
         file=file,
     )
 
@@ -262,32 +246,20 @@ def duration_s(value: object, key: str, default: int) -> int:
         raise ConfigError(f"{key}: {exc}") from None
 
 
-def provider_config(
-    spec: Mapping[str, Any], environ: Mapping[str, str]
-) -> SendGridConfig | OutboxConfig:
+def provider_config(spec: Mapping[str, Any]) -> SendGridConfig | OutboxConfig:
     if "outbox" in spec:
         return OutboxConfig(Path((spec["outbox"] or {}).get("dir", DEFAULT_OUTBOX)))
     sendgrid = spec.get("sendgrid")
-    explicit = sendgrid is not None
+    required = sendgrid is not None
     sendgrid = sendgrid or {}
     key_file = sendgrid.get("api_key_file")
-    api_key = load_api_key(
-        env=sendgrid.get("api_key_env", DEFAULT_API_KEY_ENV),
-        file=None if key_file is None else Path(key_file),
-        credential=sendgrid.get("api_key_credential", DEFAULT_API_KEY_CREDENTIAL),
-        environ=environ,
-    )
-    if api_key is None:
-        if explicit:
-            env = sendgrid.get("api_key_env", DEFAULT_API_KEY_ENV)
-            raise ConfigError(
-                f"provider.sendgrid is configured but no API key was found (${env}, "
-                "api_key_file or the systemd credential "
-                f"{sendgrid.get('api_key_credential', DEFAULT_API_KEY_CREDENTIAL)!r})"
-            )
-        return OutboxConfig(DEFAULT_OUTBOX)
     return SendGridConfig(
-        api_key=api_key,
+        key=ApiKeySource(
+            env=sendgrid.get("api_key_env", DEFAULT_API_KEY_ENV),
+            file=None if key_file is None else Path(key_file),
+            credential=sendgrid.get("api_key_credential", DEFAULT_API_KEY_CREDENTIAL),
+        ),
+        required=required,
         host=sendgrid.get("host", DEFAULT_HOST),
         timeout_s=float(sendgrid.get("timeout", 10.0)),
         connect_timeout_s=float(sendgrid.get("connect_timeout", 5.0)),
@@ -310,19 +282,28 @@ def _delivery(spec: Mapping[str, Any]) -> DeliveryConfig:
     )
 
 
-def _webhook(spec: Mapping[str, Any], environ: Mapping[str, str]) -> WebhookConfig:
+def _webhook(spec: Mapping[str, Any]) -> WebhookConfig:
     # Imported here: only a config with a webhook needs the cryptography package.
-    from trigmail.webhook.signature import load_public_key
+    from trigmail.webhook.signature import NO_PUBLIC_KEY, parse_public_key
 
     if not spec.get("listen"):
         raise ConfigError("webhook.listen is required (host:port of the webhook listener)")
-    key_text, _key = load_public_key(spec, environ)
+    text = spec.get("public_key")
+    text = text.strip() if isinstance(text, str) and text.strip() else None
+    file = spec.get("public_key_file")
+    credential = spec.get("public_key_credential")
+    if text is None and file is None and credential is None:
+        raise ConfigError(NO_PUBLIC_KEY)
+    if text is not None:
+        parse_public_key(text, "webhook.public_key")
     max_age_s = duration_s(spec.get("max_age"), "webhook.max_age", DEFAULT_WEBHOOK_MAX_AGE_S)
     if max_age_s <= 0:
         raise ConfigError("webhook.max_age: the replay window must be longer than 0")
     return WebhookConfig(
         listen=str(spec["listen"]),
-        public_key=key_text,
+        public_key=text,
+        public_key_file=None if file is None else Path(str(file)),
+        public_key_credential=None if credential is None else str(credential),
         path=str(spec.get("path", DEFAULT_WEBHOOK_PATH)),
         max_body_bytes=int(spec.get("max_body_bytes", DEFAULT_WEBHOOK_MAX_BODY_BYTES)),
         max_age_s=max_age_s,

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from trigmail.config import Config, RedisConfig, SendGridConfig
+from trigmail.config import Config, RedisConfig
+from trigmail.errors import ConfigError
 from trigmail.logs import redact
+from trigmail.providers.credentials import SendGridAccount, resolve_provider
 from trigmail.rules.quoting import cut
 from trigmail.secrets import redact_url
 
@@ -87,15 +89,16 @@ def probe_redis(source: RedisConfig) -> Verdict:
     return Verdict(name, True, f"reachable; stream {source.stream!r} {stream}")
 
 
-def probe_sendgrid(provider: SendGridConfig) -> Verdict:
+def probe_sendgrid(account: SendGridAccount) -> Verdict:
     """An authenticated request that sends nothing: the key's scopes."""
     import httpx
 
-    name = f"sendgrid {provider.host}"
+    host = account.settings.host
+    name = f"sendgrid {host}"
     try:
         response = httpx.get(
-            provider.host.rstrip("/") + "/v3/scopes",
-            headers={"Authorization": f"Bearer {provider.api_key.reveal()}"},
+            host.rstrip("/") + "/v3/scopes",
+            headers={"Authorization": f"Bearer {account.api_key.reveal()}"},
             timeout=PROBE_TIMEOUT_S,
         )
     except httpx.HTTPError as exc:
@@ -112,6 +115,10 @@ def probe_all(config: Config) -> list[Verdict]:
     verdicts = [probe_ledger(config.ledger)]
     if isinstance(config.source, RedisConfig):
         verdicts.append(probe_redis(config.source))
-    if isinstance(config.provider, SendGridConfig):
-        verdicts.append(probe_sendgrid(config.provider))
+    try:
+        provider = resolve_provider(config)
+    except ConfigError as exc:
+        return [*verdicts, Verdict("sendgrid", False, str(exc))]
+    if isinstance(provider, SendGridAccount):
+        verdicts.append(probe_sendgrid(provider))
     return verdicts

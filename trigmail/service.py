@@ -14,14 +14,21 @@ import time
 from types import FrameType
 from typing import Any
 
-from trigmail.config import Config, OutboxConfig, RedisConfig, SpoolConfig, WebhookConfig
+from trigmail.config import (
+    Config,
+    OutboxConfig,
+    RedisConfig,
+    SpoolConfig,
+    WebhookConfig,
+    describe_provider,
+)
 from trigmail.daemon import Daemon
 from trigmail.delivery import RetryPolicy
 from trigmail.errors import ConfigError, LedgerError, RulesError
 from trigmail.ledger import Ledger, PostgresLedger, SqliteLedger, open_ledger
-from trigmail.logs import register_secret
 from trigmail.metrics import HealthCheck, Metrics, serve_metrics
 from trigmail.providers.base import Provider
+from trigmail.providers.credentials import SendGridAccount, resolve_provider
 from trigmail.providers.outbox import OutboxProvider
 from trigmail.providers.sendgrid import SendGridProvider
 from trigmail.rules.model import OnDoubt
@@ -34,7 +41,7 @@ from trigmail.webhook.listener import WebhookServer, serve_webhook
 from trigmail.webhook.observe import WebhookMetrics
 from trigmail.webhook.receiver import Receiver
 from trigmail.webhook.reconcile import Reconciler
-from trigmail.webhook.signature import Verifier, parse_public_key
+from trigmail.webhook.signature import Verifier, resolve_public_key
 
 log = logging.getLogger("trigmail.serve")
 
@@ -57,18 +64,17 @@ def _source(config: Config) -> Source:
     )
 
 
-def _provider(config: Config) -> Provider:
-    if isinstance(config.provider, OutboxConfig):
+def _provider(config: Config, resolved: SendGridAccount | OutboxConfig) -> Provider:
+    if isinstance(resolved, OutboxConfig):
         log.warning(
             "serve: no SendGrid API key: emails are written to %s/ and NOT sent "
             "(set SENDGRID_API_KEY or provider.sendgrid to send)",
-            config.provider.directory,
+            resolved.directory,
         )
-        return OutboxProvider(config.provider.directory, config.sender)
-    sendgrid = config.provider
-    register_secret(sendgrid.api_key.reveal())
+        return OutboxProvider(resolved.directory, config.sender)
+    sendgrid = resolved.settings
     return SendGridProvider(
-        sendgrid.api_key,
+        resolved.api_key,
         default_from=config.sender,
         host=sendgrid.host,
         timeout_s=sendgrid.timeout_s,
@@ -160,7 +166,7 @@ def _webhook(
     """SendGrid's Event Webhook on its own listener, when configured (docs/webhook.md)."""
     if config is None:
         return None
-    key = parse_public_key(config.public_key, "webhook.public_key")
+    key = resolve_public_key(config)
     receiver = Receiver(
         ledger, Verifier(key), metrics, path=config.path, max_age_s=config.max_age_s
     )
@@ -200,11 +206,15 @@ class _Probes:
         return self.health() if daemon is not None and daemon.started.is_set() else "starting"
 
 
-def start_fields(config: Config) -> dict[str, Any]:
+def start_fields(config: Config, provider: SendGridAccount | OutboxConfig) -> dict[str, Any]:
     """The start line's fields: the config's summary flattened (``source.spool``), so that
-    both log formats show plain values, never a Python repr."""
+    both log formats show plain values, never a Python repr; the provider as resolved."""
     fields: dict[str, Any] = {}
-    for key, value in config.describe().items():
+    summary = config.describe()
+    summary["provider"] = describe_provider(
+        provider.settings if isinstance(provider, SendGridAccount) else provider
+    )
+    for key, value in summary.items():
         if isinstance(value, dict):
             fields.update({f"{key}.{k}": v for k, v in value.items()})
         elif isinstance(value, list):
@@ -215,8 +225,14 @@ def start_fields(config: Config) -> dict[str, Any]:
 
 
 def run(config: Config) -> None:
-    """Wire every part from ``config`` and serve until SIGTERM/SIGINT."""
-    log.info("serve: starting", extra=start_fields(config))
+    """Wire every part from ``config`` and serve until SIGTERM/SIGINT.
+
+    Raises:
+        ConfigError: a key the config names cannot be read, or a second worker on a ledger
+            or spool that has one.
+    """
+    provider = resolve_provider(config)
+    log.info("serve: starting", extra=start_fields(config, provider))
     metrics = Metrics()
     rules = _rules(config, metrics)
     probes = _Probes()
@@ -226,13 +242,19 @@ def run(config: Config) -> None:
         else serve_metrics(metrics, config.metrics_listen, probes.health, probes.ready)
     )
     try:
-        _serve(config, metrics, rules, probes)
+        _serve(config, provider, metrics, rules, probes)
     finally:
         if server is not None:
             server.close()
 
 
-def _serve(config: Config, metrics: Metrics, rules: RuleStore, probes: _Probes) -> None:
+def _serve(
+    config: Config,
+    resolved: SendGridAccount | OutboxConfig,
+    metrics: Metrics,
+    rules: RuleStore,
+    probes: _Probes,
+) -> None:
     # A worker's stream consumer name also names it in the ledger's leases, so a restarted
     # worker settles its own in-flight sends at once instead of after their lease.
     worker_id = config.source.consumer if isinstance(config.source, RedisConfig) else None
@@ -240,7 +262,7 @@ def _serve(config: Config, metrics: Metrics, rules: RuleStore, probes: _Probes) 
     _claim_sqlite(ledger)  # before the daemon recovers in-flight sends
     source = _source(config)
     _claim_spool(source, ledger)
-    provider = _provider(config)
+    provider = _provider(config, resolved)
     webhook_metrics = WebhookMetrics(metrics.registry)
     reconciler = Reconciler(ledger, webhook_metrics, config.delivery.verify_after_s)
     _warn_verify_without_webhook(config, rules)

@@ -94,15 +94,13 @@ def escape_controls_keeping_lines(text: str) -> str:
 def load(
     config_path: Path | None,
     overrides: Mapping[tuple[str, ...], Any] | None = None,
-    *,
-    sending: bool = True,
 ) -> Config:
     """Load the config, or exit 1 with every problem (one line on stderr, no traceback).
 
-    ``sending=False`` for a command that never sends: it needs no API key.
+    No key is read: a command that sends resolves its provider itself.
     """
     try:
-        return load_config(config_path, overrides=overrides, sending=sending)
+        return load_config(config_path, overrides=overrides)
     except ConfigError as exc:
         fail(str(exc))
     # The config is input: whatever it makes go wrong is reported as such, never as a crash.

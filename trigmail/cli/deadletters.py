@@ -89,7 +89,7 @@ def list_letters(
     limit: Annotated[int, typer.Option(min=0, help="Letters listed at most, newest first.")] = 100,
 ) -> None:
     """List dead letters, newest first: id, time, reason, where it was read, why."""
-    config = load(config_path, {("ledger",): ledger}, sending=False)
+    config = load(config_path, {("ledger",): ledger})
     opened = _open(config.ledger)
     try:
         letters = select(_letters(opened), reason=reason, since=parse_time_option(since))[:limit]
@@ -110,7 +110,7 @@ def show(
     output: FormatOption = OutputFormat.TABLE,
 ) -> None:
     """Show one dead letter with its raw event."""
-    config = load(config_path, {("ledger",): ledger}, sending=False)
+    config = load(config_path, {("ledger",): ledger})
     opened = _open(config.ledger)
     try:
         found = select(_letters(opened), ids=[letter_id])
@@ -177,7 +177,7 @@ def replay_letters(
     """
     if not letter_ids and reason is None and since is None:
         raise typer.BadParameter("give letter ids, --reason or --since")
-    config = load(config_path, {("ledger",): ledger}, sending=False)
+    config = load(config_path, {("ledger",): ledger})
     opened = _open(config.ledger)
     try:
         chosen = select(

@@ -51,7 +51,7 @@ PICKUP_S = int(Scheduler().horizon_s)
 
 @contextmanager
 def _opened(config_path: Path | None, ledger: str | None) -> Iterator[Ledger]:
-    target = load(config_path, {("ledger",): ledger}, sending=False).ledger
+    target = load(config_path, {("ledger",): ledger}).ledger
     # Opening a SQLite path creates it: a typo must not make an empty ledger that lists nothing.
     require_ledger(target)
     opened = open_ledger(target)

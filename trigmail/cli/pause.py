@@ -56,7 +56,7 @@ def _change(
     config_path: ConfigOption, ledger: str | None, edit: Callable[[dict[str, Pause]], str]
 ) -> str:
     """Read the pauses, ``edit`` them and write them back, in one ledger transaction."""
-    target = load(config_path, {("ledger",): ledger}, sending=False).ledger
+    target = load(config_path, {("ledger",): ledger}).ledger
     require_ledger(target)
     try:
         opened = open_ledger(target)
@@ -73,7 +73,7 @@ def _change(
 
 
 def _warn_unknown(config_path: ConfigOption, rule: str) -> None:
-    rules = load_rules(*load(config_path, sending=False).rules_dirs).rules
+    rules = load_rules(*load(config_path).rules_dirs).rules
     if rules is not None and rules.get(rule) is None:
         err_console.print(
             Text(f"warning: no rule {escape_controls(rule)!r} in the rules in force here"),
@@ -146,7 +146,7 @@ def list_pauses(
     output: FormatOption = OutputFormat.TABLE,
 ) -> None:
     """List the rules paused now."""
-    target = load(config_path, {("ledger",): ledger}, sending=False).ledger
+    target = load(config_path, {("ledger",): ledger}).ledger
     require_ledger(target)
     try:
         opened = open_ledger(target)

@@ -12,10 +12,10 @@ from rich.text import Text
 
 from trigmail.cli.app import EXIT_INVALID, EXIT_OK, OutputFormat, app
 from trigmail.cli.common import ConfigOption, fail, load
-from trigmail.config import SendGridConfig
-from trigmail.errors import DeliveryError
+from trigmail.errors import ConfigError, DeliveryError
 from trigmail.events import format_ts
 from trigmail.preview import PreviewError, StepPreview, preview
+from trigmail.providers.credentials import SendGridAccount, resolve_provider
 from trigmail.rules.loader import load_rules
 from trigmail.rules.model import RuleSet
 
@@ -115,7 +115,11 @@ def send_test(
     so SendGrid's records and webhooks never mistake it for a real send.
     """
     config = load(config_path)
-    if not isinstance(config.provider, SendGridConfig):
+    try:
+        account = resolve_provider(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    if not isinstance(account, SendGridAccount):
         fail("send-test needs a SendGrid API key (provider.sendgrid in the config)")
     try:
         steps = preview(rule, _event(event), _rules(rules_dir), config.sender, to=to)
@@ -127,9 +131,9 @@ def send_test(
         fail("nothing to send: the rule would not send for this event")
     from trigmail.providers.sendgrid import SendGridProvider
 
-    sendgrid = config.provider
+    sendgrid = account.settings
     provider = SendGridProvider(
-        sendgrid.api_key,
+        account.api_key,
         default_from=config.sender,
         host=sendgrid.host,
         timeout_s=sendgrid.timeout_s,

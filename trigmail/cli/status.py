@@ -200,7 +200,7 @@ def status(
 
     Example: trigmail status --format json | jq .counts.in_doubt
     """
-    config = load(config_path, {("ledger",): ledger}, sending=False)
+    config = load(config_path, {("ledger",): ledger})
     target = config.ledger
     require_ledger(target)
     try:

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from trigmail.config import DEFAULT_HOST
 from trigmail.errors import (
     DeliveryError,
     PermanentDeliveryError,
@@ -27,7 +28,6 @@ from trigmail.providers.bodies import (
     split_batch,
 )
 from trigmail.providers.classify import classify
-from trigmail.providers.credentials import DEFAULT_HOST
 from trigmail.rules.model import Address
 from trigmail.secrets import REDACTED, Secret, redact_url
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric import ec
 from sendgrid.helpers.eventwebhook import EventWebhook
 
+from trigmail.config import WebhookConfig
 from trigmail.errors import ConfigError
 
 SIGNATURE_HEADER: Final = "x-twilio-email-event-webhook-signature"
@@ -24,6 +26,10 @@ TIMESTAMP_HEADER: Final = "x-twilio-email-event-webhook-timestamp"
 # A DER ECDSA P-256 signature is at most 72 bytes (96 in base64); anything much longer is junk
 # that need not be decoded.
 MAX_SIGNATURE_CHARS: Final = 256
+NO_PUBLIC_KEY: Final = (
+    "webhook: a public key is required (public_key, public_key_file or "
+    "public_key_credential): an unsigned webhook would let anyone settle sends"
+)
 
 
 class Rejection(StrEnum):
@@ -56,39 +62,35 @@ def parse_public_key(text: str, where: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def load_public_key(
-    spec: Mapping[str, object], environ: Mapping[str, str]
-) -> tuple[str, ec.EllipticCurvePublicKey]:
-    """Return the key text and key of the ``webhook:`` section: ``public_key_credential`` (a
-    systemd credential), ``public_key_file`` or ``public_key``, the first that is set.
+def resolve_public_key(
+    config: WebhookConfig, environ: Mapping[str, str] | None = None
+) -> ec.EllipticCurvePublicKey:
+    """Return the key of the ``webhook:`` section: ``public_key_credential`` (a systemd
+    credential), ``public_key_file`` or ``public_key``, the first that is set.
 
     Raises:
         ConfigError: none is set, or the one set cannot be read or is not a P-256 key.
     """
-    credential = spec.get("public_key_credential")
+    environ = os.environ if environ is None else environ
+    credential = config.public_key_credential
     credentials_dir = environ.get("CREDENTIALS_DIRECTORY")
-    if isinstance(credential, str) and credentials_dir:
+    if credential and credentials_dir:
         path = Path(credentials_dir) / credential
         if path.is_file():
             return _from_file(path, "webhook.public_key_credential")
-    file = spec.get("public_key_file")
-    if isinstance(file, str):
-        return _from_file(Path(file), "webhook.public_key_file")
-    text = spec.get("public_key")
-    if isinstance(text, str) and text.strip():
-        return text.strip(), parse_public_key(text, "webhook.public_key")
-    raise ConfigError(
-        "webhook: a public key is required (public_key, public_key_file or "
-        "public_key_credential): an unsigned webhook would let anyone settle sends"
-    )
+    if config.public_key_file is not None:
+        return _from_file(config.public_key_file, "webhook.public_key_file")
+    if config.public_key:
+        return parse_public_key(config.public_key, "webhook.public_key")
+    raise ConfigError(NO_PUBLIC_KEY)
 
 
-def _from_file(path: Path, where: str) -> tuple[str, ec.EllipticCurvePublicKey]:
+def _from_file(path: Path, where: str) -> ec.EllipticCurvePublicKey:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: cannot read {path}: {type(exc).__name__}") from None
-    return text.strip(), parse_public_key(text, f"{where} ({path})")
+    return parse_public_key(text, f"{where} ({path})")
 
 
 class Verifier:
