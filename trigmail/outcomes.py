@@ -66,6 +66,8 @@ class Outcomes:
                 for each in group:
                     txn.finish(each.keys, SendState.SENT, each.at, message_id=each.message_id)
                 txn.log([entry for each in group for entry in each.entries])
-        except Exception as exc:  # every slot of the group raises it, not only this one
+        except BaseException as exc:  # every slot of the group raises it, not only this one
             for each in group:
                 each.error = exc
+            if not isinstance(exc, Exception):
+                raise  # an interrupt goes on up here; the others still learn of the rollback
