@@ -17,6 +17,9 @@ of the same user cancels it. Half the carts see an order inside those 2 s, a fif
   delivery is timed on its first ``--baseline-sends`` emails and the rest projected.
 
 Run: .venv/bin/python -m bench.bench_backlog [--events 20000] [--latency-ms 100] [--baseline]
+
+``--profile FILE`` samples serve with py-spy (``pip install py-spy``; it needs ptrace rights)
+from ready to drained, all threads, and writes the collapsed stacks to FILE.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -241,24 +245,46 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_backlog(root: Path, stream: Stream, latency_s: float) -> dict[str, Any]:
+def sampler(pid: int, profile: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid``'s threads into ``profile`` (collapsed stacks), if asked."""
+    if profile is None:
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
+    command += ["--threads", "--nonblocking", "--output", str(profile)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_sampler(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None:
+        process.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        process.wait(60)
+
+
+def run_backlog(
+    root: Path, stream: Stream, latency_s: float, profile: Path | None = None
+) -> dict[str, Any]:
     Writer().write_all(root / "events.jsonl", stream, time.time() - 3600)
     with FakeSendGrid(rates=FaultRates(latency_s=latency_s)) as fake:
         run = Run(root, fake)
         started_s = time.monotonic()
         with run.serve:
             run.serve.wait_ready(60)
+            ready_s = time.monotonic() - started_s
             ready_cpu_s = cpu_s(run.serve.proc.pid)
+            spy = sampler(run.serve.proc.pid, profile)
             stalled = not drained(run)
             drain_s = time.monotonic() - started_s
             # The machine may be shared: serve's own CPU time says what the drain cost it.
             drain_cpu_s = cpu_s(run.serve.proc.pid) - ready_cpu_s
+            stop_sampler(spy)
             run.serve.stop(60)
         accepted = run.accepted()
     expected = simulated(run.spool, run.rules)
     return {
         "events": len(stream.timed),
         "drain_s": round(drain_s, 2),
+        "ready_s": round(ready_s, 2),
         "stalled": stalled,
         "emails": len(accepted),
         "emails_per_s": round(len(accepted) / drain_s, 1),
@@ -370,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("backlog", "burst"), help="run one of the two")
     parser.add_argument("--baseline", action="store_true", help="also the one-process design")
     parser.add_argument("--baseline-sends", type=int, default=300)
+    parser.add_argument(
+        "--profile", metavar="FILE", type=Path, help="py-spy serve during the backlog's drain"
+    )
     args = parser.parse_args(argv)
     latency_s = args.latency_ms / 1000
     header(f"backlog and burst: {args.events} events, SendGrid latency {args.latency_ms:.0f} ms")
@@ -379,8 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tempfile.mkdtemp(prefix=f"trigmail-bench-{part}-"))
         try:
             stream = shop(args.events, args.step_s, args.seed)
-            runner = run_backlog if part == "backlog" else run_burst
-            report[part] = runner(root, stream, latency_s)
+            if part == "backlog":
+                report[part] = run_backlog(root, stream, latency_s, args.profile)
+            else:
+                report[part] = run_burst(root, stream, latency_s)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         print(json.dumps({part: report[part]}), flush=True)

@@ -8,8 +8,10 @@ import logging
 import logging.config
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +246,83 @@ def test_journald_is_detected_by_the_stream_identity(tmp_path: Path) -> None:
         assert running_under_journald(environ, other.fileno()) is False
         assert running_under_journald({}, journal.fileno()) is False
         assert running_under_journald({"JOURNAL_STREAM": "junk"}, journal.fileno()) is False
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes (each one a system call on stderr)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_logged_together_are_one_write_of_the_same_lines() -> None:
+    stream = CountingStream()
+    config = logging_config("text", "info", stream_is_tty=False, journald=True, stream=stream)
+    log = logging.getLogger("trigmail.daemon")
+    with applied(config):
+        with logs.lines_together():
+            log.info("send %s: sent", "k1", extra={"rule": "cart"})
+            with logs.lines_together():  # nested: written with the outer block
+                log.info("send k2: sent")
+            assert (stream.getvalue(), stream.writes) == ("", 0)
+        held = stream.getvalue()
+        writes = stream.writes
+        log.info("send k3: sent")  # outside a block: written at once
+    assert writes == 1
+    assert held.splitlines() == [
+        '<6>level=info logger=trigmail.daemon msg="send k1: sent" rule=cart',
+        '<6>level=info logger=trigmail.daemon msg="send k2: sent"',
+    ]
+    assert stream.getvalue() == held + '<6>level=info logger=trigmail.daemon msg="send k3: sent"\n'
+
+
+def test_lines_held_by_a_block_that_raised_are_still_written() -> None:
+    stream = io.StringIO()
+    config = logging_config("text", "info", stream_is_tty=False, journald=True, stream=stream)
+    with applied(config), pytest.raises(RuntimeError), logs.lines_together():
+        logging.getLogger("trigmail.daemon").info("before the failure")
+        raise RuntimeError("boom")
+    assert stream.getvalue().endswith('msg="before the failure"\n')
+
+
+def test_another_threads_lines_are_not_held() -> None:
+    stream = io.StringIO()
+    config = logging_config("text", "info", stream_is_tty=False, journald=True, stream=stream)
+    log = logging.getLogger("trigmail.daemon")
+    with applied(config), logs.lines_together():
+        thread = threading.Thread(target=log.info, args=("from another thread",))
+        thread.start()
+        thread.join()
+        assert stream.getvalue().endswith('msg="from another thread"\n')
+
+
+@pytest.mark.parametrize(
+    ("created_s", "stamp"),
+    [
+        (1_795_809_600.25, "2026-11-27T20:00:00.250Z"),
+        (1_795_809_600.0, "2026-11-27T20:00:00.000Z"),
+        (1_795_809_599.9995, "2026-11-27T19:59:59.999Z"),  # truncated, as isoformat does
+        (1_795_809_599.9999996, "2026-11-27T20:00:00.000Z"),  # rounds up to the next second
+        (0.0005, "1970-01-01T00:00:00.000Z"),
+    ],
+)
+def test_timestamps_match_datetime_to_the_millisecond(created_s: float, stamp: str) -> None:
+    expected = datetime.fromtimestamp(created_s, UTC).isoformat(timespec="milliseconds")
+    assert expected.removesuffix("+00:00") + "Z" == stamp
+    rec = record("x")
+    rec.created = created_s
+    assert json.loads(JsonFormatter().format(rec))["ts"] == stamp
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(3, "n=3"), (-1, "n=-1"), (True, "n=true"), (None, "n=null"), (1.5, "n=1.5")],
+)
+def test_key_value_numbers_and_null_as_json_writes_them(value: object, text: str) -> None:
+    line = KeyValueFormatter(journald=True).format(record("x", n=value))
+    assert line.endswith(" " + text)

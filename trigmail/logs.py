@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, TextIO
@@ -146,12 +148,18 @@ class _LineFormatter(logging.Formatter):
         fields["level"] = record.levelname.lower()
         fields["logger"] = record.name
         fields["msg"] = redact(record.getMessage())
-        trace = self._trace(record)
-        if trace:
-            fields["exc"] = redact(trace)
-        for key, value in vars(record).items():
-            if key not in _RECORD_ATTRS and key not in fields:
-                fields[key] = redact(value) if isinstance(value, str) else value
+        if record.exc_info or record.exc_text or record.stack_info:
+            trace = self._trace(record)
+            if trace:
+                fields["exc"] = redact(trace)
+        # The extras are the record's attributes past the standard ones (a dict keeps their
+        # order); the set difference skips a test per standard attribute of every record.
+        attrs = vars(record)
+        extras = attrs.keys() - _RECORD_ATTRS
+        if extras:
+            for key, value in attrs.items():
+                if key in extras and key not in fields:
+                    fields[key] = redact(value) if type(value) is str else value
         return fields
 
     def _trace(self, record: logging.LogRecord) -> str:
@@ -161,9 +169,24 @@ class _LineFormatter(logging.Formatter):
         return "\n".join(part for part in parts if part)
 
 
+# The last second stamped, and its text: a busy serve stamps many lines in the same second.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _rfc3339_ms(created_s: float) -> str:
-    stamp = datetime.fromtimestamp(created_s, UTC).isoformat(timespec="milliseconds")
-    return stamp.removesuffix("+00:00") + "Z"
+    """``created_s`` as ``datetime.fromtimestamp(created_s, UTC)`` writes it to the millisecond
+    (rounded half-even to the microsecond, then truncated), the second's text cached."""
+    global _last_second  # noqa: PLW0603 (a cache; a tuple is replaced whole, never mutated)
+    second = math.floor(created_s)
+    micros = round((created_s - second) * 1e6)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached_second, text = _last_second
+    if second != cached_second:
+        stamp = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
+        text = stamp.removesuffix("+00:00")
+        _last_second = (second, text)
+    return f"{text}.{micros // 1000:03d}Z"
 
 
 class KeyValueFormatter(_LineFormatter):
@@ -211,14 +234,28 @@ def escape_controls(text: str) -> str:
 
 
 _LOGFMT_ESCAPES = {ord("\\"): "\\\\", ord('"'): '\\"'} | _CONTROL_ESCAPES
-_LOGFMT_QUOTED = re.compile(r'[\s"=\\]')
 # JSON escapes C0 itself; the rest are valid inside a JSON string as \uXXXX.
 _JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _CONTROL_CODES if code >= 0x7F}
 
 
+# What makes a logfmt value need quotes: a blank, a quote, `=`, a backslash or a control.
+_LOGFMT_NEEDS_QUOTES = re.compile(
+    r'[\s"=\\' + "".join(re.escape(chr(code)) for code in _CONTROL_CODES) + "]"
+)
+
+
 def _logfmt_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if text and not _LOGFMT_QUOTED.search(text) and not _CONTROLS.search(text):
+    kind = type(value)
+    text: str
+    if kind is str:
+        text = value
+    elif kind is int:
+        text = str(value)  # what json.dumps writes for a plain int, without its machinery
+    elif value is None:
+        return "null"
+    else:
+        text = json.dumps(value, default=str)
+    if text and not _LOGFMT_NEEDS_QUOTES.search(text):
         return text
     return '"' + text.translate(_LOGFMT_ESCAPES) + '"'
 
@@ -228,6 +265,64 @@ class JsonFormatter(_LineFormatter):
 
     def render(self, fields: Mapping[str, Any], levelno: int) -> str:
         return json.dumps(fields, default=str, ensure_ascii=False).translate(_JSON_ESCAPES)
+
+
+# Per thread: how deep in :func:`lines_together` it is, and the lines each handler holds.
+_together = threading.local()
+
+
+@contextmanager
+def lines_together() -> Iterator[None]:
+    """Hold the lines this thread logs through a :class:`LineHandler` until the block ends,
+    then write each handler's at once.
+
+    A provider request of a thousand emails logs a thousand lines: one write (and one flush)
+    instead of a write per line, each a system call that also hands the GIL over. Each line is
+    still its own record, formatted when it is logged; other threads' lines are not held.
+    """
+    depth = getattr(_together, "depth", 0)
+    if depth == 0:
+        _together.held = {}
+    _together.depth = depth + 1
+    try:
+        yield
+    finally:
+        _together.depth = depth
+        if depth == 0:
+            held: dict[LineHandler, list[tuple[logging.LogRecord, str]]] = _together.held
+            _together.held = {}
+            for handler, lines in held.items():
+                handler.write_lines(lines)
+
+
+class LineHandler(logging.StreamHandler[TextIO]):
+    """A stream handler whose lines logged inside :func:`lines_together` are written at the
+    block's end, all at once."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not getattr(_together, "depth", 0):
+            super().emit(record)
+            return
+        try:
+            line = self.format(record)
+        except Exception:  # as StreamHandler.emit: a bad record must not stop the caller
+            self.handleError(record)
+            return
+        _together.held.setdefault(self, []).append((record, line))
+
+    def write_lines(self, lines: list[tuple[logging.LogRecord, str]]) -> None:
+        """Write lines held for this handler, in one write."""
+        if not lines:
+            return
+        text = "".join(line + self.terminator for _, line in lines)
+        self.acquire()
+        try:
+            self.stream.write(text)
+            self.flush()
+        except Exception:  # as StreamHandler.emit
+            self.handleError(lines[-1][0])
+        finally:
+            self.release()
 
 
 def install_excepthooks() -> None:
@@ -319,7 +414,7 @@ def logging_config(
         "filters": {"secrets": {"()": f"{__name__}.{SecretFilter.__name__}"}},
         "handlers": {
             "stderr": {
-                "class": "logging.StreamHandler",
+                "class": f"{__name__}.{LineHandler.__name__}",
                 "stream": stream,
                 "formatter": "trigmail",
                 "filters": ["secrets"],

@@ -11,6 +11,7 @@ which take a transaction.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,3 +94,14 @@ def read_pauses(txn: MetaTxn) -> dict[str, Pause]:
 
 def write_pauses(txn: MetaTxn, pauses: Pauses) -> None:
     txn.set_meta(PAUSES_META, encode(pauses))
+
+
+def log_changes(old: Pauses, new: Pauses, log: logging.Logger) -> None:
+    """Pauses are what an operator acts on: each one set or lifted is logged once, on ``log``."""
+    for rule, pause in new.items():
+        if old.get(rule) != pause:
+            until = "until resumed" if pause.until is None else f"until {pause.until.isoformat()}"
+            held = "dropped" if pause.drop else "held"
+            log.info("rule %s: paused %s, due sends %s: %s", rule, until, held, pause.reason or "-")
+    for rule in old.keys() - new.keys():
+        log.info("rule %s: resumed", rule)

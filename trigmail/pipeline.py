@@ -30,7 +30,9 @@ from trigmail.errors import BadEventError, DeliveryError
 from trigmail.events import Event
 from trigmail.ingest import BatchWriter, Ingested, Item, expect_batch, parse_item
 from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
-from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force
+from trigmail.logs import lines_together
+from trigmail.outcomes import Outcomes
+from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force, log_changes
 from trigmail.providers.base import Provider
 from trigmail.rules.model import RuleSet
 from trigmail.scheduler import Scheduler
@@ -46,17 +48,6 @@ _SETTLED = {SendState.FAILED: Outcome.FAILED, SendState.IN_DOUBT: Outcome.IN_DOU
 
 # How old the pauses a worker obeys may be: `trigmail pause` reaches every worker within it.
 PAUSES_MAX_AGE_S = 1.0
-
-
-def _log_pause_changes(old: Pauses, new: Pauses) -> None:
-    """Pauses are what an operator acts on: each one set or lifted is logged once."""
-    for rule, pause in new.items():
-        if old.get(rule) != pause:
-            until = "until resumed" if pause.until is None else f"until {pause.until.isoformat()}"
-            held = "dropped" if pause.drop else "held"
-            log.info("rule %s: paused %s, due sends %s: %s", rule, until, held, pause.reason or "-")
-    for rule in old.keys() - new.keys():
-        log.info("rule %s: resumed", rule)
 
 
 class Pipeline:
@@ -96,6 +87,7 @@ class Pipeline:
         self.on_entry = on_entry
         self._lock = threading.Lock()
         self._reread_on_failure = _RereadOnFailure(self)
+        self._outcomes = Outcomes(ledger)
         self._version_recorded: str | None = None
         self._pauses: dict[str, Pause] = {}
         self._pauses_read_s: float | None = None
@@ -121,8 +113,8 @@ class Pipeline:
             gates: for each item, the watermark once every item before it is decided (see
                 :class:`trigmail.worker.Worker`). Before the first item whose gate has reached
                 a send's due time, the sends due by then are claimed, in the same transaction,
-                as ``simulate`` fires them before it decides that item; ``Ingested.claimed``
-                holds them for delivery.
+                as ``simulate`` fires them before it decides that item, and after the last
+                item those due by its watermark; ``Ingested.claimed`` holds them for delivery.
         """
         pauses = self.pauses()  # before the transaction: read in one of its own
         now = self.clock()
@@ -153,6 +145,13 @@ class Pipeline:
                 if gates is not None and len(result.scheduled) > scheduled:
                     batch_due = _earliest(batch_due, result.scheduled[scheduled:])
                 result.consumed += 1
+            last_gate = None if gates is None or not parsed else gates[len(parsed) - 1]
+            if last_gate is not None and self._due_by(min(last_gate, now), batch_due):
+                # What falls due by the last line's watermark fires before any later line
+                # whatever it is: claimed here rather than in a transaction of its own.
+                cutoff = min(last_gate, now)
+                fired = self._claim_due(txn, (rules, pauses), now, cutoff, result.entries)
+                result.claimed.extend(fired)
             if source_name is not None and result.consumed:
                 txn.set_position(source_name, parsed[result.consumed - 1][0].position)
             txn.log(result.entries)
@@ -214,11 +213,17 @@ class Pipeline:
         rules = self.rules()
         entries: list[LogEntry] = []
         cutoff = now if until is None else min(until, now)
+        fires_by = min(now - timedelta(seconds=linger_s), cutoff)
+        with self._lock:
+            # Asked on every turn of a loop that the gate holds: the cache answers "nothing"
+            # without waiting for the ledger, which the senders' commits hold meanwhile.
+            if not self.scheduler.needs_refill(now) and not self._due_by(fires_by, None):
+                return []
         with self._lock, self._reread_on_failure, self.ledger.transaction() as txn:
             if self.scheduler.needs_refill(now):
                 self.scheduler.refill(txn, now)
             earliest = self.scheduler.next_due_at()
-            if earliest is None or earliest > min(now - timedelta(seconds=linger_s), cutoff):
+            if earliest is None or earliest > fires_by:
                 return []
             claimed = self._claim_due(txn, (rules, pauses), now, cutoff, entries, limit=limit)
             txn.log(entries)
@@ -231,7 +236,7 @@ class Pipeline:
         now_s = time.monotonic()
         if self._pauses_read_s is None or now_s - self._pauses_read_s >= PAUSES_MAX_AGE_S:
             read = decode(self.ledger.get_meta(PAUSES_META))
-            _log_pause_changes(self._pauses, read)
+            log_changes(self._pauses, read, log)
             self._pauses, self._pauses_read_s = read, now_s
         return in_force(self._pauses, self.clock())
 
@@ -339,10 +344,8 @@ class Pipeline:
         faults.reached(faults.KillPoint.AFTER_ACCEPT)
         now = self.clock()
         keys = [send.key for send in request.sends]
-        with self.ledger.transaction() as txn:
-            txn.finish(keys, SendState.SENT, now, message_id=accepted.message_id)
-            entries = [send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in request.sends]
-            txn.log(entries)
+        entries = [send_entry(s, Outcome.SENT, Reason.DELIVERED, now) for s in request.sends]
+        self._outcomes.sent(keys, now, accepted.message_id, entries)
         # Each email is logged at info by the decision listener: the request is detail.
         log.debug(
             "provider: one request accepted for %d emails (message id %s)",
@@ -408,8 +411,10 @@ class Pipeline:
 
     def _publish(self, entries: Sequence[LogEntry]) -> None:
         if self.on_entry is not None:
-            for entry in entries:
-                self.on_entry(entry)
+            # A request's thousand lines sent go to stderr in one write (see lines_together).
+            with lines_together():
+                for entry in entries:
+                    self.on_entry(entry)
 
 
 class _RereadOnFailure:

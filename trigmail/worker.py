@@ -121,6 +121,7 @@ class Worker:
         self._held: list[_Held] = []
         self._arrived: list[SourceItem] = []  # read while waiting, for the next step
         self._claimed: list[SendRecord] = []  # claimed while events were held, not yet sent
+        self._full_read = False  # the last read filled a batch: more events are waiting
         self._mark: datetime | None = None  # the highest producer ts decided (ordered sources)
         self._past_burst = 0  # sends fired past the watermark since the gate last held
         self._next: dict[str, datetime] = {}  # timer name -> when it runs next
@@ -149,11 +150,15 @@ class Worker:
             self._hold(arrived or self._read(0.0), now)
         decided = self._decide(now) if self._held else True
         self._fire(now)
+        if self._claimed and self._dispatch_now():
+            self._dispatch()  # claims kept for the next batch's, which did not fill one
         # Last: a timer that fails (a locked ledger) must not keep events from being read.
         self._run_timers(now)
         if self._held:
             # The rest of the batch waits for a send due before it: a free slot lets it go.
             return 0.0 if decided or self._free_slots() else SLOT_POLL_S
+        if self._claimed and not self._backlogged():
+            return 0.0  # claims wait for the next batch's (see _dispatch_now): read it at once
         return self._wait_s(now)
 
     def wait_for_events(self, timeout_s: float) -> None:
@@ -190,7 +195,9 @@ class Worker:
     # -- events ------------------------------------------------------------------------------
     def _read(self, timeout_s: float) -> list[SourceItem]:
         # A SourceError goes up to the daemon, which logs it once and backs off.
-        return self.source.read(self.batch_size, timeout_s)
+        items = self.source.read(self.batch_size, timeout_s)
+        self._full_read = len(items) >= self.batch_size
+        return items
 
     def _hold(self, items: Sequence[SourceItem], now: datetime) -> None:
         for item in items:
@@ -224,7 +231,7 @@ class Worker:
             self.source.dead_letter(rejected.item, rejected.reason, rejected.detail)
         self.source.ack([each.item for each in done])
         self.metrics.events_read.labels(source=self.source.name).inc(len(done))
-        if self._claimed and (not self._held or len(self._claimed) >= MAX_REQUEST_SENDS):
+        if self._claimed and self._dispatch_now():
             self._dispatch()
         return True
 
@@ -285,8 +292,18 @@ class Worker:
         elif self._past_burst and (gate.watermark is None or gate.cutoff <= gate.watermark):
             self._end_burst()
         self._claimed.extend(claimed)
-        if not self._held or len(self._claimed) >= MAX_REQUEST_SENDS:
+        if self._dispatch_now():
             self._dispatch()
+
+    def _dispatch_now(self) -> bool:
+        """Whether the claimed sends go to the provider now: a request's worth, or nothing
+        left to decide first. Held events come first (a batch cut behind a due send goes on
+        once it is claimed); so do the next batch's after a read that filled one: in a backlog,
+        claims of several batches share requests (fewer requests, and fewer commits of their
+        outcomes, each taking the ledger from the loop), at most a request's worth claimed."""
+        if len(self._claimed) >= MAX_REQUEST_SENDS:
+            return True
+        return not self._held and not self._full_read
 
     def _dispatch(self) -> None:
         claimed, self._claimed = self._claimed, []

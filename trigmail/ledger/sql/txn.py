@@ -42,6 +42,9 @@ def in_order(records: list[SendRecord], keys: Sequence[str]) -> list[SendRecord]
 
 
 _NO_LOCK = nullcontext()
+# Where the encoded payload and cancel match are in a row of :meth:`SqlTxn._send_params`.
+_PAYLOAD_PARAM = 7
+_CANCEL_MATCH_PARAM = 11
 
 
 class SqlTxn(ToolReads):
@@ -218,9 +221,15 @@ class SqlTxn(ToolReads):
                 self._inserted([send])
         return True
 
-    def _send_params(self, send: SendRecord, created_at: datetime) -> list[Any]:
+    def _send_params(
+        self, send: SendRecord, created_at: datetime, documents: tuple[Any, Any] | None = None
+    ) -> list[Any]:
+        """The row of ``send``; ``documents``: its payload and cancel match as already encoded
+        for the same send (a claim changes neither)."""
         d = self.dialect
         time = d.time
+        if documents is None:
+            documents = (self._payload_document(send.payload), d.document(dict(send.cancel_match)))
         params = [
             send.key,
             send.rule_id,
@@ -229,11 +238,11 @@ class SqlTxn(ToolReads):
             send.email,
             send.event_id,
             time(send.due_at),
-            self._payload_document(send.payload),
+            documents[0],
             str(send.on_doubt),
             send.rules_version,
             str(send.state),
-            d.document(dict(send.cancel_match)),
+            documents[1],
             send.attempts,
             send.message_id,
             send.last_error,
@@ -321,8 +330,10 @@ class SqlTxn(ToolReads):
         moved = []
         for key in wanted:
             if key in kept and kept[key][0].state is SendState.SCHEDULED:
-                record = claimed(kept[key][0], at)
-                kept[key] = (record, self._send_params(record, record.created_at or at))
+                stored, params = kept[key]
+                record = claimed(stored, at)
+                documents = (params[_PAYLOAD_PARAM], params[_CANCEL_MATCH_PARAM])
+                kept[key] = (record, self._send_params(record, record.created_at or at, documents))
                 moved.append(record)
         return moved
 
