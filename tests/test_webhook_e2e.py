@@ -157,6 +157,7 @@ def test_verify_with_the_webhook_sends_each_email_once_and_leaves_none_in_doubt(
             assert 'trigmail_webhook_events_total{event="delivered",rule="verified"}' in metrics
         except AssertionError:
             print(serve.stderr[-6000:])  # what serve did, beside pytest's report
+            _print_unsent(ledger, fake)
             raise
         finally:
             poster.stop()
@@ -190,6 +191,19 @@ def test_verify_with_the_webhook_sends_each_email_once_and_leaves_none_in_doubt(
         assert opened.doubt_resent(refused) == refused
     finally:
         opened.close()
+
+
+def _print_unsent(ledger: Path, fake: FakeSendGrid) -> None:
+    """Each send not sent, with what the fake did with every request that carried it."""
+    for key, send in sends(ledger).items():
+        if send.state != SendState.SENT:
+            requests = [
+                (r.fault, r.accepted)
+                for r in fake.requests
+                if r.body
+                and key in {p["custom_args"]["trigmail_key"] for p in r.body["personalizations"]}
+            ]
+            print(key, send.state, send.reason, send.attempts, requests)
 
 
 def _refused_twice(fake: FakeSendGrid) -> set[str]:
