@@ -125,14 +125,24 @@ def test_finished_states_are_left_only_by_an_operators_resolve() -> None:
     assert [s for s in FINISHED_STATES if TRANSITIONS[s]] == [SendState.IN_DOUBT]
 
 
-def test_the_engine_imports_no_database_redis_or_http_client() -> None:
-    # The engine is the functional core: a test, simulate or validate that decides events
-    # must not pay for (or depend on) a backend it never opens.
+def _imported(module: str, candidates: tuple[str, ...]) -> list[str]:
+    """Which of ``candidates`` a fresh interpreter has loaded after importing ``module``."""
     probe = (
-        "import sys, trigmail.engine; "
-        "print(sorted(m for m in ('sqlite3', 'psycopg', 'redis', 'httpx') if m in sys.modules))"
+        f"import sys, {module}; "
+        f"print(','.join(sorted(m for m in {candidates!r} if m in sys.modules)))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
-    assert done.stdout.strip() == "[]"
+    return [m for m in done.stdout.strip().split(",") if m]
+
+
+def test_the_engine_imports_no_database_redis_or_http_client() -> None:
+    # The engine is the functional core: a test, simulate or validate that decides events
+    # must not pay for (or depend on) a backend it never opens.
+    assert _imported("trigmail.engine", ("sqlite3", "psycopg", "redis", "httpx")) == []
+
+
+def test_serve_loads_redis_and_psycopg_only_when_configured() -> None:
+    # The embedded defaults (a spool and SQLite) start without either: a third of a second.
+    assert _imported("trigmail.service", ("psycopg", "redis")) == []

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 from trigmail.config import (
     Config,
@@ -25,7 +26,7 @@ from trigmail.config import (
 from trigmail.daemon import Daemon
 from trigmail.delivery import RetryPolicy
 from trigmail.errors import ConfigError, LedgerError, RulesError
-from trigmail.ledger import Ledger, PostgresLedger, SqliteLedger, open_ledger
+from trigmail.ledger import Ledger, SqliteLedger, open_ledger
 from trigmail.metrics import HealthCheck, Metrics, serve_metrics
 from trigmail.providers.base import Provider
 from trigmail.providers.credentials import SendGridAccount, resolve_provider
@@ -34,7 +35,6 @@ from trigmail.providers.sendgrid import SendGridProvider
 from trigmail.rules.model import OnDoubt
 from trigmail.rulestore import RuleStore, RulesWatcher
 from trigmail.sources.base import Source
-from trigmail.sources.redis_stream import RedisStreamSource
 from trigmail.sources.spool import SpoolSource
 from trigmail.spoolhealth import SpoolPathHealth
 from trigmail.webhook.listener import WebhookServer, serve_webhook
@@ -42,6 +42,9 @@ from trigmail.webhook.observe import WebhookMetrics
 from trigmail.webhook.receiver import Receiver
 from trigmail.webhook.reconcile import Reconciler
 from trigmail.webhook.signature import Verifier, resolve_public_key
+
+if TYPE_CHECKING:
+    from trigmail.ledger.postgres import PostgresLedger
 
 log = logging.getLogger("trigmail.serve")
 
@@ -52,6 +55,9 @@ SQLITE_WORKER_LOCK = "serve"
 def _source(config: Config) -> Source:
     if isinstance(config.source, SpoolConfig):
         return SpoolSource(config.source.path, dead_letters=config.source.dead_letters)
+    # Imported here, as psycopg below: a serve on a spool and SQLite starts without either.
+    from trigmail.sources.redis_stream import RedisStreamSource
+
     redis: RedisConfig = config.source
     return RedisStreamSource(
         redis.url,
@@ -95,7 +101,7 @@ def _rules(config: Config, metrics: Metrics) -> RuleStore:
 
 def _claim_spool(source: Source, ledger: Ledger) -> None:
     """A spool has one reader: with a shared ledger, a second worker must not start."""
-    if not isinstance(source, SpoolSource) or not isinstance(ledger, PostgresLedger):
+    if not isinstance(source, SpoolSource) or not _is_postgres(ledger):
         return
     if not ledger.acquire_exclusive(source.name):
         ledger.close()
@@ -103,6 +109,12 @@ def _claim_spool(source: Source, ledger: Ledger) -> None:
             f"another trigmail worker already reads {source.path} with this PostgreSQL "
             "ledger; a spool has one worker only (use a Redis stream for several)"
         )
+
+
+def _is_postgres(ledger: Ledger) -> TypeGuard[PostgresLedger]:
+    # Without its module loaded no PostgresLedger exists, and a SQLite serve never loads it.
+    module = sys.modules.get("trigmail.ledger.postgres")
+    return module is not None and isinstance(ledger, module.PostgresLedger)
 
 
 def _claim_sqlite(ledger: Ledger) -> None:
@@ -140,6 +152,13 @@ def _install_signals(daemon: Daemon) -> None:
     signal.signal(signal.SIGHUP, reload)
 
 
+@runtime_checkable
+class _ReportsHealth(Protocol):
+    """A source that can say why it cannot be read (the spool, a Redis stream)."""
+
+    def health(self) -> str | None: ...
+
+
 def _health(daemon: Daemon, source: Source) -> HealthCheck:
     """The daemon's liveness, and why its source cannot be read (a spool refused as a symlink
     or a FIFO, or in a missing directory; Redis unreachable), if it cannot."""
@@ -150,7 +169,7 @@ def _health(daemon: Daemon, source: Source) -> HealthCheck:
         problems = []
         if spool is not None:
             problems.append(spool.problem())
-        if isinstance(source, SpoolSource | RedisStreamSource):
+        if isinstance(source, _ReportsHealth):
             problems.append(source.health())
         healthy = daemon.healthy()
         if healthy is not True:

@@ -1,11 +1,20 @@
-"""Event sources: a JSONL spool and a Redis stream behind one small consumer protocol."""
+"""Event sources: a JSONL spool and a Redis stream behind one small consumer protocol.
+
+The sources load on first use, as the ledger backends do: a serve on a spool never imports
+redis.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from trigmail.sources.base import Source, SourceItem, SourceReason
-from trigmail.sources.redis_stream import RedisStreamSource
-from trigmail.sources.spool import SpoolSource
-from trigmail.sources.spool_tail import SpoolPosition
+
+if TYPE_CHECKING:
+    from trigmail.sources.redis_stream import RedisStreamSource
+    from trigmail.sources.spool import SpoolSource
+    from trigmail.sources.spool_tail import SpoolPosition
 
 __all__ = [
     "RedisStreamSource",
@@ -15,3 +24,16 @@ __all__ = [
     "SpoolPosition",
     "SpoolSource",
 ]
+
+_MODULES = {
+    "RedisStreamSource": "trigmail.sources.redis_stream",
+    "SpoolSource": "trigmail.sources.spool",
+    "SpoolPosition": "trigmail.sources.spool_tail",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(module), name)
