@@ -144,5 +144,5 @@ def test_the_engine_imports_no_database_redis_or_http_client() -> None:
 
 
 def test_serve_loads_redis_and_psycopg_only_when_configured() -> None:
-    # The embedded defaults (a spool and SQLite) start without either: a third of a second.
+    # The embedded defaults (a spool and SQLite) need neither, nor their import time.
     assert _imported("trigmail.service", ("psycopg", "redis")) == []
