@@ -6,12 +6,12 @@ or PostgreSQL ledger (validate, simulate) start without their drivers.
 
 from __future__ import annotations
 
-from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trigmail.errors import LedgerError
 from trigmail.files import make_dirs
+from trigmail.lazy import lazy_attributes
 from trigmail.ledger.base import Ledger
 from trigmail.ledger.semantics import Clock, utc_now
 
@@ -29,11 +29,7 @@ _BACKENDS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _BACKENDS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_attributes(__name__, _BACKENDS)
 
 
 _MEMORY_TARGETS = frozenset({":memory:", "memory"})

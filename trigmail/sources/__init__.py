@@ -6,9 +6,9 @@ redis.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from trigmail.lazy import lazy_attributes
 from trigmail.sources.base import Source, SourceItem, SourceReason
 
 if TYPE_CHECKING:
@@ -32,8 +32,4 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_attributes(__name__, _MODULES)
