@@ -146,10 +146,10 @@ class Pipeline:
                     batch_due = _earliest(batch_due, result.scheduled[scheduled:])
                 result.consumed += 1
             last_gate = None if gates is None or not parsed else gates[len(parsed) - 1]
-            if last_gate is not None and self._due_by(min(last_gate, now), batch_due):
+            cutoff = None if last_gate is None else min(last_gate, now)
+            if cutoff is not None and self._due_by(cutoff, batch_due):
                 # What falls due by the last line's watermark fires before any later line
                 # whatever it is: claimed here rather than in a transaction of its own.
-                cutoff = min(last_gate, now)
                 fired = self._claim_due(txn, (rules, pauses), now, cutoff, result.entries)
                 result.claimed.extend(fired)
             if source_name is not None and result.consumed:
