@@ -19,10 +19,11 @@ import pytest
 
 from tests.ledger_helpers import make_send
 from trigmail.errors import LedgerError, LedgerUnavailableError
-from trigmail.ledger import MemoryLedger, SqliteLedger, open_ledger
+from trigmail.ledger import MemoryLedger, SqliteLedger, migrations, open_ledger
 from trigmail.ledger.base import SendRecord, SendState
 from trigmail.ledger.migrations import LATEST_VERSION
 from trigmail.ledger.sqlite import SqliteTxn, ledger_error
+from trigmail.rules.model import OnDoubt
 
 WRITER = Path(__file__).with_name("ledger_writer.py")
 
@@ -51,7 +52,7 @@ def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
 
 
 def test_a_new_file_gets_the_latest_schema(ledger: SqliteLedger, db_path: Path) -> None:
-    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "5"
+    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "6"
     names = {name for (name,) in query(db_path, "SELECT name FROM sqlite_master")}
     tables = {"meta", "sends", "send_categories", "seen_events", "positions", "decision_log"}
     assert tables | {"dead_letters", "cancel_marks"} <= names
@@ -69,6 +70,37 @@ def test_reopening_keeps_data_and_schema(db_path: Path, t0: datetime) -> None:
     assert query(db_path, "SELECT value FROM meta WHERE name = 'schema_version'") == [
         (str(LATEST_VERSION),)
     ]
+
+
+def test_a_version_5_ledger_migrates_and_keeps_its_sends(
+    db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as older:
+        older.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:5])
+        older.setattr(migrations, "LATEST_VERSION", 5)
+        with closing(SqliteLedger(db_path)) as v5, v5.transaction() as txn:
+            txn.insert_send(make_send("k1", t0, categories=("promo", "news")))
+            txn.insert_send(make_send("k2", t0, on_doubt=OnDoubt.VERIFY))
+        assert "state IN ('scheduled', 'sending'" in _sends_schema(db_path)
+    with closing(SqliteLedger(db_path)) as ledger:
+        assert ledger.get_meta("schema_version") == "6"
+        kept = [ledger.get_send(key) for key in ("k1", "k2")]
+    assert [(send.key, send.state, send.on_doubt) for send in kept if send is not None] == [
+        ("k1", SendState.SCHEDULED, OnDoubt.SKIP),
+        ("k2", SendState.SCHEDULED, OnDoubt.VERIFY),
+    ]
+    assert query(db_path, "SELECT key, category FROM send_categories ORDER BY 1, 2") == [
+        ("k1", "news"),
+        ("k1", "promo"),
+        ("k2", "promo"),
+    ]
+    assert query(db_path, "PRAGMA integrity_check") == [("ok",)]
+    assert query(db_path, "PRAGMA foreign_key_check") == []
+    assert "state IN ('scheduled', 'sending'" not in _sends_schema(db_path)
+
+
+def _sends_schema(db_path: Path) -> str:
+    return str(query(db_path, "SELECT sql FROM sqlite_master WHERE name = 'sends'")[0][0])
 
 
 def test_connection_pragmas(ledger: SqliteLedger, db_path: Path) -> None:
@@ -168,6 +200,20 @@ def test_statements_by_key_or_user_search_their_own_index(
     plan = query(db_path, "EXPLAIN QUERY PLAN " + sql, (None,) * sql.count("?"))
     searches = [row[3] for row in plan if str(row[3]).startswith("SEARCH sends")]
     assert searches == [f"SEARCH sends USING INDEX {index}"]
+
+
+# A CHECK or a filter `x IN (a, b, c)` of more than two values builds a temporary table of its
+# list each time a statement runs: on every send inserted, more than the insert itself cost.
+_NO_TEMPORARY_TABLE = ["insert_send", "insert_sends", "insert_log", "mark_seen", "send_exists"]
+
+
+@pytest.mark.parametrize("statement", _NO_TEMPORARY_TABLE)
+def test_statements_of_each_event_build_no_temporary_table(
+    ledger: SqliteLedger, db_path: Path, statement: str
+) -> None:
+    sql = getattr(SqliteTxn.sql, statement)
+    program = query(db_path, "EXPLAIN " + sql, (None,) * sql.count("?"))
+    assert "OpenEphemeral" not in {row[1] for row in program}
 
 
 # -- errors and locking --------------------------------------------------------------------------

@@ -196,21 +196,51 @@ def _allow_on_doubt_verify(conn: sqlite3.Connection) -> None:
     SQLite cannot alter a CHECK; rebuilding ``sends`` would trip the foreign key of
     ``send_categories``. Loosening a CHECK changes nothing stored, the case SQLite documents
     editing the schema text for (sqlite.org/lang_altertable.html, "making other kinds of table
-    schema changes"); the bumped ``schema_version`` makes every connection reread it.
+    schema changes").
     """
-    old = "on_doubt IN ('skip', 'resend')"
-    new = "on_doubt IN ('skip', 'resend', 'verify')"
+    _edit_sends_checks(
+        conn, [("on_doubt IN ('skip', 'resend')", "on_doubt IN ('skip', 'resend', 'verify')")]
+    )
+
+
+def _edit_sends_checks(conn: sqlite3.Connection, edits: list[tuple[str, str]]) -> None:
+    """Replace text in the CHECKs of ``sends``: each ``(old, new)`` must say no less than before.
+
+    The bumped ``schema_version`` makes every connection reread the schema.
+    """
     version = conn.execute("PRAGMA schema_version").fetchone()[0]
     conn.execute("PRAGMA writable_schema = ON")
     try:
-        conn.execute(
-            "UPDATE sqlite_master SET sql = replace(sql, ?, ?)"
-            " WHERE type = 'table' AND name = 'sends'",
-            (old, new),
-        )
+        for old, new in edits:
+            conn.execute(
+                "UPDATE sqlite_master SET sql = replace(sql, ?, ?)"
+                " WHERE type = 'table' AND name = 'sends'",
+                (old, new),
+            )
         conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
     finally:
         conn.execute("PRAGMA writable_schema = OFF")
+
+
+# The CHECKs of sends that list more than two values, and the same tests as comparisons.
+_CHECKS_AS_COMPARISONS: Final = [
+    (
+        "on_doubt IN ('skip', 'resend', 'verify')",
+        "(on_doubt = 'skip' OR on_doubt = 'resend' OR on_doubt = 'verify')",
+    ),
+    (
+        "state IN ('scheduled', 'sending', 'sent', 'failed', 'cancelled', 'in_doubt')",
+        "(state = 'scheduled' OR state = 'sending' OR state = 'sent' OR state = 'failed'"
+        " OR state = 'cancelled' OR state = 'in_doubt')",
+    ),
+]
+
+
+def _v6_checks_as_comparisons(db: Database) -> None:
+    # SQLite tests `x IN (a, b, c)` (a list of more than two) by building a temporary table of
+    # the list, anew for every row it checks: two per send inserted, more than the row's own
+    # insert cost. Comparisons joined by OR accept exactly the same values, with no table.
+    _edit_sends_checks(db.conn, _CHECKS_AS_COMPARISONS)
 
 
 Migration = Callable[[Database], None]
@@ -221,6 +251,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v3_cancel_marks,
     _v4_decision_log_by_user,
     _v5_delivery_events,
+    _v6_checks_as_comparisons,
 )
 LATEST_VERSION: Final = len(MIGRATIONS)
 
