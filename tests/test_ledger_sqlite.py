@@ -112,6 +112,15 @@ def test_connection_pragmas(ledger: SqliteLedger, db_path: Path) -> None:
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
 
 
+def test_none_binds_through_a_registered_adapter_as_null(ledger: SqliteLedger) -> None:
+    # Without an adapter, the sqlite3 module looks for one on None and on the protocol first.
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+    conn = ledger._conn
+    assert conn is not None
+    row = conn.execute("SELECT typeof(?), ? IS NULL", (None, None)).fetchone()
+    assert tuple(row) == ("null", 1)
+
+
 def test_a_newer_schema_is_refused(db_path: Path) -> None:
     SqliteLedger(db_path).close()
     with closing(sqlite3.connect(db_path)) as conn, conn:
