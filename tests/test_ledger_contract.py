@@ -467,6 +467,12 @@ def test_pending_for_user_returns_scheduled_sends_of_the_given_rules(
         assert txn.pending_for_user("u1", []) == []
 
 
+def test_pending_for_user_orders_sends_due_together_by_key(ledger: Ledger, t0: datetime) -> None:
+    insert(ledger, make_send("k-b", t0), make_send("k-a", t0), make_send("k-c", t0))
+    with ledger.transaction() as txn:
+        assert [s.key for s in txn.pending_for_user("u1", ["cart"])] == ["k-a", "k-b", "k-c"]
+
+
 # -- the send path -----------------------------------------------------------------------------
 
 
