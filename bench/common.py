@@ -49,7 +49,7 @@ def compile_sources() -> None:
     """Write trigmail's bytecode (``__pycache__``) before a timed ``serve`` start, as installing
     a wheel does. Where ``PYTHONDONTWRITEBYTECODE`` is set (this project's machines set it), a
     checkout's serve compiles every trigmail module it imports at each start instead: about
-    0.15–0.3 s of CPU here that an installed serve never spends."""
+    0.15 to 0.3 s of CPU here that an installed serve never spends."""
     compileall.compile_dir(REPO_ROOT / "trigmail", quiet=1)
 
 
