@@ -13,10 +13,10 @@ the ledger's own failures stop the batch: it is then decided again, whole (docs/
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from trigmail.decisions import (
     Cancel,
@@ -57,6 +57,8 @@ still far from the recursion limit of whatever encodes or decodes it later."""
 
 # How much of an unexpected exception's text a dead letter and the log line keep.
 _ERROR_TEXT_MAX_CHARS = 300
+
+T = TypeVar("T")
 
 
 class Item(Protocol):
@@ -265,8 +267,7 @@ def checked(decision: Decision) -> Decision:
 def _payload_problem(payload: Payload) -> tuple[Reason, str] | None:
     try:
         text = payload.json_text()
-        # ASCII (nearly every payload) is a byte a character: no copy encoded to measure it.
-        size = len(text) if text.isascii() else len(text.encode())
+        size = len(text.encode())
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError: a ValueError
         return (
             Reason.TEMPLATE_ERROR,
@@ -291,60 +292,38 @@ def _payload_problem(payload: Payload) -> tuple[Reason, str] | None:
 class _WatchedView:
     """The transaction as the engine reads it, noting whether a read failed: a failed read
     is the ledger's trouble (a lost connection, a lock), never a reason to set an event aside.
-
-    Each read is written out rather than passed through a shared wrapper as a lambda: a
-    closure built and called per read cost more than the in-memory reads themselves.
     """
-
-    __slots__ = ("_txn", "failed")
 
     def __init__(self, txn: LedgerTxn) -> None:
         self._txn = txn
         self.failed = False
 
-    def seen_event(self, event_id: str) -> bool:
+    def _read(self, read: Callable[[], T]) -> T:
         try:
-            return self._txn.seen_event(event_id)
+            return read()
         except BaseException:
             self.failed = True
             raise
+
+    def seen_event(self, event_id: str) -> bool:
+        return self._read(lambda: self._txn.seen_event(event_id))
 
     def send_exists(self, key: str) -> bool:
-        try:
-            return self._txn.send_exists(key)
-        except BaseException:
-            self.failed = True
-            raise
+        return self._read(lambda: self._txn.send_exists(key))
 
     def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
-        try:
-            return self._txn.last_delivered_at(rule_id, user_id)
-        except BaseException:
-            self.failed = True
-            raise
+        return self._read(lambda: self._txn.last_delivered_at(rule_id, user_id))
 
     def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
-        try:
-            return self._txn.pending_for_user(user_id, rule_ids)
-        except BaseException:
-            self.failed = True
-            raise
+        return self._read(lambda: self._txn.pending_for_user(user_id, rule_ids))
 
     def delivered_count_since(
         self, user_id: str, categories: Collection[str], since: datetime
     ) -> int:
-        try:
-            return self._txn.delivered_count_since(user_id, categories, since)
-        except BaseException:
-            self.failed = True
-            raise
+        return self._read(lambda: self._txn.delivered_count_since(user_id, categories, since))
 
     def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]:
-        try:
-            return self._txn.cancel_marks_after(user_id, order)
-        except BaseException:
-            self.failed = True
-            raise
+        return self._read(lambda: self._txn.cancel_marks_after(user_id, order))
 
 
 def _error_text(exc: BaseException) -> str:
