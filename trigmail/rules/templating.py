@@ -110,12 +110,16 @@ class _Text:
 
     def render(self, data: Mapping[str, Any]) -> Any:
         try:
-            with limits.budget():
-                return limits.check_value(self.template.get().render(data))
+            return limits.within_budget(self._render, data)
         # Rule authors write these: whatever they raise (a missing field, a sandbox refusal,
         # a division by zero) must set this one event aside, never stop the daemon.
         except Exception as exc:
             raise _render_error(self.where, self.fields, data, exc) from None
+
+    def _render(self, data: Mapping[str, Any]) -> Any:
+        limits.start_clock()  # before a first render's compile, as it always counted
+        template = self.template.get()
+        return limits.check_value(template.render(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +130,7 @@ class _Native:
 
     def render(self, data: Mapping[str, Any]) -> Any:
         try:
-            with limits.budget():
-                value = limits.check_value(self.expression.get()(data))
+            value = limits.within_budget(self._value, data)
             if isinstance(value, Undefined):
                 # Raises the UndefinedError or SecurityError the value stands for.
                 str(value)
@@ -136,6 +139,11 @@ class _Native:
             raise
         except Exception as exc:
             raise _render_error(self.where, self.fields, data, exc) from None
+
+    def _value(self, data: Mapping[str, Any]) -> Any:
+        limits.start_clock()  # before a first render's compile, as it always counted
+        expression = self.expression.get()
+        return limits.check_value(expression(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +240,7 @@ class CompiledData:
             TemplateRenderError: naming the data key and the missing field or unsafe access.
         """
         # One budget for all the strings of one send (docs/security.md).
-        with limits.budget():
-            return self.root.render(event.data)
+        return limits.within_budget(self.root.render, event.data)
 
 
 def compile_data(spec: Mapping[str, Any]) -> CompiledData:
