@@ -11,7 +11,14 @@ import pytest
 from bench.bench_validate import write_rules
 from trigmail.errors import RulesError
 from trigmail.events import event_from_object
-from trigmail.rules.loader import Severity, load_rule_set, load_rules, parse_rules
+from trigmail.rules.loader import (
+    CompiledFiles,
+    ParseResult,
+    Severity,
+    load_rule_set,
+    load_rules,
+    parse_rules,
+)
 from trigmail.rules.model import Address, CancelOn, OnDoubt, SendWindow
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rules"
@@ -463,3 +470,51 @@ def test_bench_rules_load_clean(tmp_path: Path, distinct: bool) -> None:
     result = load_rules(tmp_path)
     assert result.problems == []
     assert result.rules_written == 6
+
+
+def _outcome(result: ParseResult) -> tuple[object, ...]:
+    rules = result.rules
+    ids = None if rules is None else [rule.id for rule in rules.rules]
+    version = None if rules is None else rules.version
+    return ids, version, [str(p) for p in result.problems], result.files, result.rules_written
+
+
+def test_a_reload_compiles_only_the_files_that_changed(tmp_path: Path) -> None:
+    write_rules(tmp_path, 3, 2)
+    compiled = CompiledFiles()
+    before = load_rules(tmp_path, compiled=compiled).rule_set()
+    kept = {rule.id: rule for rule in before.rules}
+    changed = tmp_path / "rules-0001.yaml"
+    changed.write_text(changed.read_text().replace("rule-1-1", "rule-1-x"))
+    result = load_rules(tmp_path, compiled=compiled)
+    after = {rule.id: rule for rule in result.rule_set().rules}
+    # The unchanged files' rules are the very objects of the last load; the changed file's
+    # are compiled anew; the whole result is what a load from scratch gives.
+    assert all(after[i] is kept[i] for i in ("rule-0-0", "rule-0-1", "rule-2-0", "rule-2-1"))
+    assert after["rule-1-0"] is not kept["rule-1-0"]
+    assert "rule-1-x" in after and "rule-1-1" not in after
+    assert _outcome(result) == _outcome(load_rules(tmp_path))
+
+
+def test_a_reused_file_still_meets_the_checks_across_files(tmp_path: Path) -> None:
+    write_rules(tmp_path, 2, 2)
+    compiled = CompiledFiles()
+    assert load_rules(tmp_path, compiled=compiled).errors == 0
+    # A new file repeats an id of an unchanged one; then it goes and the set is clean again.
+    copy = tmp_path / "rules-0009.yaml"
+    copy.write_text((tmp_path / "rules-0000.yaml").read_text())
+    rejected = load_rules(tmp_path, compiled=compiled)
+    assert rejected.rules is None
+    assert _outcome(rejected) == _outcome(load_rules(tmp_path))
+    assert any("is already used at" in str(p) for p in rejected.problems)
+    copy.unlink()
+    assert _outcome(load_rules(tmp_path, compiled=compiled)) == _outcome(load_rules(tmp_path))
+
+
+def test_a_directory_given_twice_is_still_two_sets_of_duplicates(tmp_path: Path) -> None:
+    write_rules(tmp_path, 1, 1)
+    compiled = CompiledFiles()
+    for _ in range(2):
+        result = load_rules(tmp_path, tmp_path, compiled=compiled)
+        assert _outcome(result) == _outcome(load_rules(tmp_path, tmp_path))
+        assert result.rules is None

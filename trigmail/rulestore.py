@@ -15,7 +15,7 @@ import watchfiles
 
 from trigmail.metrics import Metrics
 from trigmail.rulediff import Fingerprints, compare, fingerprint
-from trigmail.rules.loader import ParseResult, Problem, Severity, load_rules
+from trigmail.rules.loader import CompiledFiles, ParseResult, Problem, Severity, load_rules
 from trigmail.rules.model import RuleSet
 from trigmail.rules.quoting import cut
 
@@ -44,6 +44,7 @@ class RuleStore:
         self._current = RuleSet()
         self._lock = threading.Lock()
         self._fingerprints = Fingerprints()
+        self._compiled = CompiledFiles()
         # The versions whose warnings were logged, and the errors of the last rejected reload:
         # each logged once, not on every reload.
         self._warned: set[tuple[str, str]] = set()
@@ -60,7 +61,7 @@ class RuleStore:
         reported as one problem, and the current rules stay in force.
         """
         try:
-            result = load_rules(*self.dirs, retention_s=self.retention_s)
+            result = load_rules(*self.dirs, retention_s=self.retention_s, compiled=self._compiled)
         # A rule file is input: no file, however odd, may stop the daemon (docs/security.md).
         except Exception as exc:
             log.debug("rules: load failed", exc_info=True)
@@ -101,7 +102,7 @@ class RuleStore:
         return ok
 
     def _log_swap(self, old: str, result: ParseResult) -> None:
-        new = fingerprint(self.dirs)
+        new = fingerprint(self.dirs, self._fingerprints)
         changes = compare(self._fingerprints, new)
         self._fingerprints = new
         log.info(
