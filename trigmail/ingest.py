@@ -13,10 +13,10 @@ the ledger's own failures stop the batch: it is then decided again, whole (docs/
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Protocol, TypeVar
+from typing import Final, Protocol
 
 from trigmail.decisions import (
     Cancel,
@@ -39,7 +39,7 @@ from trigmail.events import (
     json_depth_exceeds,
     parse_event,
 )
-from trigmail.ledger.base import CancelMark, DeadLetter, LedgerTxn, SendRecord
+from trigmail.ledger.base import CancelMark, DeadLetter, LedgerTxn, SendRecord, SendState
 from trigmail.records import record
 from trigmail.replays import take_replay
 from trigmail.rules.model import RuleSet
@@ -57,8 +57,6 @@ still far from the recursion limit of whatever encodes or decodes it later."""
 
 # How much of an unexpected exception's text a dead letter and the log line keep.
 _ERROR_TEXT_MAX_CHARS = 300
-
-T = TypeVar("T")
 
 
 class Item(Protocol):
@@ -267,7 +265,8 @@ def checked(decision: Decision) -> Decision:
 def _payload_problem(payload: Payload) -> tuple[Reason, str] | None:
     try:
         text = payload.json_text()
-        size = len(text.encode())
+        # ASCII (nearly every payload) is a byte a character: no copy encoded to measure it.
+        size = len(text) if text.isascii() else len(text.encode())
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError: a ValueError
         return (
             Reason.TEMPLATE_ERROR,
@@ -292,38 +291,60 @@ def _payload_problem(payload: Payload) -> tuple[Reason, str] | None:
 class _WatchedView:
     """The transaction as the engine reads it, noting whether a read failed: a failed read
     is the ledger's trouble (a lost connection, a lock), never a reason to set an event aside.
+
+    Each read is written out rather than passed through a shared wrapper as a lambda: a
+    closure built and called per read cost more than the in-memory reads themselves.
     """
+
+    __slots__ = ("_txn", "failed")
 
     def __init__(self, txn: LedgerTxn) -> None:
         self._txn = txn
         self.failed = False
 
-    def _read(self, read: Callable[[], T]) -> T:
+    def seen_event(self, event_id: str) -> bool:
         try:
-            return read()
+            return self._txn.seen_event(event_id)
         except BaseException:
             self.failed = True
             raise
 
-    def seen_event(self, event_id: str) -> bool:
-        return self._read(lambda: self._txn.seen_event(event_id))
-
     def send_exists(self, key: str) -> bool:
-        return self._read(lambda: self._txn.send_exists(key))
+        try:
+            return self._txn.send_exists(key)
+        except BaseException:
+            self.failed = True
+            raise
 
     def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
-        return self._read(lambda: self._txn.last_delivered_at(rule_id, user_id))
+        try:
+            return self._txn.last_delivered_at(rule_id, user_id)
+        except BaseException:
+            self.failed = True
+            raise
 
     def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
-        return self._read(lambda: self._txn.pending_for_user(user_id, rule_ids))
+        try:
+            return self._txn.pending_for_user(user_id, rule_ids)
+        except BaseException:
+            self.failed = True
+            raise
 
     def delivered_count_since(
         self, user_id: str, categories: Collection[str], since: datetime
     ) -> int:
-        return self._read(lambda: self._txn.delivered_count_since(user_id, categories, since))
+        try:
+            return self._txn.delivered_count_since(user_id, categories, since)
+        except BaseException:
+            self.failed = True
+            raise
 
     def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]:
-        return self._read(lambda: self._txn.cancel_marks_after(user_id, order))
+        try:
+            return self._txn.cancel_marks_after(user_id, order)
+        except BaseException:
+            self.failed = True
+            raise
 
 
 def _error_text(exc: BaseException) -> str:
@@ -391,20 +412,27 @@ def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> Lo
 
 def record_for(decision: Schedule, rules_version: str, now: datetime) -> SendRecord:
     """Return the ``scheduled`` send a :class:`Schedule` decision stands for."""
+    # Positional, in SendRecord's field order (key ... claimed_at): once per send, and
+    # cheaper than keywords.
     return SendRecord(
-        key=decision.key,
-        rule_id=decision.rule_id,
-        step=decision.step,
-        user_id=decision.user_id,
-        email=decision.email,
-        event_id=decision.event_id,
-        due_at=decision.due_at,
-        payload=decision.payload,
-        on_doubt=decision.on_doubt,
-        rules_version=rules_version,
-        cancel_match=decision.cancel_match,
-        created_at=now,
-        updated_at=now,
+        decision.key,
+        decision.rule_id,
+        decision.step,
+        decision.user_id,
+        decision.email,
+        decision.event_id,
+        decision.due_at,
+        decision.payload,
+        decision.on_doubt,
+        rules_version,
+        SendState.SCHEDULED,
+        decision.cancel_match,
+        0,
+        None,
+        None,
+        None,
+        now,
+        now,
     )
 
 
@@ -415,18 +443,24 @@ def _entry(
     reason: Reason,
     now: datetime,
 ) -> LogEntry:
+    due_at, variant = (
+        (decision.due_at, decision.payload.variant)
+        if isinstance(decision, Schedule)
+        else (None, None)
+    )
+    # Positional, in LogEntry's field order (at ... variant): one or two per event.
     return LogEntry(
-        at=now,
-        event_id=event.id,
-        user_id=event.user_id,
-        rule=decision.rule_id,
-        step=decision.step,
-        key=None if isinstance(decision, SetAside) else decision.key,
-        outcome=outcome,
-        reason=reason,
-        due_at=decision.due_at if isinstance(decision, Schedule) else None,
-        detail=_detail(decision),
-        variant=decision.payload.variant if isinstance(decision, Schedule) else None,
+        now,
+        event.id,
+        event.user_id,
+        decision.rule_id,
+        decision.step,
+        None if isinstance(decision, SetAside) else decision.key,
+        outcome,
+        reason,
+        due_at,
+        _detail(decision),
+        variant,
     )
 
 
