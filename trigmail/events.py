@@ -7,12 +7,10 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from functools import lru_cache
 from math import isinf
 from typing import Any, Final
 
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
-
+from trigmail.addresses import email_problem
 from trigmail.errors import BadEventError
 from trigmail.records import record
 
@@ -145,42 +143,13 @@ def _required_str(obj: Mapping[str, Any], name: str) -> str:
     return value
 
 
-# A strict subset of valid addresses (plain ASCII dot-atoms, a dotted domain with an
-# alphabetic TLD) that needs no further check; anything else goes to email-validator.
-_PLAIN_EMAIL = re.compile(
-    r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
-)
-_PLAIN_TLDS_EXCLUDED = frozenset(SPECIAL_USE_DOMAIN_NAMES)
-
-
-def _is_plain_email(address: str) -> bool:
-    if len(address) > 254 or not _PLAIN_EMAIL.fullmatch(address):
-        return False
-    local, _, domain = address.partition("@")
-    tld = domain.rsplit(".", 1)[-1].lower()
-    return len(local) <= 64 and tld not in _PLAIN_TLDS_EXCLUDED
-
-
-@lru_cache(maxsize=65_536)
-def _email_problem(address: str) -> str | None:
-    # Full validation costs ~100 us; most addresses are plain and users come back.
-    if _is_plain_email(address):
-        return None
-    try:
-        validate_email(address, check_deliverability=False)
-    except EmailNotValidError as exc:
-        return str(exc)
-    return None
-
-
 def _checked_email(obj: Mapping[str, Any]) -> str | None:
     value = obj.get("email")
     if value is None:
         return None
     if not isinstance(value, str):
         raise BadEventError("bad_email", "'email' must be a string")
-    problem = _email_problem(value)
+    problem = email_problem(value)
     if problem is not None:
         raise BadEventError("bad_email", f"{value!r}: {problem}")
     return value
@@ -312,7 +281,7 @@ def _plain_event(obj: object, read_at: datetime) -> Event | None:
         and event_id.strip()
         and type(obj.get("user", _NO_OBJECT)) is dict
         and type(obj.get("properties", _NO_OBJECT)) is dict
-        and (email is None or (type(email) is str and _email_problem(email) is None))
+        and (email is None or (type(email) is str and email_problem(email) is None))
     ):
         return None
     ts = _canonical_ts(obj.get("ts"))

@@ -13,7 +13,7 @@ the ledger's own failures stop the batch: it is then decided again, whole (docs/
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol
@@ -43,6 +43,7 @@ from trigmail.ledger.base import CancelMark, DeadLetter, LedgerTxn, SendRecord, 
 from trigmail.records import record
 from trigmail.replays import take_replay
 from trigmail.rules.model import RuleSet
+from trigmail.watched import WatchedView
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class BatchWriter:
 
     def _decide(self, item: Item, event: Event, order: str | None) -> list[Decision] | None:
         """The event's checked decisions, or ``None`` when deciding failed (it is set aside)."""
-        view = _WatchedView(self.txn)
+        view = WatchedView(self.txn)
         try:
             decided = decide_new(event, self.rules, view, self.now, order)
             return [checked(d) for d in decided]
@@ -286,65 +287,6 @@ def _payload_problem(payload: Payload) -> tuple[Reason, str] | None:
             f"the email's data nests more than {MAX_PAYLOAD_DEPTH} levels deep",
         )
     return None
-
-
-class _WatchedView:
-    """The transaction as the engine reads it, noting whether a read failed: a failed read
-    is the ledger's trouble (a lost connection, a lock), never a reason to set an event aside.
-
-    Each read is written out rather than passed through a shared wrapper as a lambda: a
-    closure built and called per read cost more than the in-memory reads themselves.
-    """
-
-    __slots__ = ("_txn", "failed")
-
-    def __init__(self, txn: LedgerTxn) -> None:
-        self._txn = txn
-        self.failed = False
-
-    def seen_event(self, event_id: str) -> bool:
-        try:
-            return self._txn.seen_event(event_id)
-        except BaseException:
-            self.failed = True
-            raise
-
-    def send_exists(self, key: str) -> bool:
-        try:
-            return self._txn.send_exists(key)
-        except BaseException:
-            self.failed = True
-            raise
-
-    def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
-        try:
-            return self._txn.last_delivered_at(rule_id, user_id)
-        except BaseException:
-            self.failed = True
-            raise
-
-    def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
-        try:
-            return self._txn.pending_for_user(user_id, rule_ids)
-        except BaseException:
-            self.failed = True
-            raise
-
-    def delivered_count_since(
-        self, user_id: str, categories: Collection[str], since: datetime
-    ) -> int:
-        try:
-            return self._txn.delivered_count_since(user_id, categories, since)
-        except BaseException:
-            self.failed = True
-            raise
-
-    def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]:
-        try:
-            return self._txn.cancel_marks_after(user_id, order)
-        except BaseException:
-            self.failed = True
-            raise
 
 
 def _error_text(exc: BaseException) -> str:

@@ -61,8 +61,7 @@ class Pipeline:
         scheduler: the cache of sends due soon.
         retry: the backoff for retryable delivery failures.
         rng: the source of jitter (seeded in tests).
-        on_entry: called with every decision log entry after its commit (or, when it has an
-            ``observe_all`` method, that with each commit's entries, in order).
+        on_entry: called with each decision log entry after its commit (see ``_publish``).
     """
 
     def __init__(
@@ -411,11 +410,10 @@ class Pipeline:
         return changed
 
     def _publish(self, entries: Sequence[LogEntry]) -> None:
+        # An on_entry with observe_all (observe.DecisionObserver) gets a commit's entries at
+        # once: it counts routine decisions per rule and reason. One write to stderr for all.
+        observe_all = getattr(self.on_entry, "observe_all", None)
         if self.on_entry is not None:
-            # An observer that takes a batch at once (observe.DecisionObserver) counts a
-            # batch's routine decisions once per rule and reason, not once per event.
-            observe_all = getattr(self.on_entry, "observe_all", None)
-            # A request's thousand lines sent go to stderr in one write (see lines_together).
             with lines_together():
                 if observe_all is not None:
                     observe_all(entries)
