@@ -6,6 +6,7 @@ its own process so that it does not share the daemon's interpreter lock) and sto
 
 from __future__ import annotations
 
+import compileall
 import cProfile
 import json
 import os
@@ -42,6 +43,14 @@ NAMES = ("cart_abandoned", "user_signup", "order_completed", "page_viewed")
 WEIGHTS = (30, 10, 20, 40)
 # A bench that has not finished by then has hung: it stops and says so.
 DEFAULT_DEADLINE_S = 110.0
+
+
+def compile_sources() -> None:
+    """Write trigmail's bytecode (``__pycache__``) before a timed ``serve`` start, as installing
+    a wheel does. Where ``PYTHONDONTWRITEBYTECODE`` is set (this project's machines set it), a
+    checkout's serve compiles every trigmail module it imports at each start instead: about
+    0.15 to 0.3 s of CPU here that an installed serve never spends."""
+    compileall.compile_dir(REPO_ROOT / "trigmail", quiet=1)
 
 
 def command() -> str:

@@ -21,7 +21,13 @@ from trigmail.errors import (
     RetryableDeliveryError,
 )
 from trigmail.providers.base import Email
-from trigmail.providers.bodies import split_batch
+from trigmail.providers.bodies import (
+    COMPACT_JSON,
+    body_json,
+    build_body,
+    fits_one_request,
+    split_batch,
+)
 from trigmail.providers.credentials import load_api_key
 from trigmail.providers.sendgrid import SendGridProvider
 from trigmail.rules.model import Address
@@ -260,6 +266,59 @@ def test_split_batch_keeps_every_limit(batch: list[Email], sizes: list[int]) -> 
     for request in requests:
         assert len({e.to.lower() for e in request}) == len(request)
         assert split_batch(request) == [request]
+        assert fits_one_request(request)
+
+
+ODD = Payload(
+    template="d-\u00e9t\u00e9",
+    data={
+        "name": 'Zo\u00eb "Z" \\ \u2028 \U0001f600',
+        "n": 2.5,
+        "big": 10**20,
+        "no": None,
+        "items": ({"sku": "a", "tags": ("x", "y")},),
+        "flag": True,
+    },
+    from_=Address("caf\u00e9@example.com", 'Caf\u00e9 "Le Bon"'),
+    variant="b-\u00e9",
+)
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        [email(1)],
+        [email(n) for n in range(3)],
+        [email(1, to="z\u00f6e@example.com", payload=ODD, key="k:\u00e9\n\x00")],
+        [email(1, payload=Payload(template="d-x", data={}))],
+    ],
+)
+@pytest.mark.parametrize("settings", [None, {"mail_settings": {"sandbox_mode": {"enable": True}}}])
+def test_body_json_is_the_encoded_body(
+    batch: list[Email], settings: dict[str, object] | None
+) -> None:
+    # The request's bytes are written as text: exactly what encoding build_body wrote.
+    body = build_body(batch, SHOP) | (settings or {})
+    assert body_json(batch, SHOP, settings) == COMPACT_JSON.encode(body).encode()
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        [email(n) for n in range(3)],
+        [email(n) for n in range(1000)],
+        [email(n) for n in range(1001)],
+        [email(1, "a@x.io"), email(2, "A@x.io")],
+        [email(1), email(2, payload=OTHER)],
+        [email(1), email(2, key="k" * 10_000)],
+        [email(2, key="k" * 10_000)],
+        [email(2, key="k" * 10_000), email(3, key="j" * 10_000)],
+        [],
+    ],
+)
+def test_fits_one_request_is_what_split_batch_leaves_whole(batch: list[Email]) -> None:
+    # What the provider checks of each batch it is handed, without splitting it again.
+    assert fits_one_request(batch) == (len(split_batch(batch)) == 1)
 
 
 def test_the_api_key_never_shows(

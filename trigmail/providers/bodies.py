@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from trigmail.providers.base import BatchKey, Email, batch_key
@@ -50,11 +51,51 @@ def _may_break_args_limit(email: Email) -> bool:
     return 12 * (len(email.key) + len(email.rule_id) + len(variant)) + 80 >= MAX_CUSTOM_ARGS_BYTES
 
 
+def _goes_alone(email: Email) -> bool:
+    """Whether ``email``'s custom args alone break the size limit: only its own send fails."""
+    return _may_break_args_limit(email) and custom_args_bytes(email) >= MAX_CUSTOM_ARGS_BYTES
+
+
 def build_body(emails: Sequence[Email], default_from: Address) -> dict[str, Any]:
     """Return the ``/v3/mail/send`` JSON body for a batch sharing one :func:`batch_key`."""
-    first = emails[0].payload
+    body: dict[str, Any] = {"personalizations": [_personalization(email) for email in emails]}
+    body.update(_message(emails[0], default_from))
+    return body
+
+
+def body_json(
+    emails: Sequence[Email], default_from: Address, settings: Mapping[str, Any] | None = None
+) -> bytes:
+    """Return :func:`build_body` as :data:`COMPACT_JSON` encodes it, with ``settings`` (such as
+    ``mail_settings``) after its keys: the same bytes, each personalization written as text
+    rather than built as three dicts and a list and then walked by the encoder (a request
+    carries up to a thousand)."""
+    message = _message(emails[0], default_from)
+    message.update(settings or {})
+    personalizations = ",".join([_personalization_json(email) for email in emails])
+    return f'{{"personalizations":[{personalizations}],{COMPACT_JSON.encode(message)[1:]}'.encode()
+
+
+def _personalization_json(email: Email) -> str:
+    # The text COMPACT_JSON writes for _personalization(email): ensure_ascii, so each string
+    # as encode_basestring_ascii escapes it.
+    payload = email.payload
+    empty = isinstance(payload.data, Mapping) and not payload.data  # most templates' data
+    data = "{}" if empty else COMPACT_JSON.encode(_plain(payload.data))
+    args = (
+        f'"trigmail_key":{encode_basestring_ascii(email.key)},'
+        f'"trigmail_rule":{encode_basestring_ascii(email.rule_id)}'
+    )
+    if payload.variant is not None:
+        args += f',"trigmail_variant":{encode_basestring_ascii(payload.variant)}'
+    to = encode_basestring_ascii(email.to)
+    return f'{{"to":[{{"email":{to}}}],"dynamic_template_data":{data},"custom_args":{{{args}}}}}'
+
+
+def _message(email: Email, default_from: Address) -> dict[str, Any]:
+    """The body's keys past ``personalizations``: what every email of the batch shares."""
+    first = email.payload
     body: dict[str, Any] = {
-        "personalizations": [_personalization(email) for email in emails],
         "from": _address(first.from_ or default_from),
         "template_id": first.template,
     }
@@ -117,14 +158,29 @@ def split_batch(emails: Sequence[Email]) -> list[list[Email]]:
     requests: list[_Request] = []
     open_by_key: dict[BatchKey, list[_Request]] = {}
     for email in emails:
-        if _may_break_args_limit(email) and custom_args_bytes(email) >= MAX_CUSTOM_ARGS_BYTES:
+        if _goes_alone(email):
             requests.append(_Request(emails=[email]))
             continue
         candidates = open_by_key.setdefault(batch_key(email), [])
-        request = next((r for r in candidates if r.fits(email)), None)
-        if request is None:
+        for request in candidates:
+            if request.fits(email):
+                break
+        else:
             request = _Request()
             candidates.append(request)
             requests.append(request)
         request.add(email)
     return [request.emails for request in requests]
+
+
+def fits_one_request(emails: Sequence[Email]) -> bool:
+    """Whether :func:`split_batch` leaves ``emails`` in one request, without splitting them:
+    what a provider checks of each batch it is handed, already split."""
+    if not 0 < len(emails) <= _MAX_EMAILS_PER_REQUEST:
+        return False
+    if len({email.to.lower() for email in emails}) != len(emails):
+        return False  # an address twice
+    if len(emails) == 1:
+        return True  # alone, even when its custom args break the size limit
+    key = batch_key(emails[0])
+    return all(batch_key(email) == key and not _goes_alone(email) for email in emails)

@@ -20,12 +20,11 @@ from trigmail.errors import (
 )
 from trigmail.providers.base import Accepted, Email
 from trigmail.providers.bodies import (
-    COMPACT_JSON,
     MAX_CATEGORIES,
     MAX_CUSTOM_ARGS_BYTES,
-    build_body,
+    body_json,
     custom_args_bytes,
-    split_batch,
+    fits_one_request,
 )
 from trigmail.providers.classify import classify
 from trigmail.rules.model import Address
@@ -40,7 +39,7 @@ def _check_batch(emails: Sequence[Email]) -> None:
     """Refuse a batch :func:`split_batch` would split; reject what no split can fix."""
     if not emails:
         raise ValueError("an empty batch: nothing to send")
-    if len(split_batch(emails)) != 1:
+    if not fits_one_request(emails):
         raise ValueError(
             f"a batch of {len(emails)} emails breaks SendGrid's request limits or mixes "
             "message attributes: split it with split_batch() first"
@@ -121,10 +120,8 @@ class SendGridProvider:
     def send(self, emails: Sequence[Email]) -> Accepted:
         """Send one batch as one request; see :class:`trigmail.providers.base.Provider`."""
         _check_batch(emails)
-        body = build_body(emails, self._default_from)
-        if self._sandbox:
-            body["mail_settings"] = {"sandbox_mode": {"enable": True}}
-        content = COMPACT_JSON.encode(body).encode()
+        settings = {"mail_settings": {"sandbox_mode": {"enable": True}}} if self._sandbox else None
+        content = body_json(emails, self._default_from, settings)
         logger.debug(
             "sendgrid %s: sending %d emails (%d bytes)", emails[0].key, len(emails), len(content)
         )

@@ -13,13 +13,16 @@ import os
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Final
-
-from cryptography.hazmat.primitives.asymmetric import ec
-from sendgrid.helpers.eventwebhook import EventWebhook
+from typing import TYPE_CHECKING, Final
 
 from trigmail.config import WebhookConfig
 from trigmail.errors import ConfigError
+
+if TYPE_CHECKING:
+    # Imported where a key is parsed or checked: serve imports this module for the webhook's
+    # names whether or not it has a webhook, and ``sendgrid`` with ``cryptography`` is a
+    # tenth of its import time.
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 SIGNATURE_HEADER: Final = "x-twilio-email-event-webhook-signature"
 TIMESTAMP_HEADER: Final = "x-twilio-email-event-webhook-timestamp"
@@ -50,6 +53,9 @@ def parse_public_key(text: str, where: str) -> ec.EllipticCurvePublicKey:
     Raises:
         ConfigError: naming ``where`` when the text is not such a key.
     """
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from sendgrid.helpers.eventwebhook import EventWebhook
+
     body = "".join(
         line for line in text.strip().splitlines() if not line.startswith("-----")
     ).strip()
@@ -101,6 +107,8 @@ class Verifier:
     """
 
     def __init__(self, key: ec.EllipticCurvePublicKey) -> None:
+        from sendgrid.helpers.eventwebhook import EventWebhook
+
         self._key = key
         self._helper = EventWebhook()
 
@@ -117,6 +125,7 @@ class Verifier:
 def sign(private_key: ec.EllipticCurvePrivateKey, body: bytes, timestamp: str) -> str:
     """Return SendGrid's signature of ``body`` at ``timestamp`` (tests, the fake, the bench)."""
     from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     signed = private_key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     return base64.b64encode(signed).decode()
