@@ -17,6 +17,7 @@ from jinja2.exceptions import TemplateSyntaxError
 from trigmail.errors import SpecError, TemplateRenderError
 from trigmail.events import Event, event_from_object
 from trigmail.rules import limits
+from trigmail.rules.dedupe import DEFAULT_DEDUPE, compile_key
 from trigmail.rules.jinjastrings import (
     _VARIABLE,
     ENV,
@@ -26,11 +27,9 @@ from trigmail.rules.jinjastrings import (
     compile_text,
 )
 from trigmail.rules.templating import (
-    DEFAULT_DEDUPE,
     _Lookup,
     _LookupOr,
     compile_data,
-    compile_key,
     default_data,
 )
 

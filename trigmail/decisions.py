@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import field
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from trigmail.events import format_ts
@@ -110,7 +111,21 @@ class Payload:
         """
         text: str | None = self.__dict__.get("_json_text")
         if text is None:
-            text = self.__dict__["_json_text"] = _STRICT_JSON.encode(self.to_json())
+            # The text of to_json(), from the rule's fixed fields encoded once per send spec
+            # and the data encoded here: the encoder writes a nested object as it writes one
+            # alone. (Equal to encoding to_json(): tests/test_decisions_json.py.)
+            head, tail = _payload_frame(
+                (
+                    self.template,
+                    self.categories,
+                    self.asm_group,
+                    self.from_,
+                    self.reply_to,
+                    self.variant,
+                )
+            )
+            data = self.data if type(self.data) is dict else dict(self.data)
+            text = self.__dict__["_json_text"] = head + _STRICT_JSON.encode(data) + tail
         return text
 
     @classmethod
@@ -128,6 +143,29 @@ class Payload:
 
 # Strict: NaN and Infinity are not JSON, and no provider or PostgreSQL would take them.
 _STRICT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+# A payload's fields but its data: template, categories, asm_group, from, reply_to, variant.
+_Fixed = tuple[str, tuple[str, ...], int | None, Address | None, Address | None, str | None]
+
+
+@lru_cache(maxsize=1024)
+def _payload_frame(fixed: _Fixed) -> tuple[str, str]:
+    """The JSON text of a payload around its data: ``{"template":…,"data":`` and the rest.
+
+    A rule set has a few of these (one per send spec and variant); every send shares them.
+    """
+    template, categories, asm_group, from_, reply_to, variant = fixed
+    head = _STRICT_JSON.encode({"template": template})[:-1] + ',"data":'
+    rest: dict[str, Any] = {
+        "categories": list(categories),
+        "asm_group": asm_group,
+        "from": _address_json(from_),
+        "reply_to": _address_json(reply_to),
+    }
+    if variant is not None:
+        rest["variant"] = variant
+    return head, "," + _STRICT_JSON.encode(rest)[1:]
 
 
 def _address_json(address: Address | None) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ from trigmail.errors import TemplateRenderError
 from trigmail.events import MISSING, Event
 from trigmail.ledger.base import CancelMark, SendRecord
 from trigmail.pauses import Pauses
-from trigmail.rules.model import Outside, Rule, RuleSet, SendSpec, SendWindow, Step
+from trigmail.rules.model import CancelOn, Outside, Rule, RuleSet, SendSpec, SendWindow, Step
 from trigmail.rules.templating import default_data
 from trigmail.windows import describe, next_opening, resolve_zone
 
@@ -106,9 +106,11 @@ def decide_new(
         order: where the event entered a source whose readers may decide events out of that
             order (see :class:`~trigmail.ledger.base.CancelMark`); ``None`` for one reader.
     """
-    decisions: list[Decision] = list(_cancellations(event, rules, view, order))
-    triggered = rules.triggered_by(event.name)
-    for rule in triggered:
+    cancellers = rules.cancelled_by(event.name)
+    decisions: list[Decision] = (
+        list(_cancellations(event, cancellers, view, order)) if cancellers else []
+    )
+    for rule in rules.triggered_by(event.name):
         decided = _decide_rule(rule, event, view, now)
         if order is not None and rule.cancels:
             decided = [_with_order(each, order) for each in decided]
@@ -127,11 +129,11 @@ def _with_order(decision: Decision, order: str) -> Decision:
 
 
 def _cancellations(
-    event: Event, rules: RuleSet, view: LedgerView, order: str | None
+    event: Event,
+    cancellers: tuple[tuple[Rule, CancelOn], ...],
+    view: LedgerView,
+    order: str | None,
 ) -> Iterator[Cancel]:
-    cancellers = rules.cancelled_by(event.name)
-    if not cancellers:
-        return
     pending = view.pending_for_user(event.user_id, {rule.id for rule, _ in cancellers})
     if order is not None:
         # A cancel decided late (another worker read it later) leaves alone the triggers that
@@ -223,36 +225,44 @@ def _decide_rule(rule: Rule, event: Event, view: LedgerView, now: datetime) -> l
 def _decide_step(
     rule: Rule, step: Step, base_key: str, event: Event, *, view: LedgerView, now: datetime
 ) -> Decision:
-    key = step_key(base_key, step)
+    number = step.number
+    key = base_key if number == 0 else f"{base_key}#{number}"  # step_key, inlined: per step
     if step.when is not None and (failed := step.when.check(event)) is not None:
-        return Skip(rule.id, Reason.CONDITION_FALSE, failed, step=step.number, key=key)
+        return Skip(rule.id, Reason.CONDITION_FALSE, failed, number, key)
     if view.send_exists(key):
-        return Skip(rule.id, Reason.DUPLICATE_KEY, f"key {key} exists", step=step.number, key=key)
-    trigger_values = _trigger_values(rule, event)
-    due_at, reason, note = _due_at(rule, step, event, trigger_values)
-    held = _held_at_schedule(
-        rule, step, key, event.user_id, due=(due_at, reason, note), view=view, now=now
-    )
-    if held is not None:
-        return held
+        return Skip(rule.id, Reason.DUPLICATE_KEY, f"key {key} exists", number, key)
+    trigger_values = _trigger_values(rule, event) if rule.kept_paths else {}
+    if rule.send_window is None:
+        # No window (nearly every transactional rule): due when the delay says, no note.
+        due_at = event.ts + step.delay if step.delay_s else event.ts
+        reason, note = (Reason.DELAY if step.delay_s else Reason.IMMEDIATE), ""
+    else:
+        due_at, reason, note = _due_at(rule, step, event, trigger_values)
+    if reason is Reason.OUTSIDE_WINDOW or rule.max_late_s is not None or rule.cooldown_s > 0:
+        held = _held_at_schedule(
+            rule, step, key, event.user_id, due=(due_at, reason, note), view=view, now=now
+        )
+        if held is not None:
+            return held
     try:
         payload = _payload(rule.id, step.send, event)
     except TemplateRenderError as exc:
-        return SetAside(rule.id, Reason.TEMPLATE_ERROR, str(exc), step=step.number)
+        return SetAside(rule.id, Reason.TEMPLATE_ERROR, str(exc), number)
     assert event.email is not None  # checked by _decide_rule
+    # Positional: Schedule's fields in order (rule_id ... detail), cheaper than keywords.
     return Schedule(
-        rule_id=rule.id,
-        step=step.number,
-        key=key,
-        user_id=event.user_id,
-        email=event.email,
-        event_id=event.id,
-        due_at=due_at,
-        payload=payload,
-        on_doubt=rule.on_doubt,
-        reason=reason,
-        cancel_match=trigger_values,
-        detail=note,
+        rule.id,
+        number,
+        key,
+        event.user_id,
+        event.email,
+        event.id,
+        due_at,
+        payload,
+        rule.on_doubt,
+        reason,
+        trigger_values,
+        note,
     )
 
 
@@ -282,8 +292,6 @@ def _held_at_schedule(
 
 def _trigger_values(rule: Rule, event: Event) -> dict[str, Any]:
     """Keep the trigger's values that the send needs once the event is gone."""
-    if not rule.kept_paths:
-        return {}
     values = {path: event.lookup(path) for path in rule.kept_paths}
     return {path: value for path, value in values.items() if value is not MISSING}
 
@@ -292,7 +300,7 @@ def _due_at(
     rule: Rule, step: Step, event: Event, trigger_values: Mapping[str, Any]
 ) -> tuple[datetime, Reason, str]:
     """When the step is due, why, and a note for the log (``outside_window``: why not)."""
-    due_at = event.ts + timedelta(seconds=step.delay_s)
+    due_at = event.ts + step.delay
     reason = Reason.DELAY if step.delay_s else Reason.IMMEDIATE
     window = rule.send_window
     if window is None:
@@ -343,14 +351,9 @@ def _payload(rule_id: str, spec: SendSpec, event: Event) -> Payload:
         template, variant = chosen.template, chosen.id
         data_template = spec.data if chosen.data is None else chosen.data
     data = default_data(event) if data_template is None else data_template.render(event)
+    # Positional: Payload's fields in order, cheaper than keywords once per send.
     return Payload(
-        template=template,
-        data=data,
-        categories=spec.categories,
-        asm_group=spec.asm_group,
-        from_=spec.from_,
-        reply_to=spec.reply_to,
-        variant=variant,
+        template, data, spec.categories, spec.asm_group, spec.from_, spec.reply_to, variant
     )
 
 

@@ -7,12 +7,10 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from functools import lru_cache
 from math import isinf
 from typing import Any, Final
 
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
-
+from trigmail.addresses import email_problem
 from trigmail.errors import BadEventError
 from trigmail.records import record
 
@@ -145,42 +143,13 @@ def _required_str(obj: Mapping[str, Any], name: str) -> str:
     return value
 
 
-# A strict subset of valid addresses (plain ASCII dot-atoms, a dotted domain with an
-# alphabetic TLD) that needs no further check; anything else goes to email-validator.
-_PLAIN_EMAIL = re.compile(
-    r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
-)
-_PLAIN_TLDS_EXCLUDED = frozenset(SPECIAL_USE_DOMAIN_NAMES)
-
-
-def _is_plain_email(address: str) -> bool:
-    if len(address) > 254 or not _PLAIN_EMAIL.fullmatch(address):
-        return False
-    local, _, domain = address.partition("@")
-    tld = domain.rsplit(".", 1)[-1].lower()
-    return len(local) <= 64 and tld not in _PLAIN_TLDS_EXCLUDED
-
-
-@lru_cache(maxsize=65_536)
-def _email_problem(address: str) -> str | None:
-    # Full validation costs ~100 us; most addresses are plain and users come back.
-    if _is_plain_email(address):
-        return None
-    try:
-        validate_email(address, check_deliverability=False)
-    except EmailNotValidError as exc:
-        return str(exc)
-    return None
-
-
 def _checked_email(obj: Mapping[str, Any]) -> str | None:
     value = obj.get("email")
     if value is None:
         return None
     if not isinstance(value, str):
         raise BadEventError("bad_email", "'email' must be a string")
-    problem = _email_problem(value)
+    problem = email_problem(value)
     if problem is not None:
         raise BadEventError("bad_email", f"{value!r}: {problem}")
     return value
@@ -283,7 +252,68 @@ def parse_event(line: str | bytes, read_at: datetime) -> Event:
         refuse_too_deep(obj)
     if _may_be_unstorable(text):
         _refuse_unstorable(obj)
-    return _event_from_shallow(obj, read_at)
+    return _plain_event(obj, read_at) or _event_from_shallow(obj, read_at)
+
+
+def _plain_event(obj: object, read_at: datetime) -> Event | None:
+    """:func:`_event_from_shallow` for the common event, or ``None`` for any other value.
+
+    The common event: an object whose ``event``, ``user_id`` and ``id`` are non-blank text,
+    ``email`` a plain or already accepted address (or absent), ``user`` and ``properties``
+    objects (or absent), and ``ts`` in exactly the form :func:`format_ts` writes. Its data is
+    then the decoded object itself: ``id`` and ``ts`` already hold what the slow path would
+    write there, and no one else holds the object (``parse_event`` just decoded it). Anything
+    else (every error included) returns ``None``, for the slow path to judge with its reason.
+    Exact types: the decoder makes no subclasses, and the slow path takes any that come.
+    """
+    if type(obj) is not dict:
+        return None
+    name = obj.get("event")
+    user_id = obj.get("user_id")
+    event_id = obj.get("id")
+    email = obj.get("email")
+    if not (
+        type(name) is str
+        and type(user_id) is str
+        and type(event_id) is str
+        and name.strip()
+        and user_id.strip()
+        and event_id.strip()
+        and type(obj.get("user", _NO_OBJECT)) is dict
+        and type(obj.get("properties", _NO_OBJECT)) is dict
+        and (email is None or (type(email) is str and email_problem(email) is None))
+    ):
+        return None
+    ts = _canonical_ts(obj.get("ts"))
+    if ts is None:
+        return None
+    return Event(event_id, name, user_id, email, ts, obj)
+
+
+# Stands in for an absent ``user`` or ``properties``: as good as an object to the fast path.
+_NO_OBJECT: Final[dict[str, Any]] = {}
+
+
+def _canonical_ts(given: object) -> datetime | None:
+    """The time of a ``ts`` written as :func:`format_ts` writes it (so that :func:`_ts_text`
+    keeps it as it is), inside the accepted years; ``None`` for any other value."""
+    if not (
+        type(given) is str
+        and given[-1:] == "Z"
+        and (len(given) == 20 or (len(given) == 27 and given[19] == "."))
+        and given[4] + given[7] + given[10] + given[13] + given[16] == "--T::"
+    ):
+        return None
+    try:
+        # Python 3.11 reads a "Z" as UTC, the same instant as "+00:00" (what parse_ts reads).
+        ts = datetime.fromisoformat(given)
+    except ValueError:
+        return None
+    if ts.tzinfo is not UTC or (len(given) == 27 and not ts.microsecond):
+        return None  # ".000000" is written without its fraction: the slow path writes that
+    if not _EARLIEST_TS <= ts < _LATEST_TS:
+        return None
+    return ts
 
 
 def _refuse_too_large(line: str | bytes) -> None:

@@ -13,10 +13,10 @@ the ledger's own failures stop the batch: it is then decided again, whole (docs/
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Protocol, TypeVar
+from typing import Final, Protocol
 
 from trigmail.decisions import (
     Cancel,
@@ -39,10 +39,11 @@ from trigmail.events import (
     json_depth_exceeds,
     parse_event,
 )
-from trigmail.ledger.base import CancelMark, DeadLetter, LedgerTxn, SendRecord
+from trigmail.ledger.base import CancelMark, DeadLetter, LedgerTxn, SendRecord, SendState
 from trigmail.records import record
 from trigmail.replays import take_replay
 from trigmail.rules.model import RuleSet
+from trigmail.watched import WatchedView
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ still far from the recursion limit of whatever encodes or decodes it later."""
 
 # How much of an unexpected exception's text a dead letter and the log line keep.
 _ERROR_TEXT_MAX_CHARS = 300
-
-T = TypeVar("T")
 
 
 class Item(Protocol):
@@ -167,7 +166,7 @@ class BatchWriter:
 
     def _decide(self, item: Item, event: Event, order: str | None) -> list[Decision] | None:
         """The event's checked decisions, or ``None`` when deciding failed (it is set aside)."""
-        view = _WatchedView(self.txn)
+        view = WatchedView(self.txn)
         try:
             decided = decide_new(event, self.rules, view, self.now, order)
             return [checked(d) for d in decided]
@@ -267,7 +266,8 @@ def checked(decision: Decision) -> Decision:
 def _payload_problem(payload: Payload) -> tuple[Reason, str] | None:
     try:
         text = payload.json_text()
-        size = len(text.encode())
+        # ASCII (nearly every payload) is a byte a character: no copy encoded to measure it.
+        size = len(text) if text.isascii() else len(text.encode())
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError: a ValueError
         return (
             Reason.TEMPLATE_ERROR,
@@ -287,43 +287,6 @@ def _payload_problem(payload: Payload) -> tuple[Reason, str] | None:
             f"the email's data nests more than {MAX_PAYLOAD_DEPTH} levels deep",
         )
     return None
-
-
-class _WatchedView:
-    """The transaction as the engine reads it, noting whether a read failed: a failed read
-    is the ledger's trouble (a lost connection, a lock), never a reason to set an event aside.
-    """
-
-    def __init__(self, txn: LedgerTxn) -> None:
-        self._txn = txn
-        self.failed = False
-
-    def _read(self, read: Callable[[], T]) -> T:
-        try:
-            return read()
-        except BaseException:
-            self.failed = True
-            raise
-
-    def seen_event(self, event_id: str) -> bool:
-        return self._read(lambda: self._txn.seen_event(event_id))
-
-    def send_exists(self, key: str) -> bool:
-        return self._read(lambda: self._txn.send_exists(key))
-
-    def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
-        return self._read(lambda: self._txn.last_delivered_at(rule_id, user_id))
-
-    def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
-        return self._read(lambda: self._txn.pending_for_user(user_id, rule_ids))
-
-    def delivered_count_since(
-        self, user_id: str, categories: Collection[str], since: datetime
-    ) -> int:
-        return self._read(lambda: self._txn.delivered_count_since(user_id, categories, since))
-
-    def cancel_marks_after(self, user_id: str, order: str) -> list[CancelMark]:
-        return self._read(lambda: self._txn.cancel_marks_after(user_id, order))
 
 
 def _error_text(exc: BaseException) -> str:
@@ -391,20 +354,27 @@ def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> Lo
 
 def record_for(decision: Schedule, rules_version: str, now: datetime) -> SendRecord:
     """Return the ``scheduled`` send a :class:`Schedule` decision stands for."""
+    # Positional, in SendRecord's field order (key ... claimed_at): once per send, and
+    # cheaper than keywords.
     return SendRecord(
-        key=decision.key,
-        rule_id=decision.rule_id,
-        step=decision.step,
-        user_id=decision.user_id,
-        email=decision.email,
-        event_id=decision.event_id,
-        due_at=decision.due_at,
-        payload=decision.payload,
-        on_doubt=decision.on_doubt,
-        rules_version=rules_version,
-        cancel_match=decision.cancel_match,
-        created_at=now,
-        updated_at=now,
+        decision.key,
+        decision.rule_id,
+        decision.step,
+        decision.user_id,
+        decision.email,
+        decision.event_id,
+        decision.due_at,
+        decision.payload,
+        decision.on_doubt,
+        rules_version,
+        SendState.SCHEDULED,
+        decision.cancel_match,
+        0,
+        None,
+        None,
+        None,
+        now,
+        now,
     )
 
 
@@ -415,18 +385,24 @@ def _entry(
     reason: Reason,
     now: datetime,
 ) -> LogEntry:
+    due_at, variant = (
+        (decision.due_at, decision.payload.variant)
+        if isinstance(decision, Schedule)
+        else (None, None)
+    )
+    # Positional, in LogEntry's field order (at ... variant): one or two per event.
     return LogEntry(
-        at=now,
-        event_id=event.id,
-        user_id=event.user_id,
-        rule=decision.rule_id,
-        step=decision.step,
-        key=None if isinstance(decision, SetAside) else decision.key,
-        outcome=outcome,
-        reason=reason,
-        due_at=decision.due_at if isinstance(decision, Schedule) else None,
-        detail=_detail(decision),
-        variant=decision.payload.variant if isinstance(decision, Schedule) else None,
+        now,
+        event.id,
+        event.user_id,
+        decision.rule_id,
+        decision.step,
+        None if isinstance(decision, SetAside) else decision.key,
+        outcome,
+        reason,
+        due_at,
+        _detail(decision),
+        variant,
     )
 
 

@@ -155,8 +155,8 @@ class Metrics:
         for result in RELOAD_RESULTS:
             self.rule_reloads.labels(result=result)
 
-    def record_decision(self, rule_id: str | None, reason: Reason) -> None:
-        """Count one decision; ``rule_id`` is ``None`` when the event matched no rule."""
+    def record_decision(self, rule_id: str | None, reason: Reason, count: int = 1) -> None:
+        """Count ``count`` decisions; ``rule_id`` is ``None`` when the event matched no rule."""
         # A decision or two per event: the labelled child is looked up once per label pair
         # (``labels()`` checks and joins its arguments on every call).
         child = self._decision_children.get((rule_id, reason))
@@ -165,7 +165,7 @@ class Metrics:
             child = self._decision_children[(rule_id, reason)] = self.decisions.labels(
                 rule=rule, reason=reason
             )
-        child.inc()
+        child.inc(count)
 
     def record_send(self, rule_id: str, state: SendState, variant: str | None = None) -> None:
         """Count one send reaching ``state`` (``sent``, ``failed``, ``cancelled``, ``in_doubt``),

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from trigmail.decisions import LogEntry, Outcome
+from trigmail.decisions import LogEntry, Outcome, Reason
 from trigmail.ledger.base import SendState
 from trigmail.metrics import Metrics
 from trigmail.providers.base import Accepted, Email, Provider
@@ -35,6 +36,10 @@ _OPERATOR_LEVELS = {
     Outcome.IN_DOUBT: logging.WARNING,
     Outcome.DEAD_LETTER: logging.WARNING,
 }
+
+
+# Outcomes that are counted as decisions and nothing else, and logged at ``log.decisions``.
+_ROUTINE = frozenset({Outcome.SCHEDULED, Outcome.SKIPPED})
 
 
 def decision_fields(entry: LogEntry) -> dict[str, Any]:
@@ -84,6 +89,22 @@ class DecisionObserver:
         if entry.outcome is Outcome.DEAD_LETTER:
             self.metrics.record_dead_letter(entry.reason)
         self._log(entry)
+
+    def observe_all(self, entries: Sequence[LogEntry]) -> None:
+        """:meth:`__call__` for each of a batch's entries: the routine decisions (scheduled,
+        skipped) counted per rule and reason once per batch, not one counter update each
+        (a counter takes a lock), and logged only when their level is on."""
+        routine: Counter[tuple[str | None, Reason]] = Counter()
+        log_routine = log.isEnabledFor(self.decisions_level)
+        for entry in entries:
+            if entry.outcome in _ROUTINE:
+                routine[entry.rule, entry.reason] += 1
+                if log_routine:
+                    self._log(entry)
+            else:
+                self(entry)
+        for (rule, reason), count in routine.items():
+            self.metrics.record_decision(rule, reason, count)
 
     def _log(self, entry: LogEntry) -> None:
         level = _OPERATOR_LEVELS.get(entry.outcome, self.decisions_level)

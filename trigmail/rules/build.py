@@ -20,6 +20,7 @@ from email_validator import EmailNotValidError, validate_email
 from trigmail.durations import parse_duration
 from trigmail.errors import DurationError, SpecError
 from trigmail.rules.conditions import compile_condition
+from trigmail.rules.dedupe import DEFAULT_DEDUPE, compile_key
 from trigmail.rules.model import (
     Address,
     CancelOn,
@@ -38,7 +39,7 @@ from trigmail.rules.model import (
 )
 from trigmail.rules.problems import Finding, Severity
 from trigmail.rules.quoting import quote
-from trigmail.rules.templating import DEFAULT_DEDUPE, compile_data, compile_key
+from trigmail.rules.templating import compile_data
 from trigmail.rules.yamlsource import Path
 
 Locate = Callable[[Path], Location]

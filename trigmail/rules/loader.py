@@ -12,24 +12,22 @@ import difflib
 import gc
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any, Final
 
 from trigmail.errors import RulesError, UnreadableFileError
-from trigmail.rules.build import build_cap, build_rule
 from trigmail.rules.catalog import CATALOGUE_FILE, Catalog, EventType, parse_catalog
 from trigmail.rules.eventcheck import check_rule, likely_typos
-from trigmail.rules.everyproblem import every_problem, misindented
 from trigmail.rules.files import outside, read_text
 from trigmail.rules.lint import Code, lint
-from trigmail.rules.model import Cap, Location, Rule, RuleSet
-from trigmail.rules.problems import Finding, Problem, Severity, format_path
+from trigmail.rules.model import Location, Rule, RuleSet
+from trigmail.rules.problems import Finding, Problem, Severity
 from trigmail.rules.quoting import quote
-from trigmail.rules.schema import check_structure, kind
-from trigmail.rules.yamlsource import Path, YamlDocument, load_document
+from trigmail.rules.rulefile import CompiledFiles, RuleFile
+from trigmail.rules.yamlsource import Path
 
 __all__ = [
     "DEFAULT_RETENTION_S",
@@ -80,115 +78,7 @@ class ParseResult:
         return self.rules
 
 
-@dataclass
-class _File:
-    """One file's way through the stages."""
-
-    name: str
-    text: str
-    document: YamlDocument | None = None
-    rules: list[tuple[int, Rule]] = field(default_factory=list)
-    caps: list[tuple[int, Cap]] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    rules_written: int = 0
-
-    def place(self, finding: Finding) -> Problem:
-        mark = self.document.position(finding.path, key=finding.at_key) if self.document else None
-        line, col = (mark.line, mark.col) if mark else (1, 1)
-        path = format_path(finding.path)
-        return Problem(self.name, line, col, finding.severity, path, finding.message)
-
-    def add(self, findings: Iterable[Finding]) -> None:
-        self.problems.extend(self.place(finding) for finding in findings)
-
-    def location(self, path: Path) -> Location:
-        assert self.document is not None
-        mark = self.document.position(path)
-        return Location(self.name, mark.line, mark.col)
-
-
-def _check_document(source: _File) -> Any:
-    """Return the document's data when it can go on to the schema, else ``None``."""
-    document = source.document = load_document(source.text)
-    source.problems.extend(
-        Problem(
-            source.name,
-            issue.mark.line,
-            issue.mark.col,
-            Severity.ERROR,
-            format_path(issue.path),
-            issue.message,
-        )
-        for issue in document.issues
-    )
-    data = document.data
-    if (data is None and not document.issues) or data == {}:
-        source.add([Finding((), "the file is empty: it needs a 'rules:' list or a 'caps:' list")])
-        return None
-    if data is not None and not isinstance(data, dict):
-        message = f"a rule file is a mapping with 'rules:' and/or 'caps:', not {kind(data)}"
-        source.add([Finding((), message)])
-        return None
-    return data
-
-
-def _compile_file(source: _File) -> None:
-    data = _check_document(source)
-    if data is None:
-        return
-    if isinstance(data.get("rules"), list):
-        source.rules_written = len(data["rules"])
-    structural = check_structure(data)
-    source.add(misindented(data, structural) if structural else structural)
-    # A rule or cap the schema rejected would only repeat its problems in other words.
-    rejected = {finding.path[:2] for finding in structural}
-    for section, build in (("rules", build_rule), ("caps", build_cap)):
-        items = data.get(section)
-        if not isinstance(items, list) or (section,) in rejected:
-            continue
-        for index, spec in enumerate(items):
-            base: Path = (section, index)
-            if base in rejected:
-                continue
-            built, findings = build(spec, base, source.location((*base, "id")))
-            source.add(every_problem(spec, base, findings) if findings else findings)
-            if isinstance(built, Rule):
-                source.rules.append((index, built))
-            elif isinstance(built, Cap):
-                source.caps.append((index, built))
-
-
-class CompiledFiles:
-    """The files compiled by the last load, by name and text, for the next load to reuse.
-
-    A file's compilation (YAML, schema, semantic checks, compiled rules) depends on its name
-    and text alone, so a reload compiles only the files that changed; the checks across files
-    (ids, events, lint) still run on the whole set. With 1,000 rules in 100 files, compiling
-    them all took most of a reload. Only the last load's files are kept.
-    """
-
-    def __init__(self) -> None:
-        self._files: dict[tuple[str, str], _File] = {}
-
-    def compile(self, sources: Sequence[_File]) -> list[_File]:
-        """Return ``sources`` compiled, each one reused from the last load if it was there."""
-        files: dict[tuple[str, str], _File] = {}
-        compiled = []
-        for source in sources:
-            key = (source.name, source.text)
-            # A file listed twice (a directory given twice) is compiled twice, as before.
-            known = None if key in files else self._files.get(key)
-            if known is None:
-                _compile_file(source)
-                known = source
-            files[key] = known
-            compiled.append(known)
-        # One assignment: a load in another thread sees the old files or the new ones.
-        self._files = files
-        return compiled
-
-
-def _duplicates(sources: Sequence[_File], section: str) -> list[Problem]:
+def _duplicates(sources: Sequence[RuleFile], section: str) -> list[Problem]:
     """Report each id used twice, at the second use, naming the first."""
     first: dict[str, Location] = {}
     problems = []
@@ -207,7 +97,7 @@ def _duplicates(sources: Sequence[_File], section: str) -> list[Problem]:
     return problems
 
 
-def _lint(sources: Sequence[_File], retention_s: int) -> list[Problem]:
+def _lint(sources: Sequence[RuleFile], retention_s: int) -> list[Problem]:
     # By identity: with a duplicate id (an error of its own) each rule still has one home.
     owners = {id(rule): (source, index) for source in sources for index, rule in source.rules}
     rules = [rule for source in sources for _, rule in source.rules]
@@ -226,7 +116,7 @@ def _lint(sources: Sequence[_File], retention_s: int) -> list[Problem]:
     return problems
 
 
-def _acknowledge_list(source: _File, index: int) -> list[Any]:
+def _acknowledge_list(source: RuleFile, index: int) -> list[Any]:
     data = None if source.document is None else source.document.data
     rules = data.get("rules") if isinstance(data, dict) else None
     spec = rules[index] if isinstance(rules, list) and index < len(rules) else None
@@ -234,12 +124,12 @@ def _acknowledge_list(source: _File, index: int) -> list[Any]:
     return listed if isinstance(listed, list) else []
 
 
-def _acknowledged(source: _File, index: int) -> frozenset[str]:
+def _acknowledged(source: RuleFile, index: int) -> frozenset[str]:
     """The warnings a rule accepts on purpose (``acknowledge: [self_cancel]``)."""
     return frozenset(name for name in _acknowledge_list(source, index) if isinstance(name, str))
 
 
-def _unknown_acknowledged(source: _File, index: int) -> list[Finding]:
+def _unknown_acknowledged(source: RuleFile, index: int) -> list[Finding]:
     known = [code.value for code in Code]
     findings = []
     for position, name in enumerate(_acknowledge_list(source, index)):
@@ -252,7 +142,7 @@ def _unknown_acknowledged(source: _File, index: int) -> list[Finding]:
     return findings
 
 
-def _version(sources: Sequence[_File]) -> str:
+def _version(sources: Sequence[RuleFile]) -> str:
     # File names without directories: the same rules copied elsewhere keep their version.
     digest = hashlib.sha256()
     for name, text in sorted((FsPath(s.name).name, s.text) for s in sources):
@@ -286,7 +176,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 
 def _assemble(
-    sources: Sequence[_File],
+    sources: Sequence[RuleFile],
     retention_s: int,
     extra: list[Problem],
     catalog: Catalog | None = None,
@@ -298,7 +188,7 @@ def _assemble(
 
 
 def _assemble_paused(
-    sources: Sequence[_File], retention_s: int, extra: list[Problem], catalog: Catalog | None
+    sources: Sequence[RuleFile], retention_s: int, extra: list[Problem], catalog: Catalog | None
 ) -> ParseResult:
     problems = [*extra, *(p for source in sources for p in source.problems)]
     problems += _event_problems(sources, catalog)
@@ -331,14 +221,14 @@ def _catalogue(dirs: Sequence[FsPath], problems: list[Problem]) -> Catalog | Non
             problems.append(_error(path, str(exc)))
             continue
         catalog, document, findings = parse_catalog(text)
-        problems.extend(_File(str(path), text, document).place(f) for f in findings)
+        problems.extend(RuleFile(str(path), text, document).place(f) for f in findings)
         events.update(catalog.events)
     return Catalog(events) if found else None
 
 
-def _event_problems(sources: Sequence[_File], catalog: Catalog | None) -> list[Problem]:
+def _event_problems(sources: Sequence[RuleFile], catalog: Catalog | None) -> list[Problem]:
     """The rules, checked against the events they read (trigmail.rules.eventcheck)."""
-    specs: list[tuple[_File, int, Any]] = []
+    specs: list[tuple[RuleFile, int, Any]] = []
     for source in sources:
         data = None if source.document is None else source.document.data
         written = data.get("rules") if isinstance(data, dict) else None
@@ -376,7 +266,7 @@ def parse_rules(
         filename: the name problems are reported under.
         retention_s: how long the ledger keeps sends (a longer cooldown is warned about).
     """
-    return _assemble([_File(filename, text)], retention_s, [])
+    return _assemble([RuleFile(filename, text)], retention_s, [])
 
 
 def rule_files(directory: FsPath) -> list[FsPath]:
@@ -416,7 +306,7 @@ def _error(path: FsPath, message: str) -> Problem:
     return Problem(str(path), 1, 1, Severity.ERROR, "", message)
 
 
-def _read(path: FsPath, sources: list[_File], problems: list[Problem], *, inside: bool) -> None:
+def _read(path: FsPath, sources: list[RuleFile], problems: list[Problem], *, inside: bool) -> None:
     try:
         # Inside a rule directory the link was checked: open where it led, refusing a link
         # put in its place since.
@@ -424,7 +314,7 @@ def _read(path: FsPath, sources: list[_File], problems: list[Problem], *, inside
     except (UnreadableFileError, OSError, RuntimeError) as exc:
         problems.append(_error(path, str(exc)))
         return
-    sources.append(_File(str(path), text))
+    sources.append(RuleFile(str(path), text))
 
 
 def load_rules(
@@ -439,7 +329,7 @@ def load_rules(
         retention_s: how long the ledger keeps sends (a longer cooldown is warned about).
         compiled: the files an earlier load compiled, reused where unchanged (a reload).
     """
-    sources: list[_File] = []
+    sources: list[RuleFile] = []
     problems: list[Problem] = []
     for directory in dirs:
         if directory.is_dir():

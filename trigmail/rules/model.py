@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -124,6 +125,11 @@ class Step:
     send: SendSpec
     when: Condition | None = None
     cancel_on: tuple[CancelOn, ...] = ()
+    #: ``delay_s`` as a timedelta, made once: added to every trigger's time.
+    delay: timedelta = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "delay", timedelta(seconds=self.delay_s))
 
 
 class Outside(StrEnum):

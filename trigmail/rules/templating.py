@@ -1,4 +1,4 @@
-"""Template data (``send.data``) and dedupe keys (``dedupe``), checked once per rule.
+"""Template data (``send.data``), checked once per rule (dedupe keys: ``rules.dedupe``).
 
 Data strings are Jinja over the event's data (``event``, ``id``, ``user_id``, ``email``, ``ts``,
 ``user``, ``properties``, and any other top-level field), rendered in an immutable sandbox
@@ -16,20 +16,12 @@ by every rule that writes the same string. A string that is exactly a path
 
 Without ``send.data`` the template data is the event's ``user`` and ``properties`` merged; on a
 name in both, the property wins, being the more specific to this event.
-
-Dedupe keys are ``str.format``-like templates with the placeholders ``{rule} {event}
-{event_id} {user_id} {date}`` (the UTC date of the event, ``YYYY-MM-DD``) and
-``{properties.NAME}`` (any dotted path, rendered with ``str()``); ``{{`` and ``}}`` are literal
-braces. A ``{properties.NAME}`` that is missing or ``null`` raises :class:`TemplateRenderError`:
-a key that silently read ``None`` would merge unrelated emails into one.
 """
 
 from __future__ import annotations
 
-import string
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from jinja2 import Template
@@ -38,7 +30,6 @@ from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.runtime import Undefined
 
 from trigmail.errors import SpecError, TemplateRenderError
-from trigmail.events import MISSING
 from trigmail.rules import limits
 from trigmail.rules.jinjastrings import (
     ChainedUndefined,
@@ -53,8 +44,6 @@ if TYPE_CHECKING:
     from trigmail.events import Event
 
 Path = tuple[str | int, ...]
-
-DEFAULT_DEDUPE: Final = "{rule}:{event_id}"
 
 _T = TypeVar("_T")
 
@@ -110,12 +99,16 @@ class _Text:
 
     def render(self, data: Mapping[str, Any]) -> Any:
         try:
-            with limits.budget():
-                return limits.check_value(self.template.get().render(data))
+            return limits.within_budget(self._render, data)
         # Rule authors write these: whatever they raise (a missing field, a sandbox refusal,
         # a division by zero) must set this one event aside, never stop the daemon.
         except Exception as exc:
             raise _render_error(self.where, self.fields, data, exc) from None
+
+    def _render(self, data: Mapping[str, Any]) -> Any:
+        limits.start_clock()  # before a first render's compile, as it always counted
+        template = self.template.get()
+        return limits.check_value(template.render(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +119,7 @@ class _Native:
 
     def render(self, data: Mapping[str, Any]) -> Any:
         try:
-            with limits.budget():
-                value = limits.check_value(self.expression.get()(data))
+            value = limits.within_budget(self._value, data)
             if isinstance(value, Undefined):
                 # Raises the UndefinedError or SecurityError the value stands for.
                 str(value)
@@ -136,6 +128,11 @@ class _Native:
             raise
         except Exception as exc:
             raise _render_error(self.where, self.fields, data, exc) from None
+
+    def _value(self, data: Mapping[str, Any]) -> Any:
+        limits.start_clock()  # before a first render's compile, as it always counted
+        expression = self.expression.get()
+        return limits.check_value(expression(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +229,7 @@ class CompiledData:
             TemplateRenderError: naming the data key and the missing field or unsafe access.
         """
         # One budget for all the strings of one send (docs/security.md).
-        with limits.budget():
-            return self.root.render(event.data)
+        return limits.within_budget(self.root.render, event.data)
 
 
 def compile_data(spec: Mapping[str, Any]) -> CompiledData:
@@ -369,82 +365,3 @@ def _field_name(field: Field) -> str:
 
 def _where(path: Path) -> str:
     return _field_name(("data", *path))
-
-
-# --- dedupe keys -------------------------------------------------------------------------
-
-_KeyPart = Callable[[str, "Event"], str]
-
-_PLACEHOLDERS: Final[Mapping[str, _KeyPart]] = {
-    "rule": lambda rule_id, _event: rule_id,
-    "event": lambda _rule_id, event: event.name,
-    "event_id": lambda _rule_id, event: event.id,
-    "user_id": lambda _rule_id, event: event.user_id,
-    "date": lambda _rule_id, event: event.ts.astimezone(UTC).date().isoformat(),
-}
-_PLACEHOLDER_HELP: Final = "use {rule}, {event}, {event_id}, {user_id}, {date} or {properties.NAME}"
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledKey:
-    """A compiled ``dedupe`` template: literal text and placeholder getters, in order."""
-
-    text: str
-    parts: tuple[str | _KeyPart, ...]
-
-    def render(self, rule_id: str, event: Event) -> str:
-        """Return the idempotency key of ``rule_id`` for ``event``.
-
-        Raises:
-            TemplateRenderError: when a ``{properties.NAME}`` is missing or null in the event.
-        """
-        return "".join(
-            [part if isinstance(part, str) else part(rule_id, event) for part in self.parts]
-        )
-
-
-def compile_key(text: str) -> CompiledKey:
-    """Compile a rule's ``dedupe`` template.
-
-    Raises:
-        SpecError: on an unknown placeholder or unbalanced braces, with the path ``()``.
-    """
-    if not text:
-        raise SpecError((), "a dedupe key must not be empty")
-    return CompiledKey(text, tuple(_key_parts(text)))
-
-
-def _key_parts(text: str) -> Iterator[str | _KeyPart]:
-    try:
-        parsed = list(string.Formatter().parse(text))
-    except ValueError as exc:
-        raise SpecError(
-            (), f"unbalanced braces in {quote(text)}: {exc} (write {{{{ for a brace)"
-        ) from None
-    for literal, name, spec, conversion in parsed:
-        if literal:
-            yield literal
-        if name is None:
-            continue
-        placeholder = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
-        if placeholder != name:
-            raise SpecError((), f"unknown placeholder '{{{placeholder}}}' ({_PLACEHOLDER_HELP})")
-        yield _placeholder(name)
-
-
-def _placeholder(name: str) -> _KeyPart:
-    getter = _PLACEHOLDERS.get(name)
-    if getter is not None:
-        return getter
-    head, _, path = name.partition(".")
-    if head != "properties" or not path or not all(path.split(".")):
-        raise SpecError((), f"unknown placeholder '{{{name}}}' ({_PLACEHOLDER_HELP})")
-
-    def property_value(_rule_id: str, event: Event) -> str:
-        value = event.lookup(name)
-        if value is MISSING or value is None:
-            state = "missing" if value is MISSING else "null"
-            raise TemplateRenderError(f"dedupe: {name} is {state}")
-        return str(value)
-
-    return property_value
