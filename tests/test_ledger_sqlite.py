@@ -72,6 +72,19 @@ def test_reopening_keeps_data_and_schema(db_path: Path, t0: datetime) -> None:
     ]
 
 
+def test_reopening_an_up_to_date_ledger_loads_no_migration_library(db_path: Path) -> None:
+    # sqlite-utils (and pluggy) cost every start time: only a migration needs them.
+    SqliteLedger(db_path).close()
+    probe = (
+        "import sys; from pathlib import Path; from trigmail.ledger import SqliteLedger; "
+        f"SqliteLedger(Path({str(db_path)!r})).close(); print('sqlite_utils' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "False"
+
+
 def test_a_version_5_ledger_migrates_and_keeps_its_sends(
     db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
-from typing import Final
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Final
 
 from trigmail.errors import LedgerError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ def _v6_checks_as_comparisons(db: Database) -> None:
     _edit_sends_checks(db.conn, _CHECKS_AS_COMPARISONS)
 
 
-Migration = Callable[[Database], None]
+Migration = Callable[["Database"], None]
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v1_initial,
@@ -292,6 +293,12 @@ def _apply_pending(conn: sqlite3.Connection) -> int:
             f"the ledger has schema version {version}, newer than this trigmail knows "
             f"({LATEST_VERSION}): upgrade trigmail"
         )
+    if version == LATEST_VERSION:
+        return version
+    # Imported only to migrate: sqlite-utils and pluggy were ~0.06 s of every start (median of
+    # 10 starts that open an up-to-date ledger, 0.91 -> 0.85 s).
+    from sqlite_utils import Database
+
     db = Database(conn, recursive_triggers=False, execute_plugins=False)
     for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
         logger.info("ledger: migrating schema to version %d", number)
