@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from bench.bench_validate import write_rules
 from tests.serve_harness import REPO_ROOT, Serve, append_events, clean_env, decisions, wait_for
 from trigmail.configload import load_config
 from trigmail.decisions import Reason, Schedule, SetAside
@@ -329,6 +330,37 @@ def test_the_watcher_does_not_follow_a_link_into_a_large_tree(tmp_path: Path) ->
         assert _inotify_watches() - before < 10
     finally:
         watcher.stop()
+
+
+def test_a_change_after_start_returns_is_seen_without_retrying(tmp_path: Path) -> None:
+    changed = threading.Event()
+    watcher = RulesWatcher([tmp_path], changed.set)
+    watcher.start()
+    try:
+        (tmp_path / "new.yaml").write_text("x: 1\n")  # once: start() waited for the watch
+        assert changed.wait(30), "a file written once the watcher started was never seen"
+    finally:
+        watcher.stop()
+
+
+def test_a_rule_saved_before_the_watch_is_in_place_is_loaded(tmp_path: Path) -> None:
+    write_rules(tmp_path, 1, 1)
+    store = RuleStore([tmp_path], retention_s=86_400)
+    assert store.start().rules is not None
+    assert not store.changed_since_load()
+    # Saved after the load, before the watch: no event will ever report it.
+    write_rules(tmp_path, 2, 1)
+    assert store.changed_since_load()
+    reloads = threading.Event()
+    watcher = RulesWatcher([tmp_path], reloads.set, changed_since_load=store.changed_since_load)
+    watcher.start()
+    try:
+        assert reloads.wait(30), "the file saved before the watch was never reloaded"
+    finally:
+        watcher.stop()
+    assert store.reload()
+    assert len(store().rules) == 2
+    assert not store.changed_since_load()
 
 
 def test_config_errors_at_start_are_one_line_and_exit_1(tmp_path: Path) -> None:

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 # journal on every save.
 MAX_LOGGED_PROBLEMS: Final = 50
 
+# The watch wakes this often with no change: its first wake-up says it is in place, which
+# serve waits for (at most WATCH_START_S) before it says it is ready.
+WATCH_TICK_MS: Final = 50
+WATCH_START_S: Final = 5.0
+
 
 class RuleStore:
     """Holds the current :class:`RuleSet`; calling the store returns it.
@@ -80,6 +85,11 @@ class RuleStore:
             self._fingerprints = fingerprint(self.dirs)
             self._log_warnings(result)
         return result
+
+    def changed_since_load(self) -> bool:
+        """Whether a rule file was added, removed or changed since the last load took the
+        set in force."""
+        return fingerprint(self.dirs, self._fingerprints).files != self._fingerprints.files
 
     def reload(self) -> bool:
         """Reload from disk; on any error keep the current rules. Returns whether it swapped.
@@ -159,16 +169,30 @@ class RulesWatcher:
     """
 
     def __init__(
-        self, dirs: Sequence[Path], on_change: Callable[[], None], retry_s: float = 1.0
+        self,
+        dirs: Sequence[Path],
+        on_change: Callable[[], None],
+        retry_s: float = 1.0,
+        changed_since_load: Callable[[], bool] = lambda: False,
     ) -> None:
         self.dirs = tuple(dirs)
         self.on_change = on_change
         self.retry_s = retry_s
+        self.changed_since_load = changed_since_load
         self._stop = threading.Event()
+        self._watching = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trigmail-rules-watch", daemon=True)
 
     def start(self) -> None:
+        """Start watching; return once the watch is in place (bounded by ``WATCH_START_S``).
+
+        A file written before the watch was in place, since the rules were loaded, is caught
+        by ``changed_since_load``: without both, a rule saved just as serve said it was ready
+        was never loaded.
+        """
         self._thread.start()
+        if not self._watching.wait(WATCH_START_S):
+            log.warning("rules: the watch on %s is not in place yet", list(self.dirs))
 
     def stop(self) -> None:
         self._stop.set()
@@ -178,22 +202,31 @@ class RulesWatcher:
         while not self._stop.is_set():
             present = [d for d in self.dirs if d.exists()]
             if not present:
+                self._watching.set()  # nothing to wait for: a directory that comes is loaded
                 self._stop.wait(self.retry_s)
                 continue
             try:
                 # Not recursive: rule files are only at the top, and a link in rules.d to `/`
-                # would otherwise add an inotify watch for every directory it leads to.
-                for _changes in watchfiles.watch(
+                # would otherwise add an inotify watch for every directory it leads to. The
+                # first yield, a change or a timeout, says the watch is in place.
+                for changes in watchfiles.watch(
                     *present,
                     stop_event=self._stop,
                     debounce=200,
                     step=50,
-                    yield_on_timeout=False,
+                    rust_timeout=WATCH_TICK_MS,
+                    yield_on_timeout=True,
                     recursive=False,
                 ):
-                    self.on_change()
+                    if not self._watching.is_set():
+                        self._watching.set()
+                        if not changes and self.changed_since_load():
+                            self.on_change()
+                    if changes:
+                        self.on_change()
             except (OSError, RuntimeError) as exc:
                 # The directory vanished or was replaced: the last good rules stay in force.
                 log.warning("rules: cannot watch %s: %s", present, exc)
+                self._watching.set()  # serve need not wait for a watch that failed
                 self.on_change()
                 self._stop.wait(self.retry_s)

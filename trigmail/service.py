@@ -305,7 +305,9 @@ def _serve(
         decisions_level=logging.INFO if config.log_decisions == "info" else logging.DEBUG,
     )
     _install_signals(daemon)
-    watcher = RulesWatcher(config.rules_dirs, daemon.request_reload)
+    watcher = RulesWatcher(
+        config.rules_dirs, daemon.request_reload, changed_since_load=rules.changed_since_load
+    )
     probes.attach(daemon, source)
     webhook = _webhook(config.webhook, ledger, webhook_metrics)
     watcher.start()
