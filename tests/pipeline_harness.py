@@ -82,7 +82,7 @@ class Harness:
             clock,
             retry=retry,
             rng=random.Random(SEED),
-            on_entry=self.entries.append,
+            on_entries=self.entries.extend,
         )
 
     def run(self, at: datetime | None = None) -> None:

@@ -67,7 +67,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
 
 def pipeline(ledger: Ledger, entries: list[LogEntry]) -> Pipeline:
     return Pipeline(
-        ledger, lambda: RULES, RecordingProvider(), VirtualClock(T0), on_entry=entries.append
+        ledger, lambda: RULES, RecordingProvider(), VirtualClock(T0), on_entries=entries.extend
     )
 
 

@@ -116,7 +116,7 @@ class Served:
             self.provider,
             self.clock,
             scheduler=Scheduler(),
-            on_entry=self.entries.append,
+            on_entries=self.entries.extend,
         )
         self.worker = Worker(
             self.source,

@@ -96,7 +96,7 @@ class Daemon:
             clock,
             scheduler=Scheduler(),
             retry=retry,
-            on_entry=DecisionObserver(metrics, clock, decisions_level),
+            on_entries=DecisionObserver(metrics, clock, decisions_level).observe_all,
         )
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="trigmail-send")
         self.worker = Worker(

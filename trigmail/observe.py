@@ -58,8 +58,8 @@ def decision_fields(entry: LogEntry) -> dict[str, Any]:
 
 
 class DecisionObserver:
-    """Counts and logs each decision once it is committed (the pipeline's ``on_entry``): one
-    structured record per decision (:func:`decision_fields`).
+    """Counts and logs each decision once it is committed (:meth:`observe_all` is the
+    pipeline's ``on_entries``): one structured record per decision (:func:`decision_fields`).
 
     What an operator acts on (sends, drops, failures, doubt, dead letters) is logged at info
     or warning; a scheduled send, a skip or a cancel at ``decisions_level`` (debug unless

@@ -61,7 +61,7 @@ class Pipeline:
         scheduler: the cache of sends due soon.
         retry: the backoff for retryable delivery failures.
         rng: the source of jitter (seeded in tests).
-        on_entry: called with each decision log entry after its commit (see ``_publish``).
+        on_entries: called with a commit's decision log entries, once it is committed.
     """
 
     def __init__(
@@ -74,7 +74,7 @@ class Pipeline:
         scheduler: Scheduler | None = None,
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
-        on_entry: Callable[[LogEntry], None] | None = None,
+        on_entries: Callable[[Sequence[LogEntry]], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.rules = rules
@@ -84,7 +84,7 @@ class Pipeline:
         self.scheduler = Scheduler() if scheduler is None else scheduler
         self.retry = retry or RetryPolicy()
         self.rng = rng or random.Random()
-        self.on_entry = on_entry
+        self.on_entries = on_entries
         self._lock = threading.Lock()
         self._reread_on_failure = _RereadOnFailure(self)
         self._outcomes = Outcomes(ledger)
@@ -410,16 +410,10 @@ class Pipeline:
         return changed
 
     def _publish(self, entries: Sequence[LogEntry]) -> None:
-        # An on_entry with observe_all (observe.DecisionObserver) gets a commit's entries at
-        # once: it counts routine decisions per rule and reason. One write to stderr for all.
-        observe_all = getattr(self.on_entry, "observe_all", None)
-        if self.on_entry is not None:
+        if self.on_entries is not None:
+            # A request's thousand lines sent go to stderr in one write (see lines_together).
             with lines_together():
-                if observe_all is not None:
-                    observe_all(entries)
-                    return
-                for entry in entries:
-                    self.on_entry(entry)
+                self.on_entries(entries)
 
 
 class _RereadOnFailure:

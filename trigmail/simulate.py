@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,9 +94,10 @@ class Simulation:
         self.provider = RecordingProvider()
         self.summary = Summary()
 
-        def record(entry: LogEntry) -> None:
-            self.summary.count(entry)
-            on_entry(entry)
+        def record(entries: Sequence[LogEntry]) -> None:
+            for entry in entries:
+                self.summary.count(entry)
+                on_entry(entry)
 
         self.pipeline = Pipeline(
             self.ledger,
@@ -104,7 +105,7 @@ class Simulation:
             self.provider,
             self.clock,
             scheduler=Scheduler(horizon_s=_HORIZON_S),
-            on_entry=record,
+            on_entries=record,
         )
         self._started = False
 
