@@ -19,11 +19,15 @@ from trigmail.rules.yamlsource import load_document
 
 @dataclass(frozen=True)
 class Fingerprints:
-    """A hash per rule file (by path) and per rule (by id), and each file's rules' hashes."""
+    """A hash per rule file (by path), and each file's rules' hashes (by id)."""
 
     files: Mapping[str, str] = field(default_factory=dict)
-    rules: Mapping[str, str] = field(default_factory=dict)
     by_file: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+
+    @property
+    def rules(self) -> dict[str, str]:
+        """A hash per rule id (of an id written twice, the later file's)."""
+        return {rule: digest for pairs in self.by_file.values() for rule, digest in pairs}
 
 
 def _digest(data: bytes) -> str:
@@ -50,7 +54,6 @@ def fingerprint(dirs: Sequence[Path], previous: Fingerprints | None = None) -> F
     parsing them all again took as long as the reload itself.
     """
     files: dict[str, str] = {}
-    rules: dict[str, str] = {}
     by_file: dict[str, tuple[tuple[str, str], ...]] = {}
     for directory in dirs:
         paths = rule_files(directory) if directory.is_dir() else [directory]
@@ -63,8 +66,7 @@ def fingerprint(dirs: Sequence[Path], previous: Fingerprints | None = None) -> F
             known = previous is not None and previous.files.get(name) == digest
             of_file = previous.by_file[name] if previous and known else tuple(_rules_of(text))
             files[name], by_file[name] = digest, of_file
-            rules.update(of_file)
-    return Fingerprints(files, rules, by_file)
+    return Fingerprints(files, by_file)
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,10 @@ def _changed(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
 
 def compare(old: Fingerprints, new: Fingerprints) -> Changes:
     files = sorted(old.files.keys() ^ new.files.keys()) + _changed(old.files, new.files)
+    old_rules, new_rules = old.rules, new.rules
     return Changes(
         files=sorted(files),
-        added=sorted(new.rules.keys() - old.rules.keys()),
-        removed=sorted(old.rules.keys() - new.rules.keys()),
-        changed=_changed(old.rules, new.rules),
+        added=sorted(new_rules.keys() - old_rules.keys()),
+        removed=sorted(old_rules.keys() - new_rules.keys()),
+        changed=_changed(old_rules, new_rules),
     )
