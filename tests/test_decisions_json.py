@@ -77,3 +77,21 @@ def test_a_template_with_quotes_and_backslashes() -> None:
     payload = Payload('d-"x"\\', {"a": 1}, ("c",), 7, Address("a@b.co", 'N "q"'), None, "v")
     assert payload.json_text() == _STRICT.encode(payload.to_json())
     assert json.loads(payload.json_text()) == payload.to_json()
+
+
+def test_the_shared_encoder_is_unharmed_by_a_failed_encode() -> None:
+    # One C encoder serves every payload: a call that fails half-way must leave nothing behind.
+    inner = {"b": [1, 2]}
+    with pytest.raises(ValueError):
+        Payload("d-1", {"a": inner, "z": float("nan")}).json_text()
+    assert Payload("d-1", {"a": inner, "c": inner}).json_text() == _STRICT.encode(
+        Payload("d-1", {"a": inner, "c": inner}).to_json()
+    )
+
+
+def test_circular_data_is_refused() -> None:
+    # Never made by a render (it copies decoded JSON); refused rather than encoded forever.
+    data: dict[str, Any] = {}
+    data["self"] = data
+    with pytest.raises((RecursionError, ValueError)):
+        Payload("d-1", data).json_text()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from trigmail.events import format_ts
 from trigmail.records import record
@@ -125,7 +125,7 @@ class Payload:
                 )
             )
             data = self.data if type(self.data) is dict else dict(self.data)
-            text = self.__dict__["_json_text"] = head + _STRICT_JSON.encode(data) + tail
+            text = self.__dict__["_json_text"] = head + "".join(_encode_data(data, 0)) + tail
         return text
 
     @classmethod
@@ -143,6 +143,34 @@ class Payload:
 
 # Strict: NaN and Infinity are not JSON, and no provider or PostgreSQL would take them.
 _STRICT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _data_encoder() -> Callable[[Any, int], Sequence[str]]:
+    """:data:`_STRICT_JSON`'s C encoder, made once: ``JSONEncoder.encode`` makes one (and a
+    closure) per call, which cost as much as encoding a small payload's data.
+
+    Without the check for circular values, whose memo a shared encoder would keep stale
+    after a failed call: a payload's data is decoded JSON or a copy made from it (never
+    circular), and a value nested too deep still raises RecursionError.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator: the encoder's own path
+        return lambda value, _level: [_STRICT_JSON.encode(value)]
+    encoder: Callable[[Any, int], Sequence[str]] = make(
+        None,
+        _STRICT_JSON.default,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+    return encoder
+
+
+_encode_data: Final = _data_encoder()
 
 
 # A payload's fields but its data: template, categories, asm_group, from, reply_to, variant.
