@@ -41,7 +41,7 @@ MAX_TEMPLATE_CHARS: Final = 10_000
 MAX_TEMPLATES: Final = 1_000
 
 # How many steps go by between two reads of the CPU clock (it costs about a microsecond).
-_CLOCK_EVERY: Final = 64
+CLOCK_EVERY: Final = 64
 
 
 class RenderLimitError(Exception):
@@ -63,7 +63,13 @@ class Budget:
         self.made = 0
 
 
-_local = threading.local()
+class _Local(threading.local):
+    # A class default: a thread that never rendered reads None, where getattr with a
+    # default made and dropped an AttributeError per read.
+    budget: Budget | None = None
+
+
+_local = _Local()
 _A = TypeVar("_A")
 _R = TypeVar("_R")
 
@@ -71,7 +77,7 @@ _R = TypeVar("_R")
 @contextmanager
 def budget() -> Iterator[None]:
     """Render inside a budget: a new one, or the one already open on this thread."""
-    if getattr(_local, "budget", None) is not None:
+    if _local.budget is not None:
         yield
         return
     _local.budget = Budget()
@@ -84,7 +90,7 @@ def budget() -> Iterator[None]:
 def within_budget(render: Callable[[_A], _R], arg: _A) -> _R:
     """Return ``render(arg)`` inside a budget, as :func:`budget` does: a plain call rather
     than a generator's context manager, on the path of every send's data."""
-    if getattr(_local, "budget", None) is not None:
+    if _local.budget is not None:
         return render(arg)
     _local.budget = Budget()
     try:
@@ -93,9 +99,14 @@ def within_budget(render: Callable[[_A], _R], arg: _A) -> _R:
         _local.budget = None
 
 
+def budget_open() -> bool:
+    """Whether a render on this thread is inside a budget already."""
+    return _local.budget is not None
+
+
 def start_clock() -> None:
     """Start the open budget's CPU clock, if it has not started: before Jinja code runs."""
-    current: Budget | None = getattr(_local, "budget", None)
+    current: Budget | None = _local.budget
     if current is not None and current.cpu_deadline_s is None:
         current.cpu_deadline_s = time.thread_time() + RENDER_CPU_S
 
@@ -105,10 +116,10 @@ def step() -> None:
 
     Outside a render (Jinja folds constants at compile time) nothing is charged.
     """
-    current: Budget | None = getattr(_local, "budget", None)
+    current: Budget | None = _local.budget
     if current is not None:
         current.steps += 1
-        if current.steps > MAX_STEPS or not current.steps % _CLOCK_EVERY:
+        if current.steps > MAX_STEPS or not current.steps % CLOCK_EVERY:
             _check_steps(current)
 
 
@@ -125,12 +136,12 @@ def _check_steps(current: Budget) -> None:
 def emit(value: Any) -> str:
     """Count one output of the template (the text it writes), and return it as text."""
     text = value if type(value) is str else str(value)
-    current: Budget | None = getattr(_local, "budget", None)
+    current: Budget | None = _local.budget
     if current is not None:
         # step(), inlined: this runs for every piece of text a template writes.
         current.steps += 1
         current.emitted += len(text)
-        if current.steps > MAX_STEPS or not current.steps % _CLOCK_EVERY:
+        if current.steps > MAX_STEPS or not current.steps % CLOCK_EVERY:
             _check_steps(current)
         if current.emitted > MAX_EMITTED_CHARS:
             raise RenderLimitError(f"the template wrote more than {MAX_EMITTED_CHARS} characters")
@@ -141,7 +152,7 @@ def check_value(value: Any) -> Any:
     """Return ``value`` if it is within the size bounds, else raise; count what was made."""
     if isinstance(value, str | bytes | list | tuple | dict | set | frozenset):
         check_length(len(value))
-        current: Budget | None = getattr(_local, "budget", None)
+        current: Budget | None = _local.budget
         if current is not None:
             current.made += len(value)
             if current.made > MAX_MADE_CHARS:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from jinja2 import Template
 from jinja2.environment import TemplateExpression
@@ -38,6 +38,7 @@ from trigmail.rules.jinjastrings import (
     compile_expression,
     compile_text,
 )
+from trigmail.rules.plaindata import PlainItem, json_value, render_plain
 from trigmail.rules.quoting import cut, quote
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class _Native:
             if isinstance(value, Undefined):
                 # Raises the UndefinedError or SecurityError the value stands for.
                 str(value)
-            return _json_value(value, self.where)
+            return json_value(value, self.where)
         except TemplateRenderError:
             raise
         except Exception as exc:
@@ -154,7 +155,7 @@ class _Lookup:
             if not _holds(value, part):
                 return self.jinja.render(data)
             value = value[part]
-        return _json_value(value, self.jinja.where)
+        return json_value(value, self.jinja.where)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,7 @@ class _LookupOr:
             limits.check_value(limits.check_value(value))  # the filter's, then the expression's
         except limits.RenderLimitError as exc:
             raise _render_error(self.jinja.where, self.jinja.fields, data, exc) from None
-        return _json_value(value, self.jinja.where)
+        return json_value(value, self.jinja.where)
 
 
 def _undefined_from(rest: Field, *, top: bool) -> bool:
@@ -221,6 +222,8 @@ class CompiledData:
     root: _Dict
     fields: tuple[str, ...]
     risks: tuple[tuple[Path, str], ...] = ()
+    #: The root's items when each is a constant or a plain path (most data): see plaindata.
+    plain: tuple[PlainItem, ...] | None = None
 
     def render(self, event: Event) -> dict[str, Any]:
         """Return the template data for ``event``.
@@ -228,8 +231,32 @@ class CompiledData:
         Raises:
             TemplateRenderError: naming the data key and the missing field or unsafe access.
         """
+        if self.plain is not None and not limits.budget_open():
+            rendered = render_plain(self.plain, event.data)
+            if rendered is not None:
+                return rendered
         # One budget for all the strings of one send (docs/security.md).
         return limits.within_budget(self.root.render, event.data)
+
+
+def _plain_items(root: _Dict) -> tuple[PlainItem, ...] | None:
+    """The root's items for ``plaindata.render_plain``, or ``None`` when a string needs
+    Jinja or there are enough defaults for their steps to reach a read of the CPU clock."""
+    items: list[PlainItem] = []
+    for key, node in root.items:
+        if isinstance(node, _Static):
+            items.append((key, None, node.value, None, ""))
+        elif isinstance(node, _Lookup):
+            items.append((key, node.path, None, None, node.jinja.where))
+        elif isinstance(node, _LookupOr):
+            path = node.path
+            gives = tuple(_undefined_from(path[i:], top=i == 0) for i in range(len(path)))
+            items.append((key, path, node.fallback, gives, node.jinja.where))
+        else:
+            return None
+    if sum(defaults is not None for *_, defaults, _ in items) >= limits.CLOCK_EVERY:
+        return None
+    return tuple(items)
 
 
 def compile_data(spec: Mapping[str, Any]) -> CompiledData:
@@ -241,7 +268,7 @@ def compile_data(spec: Mapping[str, Any]) -> CompiledData:
     found = _Found()
     root = _compile_dict(spec, (), found)
     names = dict.fromkeys(_field_name(field) for field in found.fields)
-    return CompiledData(root, tuple(names), tuple(found.risks))
+    return CompiledData(root, tuple(names), tuple(found.risks), _plain_items(root))
 
 
 def default_data(event: Event) -> dict[str, Any]:
@@ -339,21 +366,6 @@ def _holds(container: Any, part: str | int) -> bool:
         and isinstance(part, int)
         and -len(container) <= part < len(container)
     )
-
-
-# The exact types JSON decodes to: a set lookup is faster than isinstance with a union.
-_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
-
-
-def _json_value(value: Any, where: str) -> Any:
-    """Copy a native result as JSON data; anything else is a template error."""
-    if type(value) in _SCALARS or isinstance(value, str | bool | int | float):
-        return value
-    if isinstance(value, list | tuple):
-        return [_json_value(item, where) for item in value]
-    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
-        return {key: _json_value(item, where) for key, item in value.items()}
-    raise TemplateRenderError(f"{where}: the value is a {type(value).__name__}, not JSON data")
 
 
 def _field_name(field: Field) -> str:
