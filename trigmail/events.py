@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from math import isinf
 from typing import Any, Final
@@ -241,7 +241,7 @@ def parse_event(line: str | bytes, read_at: datetime) -> Event:
         _refuse_too_large(line)
     try:
         text = _text(line)
-        obj = _DECODER.decode(text)
+        obj = _decoded(text)
     except RecursionError:  # the decoder's own guard: far deeper than the cap
         raise BadEventError("too_deep", _too_deep_detail()) from None
     except ValueError as exc:  # UnicodeDecodeError is a ValueError
@@ -407,6 +407,22 @@ def _finite_float(text: str) -> float:
 # doubled the cost of decoding a typical event.
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 _UTF8_BOM = b"\xef\xbb\xbf"
+# The decoder's C scanner, which JSONDecoder.decode calls through raw_decode.
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def _decoded(text: str) -> Any:
+    """``_DECODER.decode(text)``: the same value or error, without its two Python frames and
+    whitespace matches for a line that opens its object at once (nearly every line)."""
+    if text[:1] != "{":
+        return _DECODER.decode(text)
+    try:
+        obj, end = _SCAN(text, 0)
+    except StopIteration as exc:  # as raw_decode says it (not for "{", which always scans)
+        raise json.JSONDecodeError("Expecting value", text, exc.value) from None
+    if end != len(text) and end != len(text.rstrip(" \t\n\r")):
+        return _DECODER.decode(text)  # more than JSON's whitespace after it: decode's error
+    return obj
 
 
 def _text(line: str | bytes) -> str:
