@@ -157,9 +157,11 @@ class BatchWriter:
                 self._mark_cancel(event, order)
         else:
             decisions = [duplicate_event(event)]
+        set_aside: list[SetAside] = []
         for decision in decisions:
             self._apply(event, decision)
-        set_aside = [d for d in decisions if isinstance(d, SetAside)]
+            if isinstance(decision, SetAside):
+                set_aside.append(decision)
         if set_aside:
             detail = "; ".join(f"{d.rule_id}: {d.detail}" for d in set_aside)
             self._reject(item, set_aside[0].reason.value, detail)
@@ -169,7 +171,11 @@ class BatchWriter:
         view = WatchedView(self.txn)
         try:
             decided = decide_new(event, self.rules, view, self.now, order)
-            return [checked(d) for d in decided]
+            # In place (the list is the engine's new one), and only where a payload is.
+            for index, decision in enumerate(decided):
+                if isinstance(decision, Schedule):
+                    decided[index] = checked(decision)
+            return decided
         except Exception as exc:
             if view.failed or isinstance(exc, LedgerError):
                 raise  # the ledger's failure, not the event's: the batch is decided again
@@ -197,22 +203,59 @@ class BatchWriter:
         self.result.rejected.append(Rejected(item, reason, detail))
 
     def _apply(self, event: Event, decision: Decision) -> None:
-        entries = self.result.entries
+        entries, now = self.result.entries, self.now
+        # Each entry built positionally, in LogEntry's field order (at ... variant).
         if isinstance(decision, Schedule):
-            send = record_for(decision, self.rules.version, self.now)
-            inserted = self.txn.insert_send(send)
-            if inserted:
+            send = record_for(decision, self.rules.version, now)
+            if self.txn.insert_send(send):
                 self.result.scheduled.append(send)
-            outcome = Outcome.SCHEDULED if inserted else Outcome.SKIPPED
-            reason = decision.reason if inserted else Reason.DUPLICATE_KEY
-            entries.append(_entry(event, decision, outcome, reason, self.now))
-        elif isinstance(decision, Cancel):
-            for key in self.txn.cancel_sends(decision.keys, decision.reason.value, self.now):
-                entries.append(_cancel_entry(event, decision, key, self.now))
+                outcome, reason = Outcome.SCHEDULED, decision.reason
+            else:
+                outcome, reason = Outcome.SKIPPED, Reason.DUPLICATE_KEY
+            entry = LogEntry(
+                now,
+                event.id,
+                event.user_id,
+                decision.rule_id,
+                decision.step,
+                decision.key,
+                outcome,
+                reason,
+                decision.due_at,
+                decision.detail,
+                decision.payload.variant,
+            )
         elif isinstance(decision, Skip):
-            entries.append(_entry(event, decision, Outcome.SKIPPED, decision.reason, self.now))
+            entry = LogEntry(
+                now,
+                event.id,
+                event.user_id,
+                decision.rule_id,
+                decision.step,
+                decision.key,
+                Outcome.SKIPPED,
+                decision.reason,
+                None,
+                _skip_detail(decision),
+            )
+        elif isinstance(decision, Cancel):
+            for key in self.txn.cancel_sends(decision.keys, decision.reason.value, now):
+                entries.append(_cancel_entry(event, decision, key, now))
+            return
         else:
-            entries.append(_entry(event, decision, Outcome.DEAD_LETTER, decision.reason, self.now))
+            entry = LogEntry(
+                now,
+                event.id,
+                event.user_id,
+                decision.rule_id,
+                decision.step,
+                None,
+                Outcome.DEAD_LETTER,
+                decision.reason,
+                None,
+                decision.detail,
+            )
+        entries.append(entry)
 
 
 def expect_batch(txn: LedgerTxn, rules: RuleSet, events: Sequence[Event], now: datetime) -> None:
@@ -378,36 +421,8 @@ def record_for(decision: Schedule, rules_version: str, now: datetime) -> SendRec
     )
 
 
-def _entry(
-    event: Event,
-    decision: Schedule | Skip | SetAside,
-    outcome: Outcome,
-    reason: Reason,
-    now: datetime,
-) -> LogEntry:
-    due_at, variant = (
-        (decision.due_at, decision.payload.variant)
-        if isinstance(decision, Schedule)
-        else (None, None)
-    )
-    # Positional, in LogEntry's field order (at ... variant): one or two per event.
-    return LogEntry(
-        now,
-        event.id,
-        event.user_id,
-        decision.rule_id,
-        decision.step,
-        None if isinstance(decision, SetAside) else decision.key,
-        outcome,
-        reason,
-        due_at,
-        _detail(decision),
-        variant,
-    )
-
-
-def _detail(decision: Schedule | Skip | SetAside) -> str:
-    if isinstance(decision, Skip) and decision.until is not None:
+def _skip_detail(decision: Skip) -> str:
+    if decision.until is not None:
         # Ends with the time, as a cooldown drop's detail does: `explain` reads it back.
         return f"{decision.detail}: until {format_ts(decision.until)}"
     return decision.detail
