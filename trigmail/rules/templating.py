@@ -12,7 +12,8 @@ Strings without ``{{`` or ``{%`` are kept as they are, as are numbers, booleans 
 Loading only parses the Jinja strings (syntax errors and the fields read are known then);
 Jinja's code generation, most of a string's cost, waits for its first render and is shared
 by every rule that writes the same string. A string that is exactly a path
-(``{{ properties.cart_url }}``) is read without Jinja whenever the path is there.
+(``{{ properties.cart_url }}``) is read without Jinja whenever the path is there; a data of
+only such strings and constants, without a budget either (``rules.plaindata``).
 
 Without ``send.data`` the template data is the event's ``user`` and ``properties`` merged; on a
 name in both, the property wins, being the more specific to this event.
