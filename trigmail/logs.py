@@ -26,13 +26,13 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
 from trigmail.errors import ConfigError
+from trigmail.loglines import LineHandler
 
 LogFormat = Literal["text", "json"]
 
@@ -267,64 +267,6 @@ class JsonFormatter(_LineFormatter):
         return json.dumps(fields, default=str, ensure_ascii=False).translate(_JSON_ESCAPES)
 
 
-# Per thread: how deep in :func:`lines_together` it is, and the lines each handler holds.
-_together = threading.local()
-
-
-@contextmanager
-def lines_together() -> Iterator[None]:
-    """Hold the lines this thread logs through a :class:`LineHandler` until the block ends,
-    then write each handler's at once.
-
-    A provider request of a thousand emails logs a thousand lines: one write (and one flush)
-    instead of a write per line, each a system call that also hands the GIL over. Each line is
-    still its own record, formatted when it is logged; other threads' lines are not held.
-    """
-    depth = getattr(_together, "depth", 0)
-    if depth == 0:
-        _together.held = {}
-    _together.depth = depth + 1
-    try:
-        yield
-    finally:
-        _together.depth = depth
-        if depth == 0:
-            held: dict[LineHandler, list[tuple[logging.LogRecord, str]]] = _together.held
-            _together.held = {}
-            for handler, lines in held.items():
-                handler.write_lines(lines)
-
-
-class LineHandler(logging.StreamHandler[TextIO]):
-    """A stream handler whose lines logged inside :func:`lines_together` are written at the
-    block's end, all at once."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not getattr(_together, "depth", 0):
-            super().emit(record)
-            return
-        try:
-            line = self.format(record)
-        except Exception:  # as StreamHandler.emit: a bad record must not stop the caller
-            self.handleError(record)
-            return
-        _together.held.setdefault(self, []).append((record, line))
-
-    def write_lines(self, lines: list[tuple[logging.LogRecord, str]]) -> None:
-        """Write lines held for this handler, in one write."""
-        if not lines:
-            return
-        text = "".join(line + self.terminator for _, line in lines)
-        self.acquire()
-        try:
-            self.stream.write(text)
-            self.flush()
-        except Exception:  # as StreamHandler.emit
-            self.handleError(lines[-1][0])
-        finally:
-            self.release()
-
-
 def install_excepthooks() -> None:
     """Log an uncaught exception, in the main thread or another, as one ``critical`` line.
 
@@ -414,7 +356,7 @@ def logging_config(
         "filters": {"secrets": {"()": f"{__name__}.{SecretFilter.__name__}"}},
         "handlers": {
             "stderr": {
-                "class": f"{__name__}.{LineHandler.__name__}",
+                "class": f"{LineHandler.__module__}.{LineHandler.__name__}",
                 "stream": stream,
                 "formatter": "trigmail",
                 "filters": ["secrets"],

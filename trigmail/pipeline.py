@@ -30,7 +30,7 @@ from trigmail.errors import BadEventError, DeliveryError
 from trigmail.events import Event
 from trigmail.ingest import BatchWriter, Ingested, Item, expect_batch, parse_item
 from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
-from trigmail.logs import lines_together
+from trigmail.loglines import lines_together
 from trigmail.outcomes import Outcomes
 from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force, log_changes
 from trigmail.providers.base import Provider
