@@ -269,21 +269,29 @@ class SqlTxn(ToolReads):
 
     def log(self, entries: Sequence[LogEntry]) -> None:
         self._check_open()
-        self._many(self.sql.insert_log, [self._log_params(entry) for entry in entries])
-
-    def _log_params(self, entry: LogEntry) -> tuple[Any, ...]:
-        return (
-            self.dialect.time(entry.at),
-            entry.event_id,
-            entry.user_id,
-            entry.rule,
-            entry.step,
-            entry.key,
-            entry.outcome.value,
-            entry.reason.value,
-            self._time(entry.due_at),
-            self.dialect.text(entry.detail),
-        )
+        time, text = self.dialect.time, self.dialect.text
+        # A commit's entries share a few moments (a request's all have the one of its answer).
+        stored: dict[datetime, Any] = {}
+        params = []
+        for entry in entries:
+            at = stored.get(entry.at)
+            if at is None:
+                at = stored[entry.at] = time(entry.at)
+            params.append(
+                (
+                    at,
+                    entry.event_id,
+                    entry.user_id,
+                    entry.rule,
+                    entry.step,
+                    entry.key,
+                    entry.outcome._value_,  # the str: .value is a property run in Python
+                    entry.reason._value_,
+                    None if entry.due_at is None else time(entry.due_at),
+                    text(entry.detail),
+                )
+            )
+        self._many(self.sql.insert_log, params)
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         d = self.dialect
