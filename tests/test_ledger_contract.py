@@ -541,6 +541,23 @@ def test_decision_log_is_newest_first_and_filters_by_event(ledger: Ledger, t0: d
     assert ledger.decision_log(limit=1) == [entries[2]]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # what a text stream would take for its own delimiters and escapes (PostgreSQL's COPY)
+        "tab\there, newline\nthere, \\N, back\\slash, \r",
+        # non-ASCII, and what only JSON would escape
+        'ünï \u2028 "quoted" \u00a0 ✓',
+    ],
+)
+def test_decision_log_keeps_any_text_as_it_was(ledger: Ledger, t0: datetime, text: str) -> None:
+    entry = LogEntry(t0, text, text, text, 2, text, Outcome.SCHEDULED, Reason.DELAY, t0, text)
+    bare = LogEntry(t0, None, None, None, None, None, Outcome.SKIPPED, Reason.NO_RULE, None, "")
+    with ledger.transaction() as txn:
+        txn.log([entry, bare])
+    assert ledger.decision_log() == [bare, entry]
+
+
 def test_dead_letters_are_newest_first(ledger: Ledger, t0: datetime) -> None:
     letters = [DeadLetter(t0, "spool", str(n), "{", "invalid_json", "not JSON") for n in range(3)]
     with ledger.transaction() as txn:

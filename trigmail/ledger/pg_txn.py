@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from trigmail.decisions import LogEntry
 from trigmail.ledger.pg_rows import POSTGRES, ErrorScrubber
 from trigmail.ledger.pg_schema import LOCK_USER
 from trigmail.ledger.pg_users import DELIVERED_OF, SCHEDULED_OF, UserReads
@@ -49,6 +50,12 @@ SELECT event_id, %s FROM (SELECT DISTINCT unnest(%s::text[]) AS event_id ORDER B
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
+# A batch's decisions: COPY sends the rows as one stream, where an INSERT per row costs a
+# bind and an execute each on both sides.
+_COPY_LOG = (
+    "COPY decision_log (at, event_id, user_id, rule, step, key, outcome, reason, due_at, detail)"
+    " FROM STDIN"
+)
 _UNMARK_SEEN = "DELETE FROM seen_events WHERE event_id = ANY(%s)"
 _EXPIRED = "SELECT * FROM sends WHERE state = 'sending' AND lease_until <= %s FOR UPDATE"
 _LOCK_ONE = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
@@ -164,6 +171,15 @@ class PostgresTxn(SqlTxn):
         with self._errors.guard():
             self._tuples.executemany(sql, params)
             return self._tuples.rowcount
+
+    def log(self, entries: Sequence[LogEntry]) -> None:
+        self._check_open()
+        if not entries:
+            return
+        rows = [self._log_params(entry) for entry in entries]
+        with self._errors.guard(), self._tuples.copy(_COPY_LOG) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def _as_user(self, user_id: str) -> AbstractContextManager[Any]:
         if user_id in self._locked_users:
