@@ -596,6 +596,22 @@ def test_status(ledger: Ledger, t0: datetime, clock: FakeClock) -> None:
     assert (status.dead_letters, status.rules_version) == (1, "abc")
 
 
+def test_a_payload_round_trips_whatever_its_data(ledger: Ledger, t0: datetime) -> None:
+    # The SQL ledgers store the text ingest encoded, not a second encoding of the payload.
+    data = {
+        "name": 'Zoë "the" \\ \u2028 ✓',
+        "nested": {"list": [1, -2.5, None, True, {"deep": []}], "empty": {}},
+        "big": 2**62,
+        "tiny": 1e-300,
+    }
+    send = make_send("odd", t0)
+    send = replace(send, payload=replace(send.payload, data=data, variant="b"))
+    insert(ledger, send)
+    stored = ledger.get_send("odd")
+    assert stored is not None
+    assert stored.payload == send.payload
+
+
 def test_status_counts_the_variants_of_an_ab_split(ledger: Ledger, t0: datetime) -> None:
     def variant_send(key: str, variant: str | None) -> SendRecord:
         send = make_send(key, t0, rule="promo" if variant else "cart")
