@@ -185,7 +185,7 @@ class PostgresTxn(SqlTxn):
         self._check_open()
         if not entries:
             return
-        rows = [self._log_params(entry) for entry in entries]
+        rows = self._log_rows(entries)
         with self._errors.guard(), self._tuples.copy(_COPY_LOG) as copy:
             for row in rows:
                 copy.write_row(row)

@@ -269,10 +269,14 @@ class SqlTxn(ToolReads):
 
     def log(self, entries: Sequence[LogEntry]) -> None:
         self._check_open()
+        self._many(self.sql.insert_log, self._log_rows(entries))
+
+    def _log_rows(self, entries: Sequence[LogEntry]) -> list[tuple[Any, ...]]:
+        """The decision log's rows of ``entries``, in the columns of ``insert_log``."""
         time, text = self.dialect.time, self.dialect.text
         # A commit's entries share a few moments (a request's all have the one of its answer).
         stored: dict[datetime, Any] = {}
-        params = []
+        params: list[tuple[Any, ...]] = []
         for entry in entries:
             at = stored.get(entry.at)
             if at is None:
@@ -291,7 +295,7 @@ class SqlTxn(ToolReads):
                     text(entry.detail),
                 )
             )
-        self._many(self.sql.insert_log, params)
+        return params
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         d = self.dialect
