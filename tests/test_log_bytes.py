@@ -122,3 +122,12 @@ def test_a_secret_registered_between_two_lines_is_redacted_in_the_second() -> No
     assert formatter.format(logging.makeLogRecord(attrs)).endswith(" rule=SG.key-0123456789")
     logs.register_secret("SG.key-0123456789")
     assert formatter.format(logging.makeLogRecord(attrs)).endswith(" rule=<secret>")
+
+
+def test_every_character_is_quoted_and_escaped_as_before() -> None:
+    # The fast check of which values need quotes (str methods before the regex), on every code
+    # point alone and inside a word.
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)  # lone surrogates too: a JSON event's "\ud800" decodes to one
+        for text in (char, f"ab{char}cd"):
+            assert logs._logfmt_text(text) == reference._logfmt_value(text), hex(code)

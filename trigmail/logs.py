@@ -325,7 +325,12 @@ def _logfmt_value(value: Any) -> str:
 
 
 def _logfmt_text(text: str) -> str:
-    if text and not _LOGFMT_NEEDS_QUOTES.search(text):
+    # str methods first, cheaper than the regex: outside ASCII's space, every blank and every
+    # control is unprintable to isprintable().
+    printable = text.isprintable()
+    if printable and text and not (" " in text or '"' in text or "=" in text or "\\" in text):
+        return text
+    if text and not printable and not _LOGFMT_NEEDS_QUOTES.search(text):
         return text
     # Most quoted values hold only blanks: no escape to write, and translate is slow.
     escaped = text.translate(_LOGFMT_ESCAPES) if _LOGFMT_NEEDS_ESCAPES.search(text) else text
