@@ -132,6 +132,8 @@ class _LineFormatter(logging.Formatter):
         super().__init__()
         self.journald = journald
         self.colour = colour
+        # Per order of a record's attribute names, the extras to write (many records share one).
+        self._extras: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         line = redact(self.render(self.fields(record), record.levelno))
@@ -152,15 +154,29 @@ class _LineFormatter(logging.Formatter):
             trace = self._trace(record)
             if trace:
                 fields["exc"] = redact(trace)
-        # The extras are the record's attributes past the standard ones (a dict keeps their
-        # order); the set difference skips a test per standard attribute of every record.
+        # The extras are the record's attributes past the standard ones, in their order.
         attrs = vars(record)
-        extras = attrs.keys() - _RECORD_ATTRS
-        if extras:
-            for key, value in attrs.items():
-                if key in extras and key not in fields:
-                    fields[key] = redact(value) if type(value) is str else value
+        names = tuple(attrs)
+        extras = self._extras.get(names)
+        if extras is None:
+            extras = self._extra_names(names)
+        for key in extras:
+            if key not in fields:  # "exc", when the record has a trace
+                value = attrs[key]
+                fields[key] = redact(value) if type(value) is str else value
         return fields
+
+    def _extra_names(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The extras of a record with attributes ``names`` that its line writes: none of the
+        fields written before them (``ts`` where written, ``level``, ``logger``)."""
+        skipped = _RECORD_ATTRS | (
+            {"level", "logger"} if self.journald else {"ts", "level", "logger"}
+        )
+        extras = tuple(name for name in names if name not in skipped)
+        if len(self._extras) >= _FORMAT_CACHE_SIZE:  # records of many shapes: start again
+            self._extras.clear()
+        self._extras[names] = extras
+        return extras
 
     def _trace(self, record: logging.LogRecord) -> str:
         if record.exc_info and not record.exc_text:
@@ -198,10 +214,8 @@ class KeyValueFormatter(_LineFormatter):
 
     def __init__(self, *, journald: bool = False, colour: bool = False) -> None:
         super().__init__(journald=journald, colour=colour)
-        # What is the same for many records, made once: the text of each (level number,
-        # level name, logger), and the extras to write for each order of attribute names.
+        # The text of each (level number, level name, logger): the same for many records.
         self._heads: dict[tuple[int, str, str], str] = {}
-        self._extras: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         """The line :meth:`render` writes of :meth:`fields`, made without building the fields:
@@ -238,16 +252,6 @@ class KeyValueFormatter(_LineFormatter):
             parts[0] = f"ts={_rfc3339_ms(record.created)} {head}"
         line = redact(" ".join(parts))
         return f"<{syslog_priority(record.levelno)}>{line}" if self.journald else line
-
-    def _extra_names(self, names: tuple[str, ...]) -> tuple[str, ...]:
-        skipped = _RECORD_ATTRS | (
-            {"level", "logger"} if self.journald else {"ts", "level", "logger"}
-        )
-        extras = tuple(name for name in names if name not in skipped)
-        if len(self._extras) >= _FORMAT_CACHE_SIZE:  # records of many shapes: start again
-            self._extras.clear()
-        self._extras[names] = extras
-        return extras
 
     def _head(self, levelno: int, levelname: str, name: str) -> str:
         head = self.render({"level": levelname.lower(), "logger": name}, levelno)
