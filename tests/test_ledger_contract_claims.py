@@ -103,3 +103,28 @@ def test_a_kept_send_written_before_its_claim_is_claimed_once(ledger: Ledger, t0
         assert txn.pending_for_user("u1", {"cart"}) == []
     assert [record.key for record in claimed] == ["k1"]
     assert claimed == [ledger.get_send("k1")]
+
+
+def test_a_kept_send_changed_in_its_transaction_is_claimed_as_it_now_is(
+    ledger: Ledger, t0: datetime
+) -> None:
+    later = t0 + timedelta(minutes=10)
+    with ledger.transaction() as txn:
+        for key in ("k1", "k2", "k3"):
+            assert not txn.send_exists(key)
+            assert txn.insert_send(make_send(key, t0, user=f"u-{key}"))
+        assert txn.defer("k1", later)  # the kept sends are written first
+        assert txn.drop("k2", "cooldown", t0)
+        deferred = txn.claim(["k1", "k2"], later)
+    with ledger.transaction() as txn:
+        assert not txn.send_exists("k4")
+        assert txn.insert_send(make_send("k4", t0))
+        assert _claimed_keys(txn, ["k4"], t0) == ["k4"]
+        txn.retry_later(["k4"], later, "503")  # the kept send is written claimed, then put back
+        retried = txn.claim(["k4"], later)
+    assert [(r.key, r.due_at, r.attempts) for r in deferred + retried] == [
+        ("k1", later, 1),
+        ("k4", later, 2),
+    ]
+    assert deferred + retried == [ledger.get_send(key) for key in ("k1", "k4")]
+    assert state_of(ledger, "k2") == SendState.CANCELLED

@@ -71,10 +71,10 @@ class SqlTxn(ToolReads):
         the rows read for claims that it could change (a drop or a defer: its own)."""
         if sql not in self.quiet:
             buffer = self._buffer
+            if buffer.dirty:
+                self._flush_sends()  # first: the kept sends' rows it writes are known after it
             if buffer.rows and sql is not self.sql.drop and sql is not self.sql.defer:
                 buffer.rows.clear()
-            if buffer.dirty:
-                self._flush_sends()
 
     def _flush_sends(self) -> None:
         kept, claims = self._buffer.take()
@@ -89,10 +89,8 @@ class SqlTxn(ToolReads):
         for record in claims:
             by_time.setdefault(record.claimed_at, []).append(record.key)
         for at, keys in by_time.items():
-            at_value = self._time(at)
-            if self._run(
-                self.sql.write_claims, (at_value, at_value, self.dialect.keys(keys))
-            ) != len(keys):
+            claim = (self._time(at), self._time(at), self.dialect.keys(keys))
+            if self._run(self.sql.write_claims, claim) != len(keys):
                 # Never on SQLite, whose transactions are serialised whole: a row read for a
                 # claim changed behind it. Nothing of the batch is committed.
                 raise LedgerError("a claimed send changed meanwhile: the batch is decided again")
@@ -391,13 +389,15 @@ class SqlTxn(ToolReads):
         self._run(self.sql.retry_later, params)
 
     def drop(self, key: str, reason: str, at: datetime) -> bool:
-        self._buffer.rows.pop(key, None)
-        return self._run(self.sql.drop, (reason, self.dialect.time(at), key)) == 1
+        dropped = self._run(self.sql.drop, (reason, self.dialect.time(at), key)) == 1
+        self._buffer.rows.pop(key, None)  # after the statement, which may write the kept row
+        return dropped
 
     def defer(self, key: str, due_at: datetime) -> bool:
         d = self.dialect
+        deferred = self._run(self.sql.defer, (d.time(due_at), d.time(self._clock()), key)) == 1
         self._buffer.rows.pop(key, None)
-        return self._run(self.sql.defer, (d.time(due_at), d.time(self._clock()), key)) == 1
+        return deferred
 
     def expire_leases(self, at: datetime) -> list[SendRecord]:
         return []  # one process, no leases: its own sends are settled at its start
