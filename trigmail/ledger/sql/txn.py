@@ -69,8 +69,8 @@ class SqlTxn(ToolReads):
     def _before(self, sql: str) -> None:
         """Write the kept sends and claims before a statement that could read them, and forget
         the rows read for claims that it could change (a drop or a defer: its own)."""
-        if sql not in self.quiet:
-            buffer = self._buffer
+        buffer = self._buffer
+        if (buffer.dirty or buffer.rows) and sql not in self.quiet:
             if buffer.dirty:
                 self._flush_sends()  # first: the kept sends' rows it writes are known after it
             if buffer.rows and sql is not self.sql.drop and sql is not self.sql.defer:
