@@ -6,7 +6,7 @@ what only a ledger shared by several workers needs: per-user locks and the lease
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -249,6 +249,11 @@ class PostgresTxn(SqlTxn):
             self._fresh_seen.clear()
 
     # -- the leases of claims ----------------------------------------------------------------
+    def expect_claims(self, keys: Iterable[str]) -> None:
+        # A claim here locks its rows (another worker may be claiming them) and takes a lease:
+        # decided from a row read earlier it could not skip a row another worker holds.
+        pass
+
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         at = as_utc(at)
         wanted = list(dict.fromkeys(keys))
