@@ -19,7 +19,7 @@ from trigmail.decisions import LogEntry, Payload
 from trigmail.ledger.pg_rows import POSTGRES, ErrorScrubber
 from trigmail.ledger.pg_schema import LOCK_USER
 from trigmail.ledger.pg_users import DELIVERED_OF, SCHEDULED_OF, UserReads
-from trigmail.ledger.rows import Row
+from trigmail.ledger.rows import Row, log_rows
 from trigmail.ledger.semantics import LEASE_EXPIRED_ERROR, Clock, as_utc
 from trigmail.ledger.sql import SqlTxn, Statements, in_order
 from trigmail.ledger.sql.buffer import quiet_statements
@@ -185,7 +185,7 @@ class PostgresTxn(SqlTxn):
         self._check_open()
         if not entries:
             return
-        rows = self._log_rows(entries)
+        rows = log_rows(entries, self.dialect.time, self.dialect.text)
         with self._errors.guard(), self._tuples.copy(_COPY_LOG) as copy:
             for row in rows:
                 copy.write_row(row)

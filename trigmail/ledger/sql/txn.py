@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from trigmail.decisions import LogEntry, Payload
 from trigmail.errors import LedgerError
 from trigmail.ledger.base import CancelMark, DeadLetter
-from trigmail.ledger.rows import Row
+from trigmail.ledger.rows import Row, log_rows
 from trigmail.ledger.semantics import (
     RECOVERED_ERROR,
     Clock,
@@ -292,33 +292,7 @@ class SqlTxn(ToolReads):
 
     def log(self, entries: Sequence[LogEntry]) -> None:
         self._check_open()
-        self._many(self.sql.insert_log, self._log_rows(entries))
-
-    def _log_rows(self, entries: Sequence[LogEntry]) -> list[tuple[Any, ...]]:
-        """The decision log's rows of ``entries``, in the columns of ``insert_log``."""
-        time, text = self.dialect.time, self.dialect.text
-        # A commit's entries share a few moments (a request's all have the one of its answer).
-        stored: dict[datetime, Any] = {}
-        params: list[tuple[Any, ...]] = []
-        for entry in entries:
-            at = stored.get(entry.at)
-            if at is None:
-                at = stored[entry.at] = time(entry.at)
-            params.append(
-                (
-                    at,
-                    entry.event_id,
-                    entry.user_id,
-                    entry.rule,
-                    entry.step,
-                    entry.key,
-                    entry.outcome._value_,  # the str: .value is a property run in Python
-                    entry.reason._value_,
-                    None if entry.due_at is None else time(entry.due_at),
-                    text(entry.detail),
-                )
-            )
-        return params
+        self._many(self.sql.insert_log, log_rows(entries, self.dialect.time, self.dialect.text))
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         d = self.dialect
