@@ -541,6 +541,23 @@ def test_decision_log_is_newest_first_and_filters_by_event(ledger: Ledger, t0: d
     assert ledger.decision_log(limit=1) == [entries[2]]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # what a text stream would take for its own delimiters and escapes (PostgreSQL's COPY)
+        "tab\there, newline\nthere, \\N, back\\slash, \r",
+        # non-ASCII, and what only JSON would escape
+        'ünï \u2028 "quoted" \u00a0 ✓',
+    ],
+)
+def test_decision_log_keeps_any_text_as_it_was(ledger: Ledger, t0: datetime, text: str) -> None:
+    entry = LogEntry(t0, text, text, text, 2, text, Outcome.SCHEDULED, Reason.DELAY, t0, text)
+    bare = LogEntry(t0, None, None, None, None, None, Outcome.SKIPPED, Reason.NO_RULE, None, "")
+    with ledger.transaction() as txn:
+        txn.log([entry, bare])
+    assert ledger.decision_log() == [bare, entry]
+
+
 def test_dead_letters_are_newest_first(ledger: Ledger, t0: datetime) -> None:
     letters = [DeadLetter(t0, "spool", str(n), "{", "invalid_json", "not JSON") for n in range(3)]
     with ledger.transaction() as txn:
@@ -577,6 +594,22 @@ def test_status(ledger: Ledger, t0: datetime, clock: FakeClock) -> None:
     assert [s.key for s in status.failed] == ["failed"]
     assert [s.key for s in status.recent] == ["failed", "in_doubt"]
     assert (status.dead_letters, status.rules_version) == (1, "abc")
+
+
+def test_a_payload_round_trips_whatever_its_data(ledger: Ledger, t0: datetime) -> None:
+    # The SQL ledgers store the text ingest encoded, not a second encoding of the payload.
+    data = {
+        "name": 'Zoë "the" \\ \u2028 ✓',
+        "nested": {"list": [1, -2.5, None, True, {"deep": []}], "empty": {}},
+        "big": 2**62,
+        "tiny": 1e-300,
+    }
+    send = make_send("odd", t0)
+    send = replace(send, payload=replace(send.payload, data=data, variant="b"))
+    insert(ledger, send)
+    stored = ledger.get_send("odd")
+    assert stored is not None
+    assert stored.payload == send.payload
 
 
 def test_status_counts_the_variants_of_an_ab_split(ledger: Ledger, t0: datetime) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from trigmail import logs
+from trigmail import loglines, logs
 from trigmail.errors import ConfigError
 from trigmail.logs import (
     JsonFormatter,
@@ -265,9 +265,9 @@ def test_lines_logged_together_are_one_write_of_the_same_lines() -> None:
     config = logging_config("text", "info", stream_is_tty=False, journald=True, stream=stream)
     log = logging.getLogger("trigmail.daemon")
     with applied(config):
-        with logs.lines_together():
+        with loglines.lines_together():
             log.info("send %s: sent", "k1", extra={"rule": "cart"})
-            with logs.lines_together():  # nested: written with the outer block
+            with loglines.lines_together():  # nested: written with the outer block
                 log.info("send k2: sent")
             assert (stream.getvalue(), stream.writes) == ("", 0)
         held = stream.getvalue()
@@ -284,7 +284,7 @@ def test_lines_logged_together_are_one_write_of_the_same_lines() -> None:
 def test_lines_held_by_a_block_that_raised_are_still_written() -> None:
     stream = io.StringIO()
     config = logging_config("text", "info", stream_is_tty=False, journald=True, stream=stream)
-    with applied(config), pytest.raises(RuntimeError), logs.lines_together():
+    with applied(config), pytest.raises(RuntimeError), loglines.lines_together():
         logging.getLogger("trigmail.daemon").info("before the failure")
         raise RuntimeError("boom")
     assert stream.getvalue().endswith('msg="before the failure"\n')
@@ -294,7 +294,7 @@ def test_another_threads_lines_are_not_held() -> None:
     stream = io.StringIO()
     config = logging_config("text", "info", stream_is_tty=False, journald=True, stream=stream)
     log = logging.getLogger("trigmail.daemon")
-    with applied(config), logs.lines_together():
+    with applied(config), loglines.lines_together():
         thread = threading.Thread(target=log.info, args=("from another thread",))
         thread.start()
         thread.join()

@@ -1,4 +1,5 @@
-"""A batch observed at once counts and logs what its entries observed one by one do."""
+"""A batch observed at once counts and logs what its entries observed one by one do, and what
+the observer did before it counted a batch at once (a copy of its per-entry code below)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from trigmail.decisions import LogEntry, Outcome, Reason
+from trigmail.ledger.base import SendState
 from trigmail.metrics import Metrics
-from trigmail.observe import DecisionObserver
+from trigmail.observe import DecisionObserver, decision_fields
 
 T0 = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
 
@@ -57,11 +59,59 @@ def _observe(entries: list[LogEntry], level: int, *, batch: bool) -> tuple[objec
             observer.observe_all(entries)
         else:
             for entry in entries:
-                observer(entry)
+                _observed_before(metrics, entry, level)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     return _samples(metrics), handler.lines
+
+
+_FINAL_STATES = {
+    Outcome.SENT: SendState.SENT,
+    Outcome.FAILED: SendState.FAILED,
+    Outcome.IN_DOUBT: SendState.IN_DOUBT,
+    Outcome.CANCELLED: SendState.CANCELLED,
+    Outcome.DROPPED: SendState.CANCELLED,
+}
+_OPERATOR_LEVELS = {
+    Outcome.SENT: logging.INFO,
+    Outcome.DROPPED: logging.INFO,
+    Outcome.FAILED: logging.WARNING,
+    Outcome.IN_DOUBT: logging.WARNING,
+    Outcome.DEAD_LETTER: logging.WARNING,
+}
+
+
+def _observed_before(metrics: Metrics, entry: LogEntry, decisions_level: int) -> None:
+    """What ``DecisionObserver.__call__`` did before batches were counted at once (c. 3a81cb7)."""
+    final = _FINAL_STATES.get(entry.outcome)
+    if final is not None:
+        metrics.record_send(entry.rule or "", final, entry.variant)
+    if entry.outcome is Outcome.SENT:
+        if entry.due_at is not None:
+            lateness_s = (T0 - entry.due_at).total_seconds()
+            metrics.trigger_to_provider_seconds.observe(max(lateness_s, 0.0))
+    elif entry.outcome not in (Outcome.FAILED, Outcome.IN_DOUBT):
+        metrics.record_decision(entry.rule, entry.reason)
+    if entry.outcome is Outcome.DEAD_LETTER:
+        metrics.record_dead_letter(entry.reason)
+    level = _OPERATOR_LEVELS.get(entry.outcome, decisions_level)
+    log = logging.getLogger("trigmail.daemon")
+    if not log.isEnabledFor(level):
+        return
+    fields = decision_fields(entry)
+    if entry.detail:
+        fields["detail"] = entry.detail
+    subject = (
+        f"send {entry.key}"
+        if entry.key
+        else f"event {entry.event_id}"
+        if entry.event_id
+        else "event"
+    )
+    detail = f": {entry.detail}" if entry.detail else ""
+    message = f"{subject}: {entry.outcome.value} {entry.reason.value}{detail}"
+    log.handle(log.makeRecord(log.name, level, "", 0, message, (), None, extra=fields))
 
 
 class _Records(logging.Handler):
@@ -70,8 +120,8 @@ class _Records(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        fields = {k: v for k, v in record.__dict__.items() if k in _FIELDS}
-        self.lines.append(f"{record.levelno} {record.getMessage()} {sorted(fields.items())}")
+        fields = [(k, v) for k, v in record.__dict__.items() if k in _FIELDS]  # in order
+        self.lines.append(f"{record.levelno} {record.getMessage()} {fields}")
 
 
 _FIELDS = {"event_id", "user_id", "rule", "step", "key", "outcome", "reason", "variant", "detail"}

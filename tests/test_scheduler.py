@@ -196,3 +196,21 @@ def test_sends_due_at_one_instant_pop_in_key_order_however_they_came() -> None:
     loaded = refilled(Scheduler(horizon_s=300), ledger_with(*(send(k, T0) for k in "bca")), T0)
     assert keys(cached_as_added.pop_due(T0, 10)) == ["a", "b", "c"]
     assert keys(loaded.pop_due(T0, 10)) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 50])
+def test_due_keys_are_those_pop_due_would_take(count: int) -> None:
+    # Due times out of order and some equal: the heap holds them in no sorted order.
+    sends = [send(f"k{n}", T0 + MIN * ((n * 7) % 13)) for n in range(count)]
+    scheduler = Scheduler(horizon_s=3600)
+    with ledger_with(*sends).transaction() as txn:
+        scheduler.refill(txn, T0)
+    for minutes in (-1, 0, 3, 6, 12, 20):
+        until = T0 + MIN * minutes
+        expected = {s.key for s in sends if s.due_at <= until}
+        assert sorted(scheduler.due_keys(until)) == sorted(expected)
+    # Only read: the heap still pops them all, in order.
+    popped = scheduler.pop_due(T0 + MIN * 20, count + 1)
+    assert [s.key for s in popped] == [
+        s.key for s in sorted(sends, key=lambda s: (s.due_at, s.key))
+    ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -156,6 +158,41 @@ def test_truncation_restarts_at_zero(
     items = read_n(source, len(expected))
     assert datas(items) == expected
     assert items[0].ref == "events.jsonl:1"
+
+
+def _expected_position(spool: Path, data: bytes, line: int) -> SpoolPosition:
+    """The position after line ``line`` of ``data`` (the file's bytes), built field by field."""
+    stat = spool.stat()
+    head = data[: data.index(b"\n") + 1][:FINGERPRINT_MAX_BYTES]
+    offset = sum(len(each) + 1 for each in data.split(b"\n")[:line])
+    fp = hashlib.sha256(head).hexdigest()[:32]
+    return SpoolPosition(stat.st_dev, stat.st_ino, fp, len(head), offset, line)
+
+
+def test_each_position_is_the_files_own_before_and_after_a_rewrite(
+    spool: Path, open_source: Callable[..., SpoolSource]
+) -> None:
+    # Positions share their text up to the offset within a file: after a rewrite in place
+    # (same inode, another first line) none may keep the old file's fingerprint.
+    first = b"a-1\n\na-3\n"
+    append(spool, first)
+    source = open_source(spool)
+    items = read_n(source, 2)
+    assert [item.position for item in items] == [
+        _expected_position(spool, first, 1).to_text(),
+        _expected_position(spool, first, 3).to_text(),
+    ]
+    second = b"a much longer first line than before\nb-2\n"
+    spool.write_bytes(second)
+    items = read_n(source, 2)
+    assert [SpoolPosition.from_text(item.position) for item in items] == [
+        _expected_position(spool, second, 1),
+        _expected_position(spool, second, 2),
+    ]
+    assert [item.position for item in items] == [
+        json.dumps(asdict(SpoolPosition.from_text(item.position)), separators=(",", ":"))
+        for item in items
+    ]
 
 
 def _replace_by_another_file(spool: Path) -> None:

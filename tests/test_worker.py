@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from trigmail.cli.status import watermark_json
 from trigmail.decisions import LogEntry, Outcome
 from trigmail.events import format_ts
+from trigmail.ledger.base import Ledger
 from trigmail.ledger.memory import MemoryLedger
 from trigmail.metrics import Metrics
 from trigmail.pipeline import Pipeline
@@ -103,9 +104,16 @@ def workload(seed: int, count: int, users: int = 40, start: datetime = T0) -> li
 class Served:
     """A worker on a virtual clock, fed through a memory source."""
 
-    def __init__(self, start: datetime, *, max_hold_s: float = 300.0, batch_size: int = 50):
+    def __init__(
+        self,
+        start: datetime,
+        *,
+        max_hold_s: float = 300.0,
+        batch_size: int = 50,
+        ledger: Callable[[VirtualClock], Ledger] | None = None,
+    ):
         self.clock = VirtualClock(start)
-        self.ledger = MemoryLedger(clock=self.clock)
+        self.ledger = MemoryLedger(clock=self.clock) if ledger is None else ledger(self.clock)
         self.provider = RecordingProvider()
         self.entries: list[LogEntry] = []
         self.source = MemorySource(self.clock)

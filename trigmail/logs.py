@@ -26,13 +26,13 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
 from trigmail.errors import ConfigError
+from trigmail.loglines import LineHandler
 
 LogFormat = Literal["text", "json"]
 
@@ -132,6 +132,8 @@ class _LineFormatter(logging.Formatter):
         super().__init__()
         self.journald = journald
         self.colour = colour
+        # Per order of a record's attribute names, the extras to write (many records share one).
+        self._extras: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         line = redact(self.render(self.fields(record), record.levelno))
@@ -152,15 +154,29 @@ class _LineFormatter(logging.Formatter):
             trace = self._trace(record)
             if trace:
                 fields["exc"] = redact(trace)
-        # The extras are the record's attributes past the standard ones (a dict keeps their
-        # order); the set difference skips a test per standard attribute of every record.
+        # The extras are the record's attributes past the standard ones, in their order.
         attrs = vars(record)
-        extras = attrs.keys() - _RECORD_ATTRS
-        if extras:
-            for key, value in attrs.items():
-                if key in extras and key not in fields:
-                    fields[key] = redact(value) if type(value) is str else value
+        names = tuple(attrs)
+        extras = self._extras.get(names)
+        if extras is None:
+            extras = self._extra_names(names)
+        for key in extras:
+            if key not in fields:  # "exc", when the record has a trace
+                value = attrs[key]
+                fields[key] = redact(value) if type(value) is str else value
         return fields
+
+    def _extra_names(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The extras of a record with attributes ``names`` that its line writes: none of the
+        fields written before them (``ts`` where written, ``level``, ``logger``)."""
+        skipped = _RECORD_ATTRS | (
+            {"level", "logger"} if self.journald else {"ts", "level", "logger"}
+        )
+        extras = tuple(name for name in names if name not in skipped)
+        if len(self._extras) >= _FORMAT_CACHE_SIZE:  # records of many shapes: start again
+            self._extras.clear()
+        self._extras[names] = extras
+        return extras
 
     def _trace(self, record: logging.LogRecord) -> str:
         if record.exc_info and not record.exc_text:
@@ -186,11 +202,63 @@ def _rfc3339_ms(created_s: float) -> str:
         stamp = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
         text = stamp.removesuffix("+00:00")
         _last_second = (second, text)
-    return f"{text}.{micros // 1000:03d}Z"
+    return text + _MILLIS[micros // 1000]
+
+
+# The millisecond and zone of a timestamp, written once: a format spec per line costs more.
+_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]
 
 
 class KeyValueFormatter(_LineFormatter):
     """``key=value`` pairs (logfmt); values with spaces, quotes or newlines are quoted."""
+
+    def __init__(self, *, journald: bool = False, colour: bool = False) -> None:
+        super().__init__(journald=journald, colour=colour)
+        # The text of each (level number, level name, logger): the same for many records.
+        self._heads: dict[tuple[int, str, str], str] = {}
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The line :meth:`render` writes of :meth:`fields`, made without building the fields:
+        a line per email sent is the busiest record. A record with a trace, or with a
+        registered secret in a value (redacted value by value before quoting), takes the
+        general path."""
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        attrs = vars(record)
+        names = tuple(attrs)
+        extras = self._extras.get(names)
+        if extras is None:
+            extras = self._extra_names(names)
+        head = self._heads.get((record.levelno, record.levelname, record.name))
+        if head is None:
+            head = self._head(record.levelno, record.levelname, record.name)
+        message = record.getMessage()
+        texts = [message]
+        parts = [head, "msg=" + _logfmt_text(message)]
+        for key in extras:
+            value = attrs[key]
+            if type(value) is str:
+                texts.append(value)
+                parts.append(f"{key}={_logfmt_text(value)}")
+            else:
+                parts.append(f"{key}={_logfmt_value(value)}")
+        secrets = _secrets
+        if secrets:
+            joined = "\n".join(texts)
+            for secret in secrets:
+                if secret in joined:
+                    return super().format(record)
+        if not self.journald:
+            parts[0] = f"ts={_rfc3339_ms(record.created)} {head}"
+        line = redact(" ".join(parts))
+        return f"<{syslog_priority(record.levelno)}>{line}" if self.journald else line
+
+    def _head(self, levelno: int, levelname: str, name: str) -> str:
+        head = self.render({"level": levelname.lower(), "logger": name}, levelno)
+        if len(self._heads) >= _FORMAT_CACHE_SIZE:
+            self._heads.clear()
+        self._heads[levelno, levelname, name] = head
+        return head
 
     def render(self, fields: Mapping[str, Any], levelno: int) -> str:
         pairs = []
@@ -200,6 +268,10 @@ class KeyValueFormatter(_LineFormatter):
                 text = f"{_ANSI_BY_LEVEL.get(levelno, '')}{text}{_ANSI_RESET}"
             pairs.append(f"{key}={text}")
         return " ".join(pairs)
+
+
+# How many level/logger texts and extras' name lists a formatter keeps.
+_FORMAT_CACHE_SIZE = 256
 
 
 def _escape_for(code: int) -> str:
@@ -242,22 +314,31 @@ _JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _CONTROL_CODES if code >= 0x
 _LOGFMT_NEEDS_QUOTES = re.compile(
     r'[\s"=\\' + "".join(re.escape(chr(code)) for code in _CONTROL_CODES) + "]"
 )
+_LOGFMT_NEEDS_ESCAPES = re.compile("[" + "".join(re.escape(chr(c)) for c in _LOGFMT_ESCAPES) + "]")
 
 
 def _logfmt_value(value: Any) -> str:
     kind = type(value)
-    text: str
     if kind is str:
-        text = value
-    elif kind is int:
-        text = str(value)  # what json.dumps writes for a plain int, without its machinery
-    elif value is None:
+        return _logfmt_text(value)
+    if kind is int:
+        return str(value)  # what json.dumps writes for a plain int: never quoted
+    if value is None:
         return "null"
-    else:
-        text = json.dumps(value, default=str)
-    if text and not _LOGFMT_NEEDS_QUOTES.search(text):
+    return _logfmt_text(json.dumps(value, default=str))
+
+
+def _logfmt_text(text: str) -> str:
+    # str methods first, cheaper than the regex: outside ASCII's space, every blank and every
+    # control is unprintable to isprintable().
+    printable = text.isprintable()
+    if printable and text and not (" " in text or '"' in text or "=" in text or "\\" in text):
         return text
-    return '"' + text.translate(_LOGFMT_ESCAPES) + '"'
+    if text and not printable and not _LOGFMT_NEEDS_QUOTES.search(text):
+        return text
+    # Most quoted values hold only blanks: no escape to write, and translate is slow.
+    escaped = text.translate(_LOGFMT_ESCAPES) if _LOGFMT_NEEDS_ESCAPES.search(text) else text
+    return '"' + escaped + '"'
 
 
 class JsonFormatter(_LineFormatter):
@@ -265,64 +346,6 @@ class JsonFormatter(_LineFormatter):
 
     def render(self, fields: Mapping[str, Any], levelno: int) -> str:
         return json.dumps(fields, default=str, ensure_ascii=False).translate(_JSON_ESCAPES)
-
-
-# Per thread: how deep in :func:`lines_together` it is, and the lines each handler holds.
-_together = threading.local()
-
-
-@contextmanager
-def lines_together() -> Iterator[None]:
-    """Hold the lines this thread logs through a :class:`LineHandler` until the block ends,
-    then write each handler's at once.
-
-    A provider request of a thousand emails logs a thousand lines: one write (and one flush)
-    instead of a write per line, each a system call that also hands the GIL over. Each line is
-    still its own record, formatted when it is logged; other threads' lines are not held.
-    """
-    depth = getattr(_together, "depth", 0)
-    if depth == 0:
-        _together.held = {}
-    _together.depth = depth + 1
-    try:
-        yield
-    finally:
-        _together.depth = depth
-        if depth == 0:
-            held: dict[LineHandler, list[tuple[logging.LogRecord, str]]] = _together.held
-            _together.held = {}
-            for handler, lines in held.items():
-                handler.write_lines(lines)
-
-
-class LineHandler(logging.StreamHandler[TextIO]):
-    """A stream handler whose lines logged inside :func:`lines_together` are written at the
-    block's end, all at once."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not getattr(_together, "depth", 0):
-            super().emit(record)
-            return
-        try:
-            line = self.format(record)
-        except Exception:  # as StreamHandler.emit: a bad record must not stop the caller
-            self.handleError(record)
-            return
-        _together.held.setdefault(self, []).append((record, line))
-
-    def write_lines(self, lines: list[tuple[logging.LogRecord, str]]) -> None:
-        """Write lines held for this handler, in one write."""
-        if not lines:
-            return
-        text = "".join(line + self.terminator for _, line in lines)
-        self.acquire()
-        try:
-            self.stream.write(text)
-            self.flush()
-        except Exception:  # as StreamHandler.emit
-            self.handleError(lines[-1][0])
-        finally:
-            self.release()
 
 
 def install_excepthooks() -> None:
@@ -414,7 +437,7 @@ def logging_config(
         "filters": {"secrets": {"()": f"{__name__}.{SecretFilter.__name__}"}},
         "handlers": {
             "stderr": {
-                "class": f"{__name__}.{LineHandler.__name__}",
+                "class": f"{LineHandler.__module__}.{LineHandler.__name__}",
                 "stream": stream,
                 "formatter": "trigmail",
                 "filters": ["secrets"],

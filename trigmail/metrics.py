@@ -167,17 +167,19 @@ class Metrics:
             )
         child.inc(count)
 
-    def record_send(self, rule_id: str, state: SendState, variant: str | None = None) -> None:
-        """Count one send reaching ``state`` (``sent``, ``failed``, ``cancelled``, ``in_doubt``),
-        and its A/B ``variant`` when it has one."""
+    def record_send(
+        self, rule_id: str, state: SendState, variant: str | None = None, count: int = 1
+    ) -> None:
+        """Count ``count`` sends reaching ``state`` (``sent``, ``failed``, ``cancelled``,
+        ``in_doubt``), and their A/B ``variant`` when they have one."""
         child = self._send_children.get((rule_id, state))
         if child is None:
             child = self._send_children[(rule_id, state)] = self.sends.labels(
                 rule=rule_id, state=state
             )
-        child.inc()
+        child.inc(count)
         if variant is not None:
-            self.variant_sends.labels(rule=rule_id, variant=variant, state=state).inc()
+            self.variant_sends.labels(rule=rule_id, variant=variant, state=state).inc(count)
 
     def record_dead_letter(self, reason: Reason | str) -> None:
         """Count one event set aside."""

@@ -30,7 +30,7 @@ from trigmail.errors import BadEventError, DeliveryError
 from trigmail.events import Event
 from trigmail.ingest import BatchWriter, Ingested, Item, expect_batch, parse_item
 from trigmail.ledger.base import Ledger, LedgerTxn, SendRecord, SendState
-from trigmail.logs import lines_together
+from trigmail.loglines import lines_together
 from trigmail.outcomes import Outcomes
 from trigmail.pauses import PAUSES_META, Pause, Pauses, decode, in_force, log_changes
 from trigmail.providers.base import Provider
@@ -125,6 +125,12 @@ class Pipeline:
             if self.ledger.shared:
                 txn.lock_users({event.user_id for event in events})
             expect_batch(txn, rules, events, now)
+            last_gate = None if gates is None or not parsed else gates[len(parsed) - 1]
+            cutoff = None if last_gate is None else min(last_gate, now)
+            if cutoff is not None and not self.scheduler.needs_refill(now):
+                # The cached sends that may fall due inside the batch, read at once: their
+                # claims need no statement each (SQLite). A later one is claimed as ever.
+                txn.expect_claims(self.scheduler.due_keys(cutoff))
             batch = BatchWriter(txn, rules, now, source_name or "", result)
             batch_due: datetime | None = None
             for index, (item, event) in enumerate(parsed):
@@ -145,8 +151,6 @@ class Pipeline:
                 if gates is not None and len(result.scheduled) > scheduled:
                     batch_due = _earliest(batch_due, result.scheduled[scheduled:])
                 result.consumed += 1
-            last_gate = None if gates is None or not parsed else gates[len(parsed) - 1]
-            cutoff = None if last_gate is None else min(last_gate, now)
             if cutoff is not None and self._due_by(cutoff, batch_due):
                 # What falls due by the last line's watermark fires before any later line
                 # whatever it is: claimed here rather than in a transaction of its own.

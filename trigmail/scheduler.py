@@ -84,6 +84,20 @@ class Scheduler:
             due.append(send)
         return due
 
+    def due_keys(self, until: datetime) -> list[str]:
+        """The keys of the cached sends due by ``until``, in no order: the heap's branches are
+        walked down to the first entry due later, so a few due among many cost a few."""
+        heap = self._heap
+        keys: list[str] = []
+        stack = [0] if heap else []
+        while stack:
+            index = stack.pop()
+            due_at, key, _ = heap[index]
+            if due_at <= until:
+                keys.append(key)
+                stack.extend(child for child in (2 * index + 1, 2 * index + 2) if child < len(heap))
+        return keys
+
     def count_due(self, after: datetime | None, until: datetime) -> int:
         """Count the cached sends due after ``after`` (``None``: any time) and by ``until``."""
         return sum(

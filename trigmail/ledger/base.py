@@ -165,6 +165,11 @@ class LedgerTxn(Protocol):
         """Return the earliest ``due_at`` of any ``scheduled`` send."""
         ...
 
+    def expect_claims(self, keys: Iterable[str]) -> None:
+        """A hint: keys :meth:`claim` may be asked to claim in this transaction, so that a
+        backend may read their sends in one statement and decide the claims from them."""
+        ...
+
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         """Move ``scheduled`` sends to ``sending`` (attempts + 1, ``claimed_at = at``).
 

@@ -178,6 +178,9 @@ class MemoryTxn(MemoryEvidenceTxn):
     def expect_sends(self, keys: Iterable[str]) -> None:
         pass  # likewise
 
+    def expect_claims(self, keys: Iterable[str]) -> None:
+        pass  # likewise
+
     def insert_send(self, send: SendRecord) -> bool:
         check_new(send)
         if send.key in self._store.sends:

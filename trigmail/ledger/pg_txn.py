@@ -6,18 +6,20 @@ what only a ledger shared by several workers needs: per-user locks and the lease
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
+from trigmail.decisions import LogEntry, Payload
 from trigmail.ledger.pg_rows import POSTGRES, ErrorScrubber
 from trigmail.ledger.pg_schema import LOCK_USER
 from trigmail.ledger.pg_users import DELIVERED_OF, SCHEDULED_OF, UserReads
-from trigmail.ledger.rows import Row
+from trigmail.ledger.rows import Row, log_rows
 from trigmail.ledger.semantics import LEASE_EXPIRED_ERROR, Clock, as_utc
 from trigmail.ledger.sql import SqlTxn, Statements, in_order
 from trigmail.ledger.sql.buffer import quiet_statements
@@ -49,6 +51,12 @@ SELECT event_id, %s FROM (SELECT DISTINCT unnest(%s::text[]) AS event_id ORDER B
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
+# A batch's decisions: COPY sends the rows as one stream, where an INSERT per row costs a
+# bind and an execute each on both sides.
+_COPY_LOG = (
+    "COPY decision_log (at, event_id, user_id, rule, step, key, outcome, reason, due_at, detail)"
+    " FROM STDIN"
+)
 _UNMARK_SEEN = "DELETE FROM seen_events WHERE event_id = ANY(%s)"
 _EXPIRED = "SELECT * FROM sends WHERE state = 'sending' AND lease_until <= %s FOR UPDATE"
 _LOCK_ONE = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
@@ -165,6 +173,23 @@ class PostgresTxn(SqlTxn):
             self._tuples.executemany(sql, params)
             return self._tuples.rowcount
 
+    def _payload_document(self, payload: Payload) -> Any:
+        # The text ingest encoded to check the payload's size, sent as it is: psycopg would
+        # otherwise encode the payload's dict a second time.
+        try:
+            return Jsonb(payload.json_text(), dumps=_as_is)
+        except ValueError:  # NaN or infinity, which only ingest refuses: stored as ever
+            return super()._payload_document(payload)
+
+    def log(self, entries: Sequence[LogEntry]) -> None:
+        self._check_open()
+        if not entries:
+            return
+        rows = log_rows(entries, self.dialect.time, self.dialect.text)
+        with self._errors.guard(), self._tuples.copy(_COPY_LOG) as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def _as_user(self, user_id: str) -> AbstractContextManager[Any]:
         if user_id in self._locked_users:
             return super()._as_user(user_id)
@@ -224,6 +249,11 @@ class PostgresTxn(SqlTxn):
             self._fresh_seen.clear()
 
     # -- the leases of claims ----------------------------------------------------------------
+    def expect_claims(self, keys: Iterable[str]) -> None:
+        # A claim here locks its rows (another worker may be claiming them) and takes a lease:
+        # decided from a row read earlier it could not skip a row another worker holds.
+        pass
+
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         at = as_utc(at)
         wanted = list(dict.fromkeys(keys))
@@ -237,3 +267,7 @@ class PostgresTxn(SqlTxn):
     def recover_in_flight(self, at: datetime) -> list[SendRecord]:
         at = as_utc(at)
         return self._recover(self._sends(_RECOVERABLE, {"owner": self._worker_id, "at": at}), at)
+
+
+def _as_is(text: str) -> str:
+    return text

@@ -1,4 +1,5 @@
-"""Rows of the SQL ledgers back into records: one reading, whatever the backend stores.
+"""Rows of the SQL ledgers back into records: one reading, whatever the backend stores; and the
+decision log's rows written.
 
 SQLite keeps times as epoch microseconds and JSON as text; PostgreSQL as ``timestamptz`` and
 ``jsonb``. Each backend gives a :class:`RowReader` its two decoders; the columns are the same.
@@ -7,7 +8,7 @@ SQLite keeps times as epoch microseconds and JSON as text; PostgreSQL as ``times
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -96,3 +97,32 @@ class RowReader:
             values=json.loads(row["vals"]),
             at=self.time(row["at"]),
         )
+
+
+def log_rows(
+    entries: Sequence[LogEntry], time: Callable[[datetime], Any], text: Callable[[str], Any]
+) -> list[tuple[Any, ...]]:
+    """The decision log's rows of ``entries`` (the columns of ``insert_log``), with the
+    backend's ``time`` and ``text`` encoders."""
+    # A commit's entries share a few moments (a request's all have the one of its answer).
+    stored: dict[datetime, Any] = {}
+    rows: list[tuple[Any, ...]] = []
+    for entry in entries:
+        at = stored.get(entry.at)
+        if at is None:
+            at = stored[entry.at] = time(entry.at)
+        rows.append(
+            (
+                at,
+                entry.event_id,
+                entry.user_id,
+                entry.rule,
+                entry.step,
+                entry.key,
+                entry.outcome._value_,  # the str: .value is a property run in Python
+                entry.reason._value_,
+                None if entry.due_at is None else time(entry.due_at),
+                text(entry.detail),
+            )
+        )
+    return rows

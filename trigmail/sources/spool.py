@@ -210,18 +210,19 @@ class SpoolSource:
 
     def _take(self, tail: SpoolTail, max_items: int) -> list[SourceItem]:
         items: list[SourceItem] = []
+        name = self.path.name
         while len(items) < max_items:
             line = tail.next_line()
             if line is None:
                 break
-            ref = f"{self.path.name}:{line.number}"
+            ref = f"{name}:{line.number}"
             if line.too_long:
                 detail = f"line is longer than {self.max_line_bytes} bytes; raw is its start"
                 refused = (SourceReason.LINE_TOO_LONG.value, detail)
-                position = tail.position(line).to_text()
+                position = tail.position_text(line)
                 items.append(SourceItem(line.data, position, ref, refused=refused))
             elif line.data.strip():
-                items.append(SourceItem(line.data, tail.position(line).to_text(), ref))
+                items.append(SourceItem(line.data, tail.position_text(line), ref))
         return items
 
     def _follow_rename(self, tail: SpoolTail) -> SpoolTail | None:

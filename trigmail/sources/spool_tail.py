@@ -13,6 +13,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from trigmail.errors import SourceError
 
@@ -41,12 +42,8 @@ class SpoolPosition:
     line: int
 
     def to_text(self) -> str:
-        # Every line read gets one, so it is formatted directly: the same compact JSON that
-        # json.dumps of a dict gives, at a fifth of the cost (dataclasses.asdict was worse).
-        return (
-            f'{{"dev":{self.dev},"inode":{self.inode},"fp":{json.dumps(self.fp)},'
-            f'"fp_bytes":{self.fp_bytes},"offset":{self.offset},"line":{self.line}}}'
-        )
+        prefix = _prefix(self.dev, self.inode, self.fp, self.fp_bytes)
+        return f'{prefix}{self.offset},"line":{self.line}}}'
 
     @classmethod
     def from_text(cls, text: str) -> SpoolPosition:
@@ -65,9 +62,18 @@ class SpoolPosition:
         return position
 
 
-@dataclass(frozen=True)
-class SpoolLine:
-    """One complete line; ``data`` of an over-long one holds only its first bytes."""
+def _prefix(dev: int, inode: int, fp: str, fp_bytes: int) -> str:
+    """The text of a position up to its offset: the same compact JSON that ``json.dumps`` of
+    the dict gives. Every line read gets a position, and all but two fields are the file's."""
+    return f'{{"dev":{dev},"inode":{inode},"fp":{json.dumps(fp)},"fp_bytes":{fp_bytes},"offset":'
+
+
+class SpoolLine(NamedTuple):
+    """One complete line; ``data`` of an over-long one holds only its first bytes.
+
+    A tuple rather than a frozen dataclass: one is made per line read, and building a frozen
+    dataclass costs several times as much.
+    """
 
     data: bytes
     number: int
@@ -104,6 +110,9 @@ class SpoolTail:
         self.buf = bytearray()
         self.start = 0
         self.fp: tuple[str, int] | None = None
+        self._prefix: tuple[tuple[str, int], str] | None = (
+            None  # fp, and position text before offset
+        )
         self.skipping: bytes | None = None  # the head of the over-long line being skipped
 
     @property
@@ -154,6 +163,19 @@ class SpoolTail:
         dev, inode = self.identity
         fp, fp_bytes = self.fp
         return SpoolPosition(dev, inode, fp, fp_bytes, line.end, line.number)
+
+    def position_text(self, line: SpoolLine) -> str:
+        """``position(line).to_text()``, without building the position: the part before the
+        offset is the same for every line of the file, so it is formatted once."""
+        fp = self.fp
+        cached = self._prefix
+        if fp is None or cached is None or cached[0] is not fp:
+            position = self.position(line)
+            fp = self.fp
+            assert fp is not None
+            self._prefix = cached = (fp, _prefix(*self.identity, *fp))
+            return position.to_text()
+        return f'{cached[1]}{line.end},"line":{line.number}}}'
 
     def close(self) -> None:
         self.file.close()

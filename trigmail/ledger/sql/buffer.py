@@ -5,6 +5,13 @@ kept sends go in with one ``executemany`` before the first statement that could 
 transaction's :meth:`~trigmail.ledger.sql.txn.SqlTxn._before`), or at the commit. Reads of one
 user's sends write that user's first; ``send_exists`` answers kept keys itself, and a claim of a
 kept send (SQLite) changes the kept row: it is written once, already claimed.
+
+On SQLite, claims of sends written before the transaction are held back too: ``expect_claims``
+reads the rows of the sends about to fall due, a claim among them is decided from the row, and
+the claims are written with one statement where the kept sends are (a read of the user's sends,
+a statement over sends in general, the commit). A row read stays as the database would return
+it: a statement that could change it forgets it (or, a cancellation, notes it no longer
+scheduled); a key not read is claimed by its own statement, as ever.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 
 from trigmail.ledger.semantics import as_utc
 from trigmail.ledger.sql.dialect import Statements
-from trigmail.sends import SendRecord
+from trigmail.sends import SendRecord, SendState, claimed
 
 
 class SendBuffer:
@@ -31,7 +38,12 @@ class SendBuffer:
         self.absent: set[str] = set()
         # Found by expect_sends, or written from here: a key stays taken until the commit.
         self.present: set[str] = set()
-        self.dirty = False  # some sends are kept
+        # Rows read by expect_claims or written from ``kept``, as stored now: the record while
+        # it is scheduled, ``None`` once it is not (claimed here, cancelled). Never a kept key.
+        self.rows: dict[str, SendRecord | None] = {}
+        # Claimed from those rows and not written yet, by key; their users are in ``users``.
+        self.claims: dict[str, SendRecord] = {}
+        self.dirty = False  # some sends are kept or claimed
 
     def keep(self, record: SendRecord, params: list[Any]) -> None:
         self.kept[record.key] = (record, params)
@@ -39,14 +51,51 @@ class SendBuffer:
         self.absent.discard(record.key)
         self.dirty = True
 
-    def take(self) -> list[tuple[SendRecord, list[Any]]]:
-        """Return the kept sends, in the order they were kept, and forget them."""
+    def take(self) -> tuple[list[tuple[SendRecord, list[Any]]], list[SendRecord]]:
+        """Return the kept sends, in the order they were kept, and the claims held back, and
+        forget them."""
         kept = list(self.kept.values())
         self.present.update(self.kept)
         self.kept = {}
+        # Written as kept: a later claim of one is decided from the row as well.
+        self.read([record for record, _ in kept])
+        claims = list(self.claims.values())
+        self.claims = {}
         self.users.clear()
         self.dirty = False
-        return kept
+        return kept, claims
+
+    def read(self, records: list[SendRecord]) -> None:
+        """Note the rows expect_claims read."""
+        rows = self.rows
+        for record in records:
+            rows[record.key] = record if record.state is SendState.SCHEDULED else None
+
+    def unread(self, keys: list[str]) -> list[str]:
+        """Those of ``keys`` whose row a read may return as stored: none held back here."""
+        known = (self.rows, self.kept, self.claims)
+        return [key for key in dict.fromkeys(keys) if not any(key in each for each in known)]
+
+    def claim_read(self, wanted: list[str], at: datetime) -> list[SendRecord]:
+        """Claim, in memory, the sends among ``wanted`` whose rows were read and are still
+        scheduled; the rows are written claimed at the flush."""
+        rows = self.rows
+        moved = []
+        for key in wanted:
+            stored = rows.get(key)
+            if stored is not None:
+                record = claimed(stored, at)
+                rows[key] = None  # sending now: a second claim finds nothing
+                self.claims[key] = record
+                self.users.add(record.user_id)
+                moved.append(record)
+        if moved:
+            self.dirty = True
+        return moved
+
+    def known(self, key: str) -> bool:
+        """Whether a claim of ``key`` is decided here, without a statement."""
+        return key in self.kept or key in self.rows
 
 
 def quiet_statements(sql: Statements, *more: str) -> frozenset[str]:
@@ -69,6 +118,11 @@ def quiet_statements(sql: Statements, *more: str) -> frozenset[str]:
             sql.add_dead_letter,
             sql.get_position,
             sql.set_position,
+            sql.get_meta,  # a replayed event's allowance, the rules version
+            sql.set_meta,
+            # Reads only keys nothing holds back; writes only the claims held back.
+            sql.sends_of,
+            sql.write_claims,
             *more,
         )
     )

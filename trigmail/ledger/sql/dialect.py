@@ -164,6 +164,12 @@ class Statements:
             "UPDATE sends SET state = 'sending', attempts = attempts + 1, claimed_at = ?,"
             f" updated_at = ? WHERE {keys} AND {d.key_state} = 'scheduled' RETURNING *"
         )
+        # The rows of sends about to be claimed, and their claims decided from them, written.
+        self.sends_of = sql(f"SELECT * FROM sends WHERE {keys}")
+        self.write_claims = sql(
+            "UPDATE sends SET state = 'sending', attempts = attempts + 1, claimed_at = ?,"
+            f" updated_at = ? WHERE {keys} AND {d.key_state} = 'scheduled'"
+        )
         self.finish = sql(
             "UPDATE sends SET state = ?, updated_at = ?, message_id = COALESCE(?, message_id),"
             f" last_error = COALESCE(?, last_error) WHERE {keys} AND {d.key_state} = 'sending'"

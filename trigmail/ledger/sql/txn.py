@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from trigmail.decisions import LogEntry, Payload
 from trigmail.errors import LedgerError
 from trigmail.ledger.base import CancelMark, DeadLetter
-from trigmail.ledger.rows import Row
+from trigmail.ledger.rows import Row, log_rows
 from trigmail.ledger.semantics import (
     RECOVERED_ERROR,
     Clock,
@@ -58,7 +58,7 @@ class SqlTxn(ToolReads):
     sql: ClassVar[Statements]
 
     # Statements that never touch a row of sends, or touch only one user's or one key's, which
-    # their methods check against the kept sends: they run without writing the kept sends.
+    # their methods check against the kept sends and claims: they run without writing them.
     quiet: ClassVar[frozenset[str]]
 
     def __init__(self, clock: Clock) -> None:
@@ -67,22 +67,37 @@ class SqlTxn(ToolReads):
         self._buffer = SendBuffer()
 
     def _before(self, sql: str) -> None:
-        """Write the kept sends before a statement that could read them."""
-        if self._buffer.dirty and sql not in self.quiet:
-            self._flush_sends()
+        """Write the kept sends and claims before a statement that could read them, and forget
+        the rows read for claims that it could change (a drop or a defer: its own)."""
+        buffer = self._buffer
+        if (buffer.dirty or buffer.rows) and sql not in self.quiet:
+            if buffer.dirty:
+                self._flush_sends()  # first: the kept sends' rows it writes are known after it
+            if buffer.rows and sql is not self.sql.drop and sql is not self.sql.defer:
+                buffer.rows.clear()
 
     def _flush_sends(self) -> None:
-        kept = self._buffer.take()
-        if not kept:
-            return
+        kept, claims = self._buffer.take()
         params = [row for _, row in kept]
-        if self._insert_many(self.sql.insert_sends, params) != len(params):
+        if kept and self._insert_many(self.sql.insert_sends, params) != len(params):
             # Only on PostgreSQL: another worker committed a key found absent here.
             raise LedgerError("a new send's key was taken meanwhile: the batch is decided again")
-        self._inserted([record for record, _ in kept])
+        if kept:
+            self._inserted([record for record, _ in kept])
+        # The claims held back: one statement per claim time (a batch has one).
+        by_time: dict[datetime | None, list[str]] = {}
+        for record in claims:
+            by_time.setdefault(record.claimed_at, []).append(record.key)
+        for at, keys in by_time.items():
+            claim = (self._time(at), self._time(at), self.dialect.keys(keys))
+            if self._run(self.sql.write_claims, claim) != len(keys):
+                # Never on SQLite, whose transactions are serialised whole: a row read for a
+                # claim changed behind it. Nothing of the batch is committed.
+                raise LedgerError("a claimed send changed meanwhile: the batch is decided again")
 
     def _for_user(self, user_id: str) -> None:
-        """Write the kept sends before a read of ``user_id``'s sends, if some are theirs."""
+        """Write the kept sends and claims before a read of ``user_id``'s sends, if some are
+        theirs."""
         if user_id in self._buffer.users:
             self._flush_sends()
 
@@ -260,30 +275,24 @@ class SqlTxn(ToolReads):
 
     def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
         d = self.dialect
+        buffer = self._buffer
         wanted = list(dict.fromkeys(keys))
-        if not self._buffer.kept.keys().isdisjoint(wanted):
+        if not buffer.kept.keys().isdisjoint(wanted):
             self._flush_sends()
-        rows = self._rows(self.sql.cancel_sends, (reason, d.time(at), d.keys(wanted)))
+        # A claim held back is sending, whatever its unwritten row says: never cancelled.
+        open_keys = [key for key in wanted if key not in buffer.claims]
+        if not open_keys:
+            return []
+        rows = self._rows(self.sql.cancel_sends, (reason, d.time(at), d.keys(open_keys)))
         moved = {row["key"] for row in rows}
-        return [key for key in wanted if key in moved]
+        for key in moved:
+            if key in buffer.rows:
+                buffer.rows[key] = None
+        return [key for key in open_keys if key in moved]
 
     def log(self, entries: Sequence[LogEntry]) -> None:
         self._check_open()
-        self._many(self.sql.insert_log, [self._log_params(entry) for entry in entries])
-
-    def _log_params(self, entry: LogEntry) -> tuple[Any, ...]:
-        return (
-            self.dialect.time(entry.at),
-            entry.event_id,
-            entry.user_id,
-            entry.rule,
-            entry.step,
-            entry.key,
-            entry.outcome.value,
-            entry.reason.value,
-            self._time(entry.due_at),
-            self.dialect.text(entry.detail),
-        )
+        self._many(self.sql.insert_log, log_rows(entries, self.dialect.time, self.dialect.text))
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         d = self.dialect
@@ -314,11 +323,20 @@ class SqlTxn(ToolReads):
     def next_due_at(self) -> datetime | None:
         return self.dialect.rows.maybe_time(self._scalar(self.sql.next_due_at))
 
+    def expect_claims(self, keys: Iterable[str]) -> None:
+        wanted = self._buffer.unread(list(keys))
+        if wanted:
+            self._buffer.read(self._sends(self.sql.sends_of, (self.dialect.keys(wanted),)))
+
     def claim(self, keys: Collection[str], at: datetime) -> list[SendRecord]:
         d = self.dialect
         wanted = list(dict.fromkeys(keys))
         moved = self._claim_kept(wanted, as_utc(at))
-        rest = [key for key in wanted if key not in self._buffer.kept]
+        buffer = self._buffer
+        if buffer.rows:
+            self._check_open()
+            moved += buffer.claim_read(wanted, as_utc(at))
+        rest = [key for key in wanted if not buffer.known(key)]
         if rest:
             at_value = d.time(at)
             moved += self._sends(self.sql.claim, (at_value, at_value, d.keys(rest)))
@@ -357,11 +375,15 @@ class SqlTxn(ToolReads):
         self._run(self.sql.retry_later, params)
 
     def drop(self, key: str, reason: str, at: datetime) -> bool:
-        return self._run(self.sql.drop, (reason, self.dialect.time(at), key)) == 1
+        dropped = self._run(self.sql.drop, (reason, self.dialect.time(at), key)) == 1
+        self._buffer.rows.pop(key, None)  # after the statement, which may write the kept row
+        return dropped
 
     def defer(self, key: str, due_at: datetime) -> bool:
         d = self.dialect
-        return self._run(self.sql.defer, (d.time(due_at), d.time(self._clock()), key)) == 1
+        deferred = self._run(self.sql.defer, (d.time(due_at), d.time(self._clock()), key)) == 1
+        self._buffer.rows.pop(key, None)
+        return deferred
 
     def expire_leases(self, at: datetime) -> list[SendRecord]:
         return []  # one process, no leases: its own sends are settled at its start
