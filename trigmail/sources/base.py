@@ -19,17 +19,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from trigmail.decisions import Reason
 from trigmail.ledger.base import DeadLetter
+from trigmail.records import record
 
 
-class SourceItem(NamedTuple):
-    """One raw event as a source delivered it.
-
-    Immutable, as a frozen dataclass would be, but a tuple: one is made per event read, and a
-    frozen dataclass's ``__init__`` (a ``setattr`` per field) cost four times as much.
+@record
+class SourceItem:
+    """One raw event as a source delivered it (a record: one is made per event read).
 
     Attributes:
         data: the event's bytes as read, without the trailing newline.

@@ -13,9 +13,9 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from trigmail.errors import SourceError
+from trigmail.records import record
 
 # The fingerprint covers the first line up to this many bytes: enough to tell two files
 # apart (events carry ids and timestamps), small enough to re-read on every poll.
@@ -68,12 +68,9 @@ def _prefix(dev: int, inode: int, fp: str, fp_bytes: int) -> str:
     return f'{{"dev":{dev},"inode":{inode},"fp":{json.dumps(fp)},"fp_bytes":{fp_bytes},"offset":'
 
 
-class SpoolLine(NamedTuple):
-    """One complete line; ``data`` of an over-long one holds only its first bytes.
-
-    A tuple rather than a frozen dataclass: one is made per line read, and building a frozen
-    dataclass costs several times as much.
-    """
+@record
+class SpoolLine:
+    """One complete line; ``data`` of an over-long one holds only its first bytes."""
 
     data: bytes
     number: int
