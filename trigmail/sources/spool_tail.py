@@ -107,9 +107,8 @@ class SpoolTail:
         self.buf = bytearray()
         self.start = 0
         self.fp: tuple[str, int] | None = None
-        self._prefix: tuple[tuple[str, int], str] | None = (
-            None  # fp, and position text before offset
-        )
+        # The fingerprint the positions' text was formatted for, and that text up to the offset.
+        self._prefix: tuple[tuple[str, int], str] | None = None
         self.skipping: bytes | None = None  # the head of the over-long line being skipped
 
     @property
@@ -164,13 +163,11 @@ class SpoolTail:
     def position_text(self, line: SpoolLine) -> str:
         """``position(line).to_text()``, without building the position: the part before the
         offset is the same for every line of the file, so it is formatted once."""
-        fp = self.fp
         cached = self._prefix
-        if fp is None or cached is None or cached[0] is not fp:
-            position = self.position(line)
-            fp = self.fp
-            assert fp is not None
-            self._prefix = cached = (fp, _prefix(*self.identity, *fp))
+        if cached is None or cached[0] is not self.fp:
+            position = self.position(line)  # takes the fingerprint at the file's first line
+            assert self.fp is not None
+            self._prefix = (self.fp, _prefix(*self.identity, *self.fp))
             return position.to_text()
         return f'{cached[1]}{line.end},"line":{line.number}}}'
 
