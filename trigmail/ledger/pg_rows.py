@@ -93,6 +93,15 @@ def _json_as_is(value: Any) -> Any:
     return value  # psycopg decodes jsonb already
 
 
+def _encoded(text: str) -> Jsonb:
+    # Sent as it is: psycopg's Jsonb would otherwise encode a dict (a payload) a second time.
+    return Jsonb(text, dumps=_as_is)
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
 def _keys(values: list[str]) -> list[str]:
     return values
 
@@ -107,6 +116,7 @@ POSTGRES = Dialect(
     placeholder="%s",
     time=as_utc,
     document=Jsonb,
+    encoded=_encoded,
     keys=_keys,
     text=text,
     rows=RowReader(time=utc, json=_json_as_is),

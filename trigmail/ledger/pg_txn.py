@@ -13,9 +13,8 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
-from trigmail.decisions import LogEntry, Payload
+from trigmail.decisions import LogEntry
 from trigmail.ledger.pg_rows import POSTGRES, ErrorScrubber
 from trigmail.ledger.pg_schema import LOCK_USER
 from trigmail.ledger.pg_users import DELIVERED_OF, SCHEDULED_OF, UserReads
@@ -173,14 +172,6 @@ class PostgresTxn(SqlTxn):
             self._tuples.executemany(sql, params)
             return self._tuples.rowcount
 
-    def _payload_document(self, payload: Payload) -> Any:
-        # The text ingest encoded to check the payload's size, sent as it is: psycopg would
-        # otherwise encode the payload's dict a second time.
-        try:
-            return Jsonb(payload.json_text(), dumps=_as_is)
-        except ValueError:  # NaN or infinity, which only ingest refuses: stored as ever
-            return super()._payload_document(payload)
-
     def log(self, entries: Sequence[LogEntry]) -> None:
         self._check_open()
         if not entries:
@@ -267,7 +258,3 @@ class PostgresTxn(SqlTxn):
     def recover_in_flight(self, at: datetime) -> list[SendRecord]:
         at = as_utc(at)
         return self._recover(self._sends(_RECOVERABLE, {"owner": self._worker_id, "at": at}), at)
-
-
-def _as_is(text: str) -> str:
-    return text

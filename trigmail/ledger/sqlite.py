@@ -26,7 +26,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from trigmail.decisions import Payload
 from trigmail.errors import LedgerError, LedgerUnavailableError
 from trigmail.files import create_file
 from trigmail.ledger.migrations import migrate
@@ -220,13 +219,6 @@ class SqliteTxn(SqlTxn):
         if self._new_seen:
             self._conn.executemany(self.sql.mark_seen, self._new_seen)
             self._new_seen = []
-
-    def _payload_document(self, payload: Payload) -> Any:
-        # The text ingest encoded to check the payload's size: what json_text would write.
-        try:
-            return payload.json_text()
-        except ValueError:  # NaN or infinity, which only ingest refuses: stored as ever
-            return super()._payload_document(payload)
 
     def _run(self, sql: str, params: Params = ()) -> int:
         return self._cursor(sql, params).rowcount

@@ -45,6 +45,7 @@ class Dialect:
             ``{delivered}`` stands for the delivered states.
         placeholder: how the driver marks a parameter (``?``, ``%s``).
         document: a JSON value to the form of a JSON column (by default, JSON text).
+        encoded: JSON text already encoded to the form of a JSON column (by default, itself).
         text: diagnostic text to a storable form (PostgreSQL's ``text`` refuses NUL).
         user_index: a planner hint naming the index of a user's sends, after ``FROM sends``.
         key_state: how an update that finds sends by key tests their state (SQLite's ``+state``
@@ -69,6 +70,7 @@ class Dialect:
     delivered_count: str
     placeholder: str = "?"
     document: Callable[[Any], Any] = json_text
+    encoded: Callable[[str], Any] = str
     text: Callable[[str], str] = str
     user_index: str = ""
     key_state: str = "state"

@@ -271,7 +271,11 @@ class SqlTxn(ToolReads):
         return params
 
     def _payload_document(self, payload: Payload) -> Any:
-        return self.dialect.document(payload.to_json())
+        # The text ingest encoded to check the payload's size, stored as it is.
+        try:
+            return self.dialect.encoded(payload.json_text())
+        except ValueError:  # NaN or infinity, which only ingest refuses: stored as ever
+            return self.dialect.document(payload.to_json())
 
     def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
         d = self.dialect
