@@ -52,12 +52,12 @@ def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
 
 
 def test_a_new_file_gets_the_latest_schema(ledger: SqliteLedger, db_path: Path) -> None:
-    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "6"
+    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "7"
     names = {name for (name,) in query(db_path, "SELECT name FROM sqlite_master")}
     tables = {"meta", "sends", "send_categories", "seen_events", "positions", "decision_log"}
     assert tables | {"dead_letters", "cancel_marks"} <= names
-    indexes = {"sends_by_state_due", "sends_by_user_state", "sends_by_rule_user_claimed"}
-    assert indexes | {"send_categories_by_category", "decision_log_by_user_at"} <= names
+    indexes = {"sends_scheduled_by_due", "sends_by_user_state", "sends_by_rule_user_claimed"}
+    assert indexes | {"decision_log_by_user_at"} <= names
 
 
 def test_reopening_keeps_data_and_schema(db_path: Path, t0: datetime) -> None:
@@ -96,7 +96,7 @@ def test_a_version_5_ledger_migrates_and_keeps_its_sends(
             txn.insert_send(make_send("k2", t0, on_doubt=OnDoubt.VERIFY))
         assert "state IN ('scheduled', 'sending'" in _sends_schema(db_path)
     with closing(SqliteLedger(db_path)) as ledger:
-        assert ledger.get_meta("schema_version") == "6"
+        assert ledger.get_meta("schema_version") == str(LATEST_VERSION)
         kept = [ledger.get_send(key) for key in ("k1", "k2")]
     assert [(send.key, send.state, send.on_doubt) for send in kept if send is not None] == [
         ("k1", SendState.SCHEDULED, OnDoubt.SKIP),

@@ -326,7 +326,13 @@ class Ledger(Protocol):
 
     def prune(self, before: datetime) -> int:
         """Delete finished sends, seen ids, log lines, dead letters and webhook events older
-        than ``before``."""
+        than ``before``.
+
+        Never deletes a row of ``before`` or later. SQLite deletes seen ids and log lines in
+        the order they were written, up to the first one still inside retention: a row written
+        under a clock set back, older than a row written before it, is kept until that row
+        goes (longer than the retention, never shorter).
+        """
         ...
 
     def delivery_events(self, key: str) -> list[DeliveryEvent]:

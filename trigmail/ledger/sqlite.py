@@ -116,6 +116,17 @@ WHERE sends.user_id = ? AND sends.claimed_at >= ? AND sends.state IN {delivered}
     AND c.category IN (SELECT value FROM json_each(?))
 """
 
+# The seen ids and the log have no index on their time (a b-tree write per row inserted, for
+# the retention timer alone); they are appended in time order, so pruning walks them in rowid
+# order and deletes up to the first row still inside retention, reading one row more than it
+# deletes. A row written with a clock set back is kept until the rows before it go: later than
+# its time, never earlier. The first row inside retention stops it however old the rows after
+# it; with none, every row goes.
+_APPENDED_BEFORE = (
+    "rowid < IFNULL((SELECT rowid FROM {table} WHERE {column} >= ? ORDER BY rowid LIMIT 1),"
+    " (SELECT MAX(rowid) FROM {table}) + 1)"
+)
+
 SQLITE = Dialect(
     time=to_us,
     # A batch's keys go in one statement, as a JSON array: a statement per key cost more than
@@ -128,11 +139,15 @@ SQLITE = Dialect(
     begin_write="BEGIN IMMEDIATE",
     begin_read="BEGIN",
     delivered_count=_DELIVERED_COUNT,
-    # Without the hint the planner walks every scheduled send in due order (sends_by_state_due)
-    # to save a sort; one user has a handful of sends, everybody has millions.
+    # Without the hint the planner walks every scheduled send in due order
+    # (sends_scheduled_by_due) to save a sort; one user has a handful of sends, everybody has
+    # millions.
     user_index=" INDEXED BY sends_by_user_state",
-    # ``+state`` keeps the planner on the primary key: with the state index it walked every
-    # scheduled send to find a few keys.
+    # The partial index holds the scheduled sends alone, in due order: the due reads walk it
+    # from the front with no sort, and never step over a sent or cancelled send.
+    due_index=" INDEXED BY sends_scheduled_by_due",
+    # ``+state`` keeps the planner on the primary key: with the scheduled sends' index it would
+    # walk every scheduled send to find a few keys.
     key_state="+state",
     inserted="",
     # Categories go first: they reference the sends about to be deleted.
@@ -140,6 +155,7 @@ SQLITE = Dialect(
         "DELETE FROM send_categories WHERE key IN (SELECT key FROM sends"
         " WHERE updated_at < ? AND state IN {finished})",
     ),
+    appended_before=_APPENDED_BEFORE,
 )
 
 

@@ -48,6 +48,8 @@ class Dialect:
         encoded: JSON text already encoded to the form of a JSON column (by default, itself).
         text: diagnostic text to a storable form (PostgreSQL's ``text`` refuses NUL).
         user_index: a planner hint naming the index of a user's sends, after ``FROM sends``.
+        due_index: a planner hint naming the index of scheduled sends in due order, after
+            ``FROM sends``.
         key_state: how an update that finds sends by key tests their state (SQLite's ``+state``
             keeps its planner on the primary key rather than the state index).
         categories_column: whether ``sends`` stores its categories as a column (an array).
@@ -59,6 +61,8 @@ class Dialect:
         inserted: what makes an insert of a send say whether it inserted (a returned row);
             empty where the driver's row count says it, cheaper.
         payload_variant: the A/B variant kept in a send's payload (``NULL`` without one).
+        appended_before: how pruning finds the rows older than the cutoff (one parameter) in a
+            table rows are appended to in time order; ``{table}`` and ``{column}`` name them.
     """
 
     time: Callable[[datetime], Any]
@@ -73,6 +77,7 @@ class Dialect:
     encoded: Callable[[str], Any] = str
     text: Callable[[str], str] = str
     user_index: str = ""
+    due_index: str = ""
     key_state: str = "state"
     categories_column: bool = False
     end_lease: str = ""
@@ -81,6 +86,7 @@ class Dialect:
     prune_first: tuple[str, ...] = ()
     inserted: str = " RETURNING key"
     payload_variant: str = "json_extract(payload, '$.variant')"
+    appended_before: str = "{column} < ?"
 
 
 _SEND_COLUMNS = (
@@ -155,13 +161,14 @@ class Statements:
             " SET position = excluded.position, updated_at = excluded.updated_at"
         )
         self.due_sends = sql(
-            "SELECT * FROM sends WHERE state = 'scheduled' AND due_at <= ?"
+            f"SELECT * FROM sends{d.due_index} WHERE state = 'scheduled' AND due_at <= ?"
             " ORDER BY due_at, key LIMIT ?"
         )
         self.next_due = sql(
-            "SELECT * FROM sends WHERE state = 'scheduled' ORDER BY due_at, key LIMIT ?"
+            f"SELECT * FROM sends{d.due_index} WHERE state = 'scheduled'"
+            " ORDER BY due_at, key LIMIT ?"
         )
-        self.next_due_at = "SELECT MIN(due_at) FROM sends WHERE state = 'scheduled'"
+        self.next_due_at = f"SELECT MIN(due_at) FROM sends{d.due_index} WHERE state = 'scheduled'"
         self.claim = sql(
             "UPDATE sends SET state = 'sending', attempts = attempts + 1, claimed_at = ?,"
             f" updated_at = ? WHERE {keys} AND {d.key_state} = 'scheduled' RETURNING *"
@@ -222,8 +229,10 @@ class Statements:
             sql(text)
             for text in (
                 "DELETE FROM sends WHERE updated_at < ? AND state IN {finished}",
-                "DELETE FROM seen_events WHERE seen_at < ?",
-                "DELETE FROM decision_log WHERE at < ?",
+                "DELETE FROM seen_events WHERE "
+                + d.appended_before.format(table="seen_events", column="seen_at"),
+                "DELETE FROM decision_log WHERE "
+                + d.appended_before.format(table="decision_log", column="at"),
                 "DELETE FROM dead_letters WHERE at < ?",
                 "DELETE FROM cancel_marks WHERE at < ?",
             )

@@ -1,0 +1,212 @@
+"""The SQLite ledger's indexes: the plans its statements get, pruning without time indexes, v7."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ledger_helpers import make_send
+from trigmail.decisions import LogEntry, Outcome, Reason
+from trigmail.ledger import SqliteLedger, migrations
+from trigmail.ledger.base import SendState
+from trigmail.ledger.sqlite import SqliteTxn
+
+SQL = SqliteTxn.sql
+
+# What the serve loop runs for every event it decides (the due reads run once a turn).
+PER_EVENT = (
+    "seen_event",
+    "send_exists",
+    "sends_among",
+    "last_delivered",
+    "pending_for_user",
+    "delivered_count",
+    "cancel_marks_after",
+    "cancel_sends",
+    "get_position",
+    "claim",
+    "sends_of",
+    "write_claims",
+    "finish",
+)
+BIG_TABLES = ("sends", "send_categories", "seen_events", "decision_log")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.db"
+
+
+@pytest.fixture(params=[False, True], ids=["as-written", "analysed"])
+def filled(
+    db_path: Path, t0: datetime, request: pytest.FixtureRequest
+) -> Iterator[sqlite3.Connection]:
+    """A ledger of a few hundred sends, scheduled and sent; with and without ANALYZE's stats
+    (the daemon never runs it; an operator may)."""
+    with closing(SqliteLedger(db_path)) as ledger, ledger.transaction() as txn:
+        for n in range(300):
+            txn.insert_send(make_send(f"k{n}", t0 + timedelta(minutes=n), user=f"u{n % 30}"))
+        txn.claim([f"k{n}" for n in range(200)], t0)
+        txn.finish([f"k{n}" for n in range(200)], SendState.SENT, t0, message_id="m")
+    with closing(sqlite3.connect(db_path)) as conn:
+        if request.param:
+            conn.execute("ANALYZE")
+        yield conn
+
+
+def plan(conn: sqlite3.Connection, sql: str) -> list[str]:
+    rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", [None] * sql.count("?")).fetchall()
+    return [row[3] for row in rows]
+
+
+def index_names(path: Path) -> set[str]:
+    with closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    return {name for (name,) in rows}
+
+
+# -- query plans -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["due_sends", "next_due", "next_due_at"])
+def test_the_due_reads_walk_the_scheduled_sends_index_with_no_sort(
+    filled: sqlite3.Connection, name: str
+) -> None:
+    steps = plan(filled, getattr(SQL, name))
+    assert any("USING INDEX sends_scheduled_by_due" in step for step in steps), steps
+    assert not any("TEMP B-TREE" in step for step in steps), steps
+
+
+@pytest.mark.parametrize("name", PER_EVENT)
+def test_no_per_event_statement_scans_a_big_table(filled: sqlite3.Connection, name: str) -> None:
+    steps = plan(filled, getattr(SQL, name))
+    scans = [s for s in steps if s.startswith("SCAN") and s.split()[1] in BIG_TABLES]
+    assert scans == [], steps
+
+
+def test_the_dropped_indexes_are_gone_and_the_partial_one_is_there(db_path: Path) -> None:
+    SqliteLedger(db_path).close()
+    names = index_names(db_path)
+    assert "sends_scheduled_by_due" in names
+    with closing(sqlite3.connect(db_path)) as conn:
+        partial = {row[1]: row[4] for row in conn.execute("PRAGMA index_list(sends)")}
+    assert partial["sends_scheduled_by_due"] == 1
+    dropped = {"sends_by_state_due", "send_categories_by_category"}
+    assert not (dropped | {"seen_events_by_seen_at", "decision_log_by_at"}) & names
+
+
+# -- pruning in rowid order --------------------------------------------------------------------
+
+
+def _entry(at: datetime, n: int) -> LogEntry:
+    return LogEntry(at, f"e{n}", "u1", "cart", 0, None, Outcome.SCHEDULED, Reason.IMMEDIATE)
+
+
+def _append(ledger: SqliteLedger, ages_s: list[int], now: datetime) -> None:
+    """Write a seen id and a log line per age, in list order (the order of their rowids)."""
+    with ledger.transaction() as txn:
+        for n, age_s in enumerate(ages_s):
+            at = now - timedelta(seconds=age_s)
+            txn.mark_seen(f"e{n}", at)
+            txn.log([_entry(at, n)])
+
+
+def _left(path: Path) -> tuple[list[str], list[str]]:
+    with closing(sqlite3.connect(path)) as conn:
+        seen = conn.execute("SELECT event_id FROM seen_events ORDER BY rowid").fetchall()
+        log = conn.execute("SELECT event_id FROM decision_log ORDER BY id").fetchall()
+    return [e for (e,) in seen], [e for (e,) in log]
+
+
+# Ages in seconds, written in this order; the retention is 100 s. What remains, of each table.
+PRUNE_CASES = [
+    # in time order: the old ones go, the rest stay
+    ([300, 200, 150, 50, 10], ["e3", "e4"]),
+    # a clock set back: e3 is old but written after e2, inside retention; it stays (longer)
+    ([300, 200, 50, 500, 10], ["e2", "e3", "e4"]),
+    # a row inside retention before old ones: nothing after it goes
+    ([300, 20, 400, 500], ["e1", "e2", "e3"]),
+    # all old: all go
+    ([300, 200, 150], []),
+    # none old: none go
+    ([50, 40, 99], ["e0", "e1", "e2"]),
+    # exactly at the cutoff is inside retention
+    ([300, 100, 400], ["e1", "e2"]),
+]
+
+
+@pytest.mark.parametrize(("ages_s", "kept"), PRUNE_CASES)
+def test_pruning_deletes_up_to_the_first_row_inside_retention(
+    db_path: Path, t0: datetime, ages_s: list[int], kept: list[str]
+) -> None:
+    with closing(SqliteLedger(db_path)) as ledger:
+        _append(ledger, ages_s, t0)
+        removed = ledger.prune(t0 - timedelta(seconds=100))
+    assert _left(db_path) == (kept, kept)
+    assert removed == 2 * (len(ages_s) - len(kept))
+
+
+def test_pruning_never_deletes_a_row_inside_retention(db_path: Path, t0: datetime) -> None:
+    ages_s = [(n * 37) % 250 for n in range(200)]  # shuffled ages, old and young mixed
+    with closing(SqliteLedger(db_path)) as ledger:
+        _append(ledger, ages_s, t0)
+        ledger.prune(t0 - timedelta(seconds=100))
+    young = [f"e{n}" for n, age_s in enumerate(ages_s) if age_s <= 100]
+    seen, log = _left(db_path)
+    assert set(young) <= set(seen)
+    assert set(young) <= set(log)
+
+
+# -- migration v6 -> v7 ------------------------------------------------------------------------
+
+
+def _v6_ledger(path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Write a ledger at schema version 6 holding sends, categories, seen ids and a log."""
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:6])
+        patched.setattr(migrations, "LATEST_VERSION", 6)
+        with closing(SqliteLedger(path)) as ledger:
+            with ledger.transaction() as txn:
+                for n in range(20):
+                    send = make_send(
+                        f"k{n}", t0 + timedelta(hours=n), categories=("p", f"c{n % 3}")
+                    )
+                    txn.insert_send(send)
+                txn.claim([f"k{n}" for n in range(5)], t0)
+                txn.finish([f"k{n}" for n in range(5)], SendState.SENT, t0, message_id="m")
+            _append(ledger, [300, 200, 10], t0)
+    assert "sends_by_state_due" in index_names(path)
+
+
+def _dump(path: Path) -> dict[str, list[Any]]:
+    tables = ("sends", "send_categories", "seen_events", "decision_log")
+    with closing(sqlite3.connect(path)) as conn:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+
+
+def test_migrating_a_v6_file_keeps_its_data_and_passes_the_checks(
+    db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _v6_ledger(db_path, t0, monkeypatch)
+    before = _dump(db_path)
+    with closing(SqliteLedger(db_path)) as ledger:
+        assert ledger.get_meta("schema_version") == "7"
+        with ledger.transaction() as txn:
+            assert [s.key for s in txn.due_sends(t0 + timedelta(hours=7), 10)] == [
+                f"k{n}" for n in range(5, 8)
+            ]
+    assert _dump(db_path) == before
+    assert len(before["send_categories"]) == 40
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    names = index_names(db_path)
+    assert "sends_scheduled_by_due" in names
+    assert "sends_by_state_due" not in names
+    assert "seen_events_by_seen_at" not in names
