@@ -110,9 +110,15 @@ def _random_steps(ledger: Ledger, reference: Ledger, t0: datetime, seed: int) ->
                 due = t0 + timedelta(minutes=rnd.randint(0, 9))
                 assert txn.defer(key, due) == ref.defer(key, due)
             elif roll < 0.53:
-                txn.finish(some, SendState.SENT, at)
-                ref.finish(some, SendState.SENT, at)
-            elif roll < 0.56:
+                # Failed is no delivery: the user's last delivery of the rule goes back.
+                state = rnd.choice((SendState.SENT, SendState.FAILED))
+                txn.finish(some, state, at)
+                ref.finish(some, state, at)
+            elif roll < 0.55:
+                due = t0 + timedelta(minutes=rnd.randint(0, 9))
+                txn.retry_later(some, due, "timeout")
+                ref.retry_later(some, due, "timeout")
+            elif roll < 0.58:
                 txn.expect_claims(some)
             else:
                 user = rnd.choice(_USERS)
