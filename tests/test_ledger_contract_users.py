@@ -72,6 +72,19 @@ def test_a_claimed_kept_send_is_a_delivery(ledger: Ledger, t0: datetime) -> None
         assert txn.last_delivered_at("cart", "u1") == later
 
 
+def _insert_new(txn: LedgerTxn, ref: LedgerTxn, rnd: random.Random, key: str, t0: datetime) -> str:
+    new = make_send(
+        key,
+        t0 + timedelta(minutes=rnd.randint(0, 5)),
+        user=rnd.choice(_USERS),
+        rule=rnd.choice(sorted(_RULES)),
+    )
+    if rnd.random() < 0.7:  # found absent first: kept, on SQL, until a statement needs it
+        assert txn.send_exists(key) == ref.send_exists(key)
+    assert txn.insert_send(new) == ref.insert_send(new)
+    return key
+
+
 def _random_steps(ledger: Ledger, reference: Ledger, t0: datetime, seed: int) -> None:
     """Run one seeded sequence of writes and reads in one transaction of each ledger; every
     answer must be the reference's."""
@@ -87,16 +100,7 @@ def _random_steps(ledger: Ledger, reference: Ledger, t0: datetime, seed: int) ->
             some = rnd.sample(keys, min(len(keys), rnd.randint(1, 3)))
             key = rnd.choice(keys)
             if roll < 0.2:
-                new = make_send(
-                    f"n{step}",
-                    t0 + timedelta(minutes=rnd.randint(0, 5)),
-                    user=rnd.choice(_USERS),
-                    rule=rnd.choice(sorted(_RULES)),
-                )
-                keys.append(new.key)
-                if rnd.random() < 0.7:
-                    assert txn.send_exists(new.key) == ref.send_exists(new.key)
-                assert txn.insert_send(new) == ref.insert_send(new)
+                keys.append(_insert_new(txn, ref, rnd, f"n{step}", t0))
             elif roll < 0.3:
                 claimed = txn.claim(some, at)
                 assert [(r.key, r.claimed_at) for r in claimed] == [
