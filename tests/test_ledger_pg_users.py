@@ -1,4 +1,4 @@
-"""PostgreSQL reads a batch's locked users at once (trigmail/ledger/pg_users.py): what the engine
+"""PostgreSQL reads a batch's locked users at once (trigmail/ledger/sql/users.py): what the engine
 reads of a locked user must be what one statement per read would return, after this
 transaction's own inserts, cancels and claims too."""
 

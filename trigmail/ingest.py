@@ -259,9 +259,10 @@ class BatchWriter:
 
 
 def expect_batch(txn: LedgerTxn, rules: RuleSet, events: Sequence[Event], now: datetime) -> None:
-    """Tell the transaction what deciding ``events`` reads: their ids, and the keys of the
-    sends they may schedule, which a SQL ledger then reads in one statement each."""
+    """Tell the transaction what deciding ``events`` reads: their ids, the keys of the sends
+    they may schedule, and their users, which a SQL ledger then reads in one statement each."""
     txn.expect_seen([event.id for event in events], now)
+    txn.expect_reads({event.user_id for event in events})
     txn.expect_sends(key for event in events for key in _send_keys(event, rules))
 
 

@@ -181,6 +181,9 @@ class MemoryTxn(MemoryEvidenceTxn):
     def expect_claims(self, keys: Iterable[str]) -> None:
         pass  # likewise
 
+    def expect_reads(self, user_ids: Collection[str]) -> None:
+        pass  # an index of each user's sends already
+
     def insert_send(self, send: SendRecord) -> bool:
         check_new(send)
         if send.key in self._store.sends:

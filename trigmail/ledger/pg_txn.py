@@ -17,7 +17,6 @@ from psycopg.rows import dict_row
 from trigmail.decisions import LogEntry
 from trigmail.ledger.pg_rows import POSTGRES, ErrorScrubber
 from trigmail.ledger.pg_schema import LOCK_USER
-from trigmail.ledger.pg_users import DELIVERED_OF, SCHEDULED_OF, UserReads
 from trigmail.ledger.rows import Row, log_rows
 from trigmail.ledger.semantics import LEASE_EXPIRED_ERROR, Clock, as_utc
 from trigmail.ledger.sql import SqlTxn, Statements, in_order
@@ -73,7 +72,11 @@ class PostgresTxn(SqlTxn):
 
     dialect = POSTGRES
     sql = Statements(POSTGRES)
-    quiet = quiet_statements(sql, _MARK_SEEN_MANY, _UNMARK_SEEN, SCHEDULED_OF, DELIVERED_OF)
+    quiet = quiet_statements(sql, _MARK_SEEN_MANY, _UNMARK_SEEN)
+    # Another worker's claims, recoveries and lease expiries may move any row of sends: the
+    # copy of the locked users forgets what this transaction's writes touch (see
+    # trigmail.ledger.sql.users).
+    follows_writes = False
 
     def __init__(
         self,
@@ -95,50 +98,28 @@ class PostgresTxn(SqlTxn):
         # expect_seen's ids: those it inserted and no mark_seen has taken yet, and the rest.
         self._fresh_seen: set[str] = set()
         self._expected_seen: set[str] = set()
-        self._users = UserReads()
-        self._users_read: set[str] = set()  # locked users read at once, once
 
     def _before(self, sql: str) -> None:
         if sql not in self.quiet:
             self._users.forget()
         super()._before(sql)
 
-    # -- the batch's users, read at once (see trigmail.ledger.pg_users) ----------------------
-    def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
-        self._read_users(user_id)
-        known = self._users.pending(user_id, rule_ids)
-        return super().pending_for_user(user_id, rule_ids) if known is None else known
+    # -- the batch's users, read at once (see trigmail.ledger.sql.users) ---------------------
+    def expect_reads(self, user_ids: Collection[str]) -> None:
+        pass  # the locked users are read at once: only their rows no other worker changes
 
-    def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
-        self._read_users(user_id)
-        known, at = self._users.last_delivered(rule_id, user_id)
-        return at if known else super().last_delivered_at(rule_id, user_id)
-
-    def _read_users(self, user_id: str) -> None:
-        """At the first read of a locked user, read every locked user not read yet."""
-        if user_id in self._users_read or user_id not in self._locked_users:
-            return
-        fresh = sorted(self._locked_users - self._users_read)
-        if not self._buffer.users.isdisjoint(fresh):
-            self._flush_sends()
+    def _read_at_once(
+        self, user_ids: list[str]
+    ) -> tuple[list[SendRecord], list[tuple[str, str, datetime]]]:
         self._check_open()
         with self._errors.guard():
             with self._conn.pipeline():
-                scheduled = self._dicts.execute(SCHEDULED_OF, (fresh,))
-                delivered = self._tuples.execute(DELIVERED_OF, (fresh,))
+                scheduled = self._dicts.execute(self.sql.scheduled_of, (user_ids,))
+                delivered = self._tuples.execute(self.sql.delivered_of, (user_ids,))
             sends = [self.dialect.rows.send(row) for row in scheduled.fetchall()]
             time = self.dialect.rows.time
             latest = [(rule, user, time(at)) for rule, user, at in delivered.fetchall()]
-        self._users.read(fresh, sends, latest)
-        self._users_read.update(fresh)
-
-    def insert_send(self, send: SendRecord) -> bool:
-        self._users.forget_user(send.user_id)
-        return super().insert_send(send)
-
-    def cancel_sends(self, keys: Collection[str], reason: str, at: datetime) -> list[str]:
-        self._users.forget_keys(keys)
-        return super().cancel_sends(keys, reason, at)
+        return sends, latest
 
     def _run(self, sql: str, params: Params = ()) -> int:
         self._check_open()
@@ -207,6 +188,7 @@ class PostgresTxn(SqlTxn):
         with self._errors.guard():
             self._locks.execute(_LOCK_MANY, (LOCK_USER, wanted))
         self._locked_users.update(wanted)
+        self._readable.update(wanted)
 
     # -- seen ids ------------------------------------------------------------------------------
     def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:

@@ -108,6 +108,8 @@ def quiet_statements(sql: Statements, *more: str) -> frozenset[str]:
             sql.sends_among,
             sql.last_delivered,
             sql.pending_for_user,
+            sql.scheduled_of,
+            sql.delivered_of,
             sql.delivered_count,
             sql.cancel_sends,
             sql.cancel_marks_after,

@@ -96,6 +96,18 @@ _SEND_COLUMNS = (
 )
 
 
+def _users_at_once(d: Dialect) -> tuple[str, str]:
+    """The reads of a batch's users at once (:mod:`trigmail.ledger.sql.users`): their
+    scheduled sends, and their last delivery of each rule; the users are one parameter."""
+    users = d.in_list.format(column="user_id").replace("?", d.placeholder)
+    scheduled = f"SELECT * FROM sends{d.user_index} WHERE {users} AND state = 'scheduled'"
+    delivered = (
+        f"SELECT rule_id, user_id, MAX(claimed_at) AS at FROM sends{d.user_index}"
+        f" WHERE {users} AND state IN {DELIVERED_SQL} GROUP BY rule_id, user_id"
+    )
+    return scheduled, delivered
+
+
 class Statements:
     """Every statement of :class:`SqlTxn`, in one dialect."""
 
@@ -121,6 +133,7 @@ class Statements:
             f"SELECT * FROM sends{d.user_index} WHERE user_id = ? AND state = 'scheduled'"
             f" AND {d.in_list.format(column='rule_id')} ORDER BY due_at, key"
         )
+        self.scheduled_of, self.delivered_of = _users_at_once(d)
         self.delivered_count = sql(d.delivered_count)
         self.cancel_marks_after = sql(
             "SELECT * FROM cancel_marks WHERE user_id = ? AND ord > ? ORDER BY ord"

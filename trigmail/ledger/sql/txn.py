@@ -27,7 +27,15 @@ from trigmail.ledger.semantics import (
 from trigmail.ledger.sql.buffer import SendBuffer, as_stored
 from trigmail.ledger.sql.dialect import Dialect, Statements, json_text
 from trigmail.ledger.sql.reads import ToolReads
-from trigmail.sends import SendRecord, SendState, check_finish_state, check_new, claimed
+from trigmail.ledger.sql.users import UserReads
+from trigmail.sends import (
+    SendRecord,
+    SendState,
+    cancelled,
+    check_finish_state,
+    check_new,
+    claimed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +64,9 @@ class SqlTxn(ToolReads):
 
     dialect: ClassVar[Dialect]
     sql: ClassVar[Statements]
+    # Whether the copy of the batch's users follows this transaction's writes (see
+    # trigmail.ledger.sql.users): only where no other writer can change their rows meanwhile.
+    follows_writes: ClassVar[bool] = True
 
     # Statements that never touch a row of sends, or touch only one user's or one key's, which
     # their methods check against the kept sends and claims: they run without writing them.
@@ -65,15 +76,24 @@ class SqlTxn(ToolReads):
         self._clock = clock
         self._open = True
         self._buffer = SendBuffer()
+        self._users = UserReads(follows=self.follows_writes)
+        self._readable: set[str] = set()  # users read at once at the first read of one
+        self._users_read: set[str] = set()  # of those, read (once)
 
     def _before(self, sql: str) -> None:
         """Write the kept sends and claims before a statement that could read them, and forget
-        the rows read for claims that it could change (a drop or a defer: its own)."""
+        the rows read for claims, and the users read, that it could change (a drop or a defer:
+        their own)."""
+        if sql in self.quiet:
+            return
+        sql_of = self.sql
+        if sql is not sql_of.drop and sql is not sql_of.defer:
+            self._users.forget()
         buffer = self._buffer
-        if (buffer.dirty or buffer.rows) and sql not in self.quiet:
+        if buffer.dirty or buffer.rows:
             if buffer.dirty:
                 self._flush_sends()  # first: the kept sends' rows it writes are known after it
-            if buffer.rows and sql is not self.sql.drop and sql is not self.sql.defer:
+            if buffer.rows and sql is not sql_of.drop and sql is not sql_of.defer:
                 buffer.rows.clear()
 
     def _flush_sends(self) -> None:
@@ -168,16 +188,49 @@ class SqlTxn(ToolReads):
         return exists
 
     def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
+        self._read_users(user_id)
+        known, at = self._users.last_delivered(rule_id, user_id)
+        if known:
+            return at
         self._for_user(user_id)
         with self._as_user(user_id):
             latest = self._scalar(self.sql.last_delivered, (rule_id, user_id))
         return self.dialect.rows.maybe_time(latest)
 
     def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        self._read_users(user_id)
+        known = self._users.pending(user_id, rule_ids)
+        if known is not None:
+            return known
         rules = self.dialect.keys(sorted(rule_ids))
         self._for_user(user_id)
         with self._as_user(user_id):
             return self._sends(self.sql.pending_for_user, (user_id, rules))
+
+    def expect_reads(self, user_ids: Collection[str]) -> None:
+        self._readable.update(user_ids)
+
+    def _read_users(self, user_id: str) -> None:
+        """At the first read of a user :attr:`_readable` holds, read every such user not read
+        yet (see :mod:`trigmail.ledger.sql.users`)."""
+        if user_id in self._users_read or user_id not in self._readable:
+            return
+        fresh = sorted(self._readable - self._users_read)
+        if not self._buffer.users.isdisjoint(fresh):
+            self._flush_sends()  # the copy starts from the rows as written
+        scheduled, latest = self._read_at_once(fresh)
+        self._users.read(fresh, scheduled, latest)
+        self._users_read.update(fresh)
+
+    def _read_at_once(
+        self, user_ids: list[str]
+    ) -> tuple[list[SendRecord], list[tuple[str, str, datetime]]]:
+        """The scheduled sends of ``user_ids``, and their last delivery of each rule."""
+        users = self.dialect.keys(user_ids)
+        scheduled = self._sends(self.sql.scheduled_of, (users,))
+        time = self.dialect.rows.time
+        rows = self._rows(self.sql.delivered_of, (users,))
+        return scheduled, [(row["rule_id"], row["user_id"], time(row["at"])) for row in rows]
 
     def delivered_count_since(
         self, user_id: str, categories: Collection[str], since: datetime
@@ -223,17 +276,19 @@ class SqlTxn(ToolReads):
         params = self._send_params(send, created_at)
         if send.key in self._buffer.kept:
             return False
+        stored = as_stored(send, created_at)
         # A cancellation deciding for this user in another worker must see this send.
         with self._as_user(send.user_id):
             if send.key in self._buffer.absent:
                 self._check_open()
-                self._buffer.keep(as_stored(send, created_at), params)
+                self._buffer.keep(stored, params)
             else:
                 self._flush_sends()  # the sends keep the order they were inserted in
                 if not self._insert(self.sql.insert_send, params):
                     return False
                 self._buffer.absent.discard(send.key)
                 self._inserted([send])
+        self._users.inserted(stored)
         return True
 
     def _send_params(
@@ -281,18 +336,32 @@ class SqlTxn(ToolReads):
         d = self.dialect
         buffer = self._buffer
         wanted = list(dict.fromkeys(keys))
-        if not buffer.kept.keys().isdisjoint(wanted):
-            self._flush_sends()
+        moved = self._cancel_kept(wanted, reason, as_utc(at))
         # A claim held back is sending, whatever its unwritten row says: never cancelled.
-        open_keys = [key for key in wanted if key not in buffer.claims]
-        if not open_keys:
-            return []
-        rows = self._rows(self.sql.cancel_sends, (reason, d.time(at), d.keys(open_keys)))
-        moved = {row["key"] for row in rows}
-        for key in moved:
-            if key in buffer.rows:
-                buffer.rows[key] = None
-        return [key for key in open_keys if key in moved]
+        rest = [key for key in wanted if key not in buffer.claims and key not in buffer.kept]
+        if rest:
+            rows = self._rows(self.sql.cancel_sends, (reason, d.time(at), d.keys(rest)))
+            moved.update(row["key"] for row in rows)
+            for key in moved:
+                if key in buffer.rows:
+                    buffer.rows[key] = None
+        done = [key for key in wanted if key in moved]
+        self._users.cancelled(done)
+        return done
+
+    def _cancel_kept(self, wanted: list[str], reason: str, at: datetime) -> set[str]:
+        """Cancel the kept sends among ``wanted`` still scheduled: their rows are written once,
+        cancelled."""
+        kept = self._buffer.kept
+        moved = set()
+        for key in wanted:
+            if key in kept and kept[key][0].state is SendState.SCHEDULED:
+                stored, params = kept[key]
+                record = cancelled(stored, reason, at)
+                documents = (params[_PAYLOAD_PARAM], params[_CANCEL_MATCH_PARAM])
+                kept[key] = (record, self._send_params(record, record.created_at or at, documents))
+                moved.add(key)
+        return moved
 
     def log(self, entries: Sequence[LogEntry]) -> None:
         self._check_open()
@@ -344,6 +413,7 @@ class SqlTxn(ToolReads):
         if rest:
             at_value = d.time(at)
             moved += self._sends(self.sql.claim, (at_value, at_value, d.keys(rest)))
+        self._users.claimed(moved)
         return in_order(moved, wanted)
 
     def _claim_kept(self, wanted: list[str], at: datetime) -> list[SendRecord]:
@@ -381,12 +451,16 @@ class SqlTxn(ToolReads):
     def drop(self, key: str, reason: str, at: datetime) -> bool:
         dropped = self._run(self.sql.drop, (reason, self.dialect.time(at), key)) == 1
         self._buffer.rows.pop(key, None)  # after the statement, which may write the kept row
+        if dropped:
+            self._users.cancelled([key])
         return dropped
 
     def defer(self, key: str, due_at: datetime) -> bool:
         d = self.dialect
         deferred = self._run(self.sql.defer, (d.time(due_at), d.time(self._clock()), key)) == 1
         self._buffer.rows.pop(key, None)
+        if deferred:
+            self._users.forget_keys([key])  # due again later: read the user again
         return deferred
 
     def expire_leases(self, at: datetime) -> list[SendRecord]:

@@ -1,0 +1,130 @@
+"""The reads of a batch's users, made once for all of them, and kept true while the batch runs.
+
+The engine asks for one user's scheduled sends (``pending_for_user``) and last delivery of a
+rule (``last_delivered_at``) per event: a statement each. A transaction told the batch's users
+reads all of them with one statement each (``scheduled_of``, ``delivered_of``: see
+:mod:`trigmail.ledger.sql.dialect`) at the first such read, and answers the later ones from the
+copy, which only this transaction's own writes can make untrue:
+
+- PostgreSQL reads the users it holds the locks of (``lock_users``): no other worker claims,
+  cancels or inserts a locked user's sends meanwhile. Its own insert or cancel forgets the
+  user, any other statement on sends forgets them all (:class:`UserReads` with
+  ``follows=False``).
+- SQLite reads the users of ``expect_reads``: its transactions are serialised whole, so only
+  its own writes change those rows, and it applies them to the copy in memory (``follows=True``):
+  an insert, kept or written, adds the send; a claim moves it to the user's deliveries; a cancel
+  or a drop removes it. A write the copy cannot follow exactly forgets the user, or everyone,
+  and the reads go to the database again, as one statement each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import datetime
+
+from trigmail.sends import SendRecord, SendState
+
+
+class UserReads:
+    """What ``scheduled_of`` and ``delivered_of`` returned, by user, while true.
+
+    Args:
+        follows: apply this transaction's inserts, claims, cancels and drops to the copy
+            (SQLite); otherwise forget the users they touch (PostgreSQL).
+    """
+
+    def __init__(self, follows: bool) -> None:
+        self._follows = follows
+        self._scheduled: dict[str, dict[str, SendRecord]] = {}  # user -> key -> send
+        self._delivered: dict[tuple[str, str], datetime] = {}
+        self._pending_known: set[str] = set()
+        self._delivered_known: set[str] = set()
+        self._owner: dict[str, str] = {}  # key of a scheduled send in the copy -> its user
+
+    def read(
+        self,
+        users: Iterable[str],
+        scheduled: Iterable[SendRecord],
+        delivered: Iterable[tuple[str, str, datetime]],
+    ) -> None:
+        """Keep what was read of ``users``."""
+        users = set(users)
+        for user in users:
+            self._scheduled[user] = {}
+        for send in scheduled:
+            self._scheduled[send.user_id][send.key] = send
+            self._owner[send.key] = send.user_id
+        for rule_id, user_id, at in delivered:
+            self._delivered[(rule_id, user_id)] = at
+        self._pending_known |= users
+        self._delivered_known |= users
+
+    def pending(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord] | None:
+        """The user's scheduled sends of ``rule_ids``, as the statement orders them, or
+        ``None`` when not known."""
+        if user_id not in self._pending_known:
+            return None
+        sends = [s for s in self._scheduled[user_id].values() if s.rule_id in rule_ids]
+        return sorted(sends, key=_due_then_key)
+
+    def last_delivered(self, rule_id: str, user_id: str) -> tuple[bool, datetime | None]:
+        """Whether the user is known, and the rule's last delivery to them."""
+        if user_id not in self._delivered_known:
+            return False, None
+        return True, self._delivered.get((rule_id, user_id))
+
+    def inserted(self, send: SendRecord) -> None:
+        """``send`` was inserted, scheduled, as a read would now return it."""
+        user = send.user_id
+        if not self._follows or send.state is not SendState.SCHEDULED:
+            self._pending_known.discard(user)
+        elif user in self._pending_known:
+            self._scheduled[user][send.key] = send
+            self._owner[send.key] = user
+
+    def cancelled(self, keys: Iterable[str]) -> None:
+        """Those sends left ``scheduled`` for ``cancelled`` (a cancel, a drop), or may have
+        (``follows=False``)."""
+        for key in keys:
+            user = self._owner.pop(key, None)
+            if user is None:
+                continue
+            if self._follows:
+                self._scheduled.get(user, {}).pop(key, None)
+            else:
+                self._pending_known.discard(user)
+
+    def claimed(self, sends: Iterable[SendRecord]) -> None:
+        """Those sends moved from ``scheduled`` to ``sending``, claimed at ``claimed_at``."""
+        for send in sends:
+            user = send.user_id
+            at = send.claimed_at
+            if not self._follows or send.state is not SendState.SENDING or at is None:
+                self._forget_user(user)
+                continue
+            self._owner.pop(send.key, None)
+            self._scheduled.get(user, {}).pop(send.key, None)
+            if user in self._delivered_known:
+                latest = self._delivered.get((send.rule_id, user))
+                if latest is None or at > latest:
+                    self._delivered[(send.rule_id, user)] = at
+
+    def forget_keys(self, keys: Iterable[str]) -> None:
+        """Those sends changed in a way the copy does not follow: read their users again."""
+        for key in keys:
+            user = self._owner.get(key)
+            if user is not None:
+                self._forget_user(user)
+
+    def _forget_user(self, user_id: str) -> None:
+        self._pending_known.discard(user_id)
+        self._delivered_known.discard(user_id)
+
+    def forget(self) -> None:
+        """Any other write to sends: nothing read is known true any more."""
+        self._pending_known.clear()
+        self._delivered_known.clear()
+
+
+def _due_then_key(send: SendRecord) -> tuple[datetime, str]:
+    return (send.due_at, send.key)
