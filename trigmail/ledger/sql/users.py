@@ -43,21 +43,24 @@ class UserReads:
 
     def read(
         self,
-        users: Iterable[str],
+        pending: Iterable[str],
         scheduled: Iterable[SendRecord],
-        delivered: Iterable[tuple[str, str, datetime]],
+        delivered: Iterable[str],
+        latest: Iterable[tuple[str, str, datetime]],
     ) -> None:
-        """Keep what was read of ``users``."""
-        users = set(users)
-        for user in users:
+        """Keep what was read: the ``scheduled`` sends of the users ``pending``, and the
+        ``latest`` delivery of each rule to the users ``delivered``."""
+        pending = set(pending)
+        delivered = set(delivered)
+        for user in pending:
             self._scheduled[user] = {}
         for send in scheduled:
             self._scheduled[send.user_id][send.key] = send
             self._owner[send.key] = send.user_id
-        for rule_id, user_id, at in delivered:
+        for rule_id, user_id, at in latest:
             self._delivered[(rule_id, user_id)] = at
-        self._pending_known |= users
-        self._delivered_known |= users
+        self._pending_known |= pending
+        self._delivered_known |= delivered
 
     def pending(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord] | None:
         """The user's scheduled sends of ``rule_ids``, as the statement orders them, or
@@ -124,6 +127,36 @@ class UserReads:
         """Any other write to sends: nothing read is known true any more."""
         self._pending_known.clear()
         self._delivered_known.clear()
+
+
+class ExpectedUsers:
+    """The users a transaction was told it reads the scheduled sends of (``pending``), and
+    the last deliveries of (``delivered``), and which of them it has read at once."""
+
+    def __init__(self) -> None:
+        self._pending: set[str] = set()
+        self._delivered: set[str] = set()
+        self._pending_read: set[str] = set()
+        self._delivered_read: set[str] = set()
+
+    def expect(self, pending: Iterable[str], delivered: Iterable[str]) -> None:
+        self._pending.update(pending)
+        self._delivered.update(delivered)
+
+    def first(self, user_id: str, *, pending: bool) -> bool:
+        """Whether this read of the user's scheduled sends (``pending``) or last deliveries
+        is the first of an expected user: the time to read them all."""
+        if pending:
+            return user_id in self._pending and user_id not in self._pending_read
+        return user_id in self._delivered and user_id not in self._delivered_read
+
+    def take(self) -> tuple[list[str], list[str]]:
+        """The expected users not read yet, of each kind, now counted as read."""
+        pending = sorted(self._pending - self._pending_read)
+        delivered = sorted(self._delivered - self._delivered_read)
+        self._pending_read.update(pending)
+        self._delivered_read.update(delivered)
+        return pending, delivered
 
 
 def _due_then_key(send: SendRecord) -> tuple[datetime, str]:
