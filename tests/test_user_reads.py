@@ -1,7 +1,8 @@
 """What a batch tells its ledger it will read of its users (``expect_reads``): the users whose
 events may cancel (their scheduled sends) or meet a cooldown (their last deliveries), which a
 SQL ledger then reads at once. ``user_reads`` must name every read the engine makes, or the
-ledger reads that user alone; and only those, or it reads rows nothing asks for."""
+ledger reads that user alone; and only those, or it reads rows nothing asks for. Of the rows
+read, the copy decodes those of the rules asked for."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from datetime import datetime
 
 import pytest
 
+from tests.ledger_helpers import make_send
 from tests.test_engine import RULES, T0, cart_event, decide_and_commit, make_event, rules_from
 from trigmail.engine import decide, user_reads
 from trigmail.events import Event
 from trigmail.ingest import expect_batch
 from trigmail.ledger.base import CancelMark, LedgerTxn, SendRecord
 from trigmail.ledger.memory import MemoryLedger, MemoryTxn
+from trigmail.ledger.rows import Row
+from trigmail.ledger.sql.users import UserReads
 from trigmail.rules.model import RuleSet
 
 
@@ -114,3 +118,22 @@ def test_a_batch_tells_the_users_its_events_read(rules: RuleSet) -> None:
     with txn:
         expect_batch(txn, rules, events, T0)
     assert txn.told == ({"buyer"}, {"shopper", "buyer"})
+
+
+def test_the_copy_decodes_a_scheduled_row_once_its_rule_is_asked_for(t0: datetime) -> None:
+    decoded: list[str] = []
+
+    def decode(row: Row) -> SendRecord:
+        decoded.append(row["key"])
+        return make_send(row["key"], t0, user=row["user_id"], rule=row["rule_id"])
+
+    users = UserReads(True, decode)
+    rows = [{"key": k, "user_id": "u1", "rule_id": r} for k, r in [("a", "cart"), ("b", "other")]]
+    users.read(["u1"], rows, [], [])
+    assert decoded == []
+    assert [s.key for s in users.pending("u1", {"cart"}) or []] == ["a"]
+    assert [s.key for s in users.pending("u1", {"cart"}) or []] == ["a"]
+    assert decoded == ["a"]  # once: the other rule's row is still a row
+    users.cancelled(["b"])
+    assert users.pending("u1", {"cart", "other"}) == [make_send("a", t0)]
+    assert decoded == ["a"]

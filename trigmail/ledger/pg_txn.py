@@ -110,16 +110,16 @@ class PostgresTxn(SqlTxn):
 
     def _read_at_once(
         self, pending: list[str], delivered: list[str]
-    ) -> tuple[list[SendRecord], list[tuple[str, str, datetime]]]:
+    ) -> tuple[list[Row], list[tuple[str, str, datetime]]]:
         self._check_open()
         with self._errors.guard():
             with self._conn.pipeline():
                 scheduled = self._dicts.execute(self.sql.scheduled_of, (pending,))
                 latest = self._tuples.execute(self.sql.delivered_of, (delivered,))
-            sends = [self.dialect.rows.send(row) for row in scheduled.fetchall()]
+            rows: list[Row] = list(scheduled.fetchall())
             time = self.dialect.rows.time
-            rows = [(rule, user, time(at)) for rule, user, at in latest.fetchall()]
-        return sends, rows
+            last = [(rule, user, time(at)) for rule, user, at in latest.fetchall()]
+        return rows, last
 
     def _run(self, sql: str, params: Params = ()) -> int:
         self._check_open()

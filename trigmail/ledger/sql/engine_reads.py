@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from trigmail.ledger.base import CancelMark
+from trigmail.ledger.rows import Row
 from trigmail.ledger.sql.buffer import SendBuffer
 from trigmail.ledger.sql.dialect import Dialect, Statements
 from trigmail.ledger.sql.reads import ToolReads
@@ -93,11 +94,11 @@ class EngineReads(ToolReads):
 
     def _read_at_once(
         self, pending: list[str], delivered: list[str]
-    ) -> tuple[list[SendRecord], list[tuple[str, str, datetime]]]:
-        """The scheduled sends of the users ``pending``, and the last delivery of each rule to
-        the users ``delivered``: a statement for each list not empty."""
+    ) -> tuple[list[Row], list[tuple[str, str, datetime]]]:
+        """The rows of the scheduled sends of the users ``pending``, and the last delivery of
+        each rule to the users ``delivered``: a statement for each list not empty."""
         d = self.dialect
-        scheduled = self._sends(self.sql.scheduled_of, (d.keys(pending),)) if pending else []
+        scheduled = self._rows(self.sql.scheduled_of, (d.keys(pending),)) if pending else []
         if not delivered:
             return scheduled, []
         time = d.rows.time

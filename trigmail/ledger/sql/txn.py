@@ -76,7 +76,7 @@ class SqlTxn(EngineReads):
         self._clock = clock
         self._open = True
         self._buffer = SendBuffer()
-        self._users = UserReads(follows=self.follows_writes)
+        self._users = UserReads(self.follows_writes, self.dialect.rows.send)
         self._expected_users = ExpectedUsers()
 
     def _before(self, sql: str) -> None:
