@@ -43,7 +43,7 @@ class UserReads:
         self._follows = follows
         self._decode = decode
         self._scheduled: dict[str, dict[str, SendRecord]] = {}  # user -> key -> send
-        self._undecoded: dict[str, dict[str, Row]] = {}  # user -> key -> row, of the above
+        self._undecoded: dict[str, dict[str, Row]] = {}  # user -> key -> row, not yet a send
         self._delivered: dict[tuple[str, str], datetime] = {}
         self._pending_known: set[str] = set()
         self._delivered_known: set[str] = set()
