@@ -6,19 +6,26 @@ runs of the same tree execute the same instructions: callgrind counts them at tw
 and the difference, divided by the difference in events, is one event's cost, start-up
 cancelled out. Wall-clock benches judge a lever under load badly; this does not.
 
-Run: .venv/bin/python -m bench.cg_ingest [--events 1000,3000]
-(needs valgrind; ``--run N --dir D`` is the measured child.)
+With ``--prefill N`` both runs start from a ledger that has already decided the first N events
+(decided outside callgrind, the spool appended to in place so its position still holds): the
+per-event figure is then that of a ledger whose users have sends already, as in a long run,
+rather than of a fresh one.
+
+Run: .venv/bin/python -m bench.cg_ingest [--events 1000,3000] [--prefill 20000]
+(needs valgrind; ``--run N --spool S --ledger L`` is the measured child.)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import re
 import sqlite3
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,15 +41,13 @@ NOW = datetime(2026, 11, 1, tzinfo=UTC)
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 
-def _spool(directory: Path, events: int) -> Path:
-    spool = directory / f"events-{events}.jsonl"
-    lines = event_lines(events, step_s=0.002, start=NOW + timedelta(days=1), steady=True)
-    write_spool(spool, lines)
-    return spool
+def _lines(events: int) -> Iterator[bytes]:
+    return event_lines(events, step_s=0.002, start=NOW + timedelta(days=1), steady=True)
 
 
 def run(spool: Path, ledger_path: Path, events: int) -> None:
-    """Decide every event of ``spool`` into a fresh ledger, the clock fixed at :data:`NOW`."""
+    """Decide the events of ``spool`` into the ledger until it has seen ``events``, the clock
+    fixed at :data:`NOW`."""
     logging.disable(logging.WARNING)
     ledger = SqliteLedger(ledger_path, clock=lambda: NOW)
     daemon = Daemon(
@@ -64,9 +69,18 @@ def run(spool: Path, ledger_path: Path, events: int) -> None:
     ledger.close()
 
 
-def _count(directory: Path, events: int) -> int:
-    spool = _spool(directory, events)
+def _count(directory: Path, events: int, prefill: int) -> int:
+    """Instructions to decide the first ``prefill + events`` events, the first ``prefill``
+    decided beforehand (not counted)."""
+    spool = directory / f"events-{events}.jsonl"
     ledger = directory / f"ledger-{events}.db"
+    lines = _lines(prefill + events)
+    write_spool(spool, itertools.islice(lines, prefill))
+    if prefill:
+        run(spool, ledger, prefill)
+    with spool.open("ab") as rest:  # in place: the position taken in the prefill still holds
+        rest.writelines(line + b"\n" for line in lines)
+    events += prefill
     out = directory / f"callgrind-{events}.out"
     child = [sys.executable, "-m", "bench.cg_ingest", "--run", str(events), "--spool", str(spool)]
     child += ["--ledger", str(ledger)]
@@ -84,6 +98,9 @@ def _count(directory: Path, events: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", default="1000,3000", help="two spool sizes, comma-separated")
+    parser.add_argument(
+        "--prefill", type=int, default=0, help="events decided before each counted run"
+    )
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--spool", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ledger", type=Path, help=argparse.SUPPRESS)
@@ -93,10 +110,11 @@ def main() -> None:
         return
     small, large = (int(n) for n in args.events.split(","))
     with tempfile.TemporaryDirectory(prefix="trigmail-cg-") as temp:
-        low = _count(Path(temp), small)
-        high = _count(Path(temp), large)
+        low = _count(Path(temp), small, args.prefill)
+        high = _count(Path(temp), large, args.prefill)
     per_event = (high - low) / (large - small)
-    print(f"instructions: {small} events {low:,}; {large} events {high:,}")
+    prefilled = f" after {args.prefill} prefilled" if args.prefill else ""
+    print(f"instructions{prefilled}: {small} events {low:,}; {large} events {high:,}")
     print(f"per ingested event: {per_event:,.0f}")
 
 

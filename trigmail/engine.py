@@ -78,6 +78,13 @@ def send_keys(event: Event, rules: RuleSet) -> Iterator[str]:
             yield step_key(base_key, step)
 
 
+def user_reads(event: Event, rules: RuleSet) -> tuple[bool, bool]:
+    """Whether deciding ``event`` may read its user's scheduled sends (to cancel some), and
+    its user's last deliveries (a cooldown): what a ledger can read for a whole batch's users
+    at once (``expect_reads``). Most events need neither."""
+    return bool(rules.cancelled_by(event.name)), rules.cools_down(event.name)
+
+
 def decide(event: Event, rules: RuleSet, view: LedgerView, now: datetime) -> list[Decision]:
     """Decide what one event does: cancel pending sends, schedule new ones, or nothing.
 

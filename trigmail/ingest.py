@@ -29,7 +29,7 @@ from trigmail.decisions import (
     SetAside,
     Skip,
 )
-from trigmail.engine import decide_new, duplicate_event, send_keys
+from trigmail.engine import decide_new, duplicate_event, send_keys, user_reads
 from trigmail.errors import BadEventError, LedgerError
 from trigmail.events import (
     MAX_EVENT_DEPTH,
@@ -260,9 +260,18 @@ class BatchWriter:
 
 def expect_batch(txn: LedgerTxn, rules: RuleSet, events: Sequence[Event], now: datetime) -> None:
     """Tell the transaction what deciding ``events`` reads: their ids, the keys of the sends
-    they may schedule, and their users, which a SQL ledger then reads in one statement each."""
+    they may schedule, and the users whose sends or deliveries they may read, which a SQL
+    ledger then reads in one statement each."""
     txn.expect_seen([event.id for event in events], now)
-    txn.expect_reads({event.user_id for event in events})
+    pending: set[str] = set()
+    delivered: set[str] = set()
+    for event in events:
+        cancels, cools = user_reads(event, rules)
+        if cancels:
+            pending.add(event.user_id)
+        if cools:
+            delivered.add(event.user_id)
+    txn.expect_reads(pending, delivered)
     txn.expect_sends(key for event in events for key in _send_keys(event, rules))
 
 

@@ -132,10 +132,12 @@ class LedgerTxn(Protocol):
         that has no use for them leaves ``keys`` unread: they are computed as it reads."""
         ...
 
-    def expect_reads(self, user_ids: Collection[str]) -> None:
-        """A hint: the users whose sends :meth:`pending_for_user` and :meth:`last_delivered_at`
-        are about to be asked about, so that a backend may read all of them in one statement
-        each, at the first such read (the answers still see this transaction's own writes)."""
+    def expect_reads(self, pending: Collection[str], delivered: Collection[str]) -> None:
+        """A hint: the users whose scheduled sends :meth:`pending_for_user` (``pending``) and
+        whose last deliveries :meth:`last_delivered_at` (``delivered``) are about to be asked
+        about, so that a backend may read all of them in one statement each, at the first such
+        read (the answers still see this transaction's own writes). Any other user is read
+        alone, as without a hint."""
         ...
 
     def insert_send(self, send: SendRecord) -> bool:

@@ -181,7 +181,7 @@ class MemoryTxn(MemoryEvidenceTxn):
     def expect_claims(self, keys: Iterable[str]) -> None:
         pass  # likewise
 
-    def expect_reads(self, user_ids: Collection[str]) -> None:
+    def expect_reads(self, pending: Collection[str], delivered: Collection[str]) -> None:
         pass  # an index of each user's sends already
 
     def insert_send(self, send: SendRecord) -> bool:

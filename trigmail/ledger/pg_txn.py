@@ -105,21 +105,21 @@ class PostgresTxn(SqlTxn):
         super()._before(sql)
 
     # -- the batch's users, read at once (see trigmail.ledger.sql.users) ---------------------
-    def expect_reads(self, user_ids: Collection[str]) -> None:
+    def expect_reads(self, pending: Collection[str], delivered: Collection[str]) -> None:
         pass  # the locked users are read at once: only their rows no other worker changes
 
     def _read_at_once(
-        self, user_ids: list[str]
-    ) -> tuple[list[SendRecord], list[tuple[str, str, datetime]]]:
+        self, pending: list[str], delivered: list[str]
+    ) -> tuple[list[Row], list[tuple[str, str, datetime]]]:
         self._check_open()
         with self._errors.guard():
             with self._conn.pipeline():
-                scheduled = self._dicts.execute(self.sql.scheduled_of, (user_ids,))
-                delivered = self._tuples.execute(self.sql.delivered_of, (user_ids,))
-            sends = [self.dialect.rows.send(row) for row in scheduled.fetchall()]
+                scheduled = self._dicts.execute(self.sql.scheduled_of, (pending,))
+                latest = self._tuples.execute(self.sql.delivered_of, (delivered,))
+            rows: list[Row] = list(scheduled.fetchall())
             time = self.dialect.rows.time
-            latest = [(rule, user, time(at)) for rule, user, at in delivered.fetchall()]
-        return sends, latest
+            last = [(rule, user, time(at)) for rule, user, at in latest.fetchall()]
+        return rows, last
 
     def _run(self, sql: str, params: Params = ()) -> int:
         self._check_open()
@@ -188,7 +188,7 @@ class PostgresTxn(SqlTxn):
         with self._errors.guard():
             self._locks.execute(_LOCK_MANY, (LOCK_USER, wanted))
         self._locked_users.update(wanted)
-        self._readable.update(wanted)
+        self._expected_users.expect(wanted, wanted)
 
     # -- seen ids ------------------------------------------------------------------------------
     def expect_seen(self, event_ids: Collection[str], at: datetime) -> None:

@@ -237,6 +237,7 @@ class RuleSet:
     _cancellers: Mapping[str, tuple[tuple[Rule, CancelOn], ...]] = field(
         init=False, repr=False, compare=False
     )
+    _cooling: frozenset[str] = field(init=False, repr=False, compare=False)
     _caps_for: dict[tuple[str, ...], tuple[Cap, ...]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
@@ -246,6 +247,8 @@ class RuleSet:
         object.__setattr__(self, "_by_id", {rule.id: rule for rule in self.rules})
         object.__setattr__(self, "_by_event", _index_by_event(self.rules))
         object.__setattr__(self, "_cancellers", _index_cancellers(self.rules))
+        cooling = frozenset(name for rule in self.rules if rule.cooldown_s > 0 for name in rule.on)
+        object.__setattr__(self, "_cooling", cooling)
 
     def get(self, rule_id: str) -> Rule | None:
         return self._by_id.get(rule_id)
@@ -255,6 +258,10 @@ class RuleSet:
 
     def cancelled_by(self, event_name: str) -> tuple[tuple[Rule, CancelOn], ...]:
         return self._cancellers.get(event_name, ())
+
+    def cools_down(self, event_name: str) -> bool:
+        """Whether an event of this name triggers a rule that has a cooldown."""
+        return event_name in self._cooling
 
     def caps_for(self, categories: tuple[str, ...]) -> tuple[Cap, ...]:
         # Asked for every due send; a rule set meets only a few distinct category tuples.

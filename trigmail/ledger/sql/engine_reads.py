@@ -1,7 +1,8 @@
 """The reads of a SQL ledger's transaction that the engine decides from.
 
-A batch's users are read at once, one statement for their scheduled sends and one for their
-last deliveries, at the first read of one of them; the copy answers the rest of the batch
+A batch's users are read at once, one statement for the scheduled sends of those whose events
+may cancel and one for the last deliveries of those whose events may meet a cooldown, at the
+first read of one of them; the copy answers the rest of the batch
 (:mod:`trigmail.ledger.sql.users`). A read of a user some of whose new sends are still kept for
 the commit writes them first (:meth:`SqlTxn._for_user`).
 """
@@ -14,10 +15,11 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from trigmail.ledger.base import CancelMark
+from trigmail.ledger.rows import Row
 from trigmail.ledger.sql.buffer import SendBuffer
 from trigmail.ledger.sql.dialect import Dialect, Statements
 from trigmail.ledger.sql.reads import ToolReads
-from trigmail.ledger.sql.users import UserReads
+from trigmail.ledger.sql.users import ExpectedUsers, UserReads
 from trigmail.sends import SendRecord
 
 
@@ -29,8 +31,7 @@ class EngineReads(ToolReads):
     # Set by SqlTxn.
     _buffer: SendBuffer
     _users: UserReads
-    _readable: set[str]  # users read at once at the first read of one (expect_reads)
-    _users_read: set[str]  # of those, read (once)
+    _expected_users: ExpectedUsers  # read at once at the first read of one (expect_reads)
 
     # Provided by SqlTxn.
     def _for_user(self, user_id: str) -> None:
@@ -57,7 +58,7 @@ class EngineReads(ToolReads):
         return exists
 
     def last_delivered_at(self, rule_id: str, user_id: str) -> datetime | None:
-        self._read_users(user_id)
+        self._read_users(user_id, pending=False)
         known, at = self._users.last_delivered(rule_id, user_id)
         if known:
             return at
@@ -67,7 +68,7 @@ class EngineReads(ToolReads):
         return self.dialect.rows.maybe_time(latest)
 
     def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
-        self._read_users(user_id)
+        self._read_users(user_id, pending=True)
         known = self._users.pending(user_id, rule_ids)
         if known is not None:
             return known
@@ -76,29 +77,32 @@ class EngineReads(ToolReads):
         with self._as_user(user_id):
             return self._sends(self.sql.pending_for_user, (user_id, rules))
 
-    def expect_reads(self, user_ids: Collection[str]) -> None:
-        self._readable.update(user_ids)
+    def expect_reads(self, pending: Collection[str], delivered: Collection[str]) -> None:
+        self._expected_users.expect(pending, delivered)
 
-    def _read_users(self, user_id: str) -> None:
-        """At the first read of a user :attr:`_readable` holds, read every such user not read
-        yet (see :mod:`trigmail.ledger.sql.users`)."""
-        if user_id in self._users_read or user_id not in self._readable:
+    def _read_users(self, user_id: str, *, pending: bool) -> None:
+        """At the first read of an expected user, read every expected user not read yet, of
+        both kinds (see :mod:`trigmail.ledger.sql.users`)."""
+        if not self._expected_users.first(user_id, pending=pending):
             return
-        fresh = sorted(self._readable - self._users_read)
-        if not self._buffer.users.isdisjoint(fresh):
+        fresh_pending, fresh_delivered = self._expected_users.take()
+        users = self._buffer.users
+        if not (users.isdisjoint(fresh_pending) and users.isdisjoint(fresh_delivered)):
             self._flush_sends()  # the copy starts from the rows as written
-        scheduled, latest = self._read_at_once(fresh)
-        self._users.read(fresh, scheduled, latest)
-        self._users_read.update(fresh)
+        scheduled, latest = self._read_at_once(fresh_pending, fresh_delivered)
+        self._users.read(fresh_pending, scheduled, fresh_delivered, latest)
 
     def _read_at_once(
-        self, user_ids: list[str]
-    ) -> tuple[list[SendRecord], list[tuple[str, str, datetime]]]:
-        """The scheduled sends of ``user_ids``, and their last delivery of each rule."""
-        users = self.dialect.keys(user_ids)
-        scheduled = self._sends(self.sql.scheduled_of, (users,))
-        time = self.dialect.rows.time
-        rows = self._rows(self.sql.delivered_of, (users,))
+        self, pending: list[str], delivered: list[str]
+    ) -> tuple[list[Row], list[tuple[str, str, datetime]]]:
+        """The rows of the scheduled sends of the users ``pending``, and the last delivery of
+        each rule to the users ``delivered``: a statement for each list not empty."""
+        d = self.dialect
+        scheduled = self._rows(self.sql.scheduled_of, (d.keys(pending),)) if pending else []
+        if not delivered:
+            return scheduled, []
+        time = d.rows.time
+        rows = self._rows(self.sql.delivered_of, (d.keys(delivered),))
         return scheduled, [(row["rule_id"], row["user_id"], time(row["at"])) for row in rows]
 
     def delivered_count_since(

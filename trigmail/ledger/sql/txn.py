@@ -27,7 +27,7 @@ from trigmail.ledger.semantics import (
 from trigmail.ledger.sql.buffer import SendBuffer, as_stored
 from trigmail.ledger.sql.dialect import Dialect, Statements, json_text
 from trigmail.ledger.sql.engine_reads import EngineReads
-from trigmail.ledger.sql.users import UserReads
+from trigmail.ledger.sql.users import ExpectedUsers, UserReads
 from trigmail.sends import (
     SendRecord,
     SendState,
@@ -76,9 +76,8 @@ class SqlTxn(EngineReads):
         self._clock = clock
         self._open = True
         self._buffer = SendBuffer()
-        self._users = UserReads(follows=self.follows_writes)
-        self._readable = set()
-        self._users_read = set()
+        self._users = UserReads(self.follows_writes, self.dialect.rows.send)
+        self._expected_users = ExpectedUsers()
 
     def _before(self, sql: str) -> None:
         """Write the kept sends and claims before a statement that could read them, and forget
