@@ -52,7 +52,7 @@ def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
 
 
 def test_a_new_file_gets_the_latest_schema(ledger: SqliteLedger, db_path: Path) -> None:
-    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "7"
+    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "8"
     names = {name for (name,) in query(db_path, "SELECT name FROM sqlite_master")}
     tables = {"meta", "sends", "send_categories", "seen_events", "positions", "decision_log"}
     assert tables | {"dead_letters", "cancel_marks"} <= names
@@ -210,7 +210,7 @@ _PLANS = [
     ("retry_later", "sqlite_autoindex_sends_1 (key=?)"),
     ("cancel_sends", "sqlite_autoindex_sends_1 (key=?)"),
     ("pending_for_user", "sends_by_user_state (user_id=? AND state=?)"),
-    ("last_delivered", "sends_by_rule_user_claimed (rule_id=? AND user_id=?)"),
+    ("last_delivered", "sends_by_rule_user_claimed (rule_id=? AND user_id=? AND claimed_at>?)"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""The SQLite ledger's indexes: the plans its statements get, pruning without time indexes, v7."""
+"""The SQLite ledger's indexes: the plans its statements get, pruning without time indexes, the
+migrations to v7 and v8."""
 
 from __future__ import annotations
 
@@ -163,14 +164,15 @@ def test_pruning_never_deletes_a_row_inside_retention(db_path: Path, t0: datetim
     assert set(young) <= set(log)
 
 
-# -- migration v6 -> v7 ------------------------------------------------------------------------
+# -- migrations v6 -> v7 -> v8 -----------------------------------------------------------------
 
 
-def _v6_ledger(path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Write a ledger at schema version 6 holding sends, categories, seen ids and a log."""
+def _old_ledger(path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch, version: int) -> None:
+    """Write a ledger at schema ``version`` holding sends (5 sent, 15 scheduled), categories,
+    seen ids and a log."""
     with monkeypatch.context() as patched:
-        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:6])
-        patched.setattr(migrations, "LATEST_VERSION", 6)
+        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:version])
+        patched.setattr(migrations, "LATEST_VERSION", version)
         with closing(SqliteLedger(path)) as ledger:
             with ledger.transaction() as txn:
                 for n in range(20):
@@ -181,7 +183,6 @@ def _v6_ledger(path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch) -> Non
                 txn.claim([f"k{n}" for n in range(5)], t0)
                 txn.finish([f"k{n}" for n in range(5)], SendState.SENT, t0, message_id="m")
             _append(ledger, [300, 200, 10], t0)
-    assert "sends_by_state_due" in index_names(path)
 
 
 def _dump(path: Path) -> dict[str, list[Any]]:
@@ -193,10 +194,11 @@ def _dump(path: Path) -> dict[str, list[Any]]:
 def test_migrating_a_v6_file_keeps_its_data_and_passes_the_checks(
     db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _v6_ledger(db_path, t0, monkeypatch)
+    _old_ledger(db_path, t0, monkeypatch, 6)
+    assert "sends_by_state_due" in index_names(db_path)
     before = _dump(db_path)
     with closing(SqliteLedger(db_path)) as ledger:
-        assert ledger.get_meta("schema_version") == "7"
+        assert ledger.get_meta("schema_version") == str(migrations.LATEST_VERSION)
         with ledger.transaction() as txn:
             assert [s.key for s in txn.due_sends(t0 + timedelta(hours=7), 10)] == [
                 f"k{n}" for n in range(5, 8)
@@ -210,3 +212,70 @@ def test_migrating_a_v6_file_keeps_its_data_and_passes_the_checks(
     assert "sends_scheduled_by_due" in names
     assert "sends_by_state_due" not in names
     assert "seen_events_by_seen_at" not in names
+
+
+def _claimed_index(path: Path) -> tuple[int, str]:
+    """Whether ``sends_by_rule_user_claimed`` is partial, and its SQL."""
+    with closing(sqlite3.connect(path)) as conn:
+        partial = {row[1]: row[4] for row in conn.execute("PRAGMA index_list(sends)")}
+        (sql,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'sends_by_rule_user_claimed'"
+        ).fetchone()
+    return partial["sends_by_rule_user_claimed"], sql
+
+
+def _indexed_claims(path: Path) -> list[tuple[str, int]]:
+    """The (user, claim time) rows read through ``sends_by_rule_user_claimed``."""
+    return query_rows(
+        path,
+        "SELECT user_id, claimed_at FROM sends INDEXED BY sends_by_rule_user_claimed"
+        " WHERE rule_id = 'cart' AND claimed_at IS NOT NULL ORDER BY user_id",
+    )
+
+
+def query_rows(path: Path, sql: str) -> list[Any]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_migrating_a_v7_file_makes_the_claims_index_partial_and_keeps_the_data(
+    db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _old_ledger(db_path, t0, monkeypatch, 7)
+    assert _claimed_index(db_path)[0] == 0
+    before = _dump(db_path)
+    with closing(SqliteLedger(db_path)) as ledger:
+        assert ledger.get_meta("schema_version") == "8"
+        with ledger.transaction() as txn:
+            assert txn.last_delivered_at("cart", "u1") == t0
+            assert txn.last_delivered_at("cart", "u2") is None
+    assert _dump(db_path) == before
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    partial, sql = _claimed_index(db_path)
+    assert partial == 1
+    assert sql.endswith("WHERE claimed_at IS NOT NULL")
+    # the 5 sent sends are in it, the 15 scheduled ones are not
+    assert _indexed_claims(db_path) == [("u1", _us(t0))] * 5
+
+
+def test_a_send_enters_the_claims_index_when_claimed_and_leaves_it_when_retried(
+    db_path: Path, t0: datetime
+) -> None:
+    with closing(SqliteLedger(db_path)) as ledger:
+        with ledger.transaction() as txn:
+            txn.insert_send(make_send("k1", t0, user="u1"))
+            txn.insert_send(make_send("k2", t0, user="u2"))
+        assert _indexed_claims(db_path) == []
+        with ledger.transaction() as txn:
+            txn.claim(["k1", "k2"], t0)
+        assert _indexed_claims(db_path) == [("u1", _us(t0)), ("u2", _us(t0))]
+        with ledger.transaction() as txn:
+            txn.retry_later(["k2"], t0 + timedelta(hours=1), "busy")
+            assert txn.last_delivered_at("cart", "u2") is None
+        assert _indexed_claims(db_path) == [("u1", _us(t0))]
+
+
+def _us(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=moment.tzinfo)) // timedelta(microseconds=1)
