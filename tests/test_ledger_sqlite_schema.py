@@ -1,5 +1,5 @@
 """The SQLite ledger's indexes: the plans its statements get, pruning without time indexes, the
-migrations to v7 and v8."""
+migrations to v7, v8 and v9."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.ledger_helpers import make_send
+from tests.ledger_helpers import make_send, write_old_categories
 from trigmail.decisions import LogEntry, Outcome, Reason
+from trigmail.errors import LedgerError
 from trigmail.ledger import SqliteLedger, migrations
 from trigmail.ledger.base import SendState
 from trigmail.ledger.sqlite import SqliteTxn
@@ -36,7 +37,7 @@ PER_EVENT = (
     "write_claims",
     "finish",
 )
-BIG_TABLES = ("sends", "send_categories", "seen_events", "decision_log")
+BIG_TABLES = ("sends", "seen_events", "decision_log")
 
 
 @pytest.fixture
@@ -183,10 +184,12 @@ def _old_ledger(path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch, versi
                 txn.claim([f"k{n}" for n in range(5)], t0)
                 txn.finish([f"k{n}" for n in range(5)], SendState.SENT, t0, message_id="m")
             _append(ledger, [300, 200, 10], t0)
+    write_old_categories(path)
 
 
-def _dump(path: Path) -> dict[str, list[Any]]:
-    tables = ("sends", "send_categories", "seen_events", "decision_log")
+def _dump(
+    path: Path, tables: tuple[str, ...] = ("sends", "seen_events", "decision_log")
+) -> dict[str, list[Any]]:
     with closing(sqlite3.connect(path)) as conn:
         return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
 
@@ -196,6 +199,7 @@ def test_migrating_a_v6_file_keeps_its_data_and_passes_the_checks(
 ) -> None:
     _old_ledger(db_path, t0, monkeypatch, 6)
     assert "sends_by_state_due" in index_names(db_path)
+    assert len(_categories(db_path)) == 40
     before = _dump(db_path)
     with closing(SqliteLedger(db_path)) as ledger:
         assert ledger.get_meta("schema_version") == str(migrations.LATEST_VERSION)
@@ -204,7 +208,7 @@ def test_migrating_a_v6_file_keeps_its_data_and_passes_the_checks(
                 f"k{n}" for n in range(5, 8)
             ]
     assert _dump(db_path) == before
-    assert len(before["send_categories"]) == 40
+    assert len(_categories(db_path)) == 0 < len(before["sends"])
     with closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -245,7 +249,7 @@ def test_migrating_a_v7_file_makes_the_claims_index_partial_and_keeps_the_data(
     assert _claimed_index(db_path)[0] == 0
     before = _dump(db_path)
     with closing(SqliteLedger(db_path)) as ledger:
-        assert ledger.get_meta("schema_version") == "8"
+        assert ledger.get_meta("schema_version") == str(migrations.LATEST_VERSION)
         with ledger.transaction() as txn:
             assert txn.last_delivered_at("cart", "u1") == t0
             assert txn.last_delivered_at("cart", "u2") is None
@@ -279,3 +283,70 @@ def test_a_send_enters_the_claims_index_when_claimed_and_leaves_it_when_retried(
 
 def _us(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=moment.tzinfo)) // timedelta(microseconds=1)
+
+
+# -- migration v8 -> v9: the categories read from the payloads -----------------------------------
+
+
+def _categories(path: Path) -> list[tuple[str, str]]:
+    """The rows of ``send_categories``; none once the table is gone."""
+    with closing(sqlite3.connect(path)) as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'send_categories'").fetchone():
+            return conn.execute(
+                "SELECT key, category FROM send_categories ORDER BY 1, 2"
+            ).fetchall()
+    return []
+
+
+# The categories a cap counts; the fixture's sent sends k0..k4 list "p" and c0, c1, c2, c0, c1.
+CAP_CATEGORIES = [["p"], ["c0"], ["c1", "c2"], ["c2", "p"], ["zz"], []]
+SENT = {f"k{n}" for n in range(5)}
+
+
+def test_migrating_a_v8_file_drops_the_category_table_and_caps_count_the_same(
+    db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _old_ledger(db_path, t0, monkeypatch, 8)
+    rows = _categories(db_path)
+    # what v8 counted: the sent sends (all claimed at t0) joined to the table
+    expected = [
+        len({key for key, name in rows if key in SENT and name in c}) for c in CAP_CATEGORIES
+    ]
+    assert expected == [5, 2, 3, 5, 0, 0]
+    before = _dump(db_path)
+    with closing(SqliteLedger(db_path)) as ledger:
+        assert ledger.get_meta("schema_version") == "9"
+        with ledger.transaction() as txn:
+            counted = [txn.delivered_count_since("u1", c, t0) for c in CAP_CATEGORIES]
+            later = txn.delivered_count_since("u1", ["p"], t0 + timedelta(seconds=1))
+    assert (counted, later) == (expected, 0)
+    assert _dump(db_path) == before
+    assert "send_categories" not in {
+        n for (n,) in query_rows(db_path, "SELECT name FROM sqlite_master")
+    }
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+# Hand edits of a v8 table that make it say other than the payloads.
+MISMATCHES = [
+    # a category the payload of k3 does not list
+    "INSERT INTO send_categories (key, category) VALUES ('k3', 'extra')",
+    # a category the payload of k7 lists, missing from the table
+    "DELETE FROM send_categories WHERE key = 'k7' AND category = 'p'",
+]
+
+
+@pytest.mark.parametrize("edit", MISMATCHES)
+def test_a_v8_file_whose_category_table_differs_from_the_payloads_is_refused_unchanged(
+    db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch, edit: str
+) -> None:
+    _old_ledger(db_path, t0, monkeypatch, 8)
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute(edit)
+    rows = _categories(db_path)
+    with pytest.raises(LedgerError, match=r"send 'k[37]': its send_categories rows differ"):
+        SqliteLedger(db_path)
+    assert _categories(db_path) == rows
+    assert query_rows(db_path, "SELECT value FROM meta WHERE name = 'schema_version'") == [("8",)]
