@@ -1,5 +1,5 @@
 """The SQLite ledger's indexes: the plans its statements get, pruning without time indexes, the
-migrations to v7, v8 and v9."""
+migrations to v7, v8, v9 and v10."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_the_dropped_indexes_are_gone_and_the_partial_one_is_there(db_path: Path
     with closing(sqlite3.connect(db_path)) as conn:
         partial = {row[1]: row[4] for row in conn.execute("PRAGMA index_list(sends)")}
     assert partial["sends_scheduled_by_due"] == 1
-    dropped = {"sends_by_state_due", "send_categories_by_category"}
+    dropped = {"sends_by_state_due", "send_categories_by_category", "decision_log_by_event"}
     assert not (dropped | {"seen_events_by_seen_at", "decision_log_by_at"}) & names
 
 
@@ -184,7 +184,8 @@ def _old_ledger(path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch, versi
                 txn.claim([f"k{n}" for n in range(5)], t0)
                 txn.finish([f"k{n}" for n in range(5)], SendState.SENT, t0, message_id="m")
             _append(ledger, [300, 200, 10], t0)
-    write_old_categories(path)
+    if version < 9:
+        write_old_categories(path)
 
 
 def _dump(
@@ -315,7 +316,7 @@ def test_migrating_a_v8_file_drops_the_category_table_and_caps_count_the_same(
     assert expected == [5, 2, 3, 5, 0, 0]
     before = _dump(db_path)
     with closing(SqliteLedger(db_path)) as ledger:
-        assert ledger.get_meta("schema_version") == "9"
+        assert ledger.get_meta("schema_version") == str(migrations.LATEST_VERSION)
         with ledger.transaction() as txn:
             counted = [txn.delivered_count_since("u1", c, t0) for c in CAP_CATEGORIES]
             later = txn.delivered_count_since("u1", ["p"], t0 + timedelta(seconds=1))
@@ -350,3 +351,22 @@ def test_a_v8_file_whose_category_table_differs_from_the_payloads_is_refused_unc
         SqliteLedger(db_path)
     assert _categories(db_path) == rows
     assert query_rows(db_path, "SELECT value FROM meta WHERE name = 'schema_version'") == [("8",)]
+
+
+# -- migration v9 -> v10: no log index by event ------------------------------------------------
+
+
+def test_migrating_a_v9_file_drops_the_log_index_by_event_and_still_reads_an_events_lines(
+    db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _old_ledger(db_path, t0, monkeypatch, 9)
+    assert "decision_log_by_event" in index_names(db_path)
+    before = _dump(db_path)
+    with closing(SqliteLedger(db_path)) as ledger:
+        assert ledger.get_meta("schema_version") == "10"
+        assert [entry.event_id for entry in ledger.decision_log("e1")] == ["e1"]
+    assert _dump(db_path) == before
+    assert "decision_log_by_event" not in index_names(db_path)
+    assert "decision_log_by_user_at" in index_names(db_path)
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
