@@ -102,9 +102,6 @@ def build_sqlite(path: Path, sends: int) -> None:
         conn.execute("PRAGMA synchronous = OFF")
         conn.execute("BEGIN")
         conn.execute(_SQLITE_FILL, {"sends": sends})
-        conn.execute(
-            "INSERT INTO send_categories (key, category) SELECT key, 'onboarding' FROM sends"
-        )
         conn.execute(_SQLITE_LOG)
         conn.execute("COMMIT")
         conn.execute("ANALYZE")

@@ -169,7 +169,6 @@ def insert_sends(
         conn.execute("PRAGMA cache_size = -1000000")
         conn.execute("BEGIN")
         rows = []
-        categories = []
         for offset, due in enumerate(due_at):
             n = first + offset
             welcome = n % 2 == 0
@@ -192,10 +191,7 @@ def insert_sends(
                     now_us,
                 )
             )
-            if welcome:
-                categories.append((key, "onboarding"))
         conn.executemany(_INSERT_SEND, rows)
-        conn.executemany("INSERT INTO send_categories (key, category) VALUES (?, ?)", categories)
         conn.execute("COMMIT")
     finally:
         conn.close()

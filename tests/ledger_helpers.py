@@ -4,7 +4,9 @@ over every implementation, and its ``clock`` reach every test module without an 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -103,3 +105,13 @@ def put_in_state(ledger: Ledger, send: SendRecord, state: SendState, at: datetim
             if state != SendState.SENDING:
                 txn.finish([send.key], state, at)
     assert state_of(ledger, send.key) == state
+
+
+def write_old_categories(path: Path) -> None:
+    """Fill ``send_categories`` of a SQLite ledger below schema v9 as its trigmail did, one row
+    per (send, distinct category of its payload): this trigmail writes no such rows."""
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "INSERT INTO send_categories (key, category) SELECT DISTINCT s.key, p.value"
+            " FROM sends AS s, json_each(s.payload, '$.categories') AS p"
+        )

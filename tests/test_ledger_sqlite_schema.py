@@ -1,4 +1,5 @@
-"""The SQLite ledger's indexes: the plans its statements get, pruning without time indexes, v7."""
+"""The SQLite ledger's indexes: the plans its statements get, pruning without time indexes, the
+migrations to v7, v8, v9 and v10."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.ledger_helpers import make_send
+from tests.ledger_helpers import make_send, write_old_categories
 from trigmail.decisions import LogEntry, Outcome, Reason
+from trigmail.errors import LedgerError
 from trigmail.ledger import SqliteLedger, migrations
 from trigmail.ledger.base import SendState
 from trigmail.ledger.sqlite import SqliteTxn
@@ -35,7 +37,7 @@ PER_EVENT = (
     "write_claims",
     "finish",
 )
-BIG_TABLES = ("sends", "send_categories", "seen_events", "decision_log")
+BIG_TABLES = ("sends", "seen_events", "decision_log")
 
 
 @pytest.fixture
@@ -97,7 +99,7 @@ def test_the_dropped_indexes_are_gone_and_the_partial_one_is_there(db_path: Path
     with closing(sqlite3.connect(db_path)) as conn:
         partial = {row[1]: row[4] for row in conn.execute("PRAGMA index_list(sends)")}
     assert partial["sends_scheduled_by_due"] == 1
-    dropped = {"sends_by_state_due", "send_categories_by_category"}
+    dropped = {"sends_by_state_due", "send_categories_by_category", "decision_log_by_event"}
     assert not (dropped | {"seen_events_by_seen_at", "decision_log_by_at"}) & names
 
 
@@ -163,14 +165,15 @@ def test_pruning_never_deletes_a_row_inside_retention(db_path: Path, t0: datetim
     assert set(young) <= set(log)
 
 
-# -- migration v6 -> v7 ------------------------------------------------------------------------
+# -- migrations v6 -> v7 -> v8 -----------------------------------------------------------------
 
 
-def _v6_ledger(path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Write a ledger at schema version 6 holding sends, categories, seen ids and a log."""
+def _old_ledger(path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch, version: int) -> None:
+    """Write a ledger at schema ``version`` holding sends (5 sent, 15 scheduled), categories,
+    seen ids and a log."""
     with monkeypatch.context() as patched:
-        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:6])
-        patched.setattr(migrations, "LATEST_VERSION", 6)
+        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:version])
+        patched.setattr(migrations, "LATEST_VERSION", version)
         with closing(SqliteLedger(path)) as ledger:
             with ledger.transaction() as txn:
                 for n in range(20):
@@ -181,11 +184,13 @@ def _v6_ledger(path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch) -> Non
                 txn.claim([f"k{n}" for n in range(5)], t0)
                 txn.finish([f"k{n}" for n in range(5)], SendState.SENT, t0, message_id="m")
             _append(ledger, [300, 200, 10], t0)
-    assert "sends_by_state_due" in index_names(path)
+    if version < 9:
+        write_old_categories(path)
 
 
-def _dump(path: Path) -> dict[str, list[Any]]:
-    tables = ("sends", "send_categories", "seen_events", "decision_log")
+def _dump(
+    path: Path, tables: tuple[str, ...] = ("sends", "seen_events", "decision_log")
+) -> dict[str, list[Any]]:
     with closing(sqlite3.connect(path)) as conn:
         return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
 
@@ -193,16 +198,18 @@ def _dump(path: Path) -> dict[str, list[Any]]:
 def test_migrating_a_v6_file_keeps_its_data_and_passes_the_checks(
     db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _v6_ledger(db_path, t0, monkeypatch)
+    _old_ledger(db_path, t0, monkeypatch, 6)
+    assert "sends_by_state_due" in index_names(db_path)
+    assert len(_categories(db_path)) == 40
     before = _dump(db_path)
     with closing(SqliteLedger(db_path)) as ledger:
-        assert ledger.get_meta("schema_version") == "7"
+        assert ledger.get_meta("schema_version") == str(migrations.LATEST_VERSION)
         with ledger.transaction() as txn:
             assert [s.key for s in txn.due_sends(t0 + timedelta(hours=7), 10)] == [
                 f"k{n}" for n in range(5, 8)
             ]
     assert _dump(db_path) == before
-    assert len(before["send_categories"]) == 40
+    assert len(_categories(db_path)) == 0 < len(before["sends"])
     with closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -210,3 +217,156 @@ def test_migrating_a_v6_file_keeps_its_data_and_passes_the_checks(
     assert "sends_scheduled_by_due" in names
     assert "sends_by_state_due" not in names
     assert "seen_events_by_seen_at" not in names
+
+
+def _claimed_index(path: Path) -> tuple[int, str]:
+    """Whether ``sends_by_rule_user_claimed`` is partial, and its SQL."""
+    with closing(sqlite3.connect(path)) as conn:
+        partial = {row[1]: row[4] for row in conn.execute("PRAGMA index_list(sends)")}
+        (sql,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'sends_by_rule_user_claimed'"
+        ).fetchone()
+    return partial["sends_by_rule_user_claimed"], sql
+
+
+def _indexed_claims(path: Path) -> list[tuple[str, int]]:
+    """The (user, claim time) rows read through ``sends_by_rule_user_claimed``."""
+    return query_rows(
+        path,
+        "SELECT user_id, claimed_at FROM sends INDEXED BY sends_by_rule_user_claimed"
+        " WHERE rule_id = 'cart' AND claimed_at IS NOT NULL ORDER BY user_id",
+    )
+
+
+def query_rows(path: Path, sql: str) -> list[Any]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_migrating_a_v7_file_makes_the_claims_index_partial_and_keeps_the_data(
+    db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _old_ledger(db_path, t0, monkeypatch, 7)
+    assert _claimed_index(db_path)[0] == 0
+    before = _dump(db_path)
+    with closing(SqliteLedger(db_path)) as ledger:
+        assert ledger.get_meta("schema_version") == str(migrations.LATEST_VERSION)
+        with ledger.transaction() as txn:
+            assert txn.last_delivered_at("cart", "u1") == t0
+            assert txn.last_delivered_at("cart", "u2") is None
+    assert _dump(db_path) == before
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    partial, sql = _claimed_index(db_path)
+    assert partial == 1
+    assert sql.endswith("WHERE claimed_at IS NOT NULL")
+    # the 5 sent sends are in it, the 15 scheduled ones are not
+    assert _indexed_claims(db_path) == [("u1", _us(t0))] * 5
+
+
+def test_a_send_enters_the_claims_index_when_claimed_and_leaves_it_when_retried(
+    db_path: Path, t0: datetime
+) -> None:
+    with closing(SqliteLedger(db_path)) as ledger:
+        with ledger.transaction() as txn:
+            txn.insert_send(make_send("k1", t0, user="u1"))
+            txn.insert_send(make_send("k2", t0, user="u2"))
+        assert _indexed_claims(db_path) == []
+        with ledger.transaction() as txn:
+            txn.claim(["k1", "k2"], t0)
+        assert _indexed_claims(db_path) == [("u1", _us(t0)), ("u2", _us(t0))]
+        with ledger.transaction() as txn:
+            txn.retry_later(["k2"], t0 + timedelta(hours=1), "busy")
+            assert txn.last_delivered_at("cart", "u2") is None
+        assert _indexed_claims(db_path) == [("u1", _us(t0))]
+
+
+def _us(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=moment.tzinfo)) // timedelta(microseconds=1)
+
+
+# -- migration v8 -> v9: the categories read from the payloads -----------------------------------
+
+
+def _categories(path: Path) -> list[tuple[str, str]]:
+    """The rows of ``send_categories``; none once the table is gone."""
+    with closing(sqlite3.connect(path)) as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'send_categories'").fetchone():
+            return conn.execute(
+                "SELECT key, category FROM send_categories ORDER BY 1, 2"
+            ).fetchall()
+    return []
+
+
+# The categories a cap counts; the fixture's sent sends k0..k4 list "p" and c0, c1, c2, c0, c1.
+CAP_CATEGORIES = [["p"], ["c0"], ["c1", "c2"], ["c2", "p"], ["zz"], []]
+SENT = {f"k{n}" for n in range(5)}
+
+
+def test_migrating_a_v8_file_drops_the_category_table_and_caps_count_the_same(
+    db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _old_ledger(db_path, t0, monkeypatch, 8)
+    rows = _categories(db_path)
+    # what v8 counted: the sent sends (all claimed at t0) joined to the table
+    expected = [
+        len({key for key, name in rows if key in SENT and name in c}) for c in CAP_CATEGORIES
+    ]
+    assert expected == [5, 2, 3, 5, 0, 0]
+    before = _dump(db_path)
+    with closing(SqliteLedger(db_path)) as ledger:
+        assert ledger.get_meta("schema_version") == str(migrations.LATEST_VERSION)
+        with ledger.transaction() as txn:
+            counted = [txn.delivered_count_since("u1", c, t0) for c in CAP_CATEGORIES]
+            later = txn.delivered_count_since("u1", ["p"], t0 + timedelta(seconds=1))
+    assert (counted, later) == (expected, 0)
+    assert _dump(db_path) == before
+    assert "send_categories" not in {
+        n for (n,) in query_rows(db_path, "SELECT name FROM sqlite_master")
+    }
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+# Hand edits of a v8 table that make it say other than the payloads.
+MISMATCHES = [
+    # a category the payload of k3 does not list
+    "INSERT INTO send_categories (key, category) VALUES ('k3', 'extra')",
+    # a category the payload of k7 lists, missing from the table
+    "DELETE FROM send_categories WHERE key = 'k7' AND category = 'p'",
+]
+
+
+@pytest.mark.parametrize("edit", MISMATCHES)
+def test_a_v8_file_whose_category_table_differs_from_the_payloads_is_refused_unchanged(
+    db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch, edit: str
+) -> None:
+    _old_ledger(db_path, t0, monkeypatch, 8)
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute(edit)
+    rows = _categories(db_path)
+    with pytest.raises(LedgerError, match=r"send 'k[37]': its send_categories rows differ"):
+        SqliteLedger(db_path)
+    assert _categories(db_path) == rows
+    assert query_rows(db_path, "SELECT value FROM meta WHERE name = 'schema_version'") == [("8",)]
+
+
+# -- migration v9 -> v10: no log index by event ------------------------------------------------
+
+
+def test_migrating_a_v9_file_drops_the_log_index_by_event_and_still_reads_an_events_lines(
+    db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _old_ledger(db_path, t0, monkeypatch, 9)
+    assert "decision_log_by_event" in index_names(db_path)
+    before = _dump(db_path)
+    with closing(SqliteLedger(db_path)) as ledger:
+        assert ledger.get_meta("schema_version") == "10"
+        assert [entry.event_id for entry in ledger.decision_log("e1")] == ["e1"]
+    assert _dump(db_path) == before
+    assert "decision_log_by_event" not in index_names(db_path)
+    assert "decision_log_by_user_at" in index_names(db_path)
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

@@ -329,7 +329,8 @@ class Ledger(Protocol):
         ...
 
     def decision_log(self, event_id: str | None = None, limit: int = 100) -> list[LogEntry]:
-        """Return decision log entries, newest first, optionally of one event."""
+        """Return decision log entries, newest first, optionally of one event (a diagnostic
+        read, no serve path's: SQLite scans its log for one event, which no index serves)."""
         ...
 
     def prune(self, before: datetime) -> int:

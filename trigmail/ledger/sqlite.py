@@ -34,7 +34,6 @@ from trigmail.ledger.semantics import Clock, utc_now
 from trigmail.ledger.sql import Dialect, SqlLedger, SqlTxn, Statements, committed, json_text
 from trigmail.ledger.sql.buffer import quiet_statements
 from trigmail.ledger.sql.txn import Params
-from trigmail.sends import SendRecord
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +108,13 @@ def _try_flock(path: Path) -> int | None:
     return fd
 
 
-# Caps count a user's sends per category in ``send_categories``, one row per (send, category).
+# Caps count a user's sends by the categories their payload lists (schema v9): read for the few
+# delivered sends of one user, never written apart.
 _DELIVERED_COUNT = """
-SELECT COUNT(DISTINCT sends.key) FROM sends JOIN send_categories AS c ON c.key = sends.key
-WHERE sends.user_id = ? AND sends.claimed_at >= ? AND sends.state IN {delivered}
-    AND c.category IN (SELECT value FROM json_each(?))
+SELECT COUNT(*) FROM sends
+WHERE user_id = ? AND claimed_at >= ? AND state IN {delivered}
+    AND EXISTS (SELECT 1 FROM json_each(payload, '$.categories') AS c
+        WHERE c.value IN (SELECT value FROM json_each(?)))
 """
 
 # The seen ids and the log have no index on their time (a b-tree write per row inserted, for
@@ -150,11 +151,6 @@ SQLITE = Dialect(
     # walk every scheduled send to find a few keys.
     key_state="+state",
     inserted="",
-    # Categories go first: they reference the sends about to be deleted.
-    prune_first=(
-        "DELETE FROM send_categories WHERE key IN (SELECT key FROM sends"
-        " WHERE updated_at < ? AND state IN {finished})",
-    ),
     appended_before=_APPENDED_BEFORE,
 )
 
@@ -168,7 +164,6 @@ _NOTHING: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NOTHING.get)
 
 _SEEN_AMONG = "SELECT event_id FROM seen_events WHERE event_id IN (SELECT value FROM json_each(?))"
-_INSERT_CATEGORY = "INSERT INTO send_categories (key, category) VALUES (?, ?)"
 
 
 def _commit(txn: SqliteTxn, conn: sqlite3.Connection) -> None:
@@ -192,7 +187,7 @@ class SqliteTxn(SqlTxn):
     dialect = SQLITE
     sql = Statements(SQLITE)
     # The claim statement too: SqlTxn.claim runs it only for keys that are not kept.
-    quiet = quiet_statements(sql, _SEEN_AMONG, _INSERT_CATEGORY, sql.claim)
+    quiet = quiet_statements(sql, _SEEN_AMONG, sql.claim)
 
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         super().__init__(clock)
@@ -264,13 +259,6 @@ class SqliteTxn(SqlTxn):
 
     def _insert(self, sql: str, params: Params) -> bool:
         return self._run(sql, params) == 1
-
-    def _inserted(self, sends: Sequence[SendRecord]) -> None:
-        categories = [
-            (send.key, name) for send in sends for name in dict.fromkeys(send.payload.categories)
-        ]
-        if categories:
-            self._conn.executemany(_INSERT_CATEGORY, categories)
 
 
 class SqliteLedger(SqlLedger):

@@ -125,9 +125,11 @@ class Statements:
         self.seen_event = sql("SELECT 1 FROM seen_events WHERE event_id = ?")
         self.send_exists = sql("SELECT 1 FROM sends WHERE key = ?")
         self.sends_among = sql(f"SELECT key FROM sends WHERE {keys}")
+        # MAX ignores an unclaimed send anyway; saying so lets SQLite use its partial index of
+        # the claimed sends (schema v8).
         self.last_delivered = sql(
-            "SELECT MAX(claimed_at) FROM sends"
-            " WHERE rule_id = ? AND user_id = ? AND state IN {delivered}"
+            "SELECT MAX(claimed_at) FROM sends WHERE rule_id = ? AND user_id = ?"
+            " AND state IN {delivered} AND claimed_at IS NOT NULL"
         )
         self.pending_for_user = sql(
             f"SELECT * FROM sends{d.user_index} WHERE user_id = ? AND state = 'scheduled'"

@@ -101,8 +101,6 @@ class SqlTxn(EngineReads):
         if kept and self._insert_many(self.sql.insert_sends, params) != len(params):
             # Only on PostgreSQL: another worker committed a key found absent here.
             raise LedgerError("a new send's key was taken meanwhile: the batch is decided again")
-        if kept:
-            self._inserted([record for record, _ in kept])
         # The claims held back: one statement per claim time (a batch has one).
         by_time: dict[datetime | None, list[str]] = {}
         for record in claims:
@@ -156,10 +154,6 @@ class SqlTxn(EngineReads):
         """Run an ``INSERT ... ON CONFLICT DO NOTHING``; return whether it inserted the row."""
         return bool(self._rows(sql, params))
 
-    def _inserted(self, sends: Sequence[SendRecord]) -> None:
-        """Write what new sends need beside their rows (SQLite's categories), at once: a
-        statement reading sends finds it written whenever it finds the sends."""
-
     def _check_open(self) -> None:
         if not self._open:
             raise LedgerError("the transaction is over: open a new one")
@@ -212,7 +206,6 @@ class SqlTxn(EngineReads):
                 if not self._insert(self.sql.insert_send, params):
                     return False
                 self._buffer.absent.discard(send.key)
-                self._inserted([send])
         self._users.inserted(stored)
         return True
 
