@@ -111,6 +111,26 @@ def test_keys_expected_together_are_found_as_one_by_one(ledger: Ledger, t0: date
     assert ledger.status().counts[SendState.SCHEDULED] == 4
 
 
+def test_expected_keys_answer_what_the_database_holds(ledger: Ledger, t0: datetime) -> None:
+    with ledger.transaction() as txn:
+        assert _insert_checked(txn, "gone", t0)
+        assert _insert_checked(txn, "old", t0, user="u2")
+    with ledger.transaction() as txn:
+        assert txn.cancel_sends(["gone"], "order", t0) == ["gone"]
+    with ledger.transaction() as txn:
+        # Any iterable, read once, a key given twice read once.
+        txn.expect_sends(key for key in ("gone", "old", "new", "old"))
+        # A cancelled send's key is still taken: the same rule never sends it again.
+        assert [txn.send_exists(key) for key in ("gone", "old", "new")] == [True, True, False]
+        assert not txn.insert_send(make_send("gone", t0))
+        assert txn.insert_send(make_send("new", t0))
+        assert txn.send_exists("new")
+    assert [state_of(ledger, key) for key in ("gone", "new")] == [
+        SendState.CANCELLED,
+        SendState.SCHEDULED,
+    ]
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("expected", [True, False], ids=["read-for-the-batch", "read-alone"])
 def test_a_key_found_absent_then_committed_by_another_worker_fails_the_batch(

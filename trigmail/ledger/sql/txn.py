@@ -179,15 +179,14 @@ class SqlTxn(EngineReads):
 
     def expect_sends(self, keys: Iterable[str]) -> None:
         buffer = self._buffer
-        known = (buffer.kept, buffer.present, buffer.absent)
-        wanted = [key for key in dict.fromkeys(keys) if not any(key in each for each in known)]
+        wanted = set(keys)
+        wanted.difference_update(buffer.kept, buffer.present, buffer.absent)
         if not wanted:
             return
-        found = {
-            row["key"] for row in self._rows(self.sql.sends_among, (self.dialect.keys(wanted),))
-        }
-        buffer.present.update(found)
-        buffer.absent.update(key for key in wanted if key not in found)
+        rows = self._rows(self.sql.sends_among, (self.dialect.keys(list(wanted)),))
+        found = {row["key"] for row in rows}
+        buffer.present |= found
+        buffer.absent |= wanted - found
 
     def insert_send(self, send: SendRecord) -> bool:
         check_new(send)
