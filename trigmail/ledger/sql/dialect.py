@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from trigmail.ledger.migrations import UNSCHEDULED
 from trigmail.ledger.rows import RowReader
 from trigmail.ledger.semantics import DELIVERED_SQL, FINISHED_SQL
 
@@ -211,7 +212,11 @@ class Statements:
             "UPDATE sends SET due_at = ?, updated_at = ? WHERE key = ? AND state = 'scheduled'"
         )
         self.in_state = sql(f"SELECT * FROM sends WHERE key = ? AND state = ?{d.for_update}")
-        self.sending = f"SELECT * FROM sends WHERE state = 'sending'{d.for_update}"
+        # Reads of sends in a state other than scheduled say so, for SQLite's partial index of
+        # them (schema v11); the same rows either way.
+        self.sending = (
+            f"SELECT * FROM sends WHERE state = 'sending' AND {UNSCHEDULED}{d.for_update}"
+        )
         # Writes back a send the shared semantics settled (recovery, resolution).
         self.settle = sql(
             "UPDATE sends SET state = ?, due_at = ?, claimed_at = ?, last_error = ?,"
@@ -237,7 +242,8 @@ class Statements:
         )
         self.latest = sql("SELECT * FROM sends ORDER BY updated_at DESC, key LIMIT ?")
         self.latest_in = sql(
-            "SELECT * FROM sends WHERE state = ? ORDER BY updated_at DESC, key LIMIT ?"
+            f"SELECT * FROM sends WHERE state = ? AND {UNSCHEDULED}"
+            " ORDER BY updated_at DESC, key LIMIT ?"
         )
         self.prune_first = tuple(sql(text) for text in d.prune_first)
         self.prune = tuple(
