@@ -248,8 +248,7 @@ def parse_event(line: str | bytes, read_at: datetime) -> Event:
         raise BadEventError("invalid_json", f"not JSON: {exc}") from None
     # Every container opens with a bracket: with few brackets in the text the value cannot be
     # deep, and counting them is far cheaper than walking the value (nearly every event). Most
-    # events hold no array: "in" finds a "[" by memchr, a count reads every character (~2,000
-    # instructions a line, callgrind).
+    # hold no array: "in" seeks a "[" by memchr, ~2,000 instructions less than a count.
     if text.count("{") + (text.count("[") if "[" in text else 0) > MAX_EVENT_DEPTH:
         refuse_too_deep(obj)
     if _may_be_unstorable(text):
