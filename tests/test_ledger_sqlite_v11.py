@@ -67,6 +67,16 @@ def test_pruning_finds_the_old_sends_by_their_update_time(written: sqlite3.Conne
     ]
 
 
+def test_status_counts_the_other_states_from_the_index_and_the_scheduled_by_a_scan(
+    written: sqlite3.Connection,
+) -> None:
+    steps = plan(written, SQL.counts)
+    assert "SCAN sends USING COVERING INDEX sends_by_state_rule" in steps, steps
+    assert "SCAN sends" in steps, steps  # in rowid order, not row by row through an index
+    rows = written.execute(SQL.counts).fetchall()
+    assert sorted(rows) == [("cart", "scheduled", 100), ("cart", "sent", 200)]
+
+
 def _indexed(path: Path) -> list[tuple[str, str]]:
     """The (state, key) rows of ``sends_by_state_rule``."""
     return query_rows(

@@ -314,8 +314,8 @@ def _v11_state_rule_unscheduled(db: Database) -> None:
     # recovery reads the sending sends, the evidence reads the in-doubt ones, status the newest
     # in doubt or failed (each names the predicate, or SQLite would not use a partial index). A
     # send ingested cost a b-tree write here for nothing (callgrind: see docs/architecture.md),
-    # and its claim a move where it is now one insert. Status counts all sends by a table scan,
-    # as its counts by A/B variant already did.
+    # and its claim a move where it is now one insert. Status counts the scheduled sends by a
+    # table scan (trigmail.ledger.sqlite), as its counts by A/B variant already read every row.
     db.execute("DROP INDEX sends_by_state_rule")
     db.execute(f"CREATE INDEX sends_by_state_rule ON sends (state, rule_id) WHERE {UNSCHEDULED}")
 

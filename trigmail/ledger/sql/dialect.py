@@ -64,6 +64,7 @@ class Dialect:
         payload_variant: the A/B variant kept in a send's payload (``NULL`` without one).
         appended_before: how pruning finds the rows older than the cutoff (one parameter) in a
             table rows are appended to in time order; ``{table}`` and ``{column}`` name them.
+        state_counts: the count of sends by rule and state (``rule_id, state, n``).
     """
 
     time: Callable[[datetime], Any]
@@ -88,6 +89,7 @@ class Dialect:
     inserted: str = " RETURNING key"
     payload_variant: str = "json_extract(payload, '$.variant')"
     appended_before: str = "{column} < ?"
+    state_counts: str = "SELECT rule_id, state, COUNT(*) AS n FROM sends GROUP BY rule_id, state"
 
 
 _SEND_COLUMNS = (
@@ -234,7 +236,7 @@ class Statements:
         self.log_of_event = sql(
             "SELECT * FROM decision_log WHERE event_id = ? ORDER BY id DESC LIMIT ?"
         )
-        self.counts = "SELECT rule_id, state, COUNT(*) AS n FROM sends GROUP BY rule_id, state"
+        self.counts = d.state_counts
         variant = d.payload_variant
         self.variant_counts = (
             f"SELECT rule_id, {variant} AS variant, state, COUNT(*) AS n FROM sends"
