@@ -52,7 +52,7 @@ def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
 
 
 def test_a_new_file_gets_the_latest_schema(ledger: SqliteLedger, db_path: Path) -> None:
-    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "10"
+    assert ledger.get_meta("schema_version") == str(LATEST_VERSION) == "11"
     names = {name for (name,) in query(db_path, "SELECT name FROM sqlite_master")}
     tables = {"meta", "sends", "seen_events", "positions", "decision_log"}
     assert tables | {"dead_letters", "cancel_marks"} <= names

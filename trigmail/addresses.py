@@ -9,19 +9,18 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 
 # A strict subset of valid addresses (plain ASCII dot-atoms, a dotted domain with an
 # alphabetic TLD) that needs no further check; anything else goes to email-validator.
+# The lookahead holds the local part to 64 characters, the group is the top-level domain: the
+# match says both, where splitting the address again cost more than the match (callgrind).
 _PLAIN_EMAIL = re.compile(
-    r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
+    r"(?=[^@]{1,64}@)[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,24})"
 )
 _PLAIN_TLDS_EXCLUDED = frozenset(SPECIAL_USE_DOMAIN_NAMES)
 
 
 def _is_plain_email(address: str) -> bool:
-    if len(address) > 254 or not _PLAIN_EMAIL.fullmatch(address):
-        return False
-    local, _, domain = address.partition("@")
-    tld = domain.rsplit(".", 1)[-1].lower()
-    return len(local) <= 64 and tld not in _PLAIN_TLDS_EXCLUDED
+    match = _PLAIN_EMAIL.fullmatch(address) if len(address) <= 254 else None
+    return match is not None and match[1].lower() not in _PLAIN_TLDS_EXCLUDED
 
 
 @lru_cache(maxsize=65_536)

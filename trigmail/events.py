@@ -180,7 +180,7 @@ def _ts_text(given: object, ts: datetime) -> str:
         isinstance(given, str)
         and given[-1:] == "Z"
         and (len(given) == 20 or (len(given) == 27 and given[19] == "." and ts.microsecond))
-        and given[4] + given[7] + given[10] + given[13] + given[16] == "--T::"
+        and given[4:17:3] == "--T::"
     ):
         return given
     return format_ts(ts)
@@ -247,8 +247,9 @@ def parse_event(line: str | bytes, read_at: datetime) -> Event:
     except ValueError as exc:  # UnicodeDecodeError is a ValueError
         raise BadEventError("invalid_json", f"not JSON: {exc}") from None
     # Every container opens with a bracket: with few brackets in the text the value cannot be
-    # deep, and counting them is far cheaper than walking the value (nearly every event).
-    if text.count("{") + text.count("[") > MAX_EVENT_DEPTH:
+    # deep, and counting them is far cheaper than walking the value (nearly every event). Most
+    # hold no array: "in" seeks a "[" by memchr, ~2,000 instructions less than a count.
+    if text.count("{") + (text.count("[") if "[" in text else 0) > MAX_EVENT_DEPTH:
         refuse_too_deep(obj)
     if _may_be_unstorable(text):
         _refuse_unstorable(obj)
@@ -301,7 +302,9 @@ def _canonical_ts(given: object) -> datetime | None:
         type(given) is str
         and given[-1:] == "Z"
         and (len(given) == 20 or (len(given) == 27 and given[19] == "."))
-        and given[4] + given[7] + given[10] + given[13] + given[16] == "--T::"
+        # The separators at 4, 7, 10, 13 and 16, taken in one slice (five index operations
+        # and four concatenations cost ~2,000 instructions more, callgrind).
+        and given[4:17:3] == "--T::"
     ):
         return None
     try:

@@ -128,6 +128,17 @@ _APPENDED_BEFORE = (
     " (SELECT MAX(rowid) FROM {table}) + 1)"
 )
 
+# The sends other than scheduled are counted from their partial index (schema v11, whose
+# predicate the read repeats), in its order, with no sort; the scheduled ones by a scan of the
+# table in its order (the due index would look each row up). One GROUP BY of all sorted every
+# send: 0.54 s against 0.26 s on a million (700,000 scheduled); v10's full index: 0.07 s.
+_STATE_COUNTS = (
+    "SELECT rule_id, state, COUNT(*) AS n FROM sends WHERE state <> 'scheduled'"
+    " GROUP BY state, rule_id"
+    " UNION ALL SELECT rule_id, state, COUNT(*) FROM sends NOT INDEXED"
+    " WHERE state = 'scheduled' GROUP BY rule_id"
+)
+
 SQLITE = Dialect(
     time=to_us,
     # A batch's keys go in one statement, as a JSON array: a statement per key cost more than
@@ -152,6 +163,7 @@ SQLITE = Dialect(
     key_state="+state",
     inserted="",
     appended_before=_APPENDED_BEFORE,
+    state_counts=_STATE_COUNTS,
 )
 
 

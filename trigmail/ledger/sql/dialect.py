@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from trigmail.ledger.migrations import UNSCHEDULED
 from trigmail.ledger.rows import RowReader
 from trigmail.ledger.semantics import DELIVERED_SQL, FINISHED_SQL
 
@@ -63,6 +64,7 @@ class Dialect:
         payload_variant: the A/B variant kept in a send's payload (``NULL`` without one).
         appended_before: how pruning finds the rows older than the cutoff (one parameter) in a
             table rows are appended to in time order; ``{table}`` and ``{column}`` name them.
+        state_counts: the count of sends by rule and state (``rule_id, state, n``).
     """
 
     time: Callable[[datetime], Any]
@@ -87,6 +89,7 @@ class Dialect:
     inserted: str = " RETURNING key"
     payload_variant: str = "json_extract(payload, '$.variant')"
     appended_before: str = "{column} < ?"
+    state_counts: str = "SELECT rule_id, state, COUNT(*) AS n FROM sends GROUP BY rule_id, state"
 
 
 _SEND_COLUMNS = (
@@ -211,7 +214,11 @@ class Statements:
             "UPDATE sends SET due_at = ?, updated_at = ? WHERE key = ? AND state = 'scheduled'"
         )
         self.in_state = sql(f"SELECT * FROM sends WHERE key = ? AND state = ?{d.for_update}")
-        self.sending = f"SELECT * FROM sends WHERE state = 'sending'{d.for_update}"
+        # Reads of sends in a state other than scheduled say so, for SQLite's partial index of
+        # them (schema v11); the same rows either way.
+        self.sending = (
+            f"SELECT * FROM sends WHERE state = 'sending' AND {UNSCHEDULED}{d.for_update}"
+        )
         # Writes back a send the shared semantics settled (recovery, resolution).
         self.settle = sql(
             "UPDATE sends SET state = ?, due_at = ?, claimed_at = ?, last_error = ?,"
@@ -229,7 +236,7 @@ class Statements:
         self.log_of_event = sql(
             "SELECT * FROM decision_log WHERE event_id = ? ORDER BY id DESC LIMIT ?"
         )
-        self.counts = "SELECT rule_id, state, COUNT(*) AS n FROM sends GROUP BY rule_id, state"
+        self.counts = d.state_counts
         variant = d.payload_variant
         self.variant_counts = (
             f"SELECT rule_id, {variant} AS variant, state, COUNT(*) AS n FROM sends"
@@ -237,7 +244,8 @@ class Statements:
         )
         self.latest = sql("SELECT * FROM sends ORDER BY updated_at DESC, key LIMIT ?")
         self.latest_in = sql(
-            "SELECT * FROM sends WHERE state = ? ORDER BY updated_at DESC, key LIMIT ?"
+            f"SELECT * FROM sends WHERE state = ? AND {UNSCHEDULED}"
+            " ORDER BY updated_at DESC, key LIMIT ?"
         )
         self.prune_first = tuple(sql(text) for text in d.prune_first)
         self.prune = tuple(

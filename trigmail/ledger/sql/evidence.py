@@ -19,6 +19,7 @@ from trigmail.evidence import (
     resent_for_verify,
     settled_by_evidence,
 )
+from trigmail.ledger.migrations import UNSCHEDULED
 from trigmail.ledger.rows import Row
 from trigmail.ledger.semantics import as_utc
 from trigmail.ledger.sql.dialect import Dialect
@@ -52,15 +53,16 @@ class EvidenceStatements:
             "?::text[], ?::text[], ?::text[], ?::text[], ?::timestamptz[], ?::text[], ?::text[],"
             " ?::timestamptz[]) ON CONFLICT (sg_event_id) DO NOTHING RETURNING sg_event_id"
         )
-        # EXISTS finds a send's events by the key index; IN (SELECT key ...) read them all.
+        # EXISTS finds a send's events by the key index; IN (SELECT key ...) read them all. The
+        # in-doubt reads name the predicate of SQLite's partial index of such sends (v11).
         evidenced = "EXISTS (SELECT 1 FROM delivery_events AS e WHERE e.key = sends.key)"
         self.in_doubt_evidenced = sql(
-            f"SELECT * FROM sends WHERE state = 'in_doubt' AND {evidenced}"
+            f"SELECT * FROM sends WHERE state = 'in_doubt' AND {UNSCHEDULED} AND {evidenced}"
             f" ORDER BY key LIMIT ?{d.for_update}"
         )
         self.in_doubt_evidenced_of = sql(
-            f"SELECT * FROM sends WHERE state = 'in_doubt' AND {keys} AND {evidenced}"
-            f" ORDER BY key{d.for_update}"
+            f"SELECT * FROM sends WHERE state = 'in_doubt' AND {UNSCHEDULED} AND {keys}"
+            f" AND {evidenced} ORDER BY key{d.for_update}"
         )
         self.events_of = sql("SELECT * FROM delivery_events WHERE key = ? ORDER BY at, sg_event_id")
         self.events_of_keys = sql(
@@ -76,8 +78,8 @@ class EvidenceStatements:
             " AS u(key, message_id, reason) WHERE sends.key = u.key AND sends.state = 'in_doubt'"
         )
         self.unverified = sql(
-            "SELECT * FROM sends WHERE state = 'in_doubt' AND on_doubt = 'verify'"
-            f" AND updated_at <= ? AND NOT {evidenced}"
+            f"SELECT * FROM sends WHERE state = 'in_doubt' AND {UNSCHEDULED}"
+            f" AND on_doubt = 'verify' AND updated_at <= ? AND NOT {evidenced}"
             " AND NOT EXISTS (SELECT 1 FROM doubt_resends AS r WHERE r.key = sends.key)"
             f" ORDER BY updated_at, key LIMIT ?{d.for_update}"
         )
@@ -93,7 +95,7 @@ class EvidenceStatements:
             " WHEN EXISTS (SELECT 1 FROM doubt_resends AS r WHERE r.key = sends.key)"
             f" THEN '{EvidenceState.RESENT_NO_EVIDENCE.value}'"
             f" ELSE '{EvidenceState.AWAITING_VERIFY.value}' END AS evidence, COUNT(*) AS n"
-            " FROM sends WHERE state = 'in_doubt' GROUP BY 1"
+            f" FROM sends WHERE state = 'in_doubt' AND {UNSCHEDULED} GROUP BY 1"
         )
         self.counts = (
             "SELECT rule_id, event, COUNT(*) AS n FROM delivery_events GROUP BY rule_id, event"

@@ -44,6 +44,8 @@ class ToolReads(EvidenceTxn):
     def _latest(self, state: SendState | None, limit: int) -> list[SendRecord]:
         if state is None:
             return self._sends(self.sql.latest, (max(limit, 0),))
+        # latest_in reads the sends other than scheduled (their index, schema v11).
+        assert state is not SendState.SCHEDULED
         return self._sends(self.sql.latest_in, (state.value, max(limit, 0)))
 
     def status(self, limit: int) -> LedgerStatus:
