@@ -596,6 +596,20 @@ def test_status(ledger: Ledger, t0: datetime, clock: FakeClock) -> None:
     assert (status.dead_letters, status.rules_version) == (1, "abc")
 
 
+def test_count_sends_says_what_status_counts_for_the_states_asked(
+    ledger: Ledger, t0: datetime
+) -> None:
+    insert(ledger, make_send("s1", t0), make_send("s2", t0), make_send("s3", t0, user="u2"))
+    for state in (SendState.IN_DOUBT, SendState.IN_DOUBT, SendState.SENT, SendState.CANCELLED):
+        put_in_state(ledger, make_send(f"{state.value}-{t0.minute}", t0), state, t0)
+        t0 += timedelta(minutes=1)
+    asked = (SendState.SCHEDULED, SendState.IN_DOUBT)
+    assert ledger.count_sends(asked) == {SendState.SCHEDULED: 3, SendState.IN_DOUBT: 2}
+    counts = ledger.status(limit=0).counts
+    assert ledger.count_sends(list(SendState)) == {state: counts[state] for state in SendState}
+    assert ledger.count_sends(()) == {}
+
+
 def test_a_payload_round_trips_whatever_its_data(ledger: Ledger, t0: datetime) -> None:
     # The SQL ledgers store the text ingest encoded, not a second encoding of the payload.
     data = {

@@ -32,9 +32,10 @@ from trigmail.pipeline import Pipeline
 from trigmail.providers.recording import RecordingProvider
 from trigmail.rules.loader import parse_rules
 from trigmail.scheduler import Scheduler
+from trigmail.sends import SendState
 from trigmail.simulate import Simulation, VirtualClock
 from trigmail.sources.memory import MemorySource
-from trigmail.worker import Worker
+from trigmail.worker import GAUGE_REFRESH_S, Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -346,3 +347,18 @@ def test_the_watermark_is_published_for_status() -> None:
     }
     assert watermark_json("not json", source.name, served.clock.now) is None
     assert metric(served, "trigmail_source_watermark_lag_seconds") == 35
+
+
+def test_the_gauges_count_the_scheduled_and_in_doubt_sends_every_refresh() -> None:
+    served = Served(T0)
+    served.source.put(cart("c1", "ana", T0 + timedelta(hours=1)))
+    served.source.put(cart("c2", "bob", T0 + timedelta(hours=1)))
+    served.turn()
+    served.turn(timedelta(seconds=GAUGE_REFRESH_S))
+    assert metric(served, "trigmail_sends_scheduled") == 2
+    with served.ledger.transaction() as txn:
+        txn.claim(["cart:c1"], served.clock.now)
+        txn.finish(["cart:c1"], SendState.IN_DOUBT, served.clock.now)
+    served.turn(timedelta(seconds=GAUGE_REFRESH_S))
+    assert metric(served, "trigmail_sends_scheduled") == 1
+    assert metric(served, "trigmail_sends_in_doubt") == 1

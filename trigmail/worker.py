@@ -403,7 +403,7 @@ class Worker:
                 txn.set_meta(WATERMARK_META + self.source.name, _watermark_json(gate, held, now))
 
     def _refresh_gauges(self) -> None:
-        counts = self.ledger.status(limit=0).counts
+        counts = self.ledger.count_sends((SendState.SCHEDULED, SendState.IN_DOUBT))
         self.metrics.sends_scheduled.set(counts.get(SendState.SCHEDULED, 0))
         self.metrics.sends_in_doubt.set(counts.get(SendState.IN_DOUBT, 0))
 

@@ -316,6 +316,11 @@ class Ledger(Protocol):
         """Return counts and the most telling sends, ``limit`` of each list."""
         ...
 
+    def count_sends(self, states: Collection[SendState]) -> dict[SendState, int]:
+        """Return how many sends are in each of ``states``, each read from an index: the
+        daemon's gauges ask every few seconds, where :meth:`status` reads every send."""
+        ...
+
     def get_send(self, key: str) -> SendRecord | None:
         """Return one send by key."""
         ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -360,6 +361,11 @@ class MemoryLedger:
         with self._reading() as store:
             version = store.meta.get("rules_version")
             return status_of(list(store.sends.values()), len(store.dead), version, limit)
+
+    def count_sends(self, states: Collection[SendState]) -> dict[SendState, int]:
+        with self._reading() as store:
+            found = Counter(send.state for send in store.sends.values())
+            return {state: found[state] for state in states}
 
     def get_send(self, key: str) -> SendRecord | None:
         with self._reading() as store:

@@ -16,6 +16,7 @@ from typing import Any
 from trigmail.ledger.migrations import UNSCHEDULED
 from trigmail.ledger.rows import RowReader
 from trigmail.ledger.semantics import DELIVERED_SQL, FINISHED_SQL
+from trigmail.sends import SendState
 
 # One encoder for every value: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -97,6 +98,27 @@ _SEND_COLUMNS = (
     " state, cancel_match, attempts, message_id, last_error, reason, created_at, updated_at,"
     " claimed_at"
 )
+
+
+def _status_counts(d: Dialect) -> tuple[str, dict[SendState, str], str]:
+    """The counts of status: by rule and state; of one state (the gauges); by A/B variant."""
+    # One state's count read from an index: the scheduled sends' partial index, or the state
+    # index, which holds the sends other than scheduled alone (SQLite schema v11). The state
+    # is written out, not bound: a planner uses a partial index only for a predicate it reads.
+    count_in = {
+        state: (
+            f"SELECT COUNT(*) FROM sends{d.due_index} WHERE state = 'scheduled'"
+            if state is SendState.SCHEDULED
+            else f"SELECT COUNT(*) FROM sends WHERE state = '{state.value}' AND {UNSCHEDULED}"
+        )
+        for state in SendState
+    }
+    variant = d.payload_variant
+    by_variant = (
+        f"SELECT rule_id, {variant} AS variant, state, COUNT(*) AS n FROM sends"
+        f" WHERE {variant} IS NOT NULL GROUP BY rule_id, {variant}, state"
+    )
+    return d.state_counts, count_in, by_variant
 
 
 def _users_at_once(d: Dialect) -> tuple[str, str]:
@@ -236,12 +258,7 @@ class Statements:
         self.log_of_event = sql(
             "SELECT * FROM decision_log WHERE event_id = ? ORDER BY id DESC LIMIT ?"
         )
-        self.counts = d.state_counts
-        variant = d.payload_variant
-        self.variant_counts = (
-            f"SELECT rule_id, {variant} AS variant, state, COUNT(*) AS n FROM sends"
-            f" WHERE {variant} IS NOT NULL GROUP BY rule_id, {variant}, state"
-        )
+        self.counts, self.count_in, self.variant_counts = _status_counts(d)
         self.latest = sql("SELECT * FROM sends ORDER BY updated_at DESC, key LIMIT ?")
         self.latest_in = sql(
             f"SELECT * FROM sends WHERE state = ? AND {UNSCHEDULED}"

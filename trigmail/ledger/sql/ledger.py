@@ -18,7 +18,7 @@ from trigmail.evidence import DeliveryEvent, EvidenceState
 from trigmail.ledger.base import DeadLetter, LedgerStatus
 from trigmail.ledger.sql.dialect import Dialect
 from trigmail.ledger.sql.txn import SqlTxn
-from trigmail.sends import SendRecord
+from trigmail.sends import SendRecord, SendState
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ class SqlLedger(ABC):
     def status(self, limit: int = 10) -> LedgerStatus:
         with self._begun(self.dialect.begin_read) as txn:
             return txn.status(limit)
+
+    def count_sends(self, states: Collection[SendState]) -> dict[SendState, int]:
+        with self._begun(self.dialect.begin_read) as txn:
+            return txn.count_sends(states)
 
     def get_send(self, key: str) -> SendRecord | None:
         with self._begun(self.dialect.begin_read) as txn:

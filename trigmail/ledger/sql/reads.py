@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -21,6 +22,9 @@ class ToolReads(EvidenceTxn):
     # Provided by SqlTxn.
     def _scalar(self, sql: str, params: Params = ()) -> Any:
         raise NotImplementedError
+
+    def count_sends(self, states: Collection[SendState]) -> dict[SendState, int]:
+        return {state: int(self._scalar(self.sql.count_in[state])) for state in states}
 
     def get_send(self, key: str) -> SendRecord | None:
         found = self._sends(self.sql.get_send, (key,))
