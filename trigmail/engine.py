@@ -222,7 +222,8 @@ def _decide_rule(rule: Rule, event: Event, view: LedgerView, now: datetime) -> l
         base_key = rule.dedupe.render(rule.id, event)
     except TemplateRenderError as exc:
         return [SetAside(rule.id, Reason.TEMPLATE_ERROR, f"dedupe: {exc}")]
-    if in_holdout(rule.id, event.user_id, rule.holdout):
+    # Not even a call for the rules without a holdout (nearly all).
+    if rule.holdout and in_holdout(rule.id, event.user_id, rule.holdout):
         share = f"{rule.holdout * 100:g}%"
         detail = f"{event.user_id} is in the rule's {share} holdout (control group)"
         return [Skip(rule.id, Reason.HOLDOUT, detail, key=base_key)]
