@@ -217,11 +217,6 @@ class SqlTxn(EngineReads):
         time = d.time
         if documents is None:
             documents = (self._payload_document(send.payload), d.document(dict(send.cancel_match)))
-        created = time(created_at)
-        # Ingest's sends are created and updated at the same moment: converted once.
-        updated_at = send.updated_at
-        updated = created if updated_at is None or updated_at is created_at else time(updated_at)
-        claimed_at = send.claimed_at
         params = [
             send.key,
             send.rule_id,
@@ -239,9 +234,9 @@ class SqlTxn(EngineReads):
             send.message_id,
             send.last_error,
             send.reason,
-            created,
-            updated,
-            None if claimed_at is None else time(claimed_at),
+            time(created_at),
+            time(send.updated_at or created_at),
+            self._time(send.claimed_at),
         ]
         if d.categories_column:
             params.append(list(dict.fromkeys(send.payload.categories)))
