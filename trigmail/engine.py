@@ -114,9 +114,7 @@ def decide_new(
             order (see :class:`~trigmail.ledger.base.CancelMark`); ``None`` for one reader.
     """
     cancellers = rules.cancelled_by(event.name)
-    decisions: list[Decision] = (
-        list(_cancellations(event, cancellers, view, order)) if cancellers else []
-    )
+    decisions: list[Decision] = _cancellations(event, cancellers, view, order) if cancellers else []
     for rule in rules.triggered_by(event.name):
         decided = _decide_rule(rule, event, view, now)
         if order is not None and rule.cancels:
@@ -140,12 +138,14 @@ def _cancellations(
     cancellers: tuple[tuple[Rule, CancelOn], ...],
     view: LedgerView,
     order: str | None,
-) -> Iterator[Cancel]:
+) -> list[Decision]:
     pending = view.pending_for_user(event.user_id, {rule.id for rule, _ in cancellers})
     if order is not None:
         # A cancel decided late (another worker read it later) leaves alone the triggers that
         # entered the source after it: in the order events happened, they came second.
         pending = [s for s in pending if s.cancel_match.get(ORDER_KEY, "") < order]
+    if not pending:
+        return []  # the user has no send of those rules waiting: nothing to match
     # One cancel per rule: its own cancel_on and a step's may both name the event.
     sends_by_rule: dict[str, dict[str, SendRecord]] = {}
     for rule, cancel in cancellers:
@@ -158,9 +158,11 @@ def _cancellations(
             and cancel.applies_to(send.step)
             and (cancel.match is None or _same(send.cancel_match.get(cancel.match, MISSING), value))
         )
-    for rule_id, sends in sends_by_rule.items():
-        if sends:
-            yield _cancel(rule_id, sends.values(), event.id)
+    return [
+        _cancel(rule_id, sends.values(), event.id)
+        for rule_id, sends in sends_by_rule.items()
+        if sends
+    ]
 
 
 def _cancel(rule_id: str, sends: Iterable[SendRecord | Schedule], event_id: str) -> Cancel:
