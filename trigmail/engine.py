@@ -81,7 +81,8 @@ def send_keys(event: Event, rules: RuleSet) -> Iterator[str]:
 def user_reads(event: Event, rules: RuleSet) -> tuple[bool, bool]:
     """Whether deciding ``event`` may read its user's scheduled sends (to cancel some), and
     its user's last deliveries (a cooldown): what a ledger can read for a whole batch's users
-    at once (``expect_reads``). Most events need neither."""
+    at once (``expect_reads``). Most events need neither. Decided by the event's name alone:
+    a batch asks once per name."""
     return bool(rules.cancelled_by(event.name)), rules.cools_down(event.name)
 
 

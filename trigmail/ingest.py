@@ -270,8 +270,13 @@ def expect_batch(txn: LedgerTxn, rules: RuleSet, events: Sequence[Event], now: d
     txn.expect_seen([event.id for event in events], now)
     pending: set[str] = set()
     delivered: set[str] = set()
+    # Asked once per name (it depends on nothing else): a batch has only a few names.
+    by_name: dict[str, tuple[bool, bool]] = {}
     for event in events:
-        cancels, cools = user_reads(event, rules)
+        reads = by_name.get(event.name)
+        if reads is None:
+            reads = by_name[event.name] = user_reads(event, rules)
+        cancels, cools = reads
         if cancels:
             pending.add(event.user_id)
         if cools:
