@@ -230,7 +230,11 @@ def _decide_rule(rule: Rule, event: Event, view: LedgerView, now: datetime) -> l
         share = f"{rule.holdout * 100:g}%"
         detail = f"{event.user_id} is in the rule's {share} holdout (control group)"
         return [Skip(rule.id, Reason.HOLDOUT, detail, key=base_key)]
-    return [_decide_step(rule, step, base_key, event, view=view, now=now) for step in rule.steps]
+    # A loop rather than a comprehension, which Python 3.11 builds a function for per call.
+    decisions: list[Decision] = []
+    for step in rule.steps:
+        decisions.append(_decide_step(rule, step, base_key, event, view=view, now=now))
+    return decisions
 
 
 def _decide_step(
