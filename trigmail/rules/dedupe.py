@@ -26,25 +26,22 @@ DEFAULT_DEDUPE: Final = "{rule}:{event_id}"
 
 _KeyPart = Callable[[str, "Event"], str]
 
-# The placeholders ``str.format`` reads itself, from argument 0 (the rule id) or 1 (the event).
-_FIELDS: Final[Mapping[str, str]] = {
-    "rule": "0",
-    "event": "1.name",
-    "event_id": "1.id",
-    "user_id": "1.user_id",
+_PLACEHOLDERS: Final[Mapping[str, _KeyPart]] = {
+    "rule": lambda rule_id, _event: rule_id,
+    "event": lambda _rule_id, event: event.name,
+    "event_id": lambda _rule_id, event: event.id,
+    "user_id": lambda _rule_id, event: event.user_id,
+    "date": lambda _rule_id, event: event.ts.astimezone(UTC).date().isoformat(),
 }
 _PLACEHOLDER_HELP: Final = "use {rule}, {event}, {event_id}, {user_id}, {date} or {properties.NAME}"
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledKey:
-    """A compiled ``dedupe`` template: a bound ``str.format`` over the rule id (argument 0),
-    the event (1) and the values of ``extras`` (2 on), the placeholders ``str.format`` cannot
-    compute or check itself: ``{date}`` and ``{properties.NAME}``."""
+    """A compiled ``dedupe`` template: literal text and placeholder getters, in order."""
 
     text: str
-    format: Callable[..., str]
-    extras: tuple[_KeyPart, ...]
+    parts: tuple[str | _KeyPart, ...]
 
     def render(self, rule_id: str, event: Event) -> str:
         """Return the idempotency key of ``rule_id`` for ``event``.
@@ -52,11 +49,9 @@ class CompiledKey:
         Raises:
             TemplateRenderError: when a ``{properties.NAME}`` is missing or null in the event.
         """
-        # Rendered twice per rule and event (the batch's key read, then the decision): the
-        # common keys, of the rule and the event's own fields, are one C call.
-        if not self.extras:
-            return self.format(rule_id, event)
-        return self.format(rule_id, event, *[extra(rule_id, event) for extra in self.extras])
+        return "".join(
+            [part if isinstance(part, str) else part(rule_id, event) for part in self.parts]
+        )
 
 
 def compile_key(text: str) -> CompiledKey:
@@ -67,22 +62,10 @@ def compile_key(text: str) -> CompiledKey:
     """
     if not text:
         raise SpecError((), "a dedupe key must not be empty")
-    template: list[str] = []
-    extras: list[_KeyPart] = []
-    for literal, name in _key_parts(text):
-        template.append(literal.replace("{", "{{").replace("}", "}}"))
-        if name is None:
-            continue
-        field = _FIELDS.get(name)
-        if field is None:
-            extras.append(_extra(name))
-            field = str(len(extras) + 1)
-        template.append(f"{{{field}}}")
-    return CompiledKey(text, "".join(template).format, tuple(extras))
+    return CompiledKey(text, tuple(_key_parts(text)))
 
 
-def _key_parts(text: str) -> Iterator[tuple[str, str | None]]:
-    """The template's pieces: literal text, then the placeholder after it (if any)."""
+def _key_parts(text: str) -> Iterator[str | _KeyPart]:
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
@@ -90,20 +73,20 @@ def _key_parts(text: str) -> Iterator[tuple[str, str | None]]:
             (), f"unbalanced braces in {quote(text)}: {exc} (write {{{{ for a brace)"
         ) from None
     for literal, name, spec, conversion in parsed:
-        if name is not None:
-            placeholder = (
-                name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
-            )
-            if placeholder != name:
-                raise SpecError(
-                    (), f"unknown placeholder '{{{placeholder}}}' ({_PLACEHOLDER_HELP})"
-                )
-        yield literal, name
+        if literal:
+            yield literal
+        if name is None:
+            continue
+        placeholder = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+        if placeholder != name:
+            raise SpecError((), f"unknown placeholder '{{{placeholder}}}' ({_PLACEHOLDER_HELP})")
+        yield _placeholder(name)
 
 
-def _extra(name: str) -> _KeyPart:
-    if name == "date":
-        return _date
+def _placeholder(name: str) -> _KeyPart:
+    getter = _PLACEHOLDERS.get(name)
+    if getter is not None:
+        return getter
     head, _, path = name.partition(".")
     if head != "properties" or not path or not all(path.split(".")):
         raise SpecError((), f"unknown placeholder '{{{name}}}' ({_PLACEHOLDER_HELP})")
@@ -116,7 +99,3 @@ def _extra(name: str) -> _KeyPart:
         return str(value)
 
     return property_value
-
-
-def _date(_rule_id: str, event: Event) -> str:
-    return event.ts.astimezone(UTC).date().isoformat()
