@@ -121,10 +121,7 @@ def decide_new(
         if order is not None and rule.cancels:
             decided = [_with_order(each, order) for each in decided]
             decided.extend(_cancelled_already(rule, decided, view, event.user_id, order))
-        if decisions:
-            decisions.extend(decided)
-        else:
-            decisions = decided  # a new list of its own: taken, not copied
+        decisions.extend(decided)
     if not decisions:
         decisions.append(Skip(None, Reason.NO_RULE, f"no rule is triggered by {event.name!r}"))
     return decisions
