@@ -81,7 +81,8 @@ def send_keys(event: Event, rules: RuleSet) -> Iterator[str]:
 def user_reads(event: Event, rules: RuleSet) -> tuple[bool, bool]:
     """Whether deciding ``event`` may read its user's scheduled sends (to cancel some), and
     its user's last deliveries (a cooldown): what a ledger can read for a whole batch's users
-    at once (``expect_reads``). Most events need neither."""
+    at once (``expect_reads``). Most events need neither. Decided by the event's name alone:
+    a batch asks once per name."""
     return bool(rules.cancelled_by(event.name)), rules.cools_down(event.name)
 
 
@@ -114,9 +115,7 @@ def decide_new(
             order (see :class:`~trigmail.ledger.base.CancelMark`); ``None`` for one reader.
     """
     cancellers = rules.cancelled_by(event.name)
-    decisions: list[Decision] = (
-        list(_cancellations(event, cancellers, view, order)) if cancellers else []
-    )
+    decisions: list[Decision] = _cancellations(event, cancellers, view, order) if cancellers else []
     for rule in rules.triggered_by(event.name):
         decided = _decide_rule(rule, event, view, now)
         if order is not None and rule.cancels:
@@ -140,12 +139,14 @@ def _cancellations(
     cancellers: tuple[tuple[Rule, CancelOn], ...],
     view: LedgerView,
     order: str | None,
-) -> Iterator[Cancel]:
+) -> list[Decision]:
     pending = view.pending_for_user(event.user_id, {rule.id for rule, _ in cancellers})
     if order is not None:
         # A cancel decided late (another worker read it later) leaves alone the triggers that
         # entered the source after it: in the order events happened, they came second.
         pending = [s for s in pending if s.cancel_match.get(ORDER_KEY, "") < order]
+    if not pending:
+        return []  # the user has no send of those rules waiting: nothing to match
     # One cancel per rule: its own cancel_on and a step's may both name the event.
     sends_by_rule: dict[str, dict[str, SendRecord]] = {}
     for rule, cancel in cancellers:
@@ -158,9 +159,11 @@ def _cancellations(
             and cancel.applies_to(send.step)
             and (cancel.match is None or _same(send.cancel_match.get(cancel.match, MISSING), value))
         )
-    for rule_id, sends in sends_by_rule.items():
-        if sends:
-            yield _cancel(rule_id, sends.values(), event.id)
+    return [
+        _cancel(rule_id, sends.values(), event.id)
+        for rule_id, sends in sends_by_rule.items()
+        if sends
+    ]
 
 
 def _cancel(rule_id: str, sends: Iterable[SendRecord | Schedule], event_id: str) -> Cancel:
@@ -222,11 +225,16 @@ def _decide_rule(rule: Rule, event: Event, view: LedgerView, now: datetime) -> l
         base_key = rule.dedupe.render(rule.id, event)
     except TemplateRenderError as exc:
         return [SetAside(rule.id, Reason.TEMPLATE_ERROR, f"dedupe: {exc}")]
-    if in_holdout(rule.id, event.user_id, rule.holdout):
+    # Not even a call for the rules without a holdout (nearly all).
+    if rule.holdout and in_holdout(rule.id, event.user_id, rule.holdout):
         share = f"{rule.holdout * 100:g}%"
         detail = f"{event.user_id} is in the rule's {share} holdout (control group)"
         return [Skip(rule.id, Reason.HOLDOUT, detail, key=base_key)]
-    return [_decide_step(rule, step, base_key, event, view=view, now=now) for step in rule.steps]
+    # A loop rather than a comprehension, which Python 3.11 builds a function for per call.
+    decisions: list[Decision] = []
+    for step in rule.steps:
+        decisions.append(_decide_step(rule, step, base_key, event, view=view, now=now))
+    return decisions
 
 
 def _decide_step(
@@ -299,8 +307,13 @@ def _held_at_schedule(
 
 def _trigger_values(rule: Rule, event: Event) -> dict[str, Any]:
     """Keep the trigger's values that the send needs once the event is gone."""
-    values = {path: event.lookup(path) for path in rule.kept_paths}
-    return {path: value for path, value in values.items() if value is not MISSING}
+    # One loop, not two comprehensions: once per step of every rule that keeps a value.
+    values: dict[str, Any] = {}
+    for path in rule.kept_paths:
+        value = event.lookup(path)
+        if value is not MISSING:
+            values[path] = value
+    return values
 
 
 def _due_at(

@@ -136,6 +136,11 @@ class BatchWriter:
     now: datetime
     source: str
     result: Ingested
+    # One for the batch: a failed read fails the whole batch, which is then decided again.
+    _view: WatchedView = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._view = WatchedView(self.txn)
 
     def ingest(self, item: Item, event: Event | BadEventError) -> None:
         if isinstance(event, BadEventError):
@@ -168,7 +173,7 @@ class BatchWriter:
 
     def _decide(self, item: Item, event: Event, order: str | None) -> list[Decision] | None:
         """The event's checked decisions, or ``None`` when deciding failed (it is set aside)."""
-        view = WatchedView(self.txn)
+        view = self._view
         try:
             decided = decide_new(event, self.rules, view, self.now, order)
             # In place (the list is the engine's new one), and only where a payload is.
@@ -265,8 +270,13 @@ def expect_batch(txn: LedgerTxn, rules: RuleSet, events: Sequence[Event], now: d
     txn.expect_seen([event.id for event in events], now)
     pending: set[str] = set()
     delivered: set[str] = set()
+    # Asked once per name (it depends on nothing else): a batch has only a few names.
+    by_name: dict[str, tuple[bool, bool]] = {}
     for event in events:
-        cancels, cools = user_reads(event, rules)
+        reads = by_name.get(event.name)
+        if reads is None:
+            reads = by_name[event.name] = user_reads(event, rules)
+        cancels, cools = reads
         if cancels:
             pending.add(event.user_id)
         if cools:

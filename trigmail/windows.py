@@ -65,7 +65,10 @@ def describe(window: SendWindow) -> str:
 
 def is_open(window: SendWindow, at: datetime, zone: tzinfo) -> bool:
     """Return whether ``at`` falls inside the window's local hours."""
-    local = at.astimezone(zone)
+    return _open_at(window, at.astimezone(zone))
+
+
+def _open_at(window: SendWindow, local: datetime) -> bool:
     minute = local.hour * 60 + local.minute
     if window.start_min < window.end_min:
         return window.start_min <= minute < window.end_min
@@ -74,15 +77,18 @@ def is_open(window: SendWindow, at: datetime, zone: tzinfo) -> bool:
 
 def next_opening(window: SendWindow, at: datetime, zone: tzinfo) -> datetime:
     """Return ``at`` if the window is open then, else the next instant it opens (UTC)."""
-    if is_open(window, at, zone):
+    local_at = at.astimezone(zone)  # once: a zone's conversion is the costly part
+    if _open_at(window, local_at):
         return at
     opens_at = time(window.start_min // 60, window.start_min % 60)
-    local_day = at.astimezone(zone).date()
+    local_day = local_at.date()
     for offset in range(_DAYS_TO_SEARCH):
         day = local_day + timedelta(days=offset)
         # On a fall-back day a start in the repeated hour happens twice: fold 0, then fold 1.
         for fold in (0, 1):
-            local = datetime.combine(day, opens_at, tzinfo=zone).replace(fold=fold)
+            local = datetime.combine(day, opens_at, tzinfo=zone)
+            if fold:
+                local = local.replace(fold=1)
             candidate = local.astimezone(UTC)
             # A start inside a DST gap maps to an instant whose local time is past the gap;
             # it counts only if the window is really open then.
