@@ -45,17 +45,22 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "ledger.db"
 
 
-@pytest.fixture(params=[False, True], ids=["as-written", "analysed"])
-def filled(
-    db_path: Path, t0: datetime, request: pytest.FixtureRequest
-) -> Iterator[sqlite3.Connection]:
-    """A ledger of a few hundred sends, scheduled and sent; with and without ANALYZE's stats
-    (the daemon never runs it; an operator may)."""
+def fill_sends(db_path: Path, t0: datetime) -> None:
+    """300 sends of 30 users, the first 200 sent, the rest scheduled, as the daemon leaves them."""
     with closing(SqliteLedger(db_path)) as ledger, ledger.transaction() as txn:
         for n in range(300):
             txn.insert_send(make_send(f"k{n}", t0 + timedelta(minutes=n), user=f"u{n % 30}"))
         txn.claim([f"k{n}" for n in range(200)], t0)
         txn.finish([f"k{n}" for n in range(200)], SendState.SENT, t0, message_id="m")
+
+
+@pytest.fixture(params=[False, True], ids=["as-written", "analysed"])
+def filled(
+    db_path: Path, t0: datetime, request: pytest.FixtureRequest
+) -> Iterator[sqlite3.Connection]:
+    """:func:`fill_sends`, with and without ANALYZE's stats (the daemon never runs it; an
+    operator may)."""
+    fill_sends(db_path, t0)
     with closing(sqlite3.connect(db_path)) as conn:
         if request.param:
             conn.execute("ANALYZE")
@@ -219,14 +224,12 @@ def test_migrating_a_v6_file_keeps_its_data_and_passes_the_checks(
     assert "seen_events_by_seen_at" not in names
 
 
-def _claimed_index(path: Path) -> tuple[int, str]:
-    """Whether ``sends_by_rule_user_claimed`` is partial, and its SQL."""
+def index_sql(path: Path, name: str) -> tuple[int, str]:
+    """Whether the index ``name`` of sends is partial, and its SQL."""
     with closing(sqlite3.connect(path)) as conn:
         partial = {row[1]: row[4] for row in conn.execute("PRAGMA index_list(sends)")}
-        (sql,) = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE name = 'sends_by_rule_user_claimed'"
-        ).fetchone()
-    return partial["sends_by_rule_user_claimed"], sql
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    return partial[name], sql
 
 
 def _indexed_claims(path: Path) -> list[tuple[str, int]]:
@@ -247,7 +250,7 @@ def test_migrating_a_v7_file_makes_the_claims_index_partial_and_keeps_the_data(
     db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _old_ledger(db_path, t0, monkeypatch, 7)
-    assert _claimed_index(db_path)[0] == 0
+    assert index_sql(db_path, "sends_by_rule_user_claimed")[0] == 0
     before = _dump(db_path)
     with closing(SqliteLedger(db_path)) as ledger:
         assert ledger.get_meta("schema_version") == str(migrations.LATEST_VERSION)
@@ -258,7 +261,7 @@ def test_migrating_a_v7_file_makes_the_claims_index_partial_and_keeps_the_data(
     with closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-    partial, sql = _claimed_index(db_path)
+    partial, sql = index_sql(db_path, "sends_by_rule_user_claimed")
     assert partial == 1
     assert sql.endswith("WHERE claimed_at IS NOT NULL")
     # the 5 sent sends are in it, the 15 scheduled ones are not

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.ledger_helpers import make_send
-from tests.test_ledger_sqlite_schema import SQL, _dump, plan, query_rows
+from tests.test_ledger_sqlite_schema import SQL, _dump, fill_sends, index_sql, plan, query_rows
 from trigmail.evidence import EvidenceState
 from trigmail.ledger import SqliteLedger, migrations
 from trigmail.ledger.base import SendState
@@ -40,14 +40,9 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def written(db_path: Path, t0: datetime) -> Iterator[sqlite3.Connection]:
-    """A ledger of 300 sends, 200 sent, as the daemon leaves it: with ANALYZE's stats (an
-    operator's) the index's averages hide that few sends are in doubt, and the ordered evidence
-    read walks the keys instead, as it did on v10."""
-    with closing(SqliteLedger(db_path)) as ledger, ledger.transaction() as txn:
-        for n in range(300):
-            txn.insert_send(make_send(f"k{n}", t0 + timedelta(minutes=n), user=f"u{n % 30}"))
-        txn.claim([f"k{n}" for n in range(200)], t0)
-        txn.finish([f"k{n}" for n in range(200)], SendState.SENT, t0, message_id="m")
+    """A ledger as the daemon leaves it, without ANALYZE's stats (with them, the ordered evidence
+    read walks the keys instead, as it did on v10)."""
+    fill_sends(db_path, t0)
     with closing(sqlite3.connect(db_path)) as conn:
         yield conn
 
@@ -84,15 +79,6 @@ def _indexed(path: Path) -> list[tuple[str, str]]:
         "SELECT state, key FROM sends INDEXED BY sends_by_state_rule"
         f" WHERE {migrations.UNSCHEDULED} ORDER BY state, key",
     )
-
-
-def _index_sql(path: Path) -> tuple[int, str]:
-    with closing(sqlite3.connect(path)) as conn:
-        partial = {row[1]: row[4] for row in conn.execute("PRAGMA index_list(sends)")}
-        (sql,) = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE name = 'sends_by_state_rule'"
-        ).fetchone()
-    return partial["sends_by_state_rule"], sql
 
 
 def test_a_send_enters_the_state_index_when_claimed_and_leaves_it_when_retried(
@@ -147,12 +133,12 @@ def test_migrating_a_v10_file_makes_the_state_index_partial_and_keeps_the_data(
     db_path: Path, t0: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _v10_ledger(db_path, t0, monkeypatch)
-    assert _index_sql(db_path)[0] == 0
+    assert index_sql(db_path, "sends_by_state_rule")[0] == 0
     before = _dump(db_path, ("sends",))
     SqliteLedger(db_path).close()
     assert _dump(db_path, ("sends",)) == before
     assert query_rows(db_path, "SELECT value FROM meta WHERE name = 'schema_version'") == [("11",)]
-    partial, sql = _index_sql(db_path)
+    partial, sql = index_sql(db_path, "sends_by_state_rule")
     assert (partial, sql.endswith("WHERE state <> 'scheduled'")) == (1, True)
     # the scheduled sends are out of the index, every other one in it
     assert [key for _, key in _indexed(db_path)] == [f"k{n}" for n in (9, 7, 8, 4, 5, 6)]
