@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.common import rule_store, write_spool
 from bench.events import event_lines
-from trigmail.daemon import Daemon
+from trigmail.daemon import Daemon, tune_gc
 from trigmail.ledger.sqlite import SqliteLedger
 from trigmail.metrics import Metrics
 from trigmail.providers.recording import RecordingProvider
@@ -49,6 +49,7 @@ def run(spool: Path, ledger_path: Path, events: int) -> None:
     """Decide the events of ``spool`` into the ledger until it has seen ``events``, the clock
     fixed at :data:`NOW`."""
     logging.disable(logging.WARNING)
+    tune_gc()  # as serve sets the process's collector
     ledger = SqliteLedger(ledger_path, clock=lambda: NOW)
     daemon = Daemon(
         SpoolSource(spool),

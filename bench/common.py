@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from trigmail.daemon import Daemon
+from trigmail.daemon import Daemon, tune_gc
 from trigmail.ledger.base import Ledger
 from trigmail.ledger.sqlite import SqliteLedger, to_us
 from trigmail.metrics import Metrics
@@ -334,7 +334,8 @@ def make_daemon(
     batch_window_s: float = 0.025,
 ) -> Daemon:
     """A daemon wired as ``trigmail serve`` wires it, on ``rules.d`` and a ledger (a path: a
-    SQLite ledger there)."""
+    SQLite ledger there), in a process whose collector is set as serve sets it."""
+    tune_gc()
     return Daemon(
         SpoolSource(spool),
         SqliteLedger(ledger) if isinstance(ledger, Path) else ledger,

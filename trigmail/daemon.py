@@ -7,6 +7,7 @@ nothing and sends nothing twice.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -31,6 +32,18 @@ log = logging.getLogger(__name__)
 
 # Back-off after a source or ledger failure, so a broken dependency is not hammered.
 FAILURE_BACKOFF_S = 1.0
+# Allocations between two collections of the youngest generation (Python's default: 700). An
+# ingested event allocates a few hundred objects that reference counting frees, so the default
+# collected every few events, for nothing: bench_ingest 57-58 -> 52 us of CPU per event, where
+# no collection at all gives 51.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Set the process's collector for serving (:data:`GC_YOUNG_THRESHOLD`); the older
+    generations keep their thresholds, so a cycle is still collected, later."""
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def utc_now() -> datetime:

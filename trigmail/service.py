@@ -23,7 +23,7 @@ from trigmail.config import (
     WebhookConfig,
     describe_provider,
 )
-from trigmail.daemon import Daemon
+from trigmail.daemon import Daemon, tune_gc
 from trigmail.delivery import RetryPolicy
 from trigmail.errors import ConfigError, LedgerError, RulesError
 from trigmail.ledger import Ledger, SqliteLedger, open_ledger
@@ -252,6 +252,7 @@ def run(config: Config) -> None:
     """
     provider = resolve_provider(config)
     log.info("serve: starting", extra=start_fields(config, provider))
+    tune_gc()
     metrics = Metrics()
     rules = _rules(config, metrics)
     probes = _Probes()
