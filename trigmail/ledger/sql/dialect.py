@@ -58,8 +58,6 @@ class Dialect:
         end_lease: what a settled send's update also sets (PostgreSQL's lease columns).
         drop_lease: what a send scheduled again also sets.
         for_update: what locks the rows a read-then-write reads.
-        prune_first: deletions before the pruning proper, not counted (dependent rows);
-            ``{finished}`` stands for the finished states.
         inserted: what makes an insert of a send say whether it inserted (a returned row);
             empty where the driver's row count says it, cheaper.
         payload_variant: the A/B variant kept in a send's payload (``NULL`` without one).
@@ -86,7 +84,6 @@ class Dialect:
     end_lease: str = ""
     drop_lease: str = ""
     for_update: str = ""
-    prune_first: tuple[str, ...] = ()
     inserted: str = " RETURNING key"
     payload_variant: str = "json_extract(payload, '$.variant')"
     appended_before: str = "{column} < ?"
@@ -264,7 +261,6 @@ class Statements:
             f"SELECT * FROM sends WHERE state = ? AND {UNSCHEDULED}"
             " ORDER BY updated_at DESC, key LIMIT ?"
         )
-        self.prune_first = tuple(sql(text) for text in d.prune_first)
         self.prune = tuple(
             sql(text)
             for text in (

@@ -74,7 +74,5 @@ class ToolReads(EvidenceTxn):
 
     def prune(self, before: datetime) -> int:
         cutoff = (self.dialect.time(before),)
-        for first in self.sql.prune_first:
-            self._run(first, cutoff)
         removed = sum(self._run(sql, cutoff) for sql in self.sql.prune)
         return removed + self.prune_evidence(before)
