@@ -141,13 +141,14 @@ def test_a_cancel_decided_late_leaves_alone_the_triggers_that_entered_after_it(
     ledger.close()
 
 
-def timed(event_id: str, name: str, ts_s: float, entered_s: float) -> RawItem:
-    """A Redis entry that entered the stream ``entered_s`` after T0, stamped ``ts_s`` after it."""
+def timed(event_id: str, name: str, ts_s: float, entered_s: float, seq: int = 0) -> RawItem:
+    """A Redis entry that entered the stream ``entered_s`` after T0 (the ``seq``-th entry of
+    its millisecond), stamped ``ts_s`` after it."""
     ts = datetime.fromtimestamp(T0.timestamp() + ts_s, UTC)
     entered = datetime.fromtimestamp(T0.timestamp() + entered_s, UTC)
     data = {"id": event_id, "event": name, "user_id": "ana", "email": "ana@example.com",
             "ts": ts.isoformat()}  # fmt: skip
-    order = f"{round(entered.timestamp() * 1000):020d}-00000000000000000000"
+    order = f"{round(entered.timestamp() * 1000):020d}-{seq:020d}"
     return RawItem(json.dumps(data).encode(), f"stream {order}", order, order, entered)
 
 
@@ -177,4 +178,60 @@ def test_a_redelivered_trigger_decided_first_is_cancelled_by_a_cancel_after_its_
     shell.ingest([timed("o1", "order_completed", 2, 2)])
     send = ledger.get_send("browse:v1")
     assert send is not None and send.state is SendState.CANCELLED
+    ledger.close()
+
+
+# A producer wrote v1 and then o1 in one write, both stamped with the same ts (one millisecond:
+# entries 1 s + 0 and 1 s + 1), and later delivered v1 again (entered at 3 s, the same ts).
+# The worker holding the first v1 was killed: the copy is decided first, the first copy last.
+FIRST_V1 = ("v1", "product_viewed", 1, 1, 0)
+O1 = ("o1", "order_completed", 1, 1, 1)
+COPY_V1 = ("v1", "product_viewed", 1, 3, 0)
+
+
+@pytest.mark.parametrize(
+    "decided",
+    [
+        pytest.param([COPY_V1, O1, FIRST_V1], id="the-cancel-before-the-first-copy"),
+        pytest.param([COPY_V1, FIRST_V1, O1], id="the-cancel-after-the-first-copy"),
+        pytest.param([FIRST_V1, COPY_V1, O1], id="the-first-copy-first"),
+        pytest.param([O1, COPY_V1, FIRST_V1], id="the-cancel-first"),
+    ],
+)
+def test_a_trigger_tied_with_its_cancel_ends_cancelled_whichever_copy_is_decided_first(
+    ledger: Ledger, decided: list[tuple[str, str, float, float, int]]
+) -> None:
+    entries: list[LogEntry] = []
+    shell = pipeline(ledger, entries)
+    for each in decided:
+        shell.ingest([timed(*each)])
+    send = ledger.get_send("browse:v1")
+    assert send is not None and send.state is SendState.CANCELLED
+    cancels = [(e.key, e.reason, e.detail) for e in entries if e.outcome is Outcome.CANCELLED]
+    by = "by order_completed" if decided[-1] == O1 else "by o1"  # by a mark, but for the last
+    assert cancels == [("browse:v1", Reason.CANCEL_ON, by)]
+    ledger.close()
+
+
+def test_a_cancel_that_entered_before_the_first_copy_leaves_it_alone(ledger: Ledger) -> None:
+    # The same write with o1 first: in the order things happened the browse came second.
+    shell = pipeline(ledger, [])
+    for each in [COPY_V1, ("o1", "order_completed", 1, 1, 0), ("v1", "product_viewed", 1, 1, 1)]:
+        shell.ingest([timed(*each)])
+    send = ledger.get_send("browse:v1")
+    assert send is not None and send.state is SendState.SCHEDULED
+    ledger.close()
+
+
+def test_a_copy_that_entered_after_the_one_decided_moves_nothing(ledger: Ledger) -> None:
+    shell = pipeline(ledger, [])
+    shell.ingest([timed("v1", "product_viewed", 1, 1)])
+    before = ledger.get_send("browse:v1")
+    shell.ingest([timed("v1", "product_viewed", 1, 5)])  # a redelivery, decided after
+    # A cancel that entered between the copies, in the order things happened after v1.
+    shell.ingest([timed("o1", "order_completed", 2, 2)])
+    after = ledger.get_send("browse:v1")
+    assert before is not None and after is not None
+    assert after.cancel_match == before.cancel_match
+    assert after.state is SendState.CANCELLED
     ledger.close()

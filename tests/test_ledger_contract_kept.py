@@ -160,3 +160,30 @@ def test_a_key_found_absent_then_committed_by_another_worker_fails_the_batch(
     finally:
         first.close()
         second.close()
+
+
+def test_rematch_gives_a_waiting_send_new_trigger_values_kept_or_stored(
+    ledger: Ledger, t0: datetime
+) -> None:
+    with ledger.transaction() as txn:
+        assert _insert_checked(txn, "stored", t0)
+        assert _insert_checked(txn, "done", t0)
+        assert txn.cancel_sends(["done"], "order", t0) == ["done"]
+    with ledger.transaction() as txn:
+        assert _insert_checked(txn, "kept", t0)
+        assert txn.rematch("kept", {"@order": "0001"})
+        assert txn.rematch("stored", {"@order": "0002", "properties.cart_id": "c1"})
+        assert not txn.rematch("done", {"@order": "0003"})  # cancelled: left as it is
+        assert not txn.rematch("absent", {"@order": "0004"})
+        # The same transaction reads the new values.
+        pending = {s.key: dict(s.cancel_match) for s in txn.pending_for_user("u1", {"cart"})}
+        assert pending == {
+            "kept": {"@order": "0001"},
+            "stored": {"@order": "0002", "properties.cart_id": "c1"},
+        }
+    matches = {key: ledger.get_send(key) for key in ("kept", "stored", "done")}
+    assert {key: dict(s.cancel_match) if s else None for key, s in matches.items()} == {
+        "kept": {"@order": "0001"},
+        "stored": {"@order": "0002", "properties.cart_id": "c1"},
+        "done": {"properties.cart_id": "c9"},  # as make_send made it
+    }

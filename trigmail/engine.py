@@ -6,7 +6,7 @@ values that carry their reason. The daemon and ``simulate`` apply them; nothing 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final, Protocol
@@ -120,7 +120,9 @@ def decide_new(
         decided = _decide_rule(rule, event, view, now)
         if order is not None and rule.cancels:
             decided = [_with_order(each, order) for each in decided]
-            decided.extend(_cancelled_already(rule, decided, view, event.user_id, order))
+            scheduled = [each for each in decided if isinstance(each, Schedule)]
+            if scheduled:
+                decided.extend(cancelled_by_marks(rule, scheduled, view, event.user_id, order))
         decisions.extend(decided)
     if not decisions:
         decisions.append(Skip(None, Reason.NO_RULE, f"no rule is triggered by {event.name!r}"))
@@ -178,15 +180,16 @@ def _cancel(rule_id: str, sends: Iterable[SendRecord | Schedule], event_id: str)
     )
 
 
-def _cancelled_already(
-    rule: Rule, decided: list[Decision], view: LedgerView, user_id: str, order: str
+def cancelled_by_marks(
+    rule: Rule,
+    scheduled: Sequence[Schedule | SendRecord],
+    view: LedgerView,
+    user_id: str,
+    order: str,
 ) -> Iterator[Cancel]:
-    """Cancel what this trigger schedules if a ``cancel_on`` event that entered the source
-    after it was decided first (another worker read it sooner): in the order the events
-    happened, the cancel came second, so the trigger ends cancelled."""
-    scheduled = [each for each in decided if isinstance(each, Schedule)]
-    if not scheduled:
-        return
+    """Cancel what a trigger that entered the source at ``order`` schedules if a ``cancel_on``
+    event that entered after it was decided first (another worker read it sooner): in the
+    order the events happened, the cancel came second, so the trigger ends cancelled."""
     marks = view.cancel_marks_after(user_id, order)
     for send in scheduled:
         for mark in marks:

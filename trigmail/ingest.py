@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol
 
+from trigmail.copies import event_order, first_copy
 from trigmail.decisions import (
     Cancel,
     Decision,
@@ -110,23 +111,6 @@ class Ingested:
     claimed: list[SendRecord] = field(default_factory=list)  # fired in the batch, to deliver
 
 
-def event_order(item: Item, event: Event) -> str | None:
-    """Where ``event`` stands among one user's events read by several workers.
-
-    That is where its item entered the source, or when the event says it happened if that is
-    earlier: a producer's redelivery enters the stream again, later, with the first copy's
-    ``ts``. When the first copy's worker was killed, another worker decided the redelivery
-    first; by its entry alone, a cancel redelivered that way cancelled the triggers that came
-    between its copies (two users in a three-worker run of 200 kills). A producer whose clock
-    runs behind the source's by ``d`` makes its events count up to ``d`` earlier
-    (docs/reliability.md).
-    """
-    if item.order is None or item.entered_at is None:
-        return item.order
-    at = min(item.entered_at, event.ts)
-    return f"{round(at.timestamp() * 1000):020d}:{item.order}"
-
-
 @dataclass
 class BatchWriter:
     """Applies the decisions of one batch of items inside its ledger transaction."""
@@ -153,8 +137,8 @@ class BatchWriter:
         # taken. Checked by a read first, neither saw the other's uncommitted row and both
         # decided the event (no email twice, the keys are unique, but two decisions logged).
         # A replayed dead letter is decided once more (trigmail/replays.py); keys stay unique.
+        order = event_order(item.order, item.entered_at, event.ts)
         if self.txn.mark_seen(event.id, self.now) or take_replay(self.txn, event.id):
-            order = event_order(item, event)
             decisions = self._decide(item, event, order)
             if decisions is None:
                 return
@@ -162,6 +146,8 @@ class BatchWriter:
                 self._mark_cancel(event, order)
         else:
             decisions = [duplicate_event(event)]
+            if order is not None:
+                decisions.extend(self._first_copy(event, order))
         set_aside: list[SetAside] = []
         for decision in decisions:
             self._apply(event, decision)
@@ -189,6 +175,13 @@ class BatchWriter:
             self._reject(item, Reason.INTERNAL_ERROR.value, detail)
             self.result.entries.append(_failed_event_entry(event, detail, self.now))
             return None
+
+    def _first_copy(self, event: Event, order: str) -> tuple[Cancel, ...]:
+        """Move the sends of a later copy decided first back to where this copy entered."""
+        found = first_copy(event, self.rules, self._view, order)
+        for send in found.moved:
+            self.txn.rematch(send.key, send.cancel_match)
+        return found.cancels
 
     def _mark_cancel(self, event: Event, order: str) -> None:
         """Keep a ``cancel_on`` event read out of order, for triggers decided after it."""
@@ -411,7 +404,8 @@ def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> Lo
         reason=decision.reason,
         variant=decision.variants.get(key),
         # The event's name: the log keeps only its id, and `explain` says "by order_completed".
-        detail=f"by {event.name}",
+        # A trigger cancelled by a cancel decided before it (its mark) names that event.
+        detail=f"by {event.name}" if decision.event_id == event.id else f"by {decision.event_id}",
     )
 
 

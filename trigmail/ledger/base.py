@@ -208,6 +208,11 @@ class LedgerTxn(Protocol):
         """Give a ``scheduled`` send a later ``due_at``; ``False`` if not scheduled."""
         ...
 
+    def rematch(self, key: str, cancel_match: Mapping[str, Any]) -> bool:
+        """Give a ``scheduled`` send new trigger values for its cancels (``cancel_match``);
+        ``False`` if not scheduled."""
+        ...
+
     def expire_leases(self, at: datetime) -> list[SendRecord]:
         """Settle, as :meth:`recover_in_flight` does, the ``sending`` sends whose claim's lease
         expired by ``at``: their worker died while the others live on. Returns them in key order.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -281,6 +281,12 @@ class MemoryTxn(MemoryEvidenceTxn):
     def defer(self, key: str, due_at: datetime) -> bool:
         for record in self._store.in_state((key,), SendState.SCHEDULED):
             self._put(evolve(record, due_at=as_utc(due_at), updated_at=as_utc(self._clock())))
+            return True
+        return False
+
+    def rematch(self, key: str, cancel_match: Mapping[str, Any]) -> bool:
+        for record in self._store.in_state((key,), SendState.SCHEDULED):
+            self._put(evolve(record, cancel_match=dict(cancel_match)))
             return True
         return False
 

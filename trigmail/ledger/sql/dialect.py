@@ -232,6 +232,9 @@ class Statements:
         self.defer = sql(
             "UPDATE sends SET due_at = ?, updated_at = ? WHERE key = ? AND state = 'scheduled'"
         )
+        self.rematch = sql(
+            "UPDATE sends SET cancel_match = ? WHERE key = ? AND state = 'scheduled'"
+        )
         self.in_state = sql(f"SELECT * FROM sends WHERE key = ? AND state = ?{d.for_update}")
         # Reads of sends in a state other than scheduled say so, for SQLite's partial index of
         # them (schema v11); the same rows either way.

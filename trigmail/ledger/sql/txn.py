@@ -380,6 +380,10 @@ class SqlTxn(EngineReads):
             self._users.forget_keys([key])  # due again later: read the user again
         return deferred
 
+    def rematch(self, key: str, cancel_match: Mapping[str, Any]) -> bool:
+        params = (self.dialect.document(dict(cancel_match)), key)
+        return self._run(self.sql.rematch, params) == 1
+
     def expire_leases(self, at: datetime) -> list[SendRecord]:
         return []  # one process, no leases: its own sends are settled at its start
 
