@@ -89,3 +89,14 @@ def test_a_delivery_event_is_shown_once_known(t0: datetime) -> None:
         "at": "2026-11-27T20:01:00Z",
         "detail": "550 no such user",
     }
+
+
+def test_a_cancel_undone_by_its_events_first_copy(t0: datetime) -> None:
+    send = make_send("k1", t0 + timedelta(hours=1))
+    cancel = replace(entry(send, Outcome.CANCELLED, Reason.CANCEL_ON, t0), event_id="o1")
+    again = replace(entry(send, Outcome.SCHEDULED, Reason.FIRST_COPY, t0), event_id="o1")
+    found = history(replace(cancel, detail="by order_completed"), again, sends=(send,))
+    assert texts(found) == [
+        "cart: cancelled 20:00 by order_completed o1",
+        "cart: scheduled again, due 21:00: o1 came after it (its first copy)",
+    ]

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     IMMEDIATE = "immediate"
     DELAY = "delay"
     SEND_WINDOW = "send_window"
+    FIRST_COPY = "first_copy"  # a cancel undone: its event's first copy entered after it
     # skipped
     NO_RULE = "no_rule"
     CONDITION_FALSE = "condition_false"
@@ -235,6 +236,8 @@ class Cancel:
     variants: Mapping[str, str] = field(default_factory=dict)
     #: The step of each cancelled key (a sequence step's own ``cancel_on`` cancels one step).
     steps: Mapping[str, int] = field(default_factory=dict)
+    #: The ``cancel_on`` event's name, for the log (which keeps its id).
+    event: str = ""
 
 
 @record

@@ -162,14 +162,17 @@ def _cancellations(
             and (cancel.match is None or _same(send.cancel_match.get(cancel.match, MISSING), value))
         )
     return [
-        _cancel(rule_id, sends.values(), event.id)
+        _cancel(rule_id, sends.values(), event.id, event.name)
         for rule_id, sends in sends_by_rule.items()
         if sends
     ]
 
 
-def _cancel(rule_id: str, sends: Iterable[SendRecord | Schedule], event_id: str) -> Cancel:
-    """A cancel of ``sends``, naming each one's step and A/B variant for the log."""
+def _cancel(
+    rule_id: str, sends: Iterable[SendRecord | Schedule], event_id: str, name: str
+) -> Cancel:
+    """A cancel of ``sends`` by the event ``name`` ``event_id``, naming each one's step and
+    A/B variant for the log."""
     listed = list(sends)
     return Cancel(
         rule_id,
@@ -177,6 +180,7 @@ def _cancel(rule_id: str, sends: Iterable[SendRecord | Schedule], event_id: str)
         event_id,
         variants={s.key: s.payload.variant for s in listed if s.payload.variant is not None},
         steps={s.key: s.step for s in listed},
+        event=name,
     )
 
 
@@ -193,20 +197,20 @@ def cancelled_by_marks(
     marks = view.cancel_marks_after(user_id, order)
     for send in scheduled:
         for mark in marks:
-            if any(
-                cancel.event == mark.event
-                and cancel.applies_to(send.step)
-                and (
-                    cancel.match is None
-                    or _same(
-                        send.cancel_match.get(cancel.match, MISSING),
-                        mark.values.get(cancel.match, MISSING),
-                    )
-                )
-                for cancel in rule.cancels
-            ):
-                yield _cancel(rule.id, [send], mark.event_id)
+            if mark_cancels(rule, send, mark):
+                yield _cancel(rule.id, [send], mark.event_id, mark.event)
                 break
+
+
+def mark_cancels(rule: Rule, send: Schedule | SendRecord, mark: CancelMark) -> bool:
+    """Whether the ``cancel_on`` event of ``mark`` cancels ``send`` of ``rule``."""
+    mine, theirs = send.cancel_match, mark.values
+    return any(
+        cancel.event == mark.event
+        and cancel.applies_to(send.step)
+        and ((at := cancel.match) is None or _same(mine.get(at, MISSING), theirs.get(at, MISSING)))
+        for cancel in rule.cancels
+    )
 
 
 def _same(trigger_value: Any, cancel_value: Any) -> bool:

@@ -146,6 +146,8 @@ def _scheduled(entry: LogEntry, history: History, send: SendRecord | None) -> st
     due = short_time(entry.due_at, entry.at)
     if entry.reason is Reason.SEND_WINDOW:
         return f"scheduled {by}, due {due} (when its send window opens)"
+    if entry.reason is Reason.FIRST_COPY:
+        return f"scheduled again, due {due}: {entry.event_id} came after it (its first copy)"
     return f"scheduled {by}, due {due}"
 
 

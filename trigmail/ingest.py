@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol
 
-from trigmail.copies import event_order, first_copy
+from trigmail.copies import event_order, first_copy, restored_entry
 from trigmail.decisions import (
     Cancel,
     Decision,
@@ -177,10 +177,17 @@ class BatchWriter:
             return None
 
     def _first_copy(self, event: Event, order: str) -> tuple[Cancel, ...]:
-        """Move the sends of a later copy decided first back to where this copy entered."""
+        """Move what a later copy decided first did back to where this copy entered."""
         found = first_copy(event, self.rules, self._view, order)
+        txn = self.txn
         for send in found.moved:
-            self.txn.rematch(send.key, send.cancel_match)
+            txn.rematch(send.key, send.cancel_match)
+        if found.mark_moved:
+            txn.move_cancel_mark(event.user_id, event.id, order)
+        for send in found.restored:
+            if (restored := txn.restore(send.key, self.now)) is not None:
+                self.result.scheduled.append(restored)
+                self.result.entries.append(restored_entry(event, restored, self.now))
         return found.cancels
 
     def _mark_cancel(self, event: Event, order: str) -> None:
@@ -395,7 +402,9 @@ def _failed_event_entry(event: Event, detail: str, now: datetime) -> LogEntry:
 def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> LogEntry:
     return LogEntry(
         at=now,
-        event_id=event.id,
+        # The cancel's: a trigger's own decision may find it cancelled by a cancel_on event
+        # decided before it (its mark).
+        event_id=decision.event_id,
         user_id=event.user_id,
         rule=decision.rule_id,
         step=decision.steps.get(key),
@@ -404,8 +413,7 @@ def _cancel_entry(event: Event, decision: Cancel, key: str, now: datetime) -> Lo
         reason=decision.reason,
         variant=decision.variants.get(key),
         # The event's name: the log keeps only its id, and `explain` says "by order_completed".
-        # A trigger cancelled by a cancel decided before it (its mark) names that event.
-        detail=f"by {event.name}" if decision.event_id == event.id else f"by {decision.event_id}",
+        detail=f"by {decision.event}",
     )
 
 

@@ -65,3 +65,10 @@ class WatchedView:
         except BaseException:
             self.failed = True
             raise
+
+    def cancelled_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        try:
+            return self._txn.cancelled_for_user(user_id, rule_ids)
+        except BaseException:
+            self.failed = True
+            raise

@@ -208,6 +208,20 @@ class LedgerTxn(Protocol):
         """Give a ``scheduled`` send a later ``due_at``; ``False`` if not scheduled."""
         ...
 
+    def cancelled_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        """Return ``user_id``'s ``cancelled`` sends of these rules, soonest due first."""
+        ...
+
+    def restore(self, key: str, at: datetime) -> SendRecord | None:
+        """Undo the cancel of a ``cancelled`` send: ``scheduled`` again, with no reason; return
+        it as stored now, or ``None`` if it was not cancelled."""
+        ...
+
+    def move_cancel_mark(self, user_id: str, event_id: str, order: str) -> None:
+        """Move ``user_id``'s marks of the event ``event_id`` that stand after ``order`` to
+        ``order``."""
+        ...
+
     def rematch(self, key: str, cancel_match: Mapping[str, Any]) -> bool:
         """Give a ``scheduled`` send new trigger values for its cancels (``cancel_match``);
         ``False`` if not scheduled."""

@@ -284,6 +284,30 @@ class MemoryTxn(MemoryEvidenceTxn):
             return True
         return False
 
+    def cancelled_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        wanted = frozenset(rule_ids)
+        found = [
+            record
+            for record in self._store.user_sends(user_id)
+            if record.state == SendState.CANCELLED and record.rule_id in wanted
+        ]
+        return sorted(found, key=due_order)
+
+    def restore(self, key: str, at: datetime) -> SendRecord | None:
+        for record in self._store.in_state((key,), SendState.CANCELLED):
+            restored = evolve(record, state=SendState.SCHEDULED, reason=None, updated_at=as_utc(at))
+            self._put(restored)
+            return restored
+        return None
+
+    def move_cancel_mark(self, user_id: str, event_id: str, order: str) -> None:
+        marks = self._store.marks.get(user_id, {})
+        for old in [each for each, mark in marks.items() if mark.event_id == event_id]:
+            if old > order:
+                mark = marks.pop(old)
+                self._undo.append((marks.__setitem__, (old, mark)))
+                self.add_cancel_mark(replace(mark, order=order))
+
     def rematch(self, key: str, cancel_match: Mapping[str, Any]) -> bool:
         for record in self._store.in_state((key,), SendState.SCHEDULED):
             self._put(evolve(record, cancel_match=dict(cancel_match)))

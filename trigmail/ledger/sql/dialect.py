@@ -130,6 +130,23 @@ def _users_at_once(d: Dialect) -> tuple[str, str]:
     return scheduled, delivered
 
 
+def _first_copy(d: Dialect) -> tuple[str, str, str, str]:
+    """What an event's first copy changes when a later copy was decided first (see
+    :mod:`trigmail.copies`): a waiting send's trigger values, a cancel undone, the event's
+    cancel marks moved back; and the reads of a user's cancelled sends."""
+    rematch = "UPDATE sends SET cancel_match = ? WHERE key = ? AND state = 'scheduled'"
+    restore = (
+        "UPDATE sends SET state = 'scheduled', reason = NULL, updated_at = ?"
+        " WHERE key = ? AND state = 'cancelled' RETURNING *"
+    )
+    move_mark = "UPDATE cancel_marks SET ord = ? WHERE user_id = ? AND event_id = ? AND ord > ?"
+    cancelled = (
+        f"SELECT * FROM sends{d.user_index} WHERE user_id = ? AND state = 'cancelled'"
+        f" AND {d.in_list.format(column='rule_id')} ORDER BY due_at, key"
+    )
+    return rematch, restore, move_mark, cancelled
+
+
 class Statements:
     """Every statement of :class:`SqlTxn`, in one dialect."""
 
@@ -232,8 +249,8 @@ class Statements:
         self.defer = sql(
             "UPDATE sends SET due_at = ?, updated_at = ? WHERE key = ? AND state = 'scheduled'"
         )
-        self.rematch = sql(
-            "UPDATE sends SET cancel_match = ? WHERE key = ? AND state = 'scheduled'"
+        self.rematch, self.restore, self.move_cancel_mark, self.cancelled_for_user = (
+            sql(text) for text in _first_copy(d)
         )
         self.in_state = sql(f"SELECT * FROM sends WHERE key = ? AND state = ?{d.for_update}")
         # Reads of sends in a state other than scheduled say so, for SQLite's partial index of

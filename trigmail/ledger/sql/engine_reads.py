@@ -77,6 +77,12 @@ class EngineReads(ToolReads):
         with self._as_user(user_id):
             return self._sends(self.sql.pending_for_user, (user_id, rules))
 
+    def cancelled_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        rules = self.dialect.keys(sorted(rule_ids))
+        self._for_user(user_id)
+        with self._as_user(user_id):
+            return self._sends(self.sql.cancelled_for_user, (user_id, rules))
+
     def expect_reads(self, pending: Collection[str], delivered: Collection[str]) -> None:
         self._expected_users.expect(pending, delivered)
 

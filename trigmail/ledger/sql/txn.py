@@ -380,6 +380,13 @@ class SqlTxn(EngineReads):
             self._users.forget_keys([key])  # due again later: read the user again
         return deferred
 
+    def restore(self, key: str, at: datetime) -> SendRecord | None:
+        restored = self._sends(self.sql.restore, (self.dialect.time(at), key))
+        return restored[0] if restored else None
+
+    def move_cancel_mark(self, user_id: str, event_id: str, order: str) -> None:
+        self._run(self.sql.move_cancel_mark, (order, user_id, event_id, order))
+
     def rematch(self, key: str, cancel_match: Mapping[str, Any]) -> bool:
         params = (self.dialect.document(dict(cancel_match)), key)
         return self._run(self.sql.rematch, params) == 1
