@@ -32,6 +32,7 @@ from trigmail.ingest import parse_item
 from trigmail.ledger.base import WATERMARK_META, Ledger, SendRecord, SendState
 from trigmail.metrics import Metrics
 from trigmail.pipeline import Pipeline
+from trigmail.records import record
 from trigmail.sources.base import Source, SourceItem
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ PRUNE_EVERY_S = 3600.0
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True)
+@record
 class _Held:
     """An item read but not yet decided, with the time its producer gave it (if any)."""
 
