@@ -146,10 +146,8 @@ class Pipeline:
                     batch_due = None
                 scheduled = len(result.scheduled)
                 batch.ingest(item, event)
-                for send in result.scheduled[scheduled:]:
-                    self.scheduler.add(send)
-                if gates is not None and len(result.scheduled) > scheduled:
-                    batch_due = _earliest(batch_due, result.scheduled[scheduled:])
+                if len(result.scheduled) > scheduled:  # else no slice, no call
+                    batch_due = self._cache_new(result.scheduled[scheduled:], batch_due)
                 result.consumed += 1
             if cutoff is not None and self._due_by(cutoff, batch_due):
                 # What falls due by the last line's watermark fires before any later line
@@ -164,6 +162,14 @@ class Pipeline:
         self._version_recorded = rules.version
         self._publish(result.entries)
         return result
+
+    def _cache_new(self, sends: Sequence[SendRecord], batch_due: datetime | None) -> datetime:
+        """Cache an event's new sends (the caller holds the lock); return the earliest due
+        time of ``sends`` and ``batch_due``."""
+        for send in sends:
+            self.scheduler.add(send)
+        due_at = min(send.due_at for send in sends)
+        return due_at if batch_due is None else min(batch_due, due_at)
 
     def _due_by(self, cutoff: datetime, batch_due: datetime | None) -> bool:
         """Whether a send falls due by ``cutoff`` (the caller holds the lock): one scheduled
@@ -441,8 +447,3 @@ class _RereadOnFailure:
     ) -> None:
         if exc_type is not None:
             self._pipeline.scheduler.invalidate()
-
-
-def _earliest(current: datetime | None, sends: Sequence[SendRecord]) -> datetime:
-    due_at = min(send.due_at for send in sends)
-    return due_at if current is None else min(current, due_at)
