@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from math import isinf
 from typing import Any, Final
 
 from trigmail.addresses import email_problem
 from trigmail.errors import BadEventError
+from trigmail.eventjson import SLOW, decoded, fast_decoded, line_text
 from trigmail.records import record
 
 
@@ -239,21 +239,32 @@ def parse_event(line: str | bytes, read_at: datetime) -> Event:
     """
     if len(line) > MAX_EVENT_BYTES // 4:  # shorter is under the cap, even at 4 bytes a character
         _refuse_too_large(line)
+    if type(line) is bytes and (obj := fast_decoded(line)) is not SLOW:
+        # Every container opens with a bracket: with few brackets in the line the value cannot
+        # be deep, and counting them is far cheaper than walking the value (nearly every
+        # event). Most hold no array: "in" seeks a "[" by memchr, cheaper than a count.
+        if line.count(b"{") + (line.count(b"[") if b"[" in line else 0) > MAX_EVENT_DEPTH:
+            refuse_too_deep(obj)
+    else:
+        obj = _decoded_checked(line)
+    return _plain_event(obj, read_at) or _event_from_shallow(obj, read_at)
+
+
+def _decoded_checked(line: str | bytes) -> Any:
+    """The value of a line the standard library decodes, refused as :func:`parse_event` says
+    (its errors, with their messages, are the standard library's)."""
     try:
-        text = _text(line)
-        obj = _decoded(text)
+        text = line_text(line)
+        obj = decoded(text)
     except RecursionError:  # the decoder's own guard: far deeper than the cap
         raise BadEventError("too_deep", _too_deep_detail()) from None
     except ValueError as exc:  # UnicodeDecodeError is a ValueError
         raise BadEventError("invalid_json", f"not JSON: {exc}") from None
-    # Every container opens with a bracket: with few brackets in the text the value cannot be
-    # deep, and counting them is far cheaper than walking the value (nearly every event). Most
-    # hold no array: "in" seeks a "[" by memchr, ~2,000 instructions less than a count.
     if text.count("{") + (text.count("[") if "[" in text else 0) > MAX_EVENT_DEPTH:
-        refuse_too_deep(obj)
+        refuse_too_deep(obj)  # as above
     if _may_be_unstorable(text):
         _refuse_unstorable(obj)
-    return _plain_event(obj, read_at) or _event_from_shallow(obj, read_at)
+    return obj
 
 
 def _plain_event(obj: object, read_at: datetime) -> Event | None:
@@ -390,51 +401,6 @@ def _holds_nul(obj: Any) -> bool:
     if isinstance(obj, list):
         return any(_holds_nul(item) for item in obj)
     return False
-
-
-def _refuse_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON (RFC 8259): no ledger or provider would store them.
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite_float(text: str) -> float:
-    # 1e999 decodes to infinity, which no ledger column or provider takes (PostgreSQL's jsonb
-    # refuses it, failing the whole batch): a number out of a double's range is not JSON data.
-    value = float(text)
-    if isinf(value):
-        raise ValueError(f"the number {text[:40]} is out of range")
-    return value
-
-
-# One decoder for every line: ``json.loads`` with an option builds a new one per call, which
-# doubled the cost of decoding a typical event.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-_UTF8_BOM = b"\xef\xbb\xbf"
-# The decoder's C scanner, which JSONDecoder.decode calls through raw_decode.
-_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
-
-
-def _decoded(text: str) -> Any:
-    """``_DECODER.decode(text)``: the same value or error, without its two Python frames and
-    whitespace matches for a line that opens its object at once (nearly every line)."""
-    if text[:1] != "{":
-        return _DECODER.decode(text)
-    try:
-        obj, end = _SCAN(text, 0)
-    except StopIteration as exc:  # as raw_decode says it (not for "{", which always scans)
-        raise json.JSONDecodeError("Expecting value", text, exc.value) from None
-    if end != len(text) and end != len(text.rstrip(" \t\n\r")):
-        return _DECODER.decode(text)  # more than JSON's whitespace after it: decode's error
-    return obj
-
-
-def _text(line: str | bytes) -> str:
-    if isinstance(line, str):
-        return line
-    # As json.loads decodes bytes: surrogates pass, to be refused below with a clear reason.
-    if line.startswith(_UTF8_BOM):
-        return line[len(_UTF8_BOM) :].decode("utf-8", "surrogatepass")
-    return line.decode("utf-8", "surrogatepass")
 
 
 def _has_lone_surrogate(obj: Any) -> bool:
