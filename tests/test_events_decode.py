@@ -109,10 +109,8 @@ def test_orjson_takes_a_line_only_where_its_value_is_the_standard_librarys(
 ) -> None:
     line = _as_bytes(before + json.dumps(obj, ensure_ascii=ascii_only) + after + extra)
     fast = fast_decoded(line)
-    slow = _outcome(decoded, line_text(line))
     if fast is not SLOW:
-        assert slow[0] == "value"
-        assert _same_value(fast, slow[1])
+        assert _same_value(fast, decoded(line_text(line)))  # which does not raise
 
 
 @pytest.mark.parametrize(
