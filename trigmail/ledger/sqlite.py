@@ -167,6 +167,22 @@ SQLITE = Dialect(
 )
 
 
+# The page cache of the connection, in KiB (a negative cache_size is KiB, not pages). SQLite's
+# default, 2 MiB, is less than a batch of 500 events dirties once the ledger is large: its random
+# index inserts (sends by key and by user, seen ids, the log by user) touch a page each, so at
+# 100,000 events the cache spilled dirty pages into the WAL before the commit wrote them again,
+# and reread evicted pages from the file (strace, 100,000 events: WAL writes 424,788 -> 291,572,
+# reads of the database file 134,164 -> 6). SQLite takes the pages as it needs them: a small
+# ledger never fills it; serve's memory grows by at most this much.
+CACHE_KIB = 65536
+
+# The WAL is copied into the database (a checkpoint: the frames read back, the pages written,
+# both files fsynced) once it holds this many pages, 16 MiB at SQLite's 4 KiB page, not SQLite's
+# 1,000. A page a later batch writes again is copied once per checkpoint, so fewer, larger
+# checkpoints copy fewer pages (strace, 100,000 events: 107 -> 35 checkpoints, pages copied
+# 111,417 -> 62,942, fsyncs 523 -> 307); the WAL file stays under about this size.
+CHECKPOINT_PAGES = 4000
+
 # The sqlite3 module binds a None by asking it, and the protocol, for an adapter first: two
 # failed attribute lookups, more than the rest of the value's binding (4 to 5 Nones per event
 # ingested: the columns a new send leaves empty, the fields a log entry leaves out). With an
@@ -324,6 +340,8 @@ class SqliteLedger(SqlLedger):
             raise LedgerError(f"ledger: cannot use WAL journal mode (got {mode})")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
 
     @contextmanager
     def _begun(self, begin: str) -> Iterator[SqliteTxn]:
