@@ -101,7 +101,9 @@ def _as_trigger(
     later = [
         send
         for send in pending
-        if send.event_id == event.id and send.cancel_match.get(ORDER_KEY, "") > order
+        if send.event_id == event.id
+        and isinstance(at := send.cancel_match.get(ORDER_KEY), str)
+        and at > order
     ]
     if not later:
         return (), ()
