@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import re
+import select
 import signal
 import socket
 import socketserver
@@ -26,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -112,6 +113,8 @@ class Received:
 
     ``status`` is what was answered, or ``None`` when the fault meant no answer (a reset, a hang).
     ``received_at`` is the fake's clock (epoch seconds) when the request's headers were read.
+    ``late``: an accepted request whose client had closed its end before the answer was
+    written (it gave up waiting, at its read timeout): the answer never reached it.
     """
 
     connection: int
@@ -122,6 +125,7 @@ class Received:
     fault: FaultKind | None
     message_id: str | None = None
     received_at: float | None = None
+    late: bool = False
 
 
 def sendgrid_error(message: str, field: str | None = None) -> dict[str, Any]:
@@ -317,7 +321,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _accept(self, body: Any, fault: Fault | None) -> None:
         fake = self.server.fake
         message_id = fake.new_message_id()
-        fake.record(self._received(body, None if fault else 202, True, fault, message_id))
+        received = self._received(body, None if fault else 202, True, fault, message_id)
+        if fault is None and self._client_gone():
+            received = replace(received, late=True)
+        fake.record(received)
         if fake.on_accept is not None:
             # SendGrid reports what it accepted, whatever becomes of the answer.
             fake.on_accept(body, message_id)
@@ -378,6 +385,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(content)))
         self.end_headers()
         self.wfile.write(content)
+
+    def _client_gone(self) -> bool:
+        """Whether the client has closed its end: readable with nothing to read is its FIN
+        (a client sends nothing more on a connection before it has its answer)."""
+        connection: socket.socket = self.connection
+        if not select.select([connection], [], [], 0)[0]:
+            return False
+        try:
+            return connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # reset by the client
+            return True
 
     def _reset(self) -> None:
         """Close the connection with a TCP RST (SO_LINGER 0) instead of a graceful FIN."""

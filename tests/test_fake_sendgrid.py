@@ -305,3 +305,19 @@ def test_runs_standalone_until_sigterm() -> None:
         if process.stdout is not None:
             process.stdout.close()
     assert response.status_code == 202
+
+
+def test_an_answer_its_client_no_longer_waits_for_is_recorded_late() -> None:
+    # The client gives up long before the fake, slowed as by a loaded machine, answers: the
+    # request is accepted, and its answer never reaches the client.
+    with FakeSendGrid(rates=FaultRates(latency_s=0.3)) as fake:
+        headers = {"Authorization": f"Bearer {fake.api_key}"}
+        with (
+            httpx.Client(base_url=fake.url, headers=headers, timeout=0.03) as http,
+            pytest.raises(httpx.ReadTimeout),
+        ):
+            http.post(SEND_PATH, json=body())
+        wait_until(lambda: len(fake.requests) == 1)
+        with httpx.Client(base_url=fake.url, headers=headers, timeout=5) as http:
+            assert http.post(SEND_PATH, json=body()).status_code == 202
+        assert [(r.accepted, r.late) for r in fake.requests] == [(True, True), (True, False)]

@@ -42,11 +42,19 @@ class Violation:
 @dataclass(frozen=True)
 class Acceptance:
     """One personalization the fake accepted: its key, the daemon instance that sent it
-    (numbered by start), and the fault that kept the answer from it, if any."""
+    (numbered by start), the fault that kept the answer from it, if any, and whether the
+    daemon had already given up waiting for the answer (``late``: it closed the connection at
+    its read timeout, the fake slowed by load)."""
 
     key: str
     instance: int
     fault: FaultKind | None
+    late: bool = False
+
+    @property
+    def unanswered(self) -> bool:
+        """The daemon never read the answer: it cannot know the email went."""
+        return self.late or self.fault in ACCEPTED_UNANSWERED
 
 
 @dataclass
@@ -127,7 +135,7 @@ def in_doubt_not_reported(expected: Expected, observed: Observed) -> list[Violat
 
 def resend_duplicate_unexplained(expected: Expected, observed: Observed) -> list[Violation]:
     """Under resend, each acceptance but the last must have been in doubt: its answer lost to
-    a fault, or its daemon killed with a later daemon sending again."""
+    a fault or never read (late), or its daemon killed with a later daemon sending again."""
     by_key: dict[str, list[Acceptance]] = defaultdict(list)
     for acceptance in observed.acceptances:
         by_key[acceptance.key].append(acceptance)
@@ -137,7 +145,7 @@ def resend_duplicate_unexplained(expected: Expected, observed: Observed) -> list
             continue
         for earlier, later in pairwise(acceptances):
             crashed = earlier.instance in observed.killed and later.instance > earlier.instance
-            if earlier.fault not in ACCEPTED_UNANSWERED and not crashed:
+            if not earlier.unanswered and not crashed:
                 detail = f"accepted {len(acceptances)} times; one by instance {earlier.instance}"
                 found.append(
                     Violation("resend_duplicate_unexplained", key, detail + " unexplained")

@@ -398,7 +398,8 @@ class Run:
             instance = self.daemons.instance_at(request.received_at or 0.0)
             for personalization in request.body["personalizations"]:
                 key = personalization["custom_args"]["trigmail_key"]
-                observed.acceptances.append(checks.Acceptance(key, instance, request.fault))
+                acceptance = checks.Acceptance(key, instance, request.fault, request.late)
+                observed.acceptances.append(acceptance)
         observed.killed = {
             i.number for i in self.daemons.instances if not i.end.startswith("stopped")
         }

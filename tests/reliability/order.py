@@ -11,7 +11,8 @@ order the daemons happened to decide in is theirs, and it is what event order (d
 
 Only resends are judged differently: by time rather than by instance numbers, since instances
 of different workers overlap: an earlier acceptance of a ``resend`` key is explained when the
-fake never answered it, or when the worker instance that sent it was killed before the later one.
+fake never answered it (or answered after the worker gave up waiting), or when the worker
+instance that sent it was killed before the later one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from tests.reliability import checks
-from tests.reliability.checks import ACCEPTED_UNANSWERED, Acceptance, Observed, Violation
+from tests.reliability.checks import Acceptance, Observed, Violation
 from tests.reliability.oracle import RESEND_RULES, Expected, rule_of
 
 # Every check of one worker but the resend check, replaced by the time-based one below.
@@ -41,8 +42,9 @@ class Timed:
 
 
 def resend_duplicate_unexplained(observed: Observed, timed: Timed) -> list[Violation]:
-    """Under resend, each acceptance but the last was never answered, or its sender was killed
-    before the next acceptance (its restart found the send ``sending`` and scheduled it again)."""
+    """Under resend, each acceptance but the last was never answered (or answered after its
+    sender gave up waiting), or its sender was killed before the next acceptance (its restart
+    found the send ``sending`` and scheduled it again)."""
     by_key: dict[str, list[tuple[float, Acceptance]]] = defaultdict(list)
     for at, acceptance in zip(timed.accepted_at, observed.acceptances, strict=True):
         if rule_of(acceptance.key) in RESEND_RULES:
@@ -52,7 +54,7 @@ def resend_duplicate_unexplained(observed: Observed, timed: Timed) -> list[Viola
         timeline.sort(key=lambda pair: pair[0])
         for (_, earlier), (later_at, _) in pairwise(timeline):
             killed_at = timed.killed_at.get(earlier.instance, float("inf"))
-            if earlier.fault not in ACCEPTED_UNANSWERED and killed_at > later_at:
+            if not earlier.unanswered and killed_at > later_at:
                 detail = f"accepted {len(timeline)} times; one by instance {earlier.instance}"
                 found.append(
                     Violation("resend_duplicate_unexplained", key, detail + " unexplained")

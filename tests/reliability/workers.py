@@ -258,7 +258,8 @@ class WorkersRun:
             instance = worker.instance(worker.daemons.instance_at(at))
             for personalization in request.body["personalizations"]:
                 key = personalization["custom_args"]["trigmail_key"]
-                observed.acceptances.append(checks.Acceptance(key, instance, request.fault))
+                acceptance = checks.Acceptance(key, instance, request.fault, request.late)
+                observed.acceptances.append(acceptance)
                 timed.accepted_at.append(at)
 
     def _status(self) -> dict[str, Any]:
