@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.ledger_helpers import state_of
 from trigmail.decisions import LogEntry, Outcome, Reason
 from trigmail.ingest import RawItem
 from trigmail.ledger.base import Ledger, SendState
@@ -71,6 +72,11 @@ def pipeline(ledger: Ledger, entries: list[LogEntry]) -> Pipeline:
     )
 
 
+def browse_states(ledger: Ledger) -> dict[str, SendState]:
+    """The states of the browse reminders of ``v1`` and ``v2``."""
+    return {key: state_of(ledger, key) for key in ("browse:v1", "browse:v2")}
+
+
 # (cart entry's order, order entry's order, order's cart id, the cart reminder's end state)
 CASES = [
     # the order entered after the cart but was decided first: the reminder is cancelled
@@ -109,8 +115,7 @@ def test_a_cancel_without_match_cancels_every_earlier_trigger_of_the_user(
     shell = pipeline(ledger, entries)
     shell.ingest([entry("o1", "order_completed", "0005")])
     shell.ingest([entry("v1", "product_viewed", "0001"), entry("v2", "product_viewed", "0009")])
-    states = {key: ledger.get_send(key) for key in ("browse:v1", "browse:v2")}
-    assert {k: s.state if s else None for k, s in states.items()} == {
+    assert browse_states(ledger) == {
         "browse:v1": SendState.CANCELLED,
         "browse:v2": SendState.SCHEDULED,
     }
@@ -133,8 +138,7 @@ def test_a_cancel_decided_late_leaves_alone_the_triggers_that_entered_after_it(
     # Both browses are decided before the order that entered between them.
     shell.ingest([entry("v1", "product_viewed", "0001"), entry("v2", "product_viewed", "0009")])
     shell.ingest([entry("o1", "order_completed", "0005")])
-    states = {key: ledger.get_send(key) for key in ("browse:v1", "browse:v2")}
-    assert {k: s.state if s else None for k, s in states.items()} == {
+    assert browse_states(ledger) == {
         "browse:v1": SendState.CANCELLED,
         "browse:v2": SendState.SCHEDULED,
     }
@@ -152,6 +156,12 @@ def timed(event_id: str, name: str, ts_s: float, entered_s: float, seq: int = 0)
     return RawItem(json.dumps(data).encode(), f"stream {order}", order, order, entered)
 
 
+def ingest_in_turn(shell: Pipeline, entries: list[tuple[str, str, float, float, int]]) -> None:
+    """Decide each entry (``timed``'s arguments) in a batch of its own, in the order given."""
+    for each in entries:
+        shell.ingest([timed(*each)])
+
+
 def test_a_redelivered_cancel_decided_first_counts_where_its_first_copy_entered(
     ledger: Ledger,
 ) -> None:
@@ -162,8 +172,7 @@ def test_a_redelivered_cancel_decided_first_counts_where_its_first_copy_entered(
     shell.ingest([timed("v1", "product_viewed", 1, 1), timed("v2", "product_viewed", 3, 3)])
     shell.ingest([timed("o1", "order_completed", 2, 4)])  # the copy
     shell.ingest([timed("o1", "order_completed", 2, 2)])  # the first copy: a duplicate
-    states = {key: ledger.get_send(key) for key in ("browse:v1", "browse:v2")}
-    assert {k: s.state if s else None for k, s in states.items()} == {
+    assert browse_states(ledger) == {
         "browse:v1": SendState.CANCELLED,
         "browse:v2": SendState.SCHEDULED,
     }
@@ -203,8 +212,7 @@ def test_a_trigger_tied_with_its_cancel_ends_cancelled_whichever_copy_is_decided
 ) -> None:
     entries: list[LogEntry] = []
     shell = pipeline(ledger, entries)
-    for each in decided:
-        shell.ingest([timed(*each)])
+    ingest_in_turn(shell, decided)
     send = ledger.get_send("browse:v1")
     assert send is not None and send.state is SendState.CANCELLED
     cancels = [
@@ -217,8 +225,9 @@ def test_a_trigger_tied_with_its_cancel_ends_cancelled_whichever_copy_is_decided
 def test_a_cancel_that_entered_before_the_first_copy_leaves_it_alone(ledger: Ledger) -> None:
     # The same write with o1 first: in the order things happened the browse came second.
     shell = pipeline(ledger, [])
-    for each in [COPY_V1, ("o1", "order_completed", 1, 1, 0), ("v1", "product_viewed", 1, 1, 1)]:
-        shell.ingest([timed(*each)])
+    ingest_in_turn(
+        shell, [COPY_V1, ("o1", "order_completed", 1, 1, 0), ("v1", "product_viewed", 1, 1, 1)]
+    )
     send = ledger.get_send("browse:v1")
     assert send is not None and send.state is SendState.SCHEDULED
     ledger.close()
@@ -260,8 +269,7 @@ def test_a_redelivered_cancel_tied_with_a_later_browse_leaves_it_alone(
 ) -> None:
     entries: list[LogEntry] = []
     shell = pipeline(ledger, entries)
-    for each in decided:
-        shell.ingest([timed(*each)])
+    ingest_in_turn(shell, decided)
     send = ledger.get_send("browse:v2")
     assert send is not None and send.state is SendState.SCHEDULED and send.reason is None
     lines = [(e.key, e.outcome, e.reason) for e in entries if e.key == "browse:v2"]
@@ -287,10 +295,8 @@ def test_a_browse_before_the_first_copy_of_a_redelivered_cancel_stays_cancelled(
     # One write: v1, o1, v2 (one millisecond); o1 again at 3 s, decided before the first o1.
     v1, o1 = ("v1", "product_viewed", 1, 1, 0), ("o1", "order_completed", 1, 1, 1)
     v2 = ("v2", "product_viewed", 1, 1, 2)
-    for each in [v1, v2, COPY_O1, o1]:
-        shell.ingest([timed(*each)])
-    states = {key: ledger.get_send(key) for key in ("browse:v1", "browse:v2")}
-    assert {k: s.state if s else None for k, s in states.items()} == {
+    ingest_in_turn(shell, [v1, v2, COPY_O1, o1])
+    assert browse_states(ledger) == {
         "browse:v1": SendState.CANCELLED,  # entered before the order: rightly cancelled
         "browse:v2": SendState.SCHEDULED,
     }
@@ -300,8 +306,7 @@ def test_a_browse_before_the_first_copy_of_a_redelivered_cancel_stays_cancelled(
 def test_a_browse_another_cancel_also_cancels_stays_cancelled(ledger: Ledger) -> None:
     shell = pipeline(ledger, [])
     # o2 entered after v2 and cancels it whatever o1 does.
-    for each in [COPY_O1, V2, ("o2", "order_completed", 2, 2, 0), FIRST_O1]:
-        shell.ingest([timed(*each)])
+    ingest_in_turn(shell, [COPY_O1, V2, ("o2", "order_completed", 2, 2, 0), FIRST_O1])
     send = ledger.get_send("browse:v2")
     assert send is not None and send.state is SendState.CANCELLED
     ledger.close()

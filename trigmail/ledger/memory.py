@@ -128,11 +128,17 @@ class MemoryTxn(MemoryEvidenceTxn):
         return max(claimed, default=None)
 
     def pending_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        return self._user_sends(user_id, rule_ids, SendState.SCHEDULED)
+
+    def _user_sends(
+        self, user_id: str, rule_ids: Collection[str], state: SendState
+    ) -> list[SendRecord]:
+        """``user_id``'s sends of these rules in ``state``, soonest due first."""
         wanted = frozenset(rule_ids)
         found = [
             record
             for record in self._store.user_sends(user_id)
-            if record.state == SendState.SCHEDULED and record.rule_id in wanted
+            if record.state == state and record.rule_id in wanted
         ]
         return sorted(found, key=due_order)
 
@@ -285,13 +291,7 @@ class MemoryTxn(MemoryEvidenceTxn):
         return False
 
     def cancelled_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
-        wanted = frozenset(rule_ids)
-        found = [
-            record
-            for record in self._store.user_sends(user_id)
-            if record.state == SendState.CANCELLED and record.rule_id in wanted
-        ]
-        return sorted(found, key=due_order)
+        return self._user_sends(user_id, rule_ids, SendState.CANCELLED)
 
     def restore(self, key: str, at: datetime) -> SendRecord | None:
         for record in self._store.in_state((key,), SendState.CANCELLED):

@@ -72,16 +72,17 @@ class EngineReads(ToolReads):
         known = self._users.pending(user_id, rule_ids)
         if known is not None:
             return known
-        rules = self.dialect.keys(sorted(rule_ids))
-        self._for_user(user_id)
-        with self._as_user(user_id):
-            return self._sends(self.sql.pending_for_user, (user_id, rules))
+        return self._user_sends(self.sql.pending_for_user, user_id, rule_ids)
 
     def cancelled_for_user(self, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        return self._user_sends(self.sql.cancelled_for_user, user_id, rule_ids)
+
+    def _user_sends(self, sql: str, user_id: str, rule_ids: Collection[str]) -> list[SendRecord]:
+        """Run a read of one user's sends of these rules, after writing the user's kept ones."""
         rules = self.dialect.keys(sorted(rule_ids))
         self._for_user(user_id)
         with self._as_user(user_id):
-            return self._sends(self.sql.cancelled_for_user, (user_id, rules))
+            return self._sends(sql, (user_id, rules))
 
     def expect_reads(self, pending: Collection[str], delivered: Collection[str]) -> None:
         self._expected_users.expect(pending, delivered)
