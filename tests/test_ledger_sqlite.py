@@ -125,7 +125,7 @@ def test_connection_pragmas(ledger: SqliteLedger, db_path: Path) -> None:
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     assert conn.execute("PRAGMA cache_size").fetchone()[0] == -64 * 1024  # KiB: 64 MiB
-    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 4000  # pages
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16000  # pages: 64 MiB
 
 
 def test_none_binds_through_a_registered_adapter_as_null(ledger: SqliteLedger) -> None:
