@@ -147,8 +147,11 @@ def test_add_when_full_shrinks_the_horizon() -> None:
     scheduler.add(send("c", T0 + 2 * MIN))
     scheduler.add(send("d", T0 + 3 * MIN))
     assert len(scheduler) == 3
-    # d did not fit: the horizon now ends just before it, so the ledger is read for it
+    # d did not fit: the horizon now ends just before it, so the ledger is read for it once
+    # the sends cached before it have fired
     assert scheduler.loaded_until == T0 + 3 * MIN - timedelta(microseconds=1)
+    assert not scheduler.needs_refill(T0 + 3 * MIN)
+    assert keys(scheduler.pop_due(T0 + 3 * MIN, 10)) == ["a", "b", "c"]
     assert scheduler.needs_refill(T0 + 3 * MIN)
 
 
@@ -214,3 +217,68 @@ def test_due_keys_are_those_pop_due_would_take(count: int) -> None:
     assert [s.key for s in popped] == [
         s.key for s in sorted(sends, key=lambda s: (s.due_at, s.key))
     ]
+
+
+def fire_all(
+    scheduler: Scheduler, ledger: MemoryLedger, now: datetime, per_turn: int
+) -> tuple[list[str], int]:
+    """Turn as the serve loop does, claiming ``per_turn`` sends a turn, until none is left;
+    return the keys in the order they fired and how many times the ledger was read."""
+    fired: list[str] = []
+    refills = 0
+    while True:
+        if scheduler.needs_refill(now):
+            refilled(scheduler, ledger, now)
+            refills += 1
+        popped = scheduler.pop_due(now, per_turn)
+        if not popped:
+            return fired, refills
+        with ledger.transaction() as txn:
+            txn.claim(keys(popped), now)
+        fired += keys(popped)
+
+
+def test_a_backlog_larger_than_the_heap_is_read_once_per_heap() -> None:
+    # Ten sends overdue, three fit (two kept: the last loaded instant may not fit whole). The
+    # heap fires before the ledger is read again: once per two sends, not once per turn.
+    ledger = ledger_with(*(send(f"s{n}", T0 + n * MIN) for n in range(10)))
+    scheduler = Scheduler(horizon_s=60, max_entries=3)
+    fired, refills = fire_all(scheduler, ledger, T0 + 20 * MIN, per_turn=1)
+    assert fired == [f"s{n}" for n in range(10)]
+    # Five heaps of two; the last was not cut, so its horizon reaches past now. Read every
+    # turn the horizon had run out, it was nine reads.
+    assert refills == 5
+
+
+def test_a_send_left_to_the_ledger_fires_before_later_cached_ones() -> None:
+    # The heap is full; a send due before the last cached ones cannot be cached. The cached
+    # sends due after it wait for the refill that loads it.
+    ledger = ledger_with(send("a", T0), send("c", T0 + 2 * MIN))
+    scheduler = refilled(Scheduler(horizon_s=600, max_entries=3), ledger, T0)
+    for late in (send("d", T0 + 3 * MIN), send("b", T0 + MIN)):
+        with ledger.transaction() as txn:
+            assert txn.insert_send(late)
+        scheduler.add(late)
+    assert len(scheduler) == 3  # a, c and d: b did not fit
+    assert keys(scheduler.pop_due(T0 + 5 * MIN, 10)) == ["a"]
+    with ledger.transaction() as txn:
+        txn.claim(["a"], T0 + 5 * MIN)
+    assert scheduler.needs_refill(T0 + 5 * MIN)
+    fired, _ = fire_all(scheduler, ledger, T0 + 5 * MIN, per_turn=10)
+    assert fired == ["b", "c", "d"]
+
+
+def test_one_instant_larger_than_the_heap_fires_in_key_order_with_a_late_comer() -> None:
+    # Five sends at one instant, two fit and fire first; a sixth at that instant, whose key
+    # comes first, arrives meanwhile: it is not cached, so the cached two wait for a refill
+    # that reads it, and every send of the instant fires in key order.
+    due = T0 + MIN
+    ledger = ledger_with(*(send(f"s{n}", due) for n in range(5)))
+    scheduler = refilled(Scheduler(horizon_s=3600, max_entries=2), ledger, due)
+    assert not scheduler.needs_refill(due)  # the two cached fire with no read
+    with ledger.transaction() as txn:
+        assert txn.insert_send(send("a", due))
+    scheduler.add(send("a", due))
+    assert scheduler.needs_refill(due)
+    fired, _ = fire_all(scheduler, ledger, due, per_turn=1)
+    assert fired == ["a", "s0", "s1", "s2", "s3", "s4"]
