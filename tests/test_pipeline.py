@@ -388,3 +388,31 @@ def test_the_scheduler_given_is_kept_even_while_empty(clock: VirtualClock) -> No
         MemoryLedger(clock=clock), RuleSet, RecordingProvider(), clock, scheduler=scheduler
     )
     assert pipeline.scheduler is scheduler
+
+
+def test_more_sends_due_than_the_scheduler_holds_fire_once_in_due_order(
+    clock: VirtualClock, tmp_path: Path
+) -> None:
+    # Ten nudges due, a heap of four, two fired a turn: the heap fires before the ledger is
+    # read again (cut short twice), and the order stays the due order, so the cooldown keeps
+    # the user's first.
+    ledger = SqliteLedger(tmp_path / "ledger.db", clock=clock)
+    h = Harness(ledger, clock)
+    h.rules.current = parse_rules(NUDGE).rule_set()
+    h.pipeline.scheduler = Scheduler(horizon_s=300, max_entries=4)
+    h.pipeline.start()
+    browses = [(f"u{n}", n) for n in range(9)] + [("u1", 9)]
+    h.pipeline.ingest(
+        [
+            item(line("browse", f"b{n}", user, ts=f"2026-11-27T20:00:0{second}Z"), n)
+            for n, (user, second) in enumerate(browses)
+        ]
+    )
+    clock.advance(T0 + timedelta(minutes=5))
+    while fired := h.pipeline.fire_due(limit=2):
+        h.pipeline.deliver(fired)
+    sent = [e.key for e in h.provider.sent]
+    assert sent == [f"nudge:b{n}" for n in range(9)]
+    assert h.state("nudge:b9") is SendState.CANCELLED
+    assert ("dropped", "cooldown", "nudge:b9") in h.outcomes()
+    ledger.close()
