@@ -76,7 +76,7 @@ class Scheduler:
     def invalidate(self) -> None:
         """Forget the loaded horizon, so the next refill reads the ledger again (a send
         scheduled by another process, such as ``trigmail ledger resolve``, is seen at once)."""
-        self._loaded_until = None
+        self._loaded_until = self._ordered_until = None
 
     def add(self, send: SendRecord) -> None:
         """Cache a newly scheduled (or deferred) send if it falls inside the loaded horizon."""
@@ -107,8 +107,9 @@ class Scheduler:
         return due
 
     def due_keys(self, until: datetime) -> list[str]:
-        """The keys of the cached sends due by ``until``, in no order: the heap's branches are
-        walked down to the first entry due later, so a few due among many cost a few."""
+        """The keys of the cached sends that :meth:`pop_due` would take by ``until``, in no
+        order: the heap's branches are walked down to the first entry due later, so a few due
+        among many cost a few."""
         heap = self._heap
         until = self._fires_by(until)
         keys: list[str] = []
