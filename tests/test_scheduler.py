@@ -49,6 +49,25 @@ def keys(sends: list[SendRecord]) -> list[str]:
     return [record.key for record in sends]
 
 
+def fire_all(
+    scheduler: Scheduler, ledger: MemoryLedger, now: datetime, per_turn: int
+) -> tuple[list[str], int]:
+    """Turn as the serve loop does, claiming ``per_turn`` sends a turn, until none is left;
+    return the keys in the order they fired and how many times the ledger was read."""
+    fired: list[str] = []
+    refills = 0
+    while True:
+        if scheduler.needs_refill(now):
+            refilled(scheduler, ledger, now)
+            refills += 1
+        popped = scheduler.pop_due(now, per_turn)
+        if not popped:
+            return fired, refills
+        with ledger.transaction() as txn:
+            txn.claim(keys(popped), now)
+        fired += keys(popped)
+
+
 def test_refill_loads_only_the_horizon() -> None:
     ledger = ledger_with(send("a", T0), send("b", T0 + 5 * MIN), send("c", T0 + 6 * MIN))
     scheduler = refilled(Scheduler(horizon_s=300), ledger, T0)
@@ -98,15 +117,7 @@ def test_max_entries_at_one_instant_still_makes_progress() -> None:
     # more sends due at one instant (a window opening) than fit: each refill must load some
     due = T0 + MIN
     ledger = ledger_with(*(send(f"s{n}", due) for n in range(5)))
-    scheduler = Scheduler(horizon_s=3600, max_entries=2)
-    fired: list[str] = []
-    for _ in range(5):
-        if scheduler.needs_refill(due):
-            refilled(scheduler, ledger, due)
-        popped = scheduler.pop_due(due, 10)
-        with ledger.transaction() as txn:
-            txn.claim(keys(popped), due)
-        fired += keys(popped)
+    fired, _ = fire_all(Scheduler(horizon_s=3600, max_entries=2), ledger, due, per_turn=10)
     assert sorted(fired) == ["s0", "s1", "s2", "s3", "s4"]
 
 
@@ -217,25 +228,6 @@ def test_due_keys_are_those_pop_due_would_take(count: int) -> None:
     assert [s.key for s in popped] == [
         s.key for s in sorted(sends, key=lambda s: (s.due_at, s.key))
     ]
-
-
-def fire_all(
-    scheduler: Scheduler, ledger: MemoryLedger, now: datetime, per_turn: int
-) -> tuple[list[str], int]:
-    """Turn as the serve loop does, claiming ``per_turn`` sends a turn, until none is left;
-    return the keys in the order they fired and how many times the ledger was read."""
-    fired: list[str] = []
-    refills = 0
-    while True:
-        if scheduler.needs_refill(now):
-            refilled(scheduler, ledger, now)
-            refills += 1
-        popped = scheduler.pop_due(now, per_turn)
-        if not popped:
-            return fired, refills
-        with ledger.transaction() as txn:
-            txn.claim(keys(popped), now)
-        fired += keys(popped)
 
 
 def test_a_backlog_larger_than_the_heap_is_read_once_per_heap() -> None:

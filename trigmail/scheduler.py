@@ -82,13 +82,14 @@ class Scheduler:
         """Cache a newly scheduled (or deferred) send if it falls inside the loaded horizon."""
         if self._loaded_until is None or self._ordered_until is None or send.key in self._keys:
             return
-        before = send.due_at - timedelta(microseconds=1)
         if send.due_at > self._loaded_until:
             # Left to the ledger: no cached send due at or after it fires before a refill.
+            before = send.due_at - timedelta(microseconds=1)
             self._ordered_until = min(self._ordered_until, before)
             return
         if len(self._heap) >= self.max_entries:
             # Full: forget the far end of the horizon; the ledger still has it.
+            before = send.due_at - timedelta(microseconds=1)
             self._loaded_until = min(self._loaded_until, before)
             self._ordered_until = min(self._ordered_until, before)
             return
